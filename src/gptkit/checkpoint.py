@@ -1,0 +1,254 @@
+"""Model checkpoints on disk: gptkit's own format, training-run directories, and Hugging Face directories.
+
+A gptkit checkpoint is a directory:
+
+    config.json          {"format": "gptkit", "format_version": 1, "model": {GPTConfig fields}, ...}
+    model.safetensors    the weights (the tied lm_head is stored once, as transformer.wte.weight)
+    tokenizer/           the tokenizer, when there is one (see gptkit.tokenizer)
+
+Directories are written next to their destination and renamed into place, so a crash mid-write never leaves
+a half-written checkpoint where a complete one is expected. Pickles are never unpickled except through
+`torch.load(weights_only=True)`, which refuses code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .config import ConfigError, GPTConfig
+from .errors import CheckpointError
+
+if TYPE_CHECKING:
+    from .model import GPT
+    from .tokenizer import Tokenizer
+
+FORMAT = "gptkit"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+TOKENIZER_DIR = "tokenizer"
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+# -------------------------------------------------------------------------------------------- file helpers
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a file through a temporary sibling and os.replace, so readers see the old or the new file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def fsync_dir(path: str | Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Move a fully written directory `tmp` to `final`, replacing what was there, in as few steps as
+    POSIX allows (rename is atomic; replacing a non-empty directory needs the old one moved aside first)."""
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def new_tmp_dir(final: Path) -> Path:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+
+
+# --------------------------------------------------------------------------------------------- state dicts
+def read_state_dict(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Read weights from a .safetensors file, or a PyTorch .bin/.pt with weights_only=True (never arbitrary
+    pickles)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device=str(map_location))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path} is not a valid safetensors file ({e})") from None
+    try:
+        # mmap needs torch's zip format; a legacy (torch < 1.6) pickle file is read without it, still weights-only
+        sd = torch.load(path, map_location=map_location, weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as e:  # UnpicklingError for code-carrying pickles, RuntimeError for corrupt files
+        # torch's first line only suggests weights_only=False; the line naming the refused global/opcode says why
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+        why = next((ln for ln in lines if ln.startswith(("Trying to load unsupported", "Unsupported"))), lines[0])
+        raise CheckpointError(f"refusing to load {path}: not a plain tensor file "
+                              f"(torch.load with weights_only=True failed: {why})") from None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{path} does not hold a dict of tensors")
+    return sd
+
+
+def model_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """The model's weights with the tied output head stored once (safetensors refuses shared storage)."""
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        sd.pop("lm_head.weight", None)
+    return sd
+
+
+def build_model(config: GPTConfig, state_dict: dict[str, torch.Tensor], source: str,
+                map_location: str | torch.device = "cpu") -> GPT:
+    """A GPT with these weights, built without spending time on a random initialisation first."""
+    from .model import GPT
+
+    with torch.device("meta"):
+        model = GPT(config)
+    model.to_empty(device=map_location)
+    model.reset_buffers_and_ties()
+    expected = set(model_state_dict(model))
+    missing, unexpected = expected - set(state_dict), set(state_dict) - expected - {"lm_head.weight"}
+    if missing or unexpected:
+        detail = []
+        if missing:
+            detail.append(f"missing {sorted(missing)[:3]}{'...' if len(missing) > 3 else ''}")
+        if unexpected:
+            detail.append(f"unexpected {sorted(unexpected)[:3]}{'...' if len(unexpected) > 3 else ''}")
+        raise CheckpointError(f"{source}: weights do not match the config ({'; '.join(detail)})")
+    for name, t in state_dict.items():
+        if name in expected:
+            want = model.get_parameter(name) if name in dict(model.named_parameters()) else model.get_buffer(name)
+            if tuple(want.shape) != tuple(t.shape):
+                raise CheckpointError(f"{source}: {name} has shape {tuple(t.shape)}, the config needs "
+                                      f"{tuple(want.shape)}")
+    model.load_state_dict(state_dict, strict=False)
+    return model
+
+
+# ----------------------------------------------------------------------------------------- gptkit format
+def write_model_files(directory: Path, model: GPT, tokenizer: Tokenizer | None = None,
+                      extra: dict[str, Any] | None = None) -> None:
+    """Write the files of a gptkit checkpoint into `directory` (not atomic by itself: see save_model)."""
+    from safetensors.torch import save_file
+
+    from . import __version__
+
+    save_file(model_state_dict(model), str(directory / WEIGHTS), metadata={"format": "pt"})
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "gptkit_version": __version__,
+            "model": model.config.to_dict(), **(extra or {})}
+    (directory / CONFIG).write_text(json.dumps(meta, indent=2))
+    if tokenizer is not None:
+        tokenizer.save(directory / TOKENIZER_DIR)
+
+
+def save_model(model: GPT, directory: str | Path, tokenizer: Tokenizer | None = None,
+               extra: dict[str, Any] | None = None) -> Path:
+    """Write a gptkit checkpoint directory atomically (see the module docstring)."""
+    final = Path(directory)
+    tmp = new_tmp_dir(final)
+    try:
+        write_model_files(tmp, model, tokenizer, extra)
+        publish_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def read_config_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((path / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path / CONFIG} is not readable JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path / CONFIG} does not hold a JSON object")
+    return data
+
+
+def is_gptkit_checkpoint(path: Path) -> bool:
+    if not (path / CONFIG).is_file():
+        return False
+    try:
+        return read_config_json(path).get("format") == FORMAT
+    except CheckpointError:
+        return False
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a training run (`RUN/checkpoints/step-N`), oldest first. Directories being
+    written have a hidden temporary name until they are complete, so they never appear here."""
+    ckpt_root = Path(run_dir) / "checkpoints"
+    if not ckpt_root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in ckpt_root.iterdir()
+             if (m := STEP_DIR.match(p.name)) and p.is_dir() and (p / WEIGHTS).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint directory a user means by `path`: itself, or a training run's latest checkpoint."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p} does not exist")
+    if not p.is_dir():
+        raise CheckpointError(f"{p} is not a directory: a checkpoint is a directory with config.json and "
+                              f"model weights")
+    if (p / CONFIG).is_file():
+        return p
+    ckpts = list_checkpoints(p)
+    if ckpts:
+        return ckpts[-1]
+    raise CheckpointError(f"{p} is not a checkpoint: expected config.json with model.safetensors (gptkit or "
+                          f"Hugging Face GPT2/OpenAIGPT), or a training run with checkpoints/step-N")
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> GPT:
+    """Load a gptkit checkpoint, a run directory's latest checkpoint, or a Hugging Face GPT2/OpenAIGPT dir."""
+    p = resolve_checkpoint(path)
+    meta = read_config_json(p)
+    if meta.get("format") != FORMAT:
+        from .interop.hf import load_hf_model
+
+        return load_hf_model(p, meta, map_location=map_location)
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{p} was written by a newer gptkit (format {meta['format_version']}); upgrade")
+    try:
+        config = GPTConfig.from_dict(meta["model"])
+    except (KeyError, TypeError, ConfigError) as e:
+        raise CheckpointError(f"{p / CONFIG}: bad model config ({e})") from None
+    if not (p / WEIGHTS).is_file():
+        raise CheckpointError(f"{p} has no {WEIGHTS}")
+    model = build_model(config, read_state_dict(p / WEIGHTS, map_location), str(p), map_location)
+    if (p / TOKENIZER_DIR).is_dir():
+        from .tokenizer import Tokenizer
+
+        model.tokenizer = Tokenizer.from_pretrained(p / TOKENIZER_DIR)
+    return model

@@ -1,0 +1,232 @@
+"""Batches for pre-training from a `gptkit prepare` directory, resumable exactly without saving data state.
+
+A batch is `B` windows of `T + 1` consecutive tokens at random offsets of a split's token stream (all its shards
+end to end, memory-mapped, so nothing is loaded up front); `x` is the first T tokens of each window and `y` the
+last T, the next-token targets — nanoGPT's `get_batch`. The offsets are a pure function of
+`(seed, split, step, micro_step, rank)`: they come from `np.random.default_rng([seed, split, step, micro_step,
+rank])`. So
+
+- resuming at step N draws exactly the batches an uninterrupted run draws at step N; a checkpoint needs no data
+  state beyond the step (the small `state_dict()` records the seed and shapes, to catch a resume on other data);
+- every rank of a distributed run draws different windows (rank is part of the key), with no coordination;
+- eval batches use their own fixed seed (`EVAL_SEED`, independent of the training seed), so val losses of
+  different runs on the same data are measured on the same windows and are comparable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .shards import DataError, open_shard, sha256_file
+
+SPLIT_CODES = {"train": 0, "val": 1}
+EVAL_SEED = 20_240_601  # fixed: eval windows do not depend on the training seed
+STATE_VERSION = 1
+
+
+def read_manifest(data_dir: str | Path) -> dict:
+    """The manifest of a prepared data directory (DataError when `data_dir` is not one)."""
+    from .prepare import FORMAT, FORMAT_VERSION, MANIFEST
+
+    path = Path(data_dir) / MANIFEST
+    if not Path(data_dir).is_dir():
+        raise DataError(f"data directory not found: {data_dir} (create it with `gptkit prepare`)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{data_dir} is not a prepared data directory (no {MANIFEST}; create it with "
+                        "`gptkit prepare`)") from None
+    except ValueError as e:
+        raise DataError(f"{path}: corrupt manifest ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DataError(f"{path}: not a gptkit prepare manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{path}: data format version {manifest.get('format_version')}, this gptkit reads "
+                        f"version {FORMAT_VERSION}; re-run `gptkit prepare`")
+    return manifest
+
+
+def load_tokenizer(data_dir: str | Path):
+    """The tokenizer a prepared data directory was made with."""
+    from ..tokenizer import Tokenizer
+
+    manifest = read_manifest(data_dir)
+    return Tokenizer.from_pretrained(Path(data_dir) / manifest["tokenizer"]["dir"])
+
+
+def data_fingerprint(data_dir: str | Path) -> str:
+    """A short id of a prepared dataset's content (its shard checksums and tokenizer), from the manifest."""
+    m = read_manifest(data_dir)
+    h = hashlib.sha256(json.dumps([m["tokenizer"]["kind"], m["tokenizer"]["vocab_size"], m["dtype"]]).encode())
+    for split in ("train", "val"):
+        for s in m["splits"][split]["shards"]:
+            h.update(s["sha256"].encode())
+    return h.hexdigest()[:16]
+
+
+class TokenDataset:
+    """One split of a prepared directory as a single token sequence over its memory-mapped shards.
+
+    `len(ds)` tokens; `ds[a:b]` a numpy copy of a range (it may span shards); `ds.windows(starts, n)` the
+    (len(starts), n) array of the n tokens at each start, gathered with one fancy index per shard.
+    """
+
+    def __init__(self, data_dir: str | Path, split: str = "train", verify: bool = False):
+        if split not in SPLIT_CODES:
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        self.data_dir, self.split = Path(data_dir), split
+        self.manifest = m = read_manifest(data_dir)
+        self.vocab_size = int(m["tokenizer"]["vocab_size"])
+        self.eot_id = int(m["tokenizer"]["eot_id"])
+        self.shards: list[np.ndarray] = []
+        for s in m["splits"][split]["shards"]:
+            path = self.data_dir / s["file"]
+            arr = open_shard(path)
+            if len(arr) != s["tokens"]:
+                raise DataError(f"{path}: holds {len(arr):,} tokens, the manifest says {s['tokens']:,}; "
+                                "re-run `gptkit prepare`")
+            if verify and sha256_file(path) != s["sha256"]:
+                raise DataError(f"{path}: sha256 differs from the manifest; the shard is corrupt")
+            self.shards.append(arr)
+        self.lengths = np.array([len(a) for a in self.shards], dtype=np.int64)
+        self.bounds = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)  # shard i: [b[i], b[i+1])
+        self.dtype = self.shards[0].dtype if self.shards else np.dtype(np.uint16)
+
+    def __len__(self) -> int:
+        return int(self.bounds[-1])
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice):
+            i = int(key) + (len(self) if int(key) < 0 else 0)
+            if not 0 <= i < len(self):
+                raise IndexError(key)
+            s = int(np.searchsorted(self.bounds, i, side="right")) - 1
+            return self.shards[s][i - self.bounds[s]]
+        start, stop, step = key.indices(len(self))
+        if step != 1:
+            raise ValueError("TokenDataset slices must be contiguous")
+        parts = []
+        for s, arr in enumerate(self.shards):
+            lo, hi = max(start, self.bounds[s]), min(stop, self.bounds[s + 1])
+            if lo < hi:
+                parts.append(arr[lo - self.bounds[s]:hi - self.bounds[s]])
+        return np.concatenate(parts) if parts else np.empty(0, dtype=self.dtype)
+
+    def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
+        """(len(starts), length) tokens; window i is ds[starts[i] : starts[i] + length]."""
+        starts = np.asarray(starts, dtype=np.int64)
+        if len(starts) and (starts.min() < 0 or starts.max() + length > len(self)):
+            raise IndexError("window out of range")
+        ar = np.arange(length, dtype=np.int64)
+        if len(self.shards) == 1:
+            return np.asarray(self.shards[0][starts[:, None] + ar])
+        out = np.empty((len(starts), length), dtype=self.dtype)
+        sid = np.searchsorted(self.bounds, starts, side="right") - 1
+        local = starts - self.bounds[sid]
+        inside = local + length <= self.lengths[sid]
+        for s in np.unique(sid[inside]):
+            rows = np.nonzero(inside & (sid == s))[0]
+            out[rows] = self.shards[s][local[rows, None] + ar]
+        for r in np.nonzero(~inside)[0]:  # rare: a window across a shard boundary
+            out[r] = self[int(starts[r]):int(starts[r]) + length]
+        return out
+
+
+def batch_offsets(num_tokens: int, batch_size: int, block_size: int, seed: int, step: int, micro_step: int = 0,
+                  rank: int = 0, split: str = "train") -> np.ndarray:
+    """The window starts of one batch: a pure function of its arguments (see the module docstring)."""
+    if num_tokens < block_size + 1:
+        raise DataError(f"the {split} split has {num_tokens:,} tokens, fewer than block_size + 1 = "
+                        f"{block_size + 1}; use a smaller --block-size or more data")
+    for name, v in (("seed", seed), ("step", step), ("micro_step", micro_step), ("rank", rank)):
+        if v < 0:
+            raise ValueError(f"{name} must be >= 0, got {v}")
+    rng = np.random.default_rng([seed, SPLIT_CODES[split], step, micro_step, rank])
+    return rng.integers(0, num_tokens - block_size, size=batch_size, dtype=np.int64)
+
+
+def _to_xy(w: np.ndarray, device: str | torch.device | None) -> tuple[torch.Tensor, torch.Tensor]:
+    w = torch.from_numpy(w.astype(np.int64))
+    x, y = w[:, :-1].contiguous(), w[:, 1:].contiguous()
+    if device is not None and torch.device(device).type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    if device is not None:
+        return x.to(device), y.to(device)
+    return x, y
+
+
+def get_batch(dataset: TokenDataset, batch_size: int, block_size: int, *, seed: int, step: int,
+              micro_step: int = 0, rank: int = 0, device: str | torch.device | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) int64 tensors of shape (batch_size, block_size); y[:, t] = x[:, t + 1] within each window."""
+    starts = batch_offsets(len(dataset), batch_size, block_size, seed, step, micro_step, rank, dataset.split)
+    return _to_xy(dataset.windows(starts, block_size + 1), device)
+
+
+def eval_batches(dataset: TokenDataset, num_batches: int, batch_size: int, block_size: int,
+                 seed: int = EVAL_SEED, rank: int = 0, device: str | torch.device | None = None
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The same `num_batches` batches on every call and every run (fixed seed): comparable eval losses."""
+    for i in range(num_batches):
+        yield get_batch(dataset, batch_size, block_size, seed=seed, step=i, rank=rank, device=device)
+
+
+class BatchLoader:
+    """Training and eval batches of a prepared directory for one rank.
+
+    >>> loader = BatchLoader("data/shakespeare_char", batch_size=12, block_size=64, seed=1337)
+    >>> x, y = loader.get_batch("train", step=it, micro_step=k)  # the same (x, y) on every resume
+    >>> for x, y in loader.eval_batches("val", 200): ...
+    """
+
+    def __init__(self, data_dir: str | Path, batch_size: int, block_size: int, seed: int = 1337, rank: int = 0,
+                 world_size: int = 1, device: str | torch.device | None = None, eval_seed: int = EVAL_SEED):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
+        if batch_size <= 0 or block_size <= 0:
+            raise ValueError("batch_size and block_size must be positive")
+        self.data_dir = Path(data_dir)
+        self.batch_size, self.block_size = batch_size, block_size
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.device, self.eval_seed = device, eval_seed
+        self.manifest = read_manifest(data_dir)
+        self._datasets: dict[str, TokenDataset] = {}
+
+    def dataset(self, split: str) -> TokenDataset:
+        if split not in self._datasets:
+            self._datasets[split] = TokenDataset(self.data_dir, split)
+        return self._datasets[split]
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.manifest["tokenizer"]["vocab_size"])
+
+    def get_batch(self, split: str, step: int, micro_step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch `micro_step` of optimizer step `step`: (x, y), each (batch_size, block_size) int64."""
+        return get_batch(self.dataset(split), self.batch_size, self.block_size, seed=self.seed, step=step,
+                         micro_step=micro_step, rank=self.rank, device=self.device)
+
+    def eval_batches(self, split: str, num_batches: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return eval_batches(self.dataset(split), num_batches, self.batch_size, self.block_size,
+                            seed=self.eval_seed, rank=self.rank, device=self.device)
+
+    def state_dict(self) -> dict:
+        """All the loader needs to reproduce its batches (the step comes from the trainer)."""
+        return {"version": STATE_VERSION, "seed": self.seed, "eval_seed": self.eval_seed,
+                "batch_size": self.batch_size, "block_size": self.block_size, "rank": self.rank,
+                "world_size": self.world_size, "data": data_fingerprint(self.data_dir)}
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        """Adopt a saved seed; with `strict`, refuse a state saved on other data."""
+        if state.get("version") != STATE_VERSION:
+            raise DataError(f"data loader state version {state.get('version')}, expected {STATE_VERSION}")
+        if strict and state.get("data") != data_fingerprint(self.data_dir):
+            raise DataError(f"{self.data_dir} is not the data this run was trained on (its fingerprint "
+                            f"{data_fingerprint(self.data_dir)} differs from the checkpoint's {state.get('data')})")
+        self.seed, self.eval_seed = int(state["seed"]), int(state["eval_seed"])

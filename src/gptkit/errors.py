@@ -1,0 +1,9 @@
+"""User-facing errors. The CLI prints these as one line (`gptkit: error: ...`) and exits non-zero."""
+
+
+class GptkitError(Exception):
+    """A mistake in what the user asked for (bad path, bad flag, bad file), not a bug in gptkit."""
+
+
+class CheckpointError(GptkitError):
+    """A path that is not a loadable checkpoint, or a checkpoint that does not fit what it is used with."""

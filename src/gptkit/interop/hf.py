@@ -1,0 +1,198 @@
+"""Hugging Face interop: read GPT2 / OpenAIGPT directories, write directories transformers loads.
+
+Because gptkit's parameter names follow the GPT-2 checkpoint, conversion is a table of names plus one rule:
+HF stores the linear layers of both models as `Conv1D`, whose weight is (in, out) — the transpose of
+`nn.Linear`'s (out, in).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..checkpoint import (CONFIG, build_model, model_state_dict, new_tmp_dir, publish_dir, read_state_dict,
+                          resolve_checkpoint)
+from ..config import ConfigError, GPTConfig
+from ..errors import CheckpointError
+
+if TYPE_CHECKING:
+    from ..model import GPT
+    from ..tokenizer import Tokenizer
+
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+# gptkit name → HF name, per model type (block-level names are identical in all three).
+TOP_LEVEL = {
+    "gpt2": {"transformer.wte.weight": "transformer.wte.weight", "transformer.wpe.weight": "transformer.wpe.weight",
+             "transformer.ln_f.weight": "transformer.ln_f.weight", "transformer.ln_f.bias": "transformer.ln_f.bias"},
+    "openai-gpt": {"transformer.wte.weight": "transformer.tokens_embed.weight",
+                   "transformer.wpe.weight": "transformer.positions_embed.weight"},
+}
+# HF buffers and non-weights that may appear in checkpoints and carry nothing we need
+IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "position_ids")
+
+GELU_FROM_HF = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": "exact"}
+
+
+# ------------------------------------------------------------------------------------------------- import
+def config_from_hf(meta: dict[str, Any], source: str) -> GPTConfig:
+    """GPTConfig for an HF GPT2Config / OpenAIGPTConfig dict."""
+    mtype = meta.get("model_type")
+    if mtype not in ("gpt2", "openai-gpt"):  # before reading fields: other models name them differently
+        raise CheckpointError(f"{source}: model_type {mtype!r} is not supported; gptkit reads 'gpt2' and "
+                              f"'openai-gpt' (or its own checkpoints)")
+    try:
+        common = dict(vocab_size=meta["vocab_size"], block_size=meta["n_positions"], n_layer=meta["n_layer"],
+                      n_head=meta["n_head"], n_embd=meta["n_embd"],
+                      embd_pdrop=meta.get("embd_pdrop", 0.1), attn_pdrop=meta.get("attn_pdrop", 0.1),
+                      resid_pdrop=meta.get("resid_pdrop", 0.1), layer_norm_eps=meta.get("layer_norm_epsilon", 1e-5),
+                      init_std=meta.get("initializer_range", 0.02),
+                      tie_embeddings=meta.get("tie_word_embeddings", True))
+        if mtype == "gpt2":
+            act = meta.get("activation_function", "gelu_new")
+            if act not in GELU_FROM_HF:
+                raise CheckpointError(f"{source}: activation {act!r} is not a GELU; gptkit supports "
+                                      f"{', '.join(GELU_FROM_HF)}")
+            if meta.get("scale_attn_by_inverse_layer_idx") or meta.get("scale_attn_weights") is False \
+                    or meta.get("add_cross_attention"):
+                raise CheckpointError(f"{source}: GPT2 attention variants (scale_attn_by_inverse_layer_idx, "
+                                      f"unscaled attention, cross-attention) are not supported")
+            return GPTConfig(**common, n_inner=meta.get("n_inner"), gelu=GELU_FROM_HF[act], norm="pre",
+                             final_norm=True)
+        if mtype == "openai-gpt":
+            if meta.get("afn", "gelu") != "gelu":  # HF's OpenAIGPT "gelu" is the tanh approximation
+                raise CheckpointError(f"{source}: activation {meta.get('afn')!r} is not supported (only 'gelu')")
+            return GPTConfig(**common, gelu="tanh", norm="post", final_norm=False, scaled_residual_init=False)
+    except KeyError as e:
+        raise CheckpointError(f"{source}/config.json lacks {e.args[0]!r}") from None
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+    raise CheckpointError(f"{source}: model_type {mtype!r} is not supported; gptkit reads 'gpt2' and "
+                          f"'openai-gpt' (or its own checkpoints)")
+
+
+def state_dict_from_hf(sd: dict[str, torch.Tensor], mtype: str, config: GPTConfig) -> dict[str, torch.Tensor]:
+    """Rename and transpose an HF state dict into gptkit's layout."""
+    # Bare GPT2Model / OpenAIGPTModel checkpoints have no "transformer." prefix.
+    if not any(k.startswith("transformer.") for k in sd):
+        sd = {("lm_head.weight" if k == "lm_head.weight" else f"transformer.{k}"): v for k, v in sd.items()}
+    from_hf = {v: k for k, v in TOP_LEVEL[mtype].items()}
+    out: dict[str, torch.Tensor] = {}
+    for name, t in sd.items():
+        if name.endswith(IGNORED_SUFFIXES):
+            continue
+        if name == "lm_head.weight":
+            if not config.tie_embeddings:
+                out[name] = t
+            continue
+        new = from_hf.get(name, name)
+        out[new] = t.t() if new.endswith(CONV1D) else t
+    return out
+
+
+def load_hf_model(path: Path, meta: dict[str, Any], map_location: str | torch.device = "cpu") -> GPT:
+    config = config_from_hf(meta, str(path))
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (path / name).is_file():
+            sd = read_state_dict(path / name, map_location)
+            break
+    else:
+        if (path / "model.safetensors.index.json").is_file():
+            index = json.loads((path / "model.safetensors.index.json").read_text())
+            sd = {}
+            for shard in sorted(set(index["weight_map"].values())):
+                sd.update(read_state_dict(path / shard, map_location))
+        else:
+            raise CheckpointError(f"{path} has config.json but no model.safetensors or pytorch_model.bin")
+    model = build_model(config, state_dict_from_hf(sd, meta["model_type"], config), str(path), map_location)
+    tok_files = [("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"), ("tokenizer.json",)]
+    if any(all((path / f).is_file() for f in group) for group in tok_files):
+        from ..tokenizer import Tokenizer
+
+        try:
+            model.tokenizer = Tokenizer.from_pretrained(path)
+        except Exception:  # a tokenizer we cannot read does not make the weights unusable
+            model.tokenizer = None
+    return model
+
+
+# ------------------------------------------------------------------------------------------------- export
+def hf_config(config: GPTConfig) -> dict[str, Any]:
+    """The transformers config.json for a gptkit config, or ConfigError when transformers cannot represent it."""
+    problems = []
+    if config.attention != "dense":
+        problems.append(f"attention={config.attention!r} (transformers' GPT2/OpenAIGPT only have dense attention)")
+    if config.pos != "learned":
+        problems.append("sinusoidal positions (transformers' GPT2/OpenAIGPT only have learned positions)")
+    if not config.bias:
+        problems.append("bias=False")
+    if config.norm == "pre" and not config.final_norm:
+        problems.append("pre-LN without a final LayerNorm")
+    if config.norm == "post":
+        if config.final_norm:
+            problems.append("post-LN with a final LayerNorm")
+        if config.gelu != "tanh":
+            problems.append("exact GELU in a post-LN model (OpenAIGPT's 'gelu' is the tanh form)")
+        if config.mlp_hidden != 4 * config.n_embd:
+            problems.append("an MLP width other than 4 x n_embd in a post-LN model")
+        if not config.tie_embeddings:
+            problems.append("untied embeddings in a post-LN model")
+    if problems:
+        raise ConfigError("cannot export to transformers: " + "; ".join(problems))
+    common = dict(vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
+                  n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=config.resid_pdrop,
+                  embd_pdrop=config.embd_pdrop, attn_pdrop=config.attn_pdrop,
+                  layer_norm_epsilon=config.layer_norm_eps, initializer_range=config.init_std,
+                  tie_word_embeddings=config.tie_embeddings)
+    if config.norm == "post":
+        return dict(model_type="openai-gpt", architectures=["OpenAIGPTLMHeadModel"], afn="gelu", **common)
+    return dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], n_inner=config.n_inner,
+                activation_function="gelu_new" if config.gelu == "tanh" else "gelu", scale_attn_weights=True,
+                **common)
+
+
+def state_dict_to_hf(model: GPT, mtype: str) -> dict[str, torch.Tensor]:
+    to_hf = TOP_LEVEL[mtype]
+    out = {}
+    for name, t in model_state_dict(model).items():
+        if name.startswith("transformer.pos_table"):
+            continue
+        out[to_hf.get(name, name)] = (t.t() if name.endswith(CONV1D) else t).contiguous()
+    return out
+
+
+def export_hf(model: GPT, out_dir: str | Path, tokenizer: Tokenizer | None = None) -> Path:
+    """Write `out_dir` so that transformers.AutoModelForCausalLM.from_pretrained(out_dir) loads the model
+    (and AutoTokenizer the tokenizer, when it is a BPE one). Written atomically."""
+    from safetensors.torch import save_file
+
+    cfg = hf_config(model.config)
+    final = Path(out_dir)
+    tmp = new_tmp_dir(final)
+    try:
+        if tokenizer is not None and tokenizer.kind in ("gpt2", "bpe", "gpt1"):
+            tokenizer.save(tmp)
+            if tokenizer.eot_id is not None:
+                cfg.update(bos_token_id=tokenizer.eot_id, eos_token_id=tokenizer.eot_id)
+        if "bos_token_id" not in cfg:  # transformers' GPT2Config defaults these to 50256
+            cfg.update(bos_token_id=None, eos_token_id=None)
+        save_file(state_dict_to_hf(model, cfg["model_type"]), str(tmp / "model.safetensors"),
+                  metadata={"format": "pt"})
+        (tmp / CONFIG).write_text(json.dumps(cfg, indent=2))
+        publish_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def export_checkpoint(ckpt: str | Path, out_dir: str | Path) -> Path:
+    """`gptkit export-hf`: a gptkit checkpoint (or run directory) → a transformers directory."""
+    from ..checkpoint import load_model
+
+    model = load_model(resolve_checkpoint(ckpt))
+    return export_hf(model, out_dir, tokenizer=model.tokenizer)

@@ -1,0 +1,576 @@
+"""Generative pre-training: maximise Σ log P(u_i | u_<i) over a corpus (GPT-1 §3.1).
+
+`train(cfg)` runs the loop: AdamW with decay / no-decay groups, linear warmup then cosine decay to min_lr,
+gradient accumulation and clipping, bf16 autocast on GPU, periodic evaluation, and checkpoints that resume
+*exactly*: a run stopped at any moment (even by `kill -9`) and resumed with `--resume` ends with the same
+losses and bitwise the same weights on CPU as one that never stopped. That holds because everything random
+is a function of saved state: the batches are a pure function of (seed, step, micro-step, rank), and the
+torch RNG states (dropout) are saved with the optimizer.
+
+Run layout:
+
+    RUN/train_config.json          the resolved TrainConfig (defaults < --config file < command line)
+    RUN/metrics.jsonl              one JSON line per logged step: step, train_loss, lr, elapsed_s, [val_loss]
+    RUN/checkpoints/step-N/        gptkit checkpoint + trainer_state.pt (optimizer, RNG, step, data position)
+    RUN/loss.png                   the loss curves, drawn at the end
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import GptkitError
+
+
+class TrainError(GptkitError):
+    """A training run that cannot start or continue as asked."""
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs. Field names follow nanoGPT; each is a `--flag` of `gptkit train`."""
+
+    data: str | None = _f(None, "prepared data directory (from `gptkit prepare`)")
+    out: str = _f("runs/gpt", "run directory for checkpoints, metrics and plots")
+    preset: str = _f("gpt-micro", "model preset (see `gptkit info`); the flags below override its fields")
+    init_from: str | None = _f(None, "start from the weights of this checkpoint instead of a random init")
+    # model overrides (None: the preset's value)
+    n_layer: int | None = _f(None, "layers")
+    n_head: int | None = _f(None, "attention heads")
+    n_embd: int | None = _f(None, "model width")
+    block_size: int | None = _f(None, "context length")
+    dropout: float | None = _f(None, "dropout on embeddings, attention and residuals")
+    bias: bool | None = _f(None, "biases in linear layers and LayerNorms")
+    # optimisation
+    batch_size: int = _f(12, "sequences per micro-batch")
+    grad_accum: int = _f(1, "micro-batches per optimizer step")
+    max_iters: int = _f(2000, "optimizer steps")
+    lr: float = _f(6e-4, "peak learning rate")
+    min_lr: float | None = _f(None, "final learning rate of the cosine decay (default lr/10, as GPT-3)")
+    warmup_iters: int = _f(100, "linear warmup steps")
+    lr_decay_iters: int | None = _f(None, "steps over which the cosine decays (default max_iters)")
+    weight_decay: float = _f(0.1, "AdamW weight decay on matrices (not biases, gains)")
+    beta1: float = _f(0.9, "AdamW beta1")
+    beta2: float = _f(0.95, "AdamW beta2 (GPT-3: 0.95)")
+    eps: float = _f(1e-8, "AdamW epsilon")
+    grad_clip: float = _f(1.0, "clip the gradient norm to this (0: off)")
+    # evaluation, logging, checkpoints
+    eval_interval: int = _f(250, "evaluate every N steps (and at the end)")
+    eval_iters: int = _f(20, "batches per evaluation")
+    log_interval: int = _f(10, "log every N steps")
+    save_interval: int | None = _f(None, "checkpoint every N steps (default eval_interval) and at the end")
+    keep_last: int = _f(2, "keep this many recent checkpoints (the best one is always kept)")
+    # system
+    seed: int = _f(1337, "random seed (init, dropout, batches)")
+    device: str = _f("auto", "cpu, cuda, cuda:N or auto")
+    dtype: str = _f("auto", "float32, bfloat16 or float16 autocast; auto: bfloat16 on GPUs that have it, else float32")
+    compile: bool = _f(False, "torch.compile the model")
+    threads: int | None = _f(None, "CPU threads for torch (default: torch's choice)")
+    resume: bool = _f(False, "continue the run in --out from its latest checkpoint")
+    sample_every: int = _f(0, "print a short sample every N steps (0: never)")
+    quiet: bool = _f(False, "no progress display")
+
+    def resolved(self) -> TrainConfig:
+        c = dataclasses.replace(self)
+        if c.min_lr is None:
+            c.min_lr = c.lr / 10
+        if c.lr_decay_iters is None:
+            c.lr_decay_iters = c.max_iters
+        if c.save_interval is None:
+            c.save_interval = c.eval_interval
+        return c
+
+    def validate(self) -> None:
+        if not self.data:
+            raise TrainError("--data is required: a directory written by `gptkit prepare`")
+        for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "log_interval",
+                     "keep_last"):
+            if getattr(self, name) <= 0:
+                raise TrainError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.warmup_iters < 0:
+            raise TrainError("--warmup-iters must be >= 0")
+        if self.lr <= 0:
+            raise TrainError(f"--lr must be positive, got {self.lr}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise TrainError(f"--dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+
+
+def load_yaml_config(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise TrainError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise TrainError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise TrainError(f"config file {path} must hold a mapping of option: value")
+    known = {f.name for f in fields(TrainConfig)}
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise TrainError(f"config file {path}: unknown option(s) {', '.join(unknown)}")
+    return data
+
+
+# ------------------------------------------------------------------------------------------ schedule
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to cfg.lr over warmup_iters, then cosine decay to min_lr at lr_decay_iters (GPT-3 §B)."""
+    if step < cfg.warmup_iters:
+        return cfg.lr * (step + 1) / (cfg.warmup_iters + 1)
+    if step >= cfg.lr_decay_iters:
+        return cfg.min_lr
+    ratio = (step - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
+
+
+def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay every matrix (linear weights, embeddings); not biases or LayerNorm gains (GPT-1 §4.1)."""
+    params = {id(p): p for p in model.parameters() if p.requires_grad}  # tied weights once
+    decay = [p for p in params.values() if p.dim() >= 2]
+    no_decay = [p for p in params.values() if p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+# ---------------------------------------------------------------------------------------- devices
+GPU_PEAK_BF16_FLOPS = {  # dense bf16 tensor-core peak, from the vendors' data sheets
+    "H200": 989e12, "H100 SXM": 989e12, "H100 NVL": 835e12, "H100 PCIe": 756e12, "H100": 989e12,
+    "GH200": 989e12, "B200": 2250e12, "A100": 312e12, "A10G": 125e12, "A10": 125e12, "L40S": 362e12,
+    "L4": 121e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12,
+}
+
+
+def gpu_peak_flops(device_name: str) -> float | None:
+    """Peak bf16 FLOP/s of a known GPU (by its CUDA name), None when unknown (then MFU is not shown)."""
+    for key in sorted(GPU_PEAK_BF16_FLOPS, key=len, reverse=True):
+        if key.lower() in device_name.lower():
+            return GPU_PEAK_BF16_FLOPS[key]
+    return None
+
+
+def pick_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainError("--device cuda was asked for but no CUDA GPU is available (use --device cpu)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise TrainError(f"unknown device {name!r} (cpu, cuda, cuda:N or auto)") from None
+
+
+def pick_dtype(name: str, device):
+    import torch
+
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+TRAINER_STATE = "trainer_state.pt"
+
+
+def rng_state(device) -> dict[str, Any]:
+    import torch
+
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, cfg: TrainConfig,
+                    trainer: dict[str, Any], device) -> Path:
+    """Write RUN/checkpoints/step-N atomically: a complete gptkit checkpoint plus trainer_state.pt."""
+    import torch
+
+    from .checkpoint import new_tmp_dir, publish_dir, write_model_files
+
+    final = run_dir / "checkpoints" / f"step-{step:08d}"
+    tmp = new_tmp_dir(final)
+    try:
+        write_model_files(tmp, model, tokenizer, extra={"train": dataclasses.asdict(cfg), "step": step})
+        torch.save({"optimizer": optimizer.state_dict(), "rng": rng_state(device), **trainer}, tmp / TRAINER_STATE)
+        publish_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def prune_checkpoints(run_dir: Path, keep_last: int, best_step: int | None) -> None:
+    from .checkpoint import list_checkpoints
+
+    ckpts = list_checkpoints(run_dir)
+    for p in ckpts[:-keep_last]:
+        if best_step is None or p.name != f"step-{best_step:08d}":
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def clean_stale_tmp(run_dir: Path) -> None:
+    """Remove half-written checkpoint directories left by a run that was killed while saving."""
+    root = run_dir / "checkpoints"
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith(".") and ".tmp-" in p.name:
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines of steps > `step` (logged by a run after its last checkpoint, then killed)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line cut by a kill -9 mid-write
+    from .checkpoint import atomic_write_text
+
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+def plot_losses(metrics_path: Path, out_png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    tr = [(r["step"], r["train_loss"]) for r in rows if r.get("train_loss") is not None]
+    va = [(r["step"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    if tr:
+        ax.plot(*zip(*tr), label="train (logged step)", lw=1, alpha=0.7)
+    if va:
+        ax.plot(*zip(*va), "o-", label="val", lw=1.5, ms=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(metrics_path.parent.name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, out_png)
+
+
+# --------------------------------------------------------------------------------------- the loop
+def build_model_config(cfg: TrainConfig, vocab_size: int):
+    from .config import GPTConfig
+
+    base = GPTConfig.from_preset(cfg.preset)
+    over: dict[str, Any] = {"vocab_size": vocab_size}
+    for name in ("n_layer", "n_head", "n_embd", "block_size", "bias"):
+        if getattr(cfg, name) is not None:
+            over[name] = getattr(cfg, name)
+    if cfg.dropout is not None:
+        over.update(embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, resid_pdrop=cfg.dropout)
+    return dataclasses.replace(base, **over)
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run (or resume) pre-training; returns a summary {steps, final train/val loss, best val, wall time}."""
+    import torch
+    import torch.nn.functional as F
+
+    from .checkpoint import atomic_write_text, list_checkpoints, load_model
+    from .data.loader import BatchLoader, load_tokenizer
+    from .model import GPT
+
+    cfg.validate()
+    run_dir = Path(cfg.out)
+    data_dir = Path(cfg.data)
+    tokenizer = load_tokenizer(data_dir)  # DataError when data_dir is not a `gptkit prepare` output
+    device = pick_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    ptdtype = pick_dtype(cfg.dtype, device)
+
+    # ---- resume or start fresh
+    trainer: dict[str, Any] = {"step": 0, "best_val": None, "best_step": None, "tokens": 0, "elapsed_s": 0.0}
+    resume_from = None
+    if cfg.resume:
+        clean_stale_tmp(run_dir)
+        ckpts = list_checkpoints(run_dir)
+        if not ckpts:
+            raise TrainError(f"--resume: {run_dir} has no checkpoint to resume from")
+        resume_from = ckpts[-1]
+        saved = json.loads((resume_from / "config.json").read_text())
+        saved_cfg = TrainConfig(**saved["train"])
+        # the run continues with its own settings; only what does not change the math may differ
+        for name in ("device", "quiet", "threads", "max_iters", "log_interval", "eval_interval", "save_interval",
+                     "keep_last", "sample_every", "compile"):
+            setattr(saved_cfg, name, getattr(cfg, name))
+        saved_cfg.resume, saved_cfg.out, saved_cfg.data = True, cfg.out, cfg.data
+        cfg = saved_cfg
+    elif list_checkpoints(run_dir):
+        raise TrainError(f"{run_dir} already holds checkpoints: pass --resume to continue it, or choose a new --out")
+    cfg = cfg.resolved()
+
+    torch.manual_seed(cfg.seed)
+    if resume_from is not None:
+        model = load_model(resume_from, map_location=device)
+        saved_tok = model.tokenizer
+        if saved_tok is None or saved_tok.vocab_size != tokenizer.vocab_size or saved_tok.kind != tokenizer.kind:
+            raise TrainError(f"the checkpoint's tokenizer does not match {data_dir}'s "
+                             f"({getattr(saved_tok, 'kind', None)}/{getattr(saved_tok, 'vocab_size', None)} vs "
+                             f"{tokenizer.kind}/{tokenizer.vocab_size})")
+        state = torch.load(resume_from / TRAINER_STATE, map_location="cpu", weights_only=True)
+    else:
+        if cfg.init_from:
+            model = load_model(cfg.init_from, map_location=device)
+            if model.tokenizer is not None and model.tokenizer.vocab_size != tokenizer.vocab_size:
+                raise TrainError(f"--init-from {cfg.init_from}: its tokenizer ({model.tokenizer.vocab_size} ids) "
+                                 f"does not match {data_dir}'s ({tokenizer.vocab_size})")
+        else:
+            model = GPT(build_model_config(cfg, tokenizer.vocab_size)).to(device)
+        state = None
+    mcfg = model.config
+    model.tokenizer = tokenizer
+
+    loader = BatchLoader(data_dir, cfg.batch_size, mcfg.block_size, seed=cfg.seed, device=device)
+    splits = [s for s in ("train", "val") if len(loader.dataset(s)) > 0]
+    for split in splits:
+        if len(loader.dataset(split)) < mcfg.block_size + 1:
+            raise TrainError(f"the {split} split of {data_dir} has {len(loader.dataset(split))} tokens, fewer "
+                             f"than the context ({mcfg.block_size}) + 1: use more text or a smaller --block-size")
+    if "train" not in splits:
+        raise TrainError(f"{data_dir} has no training tokens")
+
+    fused = device.type in ("cuda", "cpu")
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                  eps=cfg.eps, fused=fused)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"], device)
+        loader.load_state_dict(state["loader"])  # refuses a resume on other data
+        trainer.update({k: state[k] for k in trainer if k in state})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = run_dir / "metrics.jsonl"
+    if resume_from is None:
+        metrics_path.unlink(missing_ok=True)
+    else:
+        truncate_metrics(metrics_path, trainer["step"])
+    atomic_write_text(run_dir / "train_config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
+
+    fwd_model = torch.compile(model) if cfg.compile else model
+    autocast = torch.autocast(device.type, dtype=ptdtype, enabled=ptdtype != torch.float32)
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * mcfg.block_size
+    peak = gpu_peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    flops_per_token = mcfg.flops_per_token(mcfg.block_size)
+
+    def loss_of(x, y):
+        with autocast:
+            logits = fwd_model(x)
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+
+    @torch.no_grad()
+    def evaluate() -> dict[str, float]:
+        model.eval()
+        out = {}
+        for split in splits:
+            losses = [loss_of(x, y).item() for x, y in loader.eval_batches(split, cfg.eval_iters)]
+            out[split] = sum(losses) / len(losses)
+        model.train()
+        return out
+
+    display = Display(cfg, trainer["step"], tokens_per_step, peak, flops_per_token)
+    model.train()
+    step = trainer["step"]
+    last_eval: dict[str, float] = {}
+    t_start = time.perf_counter() - trainer["elapsed_s"]
+    t_last, tokens_last = time.perf_counter(), 0
+    metrics = open(metrics_path, "a", buffering=1)
+    try:
+        while step < cfg.max_iters:
+            lr = lr_at(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(cfg.grad_accum):
+                x, y = loader.get_batch("train", step, micro)
+                loss = loss_of(x, y) / cfg.grad_accum
+                loss.backward()
+                loss_sum += loss.detach()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            trainer["tokens"] += tokens_per_step
+            tokens_last += tokens_per_step
+
+            eval_due = step % cfg.eval_interval == 0 or step == cfg.max_iters
+            if eval_due or step % cfg.log_interval == 0:
+                train_loss = loss_sum.item()
+                now = time.perf_counter()
+                tok_s = tokens_last / max(now - t_last, 1e-9)
+                record = {"step": step, "train_loss": train_loss, "lr": lr, "elapsed_s": round(now - t_start, 3),
+                          "tokens": trainer["tokens"], "tokens_per_s": round(tok_s, 1)}
+                if eval_due:
+                    last_eval = evaluate()
+                    record["val_loss"] = last_eval.get("val")
+                    record["train_eval_loss"] = last_eval.get("train")
+                    display.print_eval(step, last_eval)
+                    val = last_eval.get("val")
+                    if val is not None and (trainer["best_val"] is None or val < trainer["best_val"]):
+                        trainer["best_val"], trainer["best_step"] = val, step
+                metrics.write(json.dumps(record) + "\n")
+                display.update(step, train_loss, lr, tok_s, last_eval.get("val"))
+                t_last, tokens_last = time.perf_counter(), 0  # eval time does not count against tokens/s
+            if cfg.sample_every and step % cfg.sample_every == 0:
+                display.print(f"[step {step}] {quick_sample(model, tokenizer, device)!r}")
+            if step % cfg.save_interval == 0 or step == cfg.max_iters:
+                trainer.update(step=step, elapsed_s=time.perf_counter() - t_start)
+                save_checkpoint(run_dir, step, model, tokenizer, optimizer, cfg,
+                                {**trainer, "loader": loader.state_dict()}, device)
+                prune_checkpoints(run_dir, cfg.keep_last, trainer["best_step"])
+    finally:
+        metrics.close()
+        display.close()
+    try:
+        plot_losses(metrics_path, run_dir / "loss.png")
+    except Exception as e:  # a plot is a convenience; never lose a finished run over it
+        print(f"gptkit: warning: could not draw loss.png ({e})", file=sys.stderr)
+    wall = time.perf_counter() - t_start
+    return {"steps": step, "val_loss": last_eval.get("val"), "train_loss": last_eval.get("train"),
+            "best_val": trainer["best_val"], "best_step": trainer["best_step"], "elapsed_s": wall,
+            "run_dir": str(run_dir)}
+
+
+def quick_sample(model, tokenizer, device, n: int = 80) -> str:
+    import torch
+
+    start = torch.tensor([[tokenizer.eot_id if tokenizer.eot_id is not None else 0]], device=device)
+    g = torch.Generator(device=device).manual_seed(0)
+    out = model.generate(start, n, temperature=0.8, top_k=200, generator=g)
+    return tokenizer.decode(out[0, 1:].tolist())
+
+
+class Display:
+    """The live progress line (rich) on a terminal; plain log lines otherwise."""
+
+    def __init__(self, cfg: TrainConfig, start_step: int, tokens_per_step: int, peak: float | None,
+                 flops_per_token: int) -> None:
+        self.cfg, self.peak, self.fpt = cfg, peak, flops_per_token
+        self.tty = sys.stderr.isatty() and not cfg.quiet
+        self.progress = None
+        if self.tty:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                                     console=Console(stderr=True), transient=False)
+            self.task = self.progress.add_task("train", total=cfg.max_iters, completed=start_step, info="")
+            self.progress.start()
+
+    def _info(self, loss: float, lr: float, tok_s: float, val: float | None) -> str:
+        s = f"loss {loss:.4f} lr {lr:.2e} {tok_s:,.0f} tok/s"
+        if val is not None:
+            s += f" val {val:.4f}"
+        if self.peak:
+            s += f" MFU {100 * self.fpt * tok_s / self.peak:.1f}%"
+        return s
+
+    def update(self, step: int, loss: float, lr: float, tok_s: float, val: float | None) -> None:
+        info = self._info(loss, lr, tok_s, val)
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step, info=info)
+        elif not self.cfg.quiet:
+            print(f"step {step:>6}/{self.cfg.max_iters} {info}", file=sys.stderr, flush=True)
+
+    def print(self, msg: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(msg, markup=False, highlight=False)
+        elif not self.cfg.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    def print_eval(self, step: int, ev: dict[str, float]) -> None:
+        self.print(f"eval step {step}: " + ", ".join(f"{k} loss {v:.4f}" for k, v in ev.items()))
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def _flag_type(f: dataclasses.Field):
+    t = str(f.type)
+    if "bool" in t:
+        return "bool"
+    if "int" in t:
+        return int
+    if "float" in t:
+        return float
+    return str
+
+
+def add_train(sub) -> None:
+    import argparse
+
+    p = sub.add_parser("train", help="pre-train a GPT on prepared data (or resume a run)",
+                       description="Pre-train a GPT. Precedence: defaults < --config FILE < command line.")
+    p.add_argument("--config", help="YAML file of options (same names as the flags, with _ or -)")
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = _flag_type(f)
+        if kind == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f.metadata["help"])
+        else:
+            p.add_argument(flag, type=kind, default=None, help=f"{f.metadata['help']} (default: {f.default})")
+    p.set_defaults(func=cmd_train)
+
+
+def config_from_args(args) -> TrainConfig:
+    values: dict[str, Any] = {}
+    if args.config:
+        values.update(load_yaml_config(args.config))
+    for f in fields(TrainConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = v
+    try:
+        return TrainConfig(**values)
+    except TypeError as e:
+        raise TrainError(str(e)) from None
+
+
+def cmd_train(args) -> int:
+    cfg = config_from_args(args)
+    summary = train(cfg)
+    val = summary["val_loss"]
+    print(f"done: {summary['steps']} steps in {summary['elapsed_s']:.1f} s"
+          + (f", val loss {val:.4f}" if val is not None else "") + f"; run in {summary['run_dir']}")
+    return 0
