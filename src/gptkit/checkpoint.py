@@ -150,7 +150,7 @@ def build_model(config: GPTConfig, state_dict: dict[str, torch.Tensor], source: 
                 raise CheckpointError(f"{source}: {name} has shape {tuple(t.shape)}, the config needs "
                                       f"{tuple(want.shape)}")
     model.load_state_dict(state_dict, strict=False)
-    return model
+    return model.eval()  # as transformers does: loaded models are for inference until .train() is called
 
 
 # ----------------------------------------------------------------------------------------- gptkit format

@@ -37,10 +37,12 @@ bpe trains a byte-level BPE (`Tokenizer.train_bpe`).
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import json
 import multiprocessing
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -59,8 +61,10 @@ MANIFEST = "manifest.json"
 FORMAT = "gptkit-prepared"
 FORMAT_VERSION = 1
 EOT = "<|endoftext|>"
-BATCH_CHARS = 1 << 20  # documents are sent to workers in batches of about this many characters
-BATCH_DOCS = 1024
+PIECE_CHARS = 1 << 18  # longer documents are tokenized in pieces of about this many characters (cut_pieces)
+BATCH_CHARS = 1 << 18  # pieces go to the workers in batches of about this many characters ...
+BATCH_DOCS = 1024  # ... or this many pieces
+_SAFE_CUT = re.compile(r"(?<=\S)[ \n](?=\S)")  # a single space or newline between two non-space characters
 SMALL_CORPUS_BYTES = 8 << 20  # below this, worker start-up costs more than it saves: one process by default
 
 
@@ -92,45 +96,100 @@ def split_hash(text: str, seed: int) -> float:
     return int.from_bytes(digest, "little") / 2.0**64
 
 
-def encode_docs(texts: list[str], seed: int, dtype: str, tokenizer=None) -> list[tuple[np.ndarray, float]]:
-    """Token ids (without end-of-text) and split hash of each document; runs in a worker process."""
+def cut_pieces(text: str, piece_chars: int) -> list[str]:
+    """Cut a long document into pieces of about `piece_chars` that tokenize to the same ids as the whole.
+
+    Each cut is just before a single space or newline that sits between two non-space characters: GPT-2's
+    pre-tokenizer regex (tiktoken, and the `tokenizers` ByteLevel pre-tokenizer of our BPE) always ends a word
+    at that non-space character and starts the next at that space, and GPT-1's BERT pre-tokenizer splits at every
+    whitespace; a char tokenizer does not care. (gptkit.tokenizer encodes long texts in parallel the same way;
+    the tests check the ids against one `encode` of the whole text.) So a 1 GB text file is tokenized in parallel
+    pieces and never becomes one list of 250 M Python ints.
+    """
+    pieces, start, n = [], 0, len(text)
+    while n - start > piece_chars:
+        m = _SAFE_CUT.search(text, start + piece_chars)
+        if m is None:
+            break
+        pieces.append(text[start:m.start()])
+        start = m.start()
+    pieces.append(text[start:])
+    return pieces
+
+
+def encode_pieces(texts: list[str], dtype: str, tokenizer=None) -> list[np.ndarray]:
+    """Token ids (no end-of-text) of each text, as compact arrays; runs in a worker process."""
     tok = tokenizer if tokenizer is not None else _WORKER_TOKENIZER
-    return [(np.asarray(tok.encode(t), dtype=dtype), split_hash(t, seed)) for t in texts]
+    return [np.asarray(tok.encode(t), dtype=dtype) for t in texts]
 
 
-def _batches(docs: Iterable[str], corpus: Corpus) -> Iterator[tuple[list[str], int]]:
-    """Group documents into batches; each batch carries the input bytes read so far (for the progress bar)."""
-    batch, chars = [], 0
-    for d in docs:
-        batch.append(d)
-        chars += len(d)
-        if chars >= BATCH_CHARS or len(batch) >= BATCH_DOCS:
-            yield batch, corpus.bytes_read
-            batch, chars = [], 0
-    if batch:
-        yield batch, corpus.bytes_read
+# A batch is (texts, meta, bytes_read): meta[i] = (split hash of the document when texts[i] is its first
+# piece else None, whether texts[i] is its last piece).
+Batch = tuple[list[str], list[tuple[float | None, bool]], int]
 
 
-def _encoded(corpus: Corpus, tokenizer, tokenizer_dir: Path, seed: int, dtype: str,
-             num_workers: int) -> Iterator[tuple[list[tuple[np.ndarray, float]], int]]:
-    """Encoded batches in corpus order. With several workers at most 2 * workers + 2 batches are in flight."""
-    batches = _batches(corpus.documents(), corpus)
-    if num_workers <= 1:
-        for texts, nbytes in batches:
-            yield encode_docs(texts, seed, dtype, tokenizer), nbytes
+def _batches(docs: Iterable[str], corpus: Corpus, seed: int) -> Iterator[Batch]:
+    """Documents cut into pieces and grouped into batches of about BATCH_CHARS characters; each batch carries
+    the input bytes read so far (for the progress bar)."""
+    texts: list[str] = []
+    meta: list[tuple[float | None, bool]] = []
+    chars = 0
+    for doc in docs:
+        pieces = cut_pieces(doc, PIECE_CHARS) if len(doc) > PIECE_CHARS else [doc]
+        u = split_hash(doc, seed)
+        del doc
+        for j, piece in enumerate(pieces):
+            texts.append(piece)
+            meta.append((u if j == 0 else None, j == len(pieces) - 1))
+            chars += len(piece)
+            if chars >= BATCH_CHARS or len(texts) >= BATCH_DOCS:
+                yield texts, meta, corpus.bytes_read
+                texts, meta, chars = [], [], 0
+    if texts:
+        yield texts, meta, corpus.bytes_read
+
+
+def _start_pool(num_workers: int, tokenizer_dir: Path):
+    """Worker processes that each load the saved tokenizer.
+
+    fork where the platform has it (Linux): workers start in milliseconds and, unlike spawn, do not re-run the
+    caller's `__main__`, so `prepare(..., num_workers=4)` also works from a script without an
+    `if __name__ == "__main__":` guard and from notebooks. The caller stops its progress-bar thread around this
+    call, so no other thread is running at the fork. TOKENIZERS_PARALLELISM=false in the workers keeps Hugging
+    Face tokenizers from warning that the parent already used its thread pool, and keeps N workers from each
+    starting a pool of their own. Elsewhere (macOS, Windows): spawn.
+    """
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods and sys.platform == "linux" else "spawn")
+    saved = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        return ctx.Pool(num_workers, initializer=_init_worker, initargs=(str(tokenizer_dir),))
+    finally:
+        if saved is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = saved
+
+
+def _encoded(corpus: Corpus, tokenizer, seed: int, dtype: str, pool,
+             num_workers: int) -> Iterator[tuple[list[np.ndarray], list[tuple[float | None, bool]], int]]:
+    """Encoded batches in corpus order, in this process (pool None) or in the pool's workers, with at most
+    2 * workers + 2 batches in flight (Pool.imap would read the whole corpus ahead into memory)."""
+    batches = _batches(corpus.documents(), corpus, seed)
+    if pool is None:
+        for texts, meta, nbytes in batches:
+            yield encode_pieces(texts, dtype, tokenizer), meta, nbytes
         return
-    # spawn, not fork: the parent may hold Rust thread pools (HF tokenizers) that do not survive a fork.
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(num_workers, initializer=_init_worker, initargs=(str(tokenizer_dir),)) as pool:
-        inflight: collections.deque = collections.deque()
-        for texts, nbytes in batches:
-            inflight.append((pool.apply_async(encode_docs, (texts, seed, dtype)), nbytes))
-            if len(inflight) >= 2 * num_workers + 2:
-                res, nb = inflight.popleft()
-                yield res.get(), nb
-        while inflight:
-            res, nb = inflight.popleft()
-            yield res.get(), nb
+    inflight: collections.deque = collections.deque()
+    for texts, meta, nbytes in batches:
+        inflight.append((pool.apply_async(encode_pieces, (texts, dtype)), meta, nbytes))
+        if len(inflight) >= 2 * num_workers + 2:
+            res, meta, nb = inflight.popleft()
+            yield res.get(), meta, nb
+    while inflight:
+        res, meta, nb = inflight.popleft()
+        yield res.get(), meta, nb
 
 
 # ------------------------------------------------------------------------------------------ tokenizer
@@ -202,6 +261,12 @@ class _NoProgress:
     def update(self, *a, **k) -> None:
         pass
 
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
     def __enter__(self):
         return self
 
@@ -271,7 +336,8 @@ def prepare(inputs: list[str], out_dir: str | os.PathLike, tokenizer: str = "cha
     tmp = out.parent / f".{out.name}.prepare-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir()  # not mkdtemp: it would be 0700 once renamed to out_dir, here the umask decides
     try:
-        with _progress(progress) as bar:
+        with contextlib.ExitStack() as stack:
+            bar = stack.enter_context(_progress(progress))
             tok = build_tokenizer(tokenizer, corpus, vocab, vocab_size, bar)
             tok_dir = tmp / "tokenizer"
             tok.save(tok_dir)
@@ -280,27 +346,40 @@ def prepare(inputs: list[str], out_dir: str | os.PathLike, tokenizer: str = "cha
             writers = {s: ShardWriter(tmp, s, dtype, shard_tokens, vsize) for s in ("train", "val")}
             ndocs = {"train": 0, "val": 0}
             eot_arr = np.array([eot], dtype=dtype)
-            pending: tuple[np.ndarray, str] | None = None  # the latest document, held back (see docstring)
 
+            pool = None
+            if workers > 1:
+                bar.stop()  # no progress-bar thread alive while the workers are forked
+                pool = stack.enter_context(_start_pool(workers, tok_dir))
+                bar.start()
             task = bar.add_task("tokenizing", total=corpus.total_bytes)
-            for results, nbytes in _encoded(corpus, tok, tok_dir, seed, dtype.str, workers):
-                for ids, u in results:
+            # `pending` is the latest document (a list of token arrays, one per piece) and its split: it is
+            # written when the next document starts, so the last one can still change split (see docstring).
+            pending: tuple[list[np.ndarray], str] | None = None
+            for arrays, meta, nbytes in _encoded(corpus, tok, seed, dtype.str, pool, workers):
+                for ids, (u, _last) in zip(arrays, meta):
+                    if u is None:  # a later piece of the current document
+                        pending[0].append(ids)
+                        continue
                     if pending is not None:
-                        writers[pending[1]].write(pending[0])
-                        writers[pending[1]].write(eot_arr)
+                        _write_doc(writers[pending[1]], pending[0], eot_arr)
                         ndocs[pending[1]] += 1
-                    pending = (ids, "val" if u < val_fraction else "train")
+                    pending = ([ids], "val" if u < val_fraction else "train")
                 bar.update(task, completed=nbytes)
             bar.update(task, completed=corpus.total_bytes)
             _check_not_empty(corpus)
 
             assert pending is not None
-            ids, split = pending
+            pieces, split = pending
             if sum(ndocs.values()) == 0:  # one document: cut its tokens as nanoGPT does
                 policy = "single-document"
-                k = int(len(ids) * (1 - val_fraction))
-                writers["train"].write(ids[:k])
-                writers["val"].write(ids[k:])
+                n = sum(len(a) for a in pieces)
+                k = int(n * (1 - val_fraction))
+                pos = 0
+                for a in pieces:  # tokens [0, k) to train, [k, n) to val, without concatenating the pieces
+                    writers["train"].write(a[:max(0, k - pos)])
+                    writers["val"].write(a[max(0, k - pos):])
+                    pos += len(a)
                 writers["val"].write(eot_arr)
                 ndocs = {"train": int(k > 0), "val": 1}
             else:
@@ -309,8 +388,7 @@ def prepare(inputs: list[str], out_dir: str | os.PathLike, tokenizer: str = "cha
                     split = "val"
                 elif ndocs["train"] == 0:
                     split = "train"
-                writers[split].write(ids)
-                writers[split].write(eot_arr)
+                _write_doc(writers[split], pieces, eot_arr)
                 ndocs[split] += 1
             shards = {s: w.close() for s, w in writers.items()}
 
@@ -345,6 +423,12 @@ def prepare(inputs: list[str], out_dir: str | os.PathLike, tokenizer: str = "cha
     if val_fraction > 0 and manifest["splits"]["val"]["tokens"] == 0:
         warn("the val split is empty")
     return manifest
+
+
+def _write_doc(writer: ShardWriter, pieces: list[np.ndarray], eot: np.ndarray) -> None:
+    for a in pieces:
+        writer.write(a)
+    writer.write(eot)
 
 
 def _write_json(path: Path, obj: dict) -> None:

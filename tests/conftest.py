@@ -1,0 +1,23 @@
+"""Shared pytest fixtures. Tests run offline: no model hub, no downloads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# transformers / huggingface_hub otherwise try the network when asked for a tokenizer or model.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+"""The real data sets (../shared/data relative to the repository root); see its README."""
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path of ../shared/data; skips the test when that folder is absent (e.g. a bare checkout)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (it sits beside the repository as ../shared/data)")
+    return SHARED_DATA
