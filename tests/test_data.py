@@ -175,15 +175,17 @@ def test_gpt1_and_bpe_prepare(shared_data, tmp_path, monkeypatch):
     # GPT-1 has no end-of-text token: it is added after the 40,478 ids
     assert m["tokenizer"]["kind"] == "gpt1" and m["tokenizer"]["vocab_size"] == 40_479
     assert m["tokenizer"]["eot_id"] == 40_478 and m["dtype"] == "uint16"
-    tok = load_tokenizer(tmp_path / "g1")
-    both = np.concatenate([tokens(tmp_path / "g1", "train"), tokens(tmp_path / "g1", "val")])
-    assert sorted(both.tolist()) == sorted(tok.encode(text) + tok.encode(text[:3000]) + [40_478] * 2)
+    want, _ = expected_streams([text, text[:3000]], load_tokenizer(tmp_path / "g1"), 1337, 0.1)
+    for s in ("train", "val"):
+        np.testing.assert_array_equal(tokens(tmp_path / "g1", s), want[s])
 
     m = prepare(inputs, tmp_path / "bpe", tokenizer="bpe", vocab_size=400, progress=False)
     assert m["tokenizer"]["kind"] == "bpe" and m["tokenizer"]["vocab_size"] <= 400
     tok = load_tokenizer(tmp_path / "bpe")
-    train = tokens(tmp_path / "bpe", "train")
-    assert tok.decode(train[train != tok.eot_id]) in (text, text[:3000], text + text[:3000])
+    want, _ = expected_streams([text, text[:3000]], tok, 1337, 0.1)
+    for s in ("train", "val"):
+        np.testing.assert_array_equal(tokens(tmp_path / "bpe", s), want[s])
+    assert tok.decode(want["train"][:-1]) in (text, text[:3000])
 
 
 def test_cut_pieces_give_the_same_ids(shakespeare, shared_data):
@@ -276,6 +278,8 @@ def test_loader_resumes_exactly(char_data):
     e1 = list(a.eval_batches("val", 3))
     e2 = list(BatchLoader(char_data, batch_size=4, block_size=32, seed=99).eval_batches("val", 3))
     assert all(torch.equal(p[0], q[0]) for p, q in zip(e1, e2))
+    e3 = list(eval_batches(TokenDataset(char_data, "val"), 3, batch_size=4, block_size=32))
+    assert all(torch.equal(p[1], q[1]) for p, q in zip(e1, e3))
     assert not torch.equal(e1[0][0], e1[1][0])
     # ranks of a distributed run draw different windows
     r0 = BatchLoader(char_data, 4, 32, seed=7, rank=0, world_size=2).get_batch("train", 0)
@@ -395,6 +399,11 @@ def test_previous_output_is_replaced(tmp_path):
     assert read_manifest(tmp_path / "out") == m
     assert load_tokenizer(tmp_path / "out").decode(tokens(tmp_path / "out", "train")).startswith("a second")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "out"]
+    # a prepare output inside an input directory is skipped; given as the input itself, it is refused
+    m = prepare([str(tmp_path)], tmp_path / "again", progress=False)
+    assert [Path(s["path"]).name for s in m["sources"]] == ["a.txt"]
+    with pytest.raises(DataError, match="is a `gptkit prepare` output"):
+        prepare([str(tmp_path / "out")], tmp_path / "o3", progress=False)
 
 
 # -------------------------------------------------------------------------------------------------- CLI

@@ -28,10 +28,13 @@ into place at the end, so an interrupted run leaves no half-written dataset. `ou
 directory, or a previous `gptkit prepare` output (recognised by its manifest.json), which is replaced; any other
 non-empty directory is refused, so a typo cannot delete unrelated files.
 
-Large inputs stream: documents are read one at a time, tokenized by `num_workers` processes in batches that
-come back in order (at most a few batches in flight, so memory stays bounded), and appended to the shard files as
-they come. Tokenizers that must see the data first make one extra streaming pass: char collects the character set,
-bpe trains a byte-level BPE (`Tokenizer.train_bpe`).
+Large inputs stream: documents are read one at a time, long ones are cut into pieces of ~256K characters at
+points where the tokenizer would split words anyway (`cut_pieces`), pieces are tokenized by `num_workers`
+processes in batches that come back in order (at most 2 * workers + 2 batches in flight), and the tokens are
+appended to the shard files as they come. Memory is bounded by the largest single document (its text, plus its
+tokens at 2 bytes each), never by the corpus. Tokenizers that must see the data first make one extra streaming
+pass: char collects the character set, bpe trains a byte-level BPE (`Tokenizer.train_bpe`, fed the same pieces).
+The output is byte-identical for any number of workers.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -91,9 +95,10 @@ def _init_worker(tokenizer_dir: str) -> None:
 
 def split_hash(text: str, seed: int) -> float:
     """A number in [0, 1) fixed by the text and the seed: the document goes to val when it is < val_fraction."""
-    key = hashlib.sha256(str(seed).encode()).digest()[:32]
-    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8, key=key).digest()
-    return int.from_bytes(digest, "little") / 2.0**64
+    h = hashlib.blake2b(digest_size=8, key=hashlib.sha256(str(seed).encode()).digest())
+    for i in range(0, len(text), 1 << 20):  # in steps, so a huge document is not copied whole
+        h.update(text[i:i + (1 << 20)].encode("utf-8"))
+    return int.from_bytes(h.digest(), "little") / 2.0**64
 
 
 def cut_pieces(text: str, piece_chars: int) -> list[str]:
@@ -149,8 +154,9 @@ def _batches(docs: Iterable[str], corpus: Corpus, seed: int) -> Iterator[Batch]:
         yield texts, meta, corpus.bytes_read
 
 
-def _start_pool(num_workers: int, tokenizer_dir: Path):
-    """Worker processes that each load the saved tokenizer.
+def _start_pool(num_workers: int, tokenizer_dir: Path) -> ProcessPoolExecutor:
+    """Worker processes that each load the saved tokenizer. (A ProcessPoolExecutor rather than a
+    multiprocessing.Pool: when a worker dies, e.g. killed for memory, it raises instead of waiting forever.)
 
     fork where the platform has it (Linux): workers start in milliseconds and, unlike spawn, do not re-run the
     caller's `__main__`, so `prepare(..., num_workers=4)` also works from a script without an
@@ -164,7 +170,8 @@ def _start_pool(num_workers: int, tokenizer_dir: Path):
     saved = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     try:
-        return ctx.Pool(num_workers, initializer=_init_worker, initargs=(str(tokenizer_dir),))
+        return ProcessPoolExecutor(num_workers, mp_context=ctx, initializer=_init_worker,
+                                   initargs=(str(tokenizer_dir),))
     finally:
         if saved is None:
             del os.environ["TOKENIZERS_PARALLELISM"]
@@ -183,13 +190,13 @@ def _encoded(corpus: Corpus, tokenizer, seed: int, dtype: str, pool,
         return
     inflight: collections.deque = collections.deque()
     for texts, meta, nbytes in batches:
-        inflight.append((pool.apply_async(encode_pieces, (texts, dtype)), meta, nbytes))
+        inflight.append((pool.submit(encode_pieces, texts, dtype), meta, nbytes))
         if len(inflight) >= 2 * num_workers + 2:
-            res, meta, nb = inflight.popleft()
-            yield res.get(), meta, nb
+            fut, meta, nb = inflight.popleft()
+            yield fut.result(), meta, nb
     while inflight:
-        res, meta, nb = inflight.popleft()
-        yield res.get(), meta, nb
+        fut, meta, nb = inflight.popleft()
+        yield fut.result(), meta, nb
 
 
 # ------------------------------------------------------------------------------------------ tokenizer
@@ -210,10 +217,10 @@ def build_tokenizer(kind: str, corpus: Corpus, vocab: str | None, vocab_size: in
     elif kind == "bpe":
         task = progress.add_task(f"training BPE ({vocab_size:,})", total=corpus.total_bytes)
 
-        def docs() -> Iterator[str]:
+        def docs() -> Iterator[str]:  # in pieces: the same words to count, in bounded memory
             for doc in corpus.documents():
                 progress.update(task, completed=corpus.bytes_read)
-                yield doc
+                yield from cut_pieces(doc, PIECE_CHARS) if len(doc) > PIECE_CHARS else (doc,)
 
         tok = Tokenizer.train_bpe(docs(), vocab_size)
         progress.update(task, completed=corpus.total_bytes)
@@ -350,7 +357,9 @@ def prepare(inputs: list[str], out_dir: str | os.PathLike, tokenizer: str = "cha
             pool = None
             if workers > 1:
                 bar.stop()  # no progress-bar thread alive while the workers are forked
-                pool = stack.enter_context(_start_pool(workers, tok_dir))
+                pool = _start_pool(workers, tok_dir)
+                stack.callback(pool.shutdown, wait=True, cancel_futures=True)
+                pool.submit(int).result()  # start the workers now, while no other thread runs
                 bar.start()
             task = bar.add_task("tokenizing", total=corpus.total_bytes)
             # `pending` is the latest document (a list of token arrays, one per piece) and its split: it is

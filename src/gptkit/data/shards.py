@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -96,11 +96,13 @@ def write_shard(path: str | Path, tokens: np.ndarray, vocab_size: int = 0) -> di
     """
     path = Path(path)
     tokens = np.asarray(tokens)
+    if tokens.ndim != 1:
+        raise ValueError(f"a shard holds a 1-D array of tokens, got shape {tokens.shape}")
     header = encode_header(len(tokens), tokens.dtype, vocab_size)  # also checks the dtype is uint16/uint32
     body = np.ascontiguousarray(tokens, dtype=tokens.dtype.newbyteorder("<")).tobytes()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # not mkstemp: its 0600 mode would stick
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             f.write(header)
             f.write(body)
             f.flush()

@@ -150,6 +150,8 @@ def discover(inputs: list[str | os.PathLike]) -> tuple[list[SourceFile], list[st
         if not p.exists():
             raise DataError(f"input not found: {raw}")
         if p.is_dir():
+            if is_prepared_dir(p):
+                raise DataError(f"input {raw} is a `gptkit prepare` output (token shards), not text")
             for root, dirs, names in os.walk(p):
                 rootp = Path(root)
                 dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not is_prepared_dir(rootp / d))
