@@ -34,8 +34,8 @@ RECIPE = dict(preset="gpt-micro", n_layer=4, n_head=4, n_embd=128, block_size=64
               weight_decay=0.1, grad_clip=1.0, eval_interval=250, eval_iters=20, log_interval=1)
 
 # gptkit's own fastest route to val loss 1.88 on 2 CPU cores (found with this script; see docs/benchmarks.md)
-FAST = dict(RECIPE, max_iters=700, lr_decay_iters=700, lr=4e-3, min_lr=4e-4, warmup_iters=50, batch_size=16,
-            eval_interval=700, log_interval=10)
+FAST = dict(RECIPE, max_iters=1500, lr_decay_iters=1500, lr=2e-3, min_lr=2e-4, warmup_iters=50,
+            eval_interval=1500, log_interval=10)
 
 
 def ms_per_iter(metrics: Path) -> list[float]:

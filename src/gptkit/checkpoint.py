@@ -155,13 +155,18 @@ def build_model(config: GPTConfig, state_dict: dict[str, torch.Tensor], source: 
 
 # ----------------------------------------------------------------------------------------- gptkit format
 def write_model_files(directory: Path, model: GPT, tokenizer: Tokenizer | None = None,
-                      extra: dict[str, Any] | None = None) -> None:
-    """Write the files of a gptkit checkpoint into `directory` (not atomic by itself: see save_model)."""
+                      extra: dict[str, Any] | None = None,
+                      state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """Write the files of a gptkit checkpoint into `directory` (not atomic by itself: see save_model).
+    `state_dict` overrides the model's own (a full state gathered from a sharded model)."""
     from safetensors.torch import save_file
 
     from . import __version__
 
-    save_file(model_state_dict(model), str(directory / WEIGHTS), metadata={"format": "pt"})
+    sd = model_state_dict(model) if state_dict is None else dict(state_dict)
+    if model.config.tie_embeddings:
+        sd.pop("lm_head.weight", None)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(directory / WEIGHTS), metadata={"format": "pt"})
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "gptkit_version": __version__,
             "model": model.config.to_dict(), **(extra or {})}
     (directory / CONFIG).write_text(json.dumps(meta, indent=2))

@@ -212,6 +212,7 @@ ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [add_quickstart, ad
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for commands that re-launch themselves
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -78,6 +78,9 @@ class TrainConfig:
     device: str = _f("auto", "cpu, cuda, cuda:N or auto")
     dtype: str = _f("auto", "float32, bfloat16 or float16 autocast; auto: bfloat16 on GPUs that have it, else float32")
     compile: bool = _f(False, "torch.compile the model")
+    parallel: str = _f("auto", "none, ddp or fsdp across torchrun processes (auto: ddp when launched with >1)")
+    nproc: int | None = _f(None, "launch this many processes with torchrun (one node) and train in parallel")
+    activation_checkpointing: bool = _f(False, "recompute each block's activations in backward (saves memory)")
     threads: int | None = _f(None, "CPU threads for torch (default: torch's choice)")
     resume: bool = _f(False, "continue the run in --out from its latest checkpoint")
     sample_every: int = _f(0, "print a short sample every N steps (0: never)")
@@ -104,8 +107,17 @@ class TrainConfig:
             raise TrainError("--warmup-iters must be >= 0")
         if self.lr <= 0:
             raise TrainError(f"--lr must be positive, got {self.lr}")
+        if self.parallel not in ("auto", "none", "ddp", "fsdp"):
+            raise TrainError(f"--parallel must be auto, none, ddp or fsdp, got {self.parallel!r}")
+        if self.nproc is not None and self.nproc < 1:
+            raise TrainError(f"--nproc must be >= 1, got {self.nproc}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise TrainError(f"--dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+
+
+RESUME_OVERRIDABLE = ("device", "quiet", "threads", "max_iters", "log_interval", "eval_interval", "save_interval",
+                      "keep_last", "sample_every", "compile", "parallel", "nproc", "activation_checkpointing",
+                      "grad_accum")
 
 
 def load_yaml_config(path: str | Path) -> dict[str, Any]:
@@ -206,9 +218,10 @@ def set_rng_state(state: dict[str, Any], device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, cfg: TrainConfig,
-                    trainer: dict[str, Any], device) -> Path:
-    """Write RUN/checkpoints/step-N atomically: a complete gptkit checkpoint plus trainer_state.pt."""
+def save_checkpoint(run_dir: Path, step: int, model, model_sd: dict, optim_sd: dict, tokenizer,
+                    cfg: TrainConfig, trainer: dict[str, Any]) -> Path:
+    """Write RUN/checkpoints/step-N atomically: a complete gptkit checkpoint plus trainer_state.pt (the
+    name-keyed full optimizer state, every rank's RNG state, step, best val, data-loader state)."""
     import torch
 
     from .checkpoint import new_tmp_dir, publish_dir, write_model_files
@@ -216,8 +229,9 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, cfg: 
     final = run_dir / "checkpoints" / f"step-{step:08d}"
     tmp = new_tmp_dir(final)
     try:
-        write_model_files(tmp, model, tokenizer, extra={"train": dataclasses.asdict(cfg), "step": step})
-        torch.save({"optimizer": optimizer.state_dict(), "rng": rng_state(device), **trainer}, tmp / TRAINER_STATE)
+        write_model_files(tmp, model, tokenizer, extra={"train": dataclasses.asdict(cfg), "step": step},
+                          state_dict=model_sd)
+        torch.save({"optimizer": optim_sd, **trainer}, tmp / TRAINER_STATE)
         publish_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -300,10 +314,15 @@ def build_model_config(cfg: TrainConfig, vocab_size: int):
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run (or resume) pre-training; returns a summary {steps, final train/val loss, best val, wall time}."""
+    """Run (or resume) pre-training; returns a summary {steps, final train/val loss, best val, wall time}.
+
+    Under torchrun every process runs this function: rank r draws micro-batches r·grad_accum … (r+1)·grad_accum−1
+    of each step, so N processes × grad_accum k see exactly the batches of one process with grad_accum N·k.
+    """
     import torch
     import torch.nn.functional as F
 
+    from . import distributed as D
     from .checkpoint import atomic_write_text, list_checkpoints, load_model
     from .data.loader import BatchLoader, load_tokenizer
     from .model import GPT
@@ -313,6 +332,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     data_dir = Path(cfg.data)
     tokenizer = load_tokenizer(data_dir)  # DataError when data_dir is not a `gptkit prepare` output
     device = pick_device(cfg.device)
+    info = D.init(device.type)
+    if device.type == "cuda" and info.enabled:
+        device = torch.device("cuda", info.local_rank)
+    mode = cfg.parallel if cfg.parallel != "auto" else ("ddp" if info.enabled else "none")
+    if mode != "none" and not info.enabled:
+        mode = "none"  # one process: nothing to parallelise
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     ptdtype = pick_dtype(cfg.dtype, device)
@@ -321,24 +346,29 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     trainer: dict[str, Any] = {"step": 0, "best_val": None, "best_step": None, "tokens": 0, "elapsed_s": 0.0}
     resume_from = None
     if cfg.resume:
-        clean_stale_tmp(run_dir)
+        if info.is_main:
+            clean_stale_tmp(run_dir)
+        D.barrier(info)
         ckpts = list_checkpoints(run_dir)
         if not ckpts:
             raise TrainError(f"--resume: {run_dir} has no checkpoint to resume from")
         resume_from = ckpts[-1]
         saved = json.loads((resume_from / "config.json").read_text())
         saved_cfg = TrainConfig(**saved["train"])
-        # the run continues with its own settings; only what does not change the math may differ
-        for name in ("device", "quiet", "threads", "max_iters", "log_interval", "eval_interval", "save_interval",
-                     "keep_last", "sample_every", "compile"):
-            setattr(saved_cfg, name, getattr(cfg, name))
+        # The run continues with its own settings. Only these may be changed on resume, and only when given
+        # explicitly (a flag or the config file; all of them when train() is called from Python): where and how
+        # fast it runs, how long, and grad_accum, so that a run saved by N processes keeps its global batch on M.
+        explicit = getattr(cfg, "explicit", None)
+        for name in RESUME_OVERRIDABLE:
+            if explicit is None or name in explicit:
+                setattr(saved_cfg, name, getattr(cfg, name))
         saved_cfg.resume, saved_cfg.out, saved_cfg.data = True, cfg.out, cfg.data
         cfg = saved_cfg
     elif list_checkpoints(run_dir):
         raise TrainError(f"{run_dir} already holds checkpoints: pass --resume to continue it, or choose a new --out")
     cfg = cfg.resolved()
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     if resume_from is not None:
         model = load_model(resume_from, map_location=device)
         saved_tok = model.tokenizer
@@ -368,26 +398,46 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if "train" not in splits:
         raise TrainError(f"{data_dir} has no training tokens")
 
-    fused = device.type in ("cuda", "cpu")
+    if cfg.activation_checkpointing:
+        D.checkpoint_blocks(model)
+    wrapped = D.parallelize(model, mode, device, ptdtype if ptdtype != torch.float32 else None) \
+        if mode != "none" else model
+    # fused AdamW (one kernel for all parameters) on plain tensors; FSDP's DTensors take the foreach path
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                  eps=cfg.eps, fused=fused)
+                                  eps=cfg.eps, fused=mode != "fsdp", foreach=False if mode != "fsdp" else None)
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"], device)
+        D.load_optimizer_state(model, optimizer, state["optimizer"])
+        rngs = state["rng"]
+        if len(rngs) == info.world_size:
+            set_rng_state(rngs[info.rank], device)
+        elif info.is_main:
+            set_rng_state(rngs[0], device)  # other ranks' dropout streams restart from the seed below
+        else:
+            torch.manual_seed(cfg.seed + 7919 * info.rank + trainer["step"])
         loader.load_state_dict(state["loader"])  # refuses a resume on other data
         trainer.update({k: state[k] for k in trainer if k in state})
-    run_dir.mkdir(parents=True, exist_ok=True)
+    elif info.rank > 0:
+        torch.manual_seed(cfg.seed + 7919 * info.rank)  # each rank its own dropout masks
     metrics_path = run_dir / "metrics.jsonl"
-    if resume_from is None:
-        metrics_path.unlink(missing_ok=True)
-    else:
-        truncate_metrics(metrics_path, trainer["step"])
-    atomic_write_text(run_dir / "train_config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if resume_from is None:
+            metrics_path.unlink(missing_ok=True)
+        else:
+            truncate_metrics(metrics_path, trainer["step"])
+        atomic_write_text(run_dir / "train_config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
 
-    fwd_model = torch.compile(model) if cfg.compile else model
+    fwd_model = torch.compile(wrapped) if cfg.compile else wrapped
     autocast = torch.autocast(device.type, dtype=ptdtype, enabled=ptdtype != torch.float32)
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * mcfg.block_size
-    peak = gpu_peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * mcfg.block_size * info.world_size
+    peak = None
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        peak = gpu_peak_flops(name)
+        if peak is None and info.is_main:
+            print(f"gptkit: MFU not shown: {name} is not in the table of known GPU peaks", file=sys.stderr)
+        elif peak is not None:
+            peak *= info.world_size
     flops_per_token = mcfg.flops_per_token(mcfg.block_size)
 
     def loss_of(x, y):
@@ -397,21 +447,33 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     @torch.no_grad()
     def evaluate() -> dict[str, float]:
-        model.eval()
+        # every rank evaluates the same fixed batches (FSDP needs all ranks in every forward), so no reduction
+        wrapped.eval()
         out = {}
         for split in splits:
             losses = [loss_of(x, y).item() for x, y in loader.eval_batches(split, cfg.eval_iters)]
             out[split] = sum(losses) / len(losses)
-        model.train()
+        wrapped.train()
         return out
 
-    display = Display(cfg, trainer["step"], tokens_per_step, peak, flops_per_token)
-    model.train()
+    def checkpoint(step: int) -> None:
+        model_sd, optim_sd = D.full_state_dicts(model, optimizer)  # collective under FSDP
+        rngs = D.all_gather_objects(rng_state(device), info)
+        if info.is_main:
+            trainer.update(step=step, elapsed_s=time.perf_counter() - t_start)
+            save_checkpoint(run_dir, step, model, model_sd, optim_sd, tokenizer, cfg,
+                            {**trainer, "rng": rngs, "loader": loader.state_dict(), "world_size": info.world_size})
+            prune_checkpoints(run_dir, cfg.keep_last, trainer["best_step"])
+        D.barrier(info)
+
+    display = Display(cfg if info.is_main else dataclasses.replace(cfg, quiet=True), trainer["step"],
+                      tokens_per_step, peak, flops_per_token)
+    wrapped.train()
     step = trainer["step"]
     last_eval: dict[str, float] = {}
     t_start = time.perf_counter() - trainer["elapsed_s"]
     t_last, tokens_last = time.perf_counter(), 0
-    metrics = open(metrics_path, "a", buffering=1)
+    metrics = open(metrics_path, "a", buffering=1) if info.is_main else None
     try:
         while step < cfg.max_iters:
             lr = lr_at(step, cfg)
@@ -419,9 +481,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 group["lr"] = lr
             loss_sum = torch.zeros((), device=device)
             for micro in range(cfg.grad_accum):
-                x, y = loader.get_batch("train", step, micro)
-                loss = loss_of(x, y) / cfg.grad_accum
-                loss.backward()
+                x, y = loader.get_batch("train", step, info.rank * cfg.grad_accum + micro)
+                with D.no_grad_sync(wrapped, mode, sync=micro == cfg.grad_accum - 1):
+                    loss = loss_of(x, y) / cfg.grad_accum
+                    loss.backward()
                 loss_sum += loss.detach()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -433,7 +496,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
             eval_due = step % cfg.eval_interval == 0 or step == cfg.max_iters
             if eval_due or step % cfg.log_interval == 0:
-                train_loss = loss_sum.item()
+                train_loss = D.all_reduce_mean(loss_sum, info).item()
                 now = time.perf_counter()
                 tok_s = tokens_last / max(now - t_last, 1e-9)
                 record = {"step": step, "train_loss": train_loss, "lr": lr, "elapsed_s": round(now - t_start, 3),
@@ -446,27 +509,28 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     val = last_eval.get("val")
                     if val is not None and (trainer["best_val"] is None or val < trainer["best_val"]):
                         trainer["best_val"], trainer["best_step"] = val, step
-                metrics.write(json.dumps(record) + "\n")
+                if metrics is not None:
+                    metrics.write(json.dumps(record) + "\n")
                 display.update(step, train_loss, lr, tok_s, last_eval.get("val"))
                 t_last, tokens_last = time.perf_counter(), 0  # eval time does not count against tokens/s
-            if cfg.sample_every and step % cfg.sample_every == 0:
-                display.print(f"[step {step}] {quick_sample(model, tokenizer, device)!r}")
+            if cfg.sample_every and step % cfg.sample_every == 0 and mode != "fsdp":
+                text = quick_sample(model, tokenizer, device)
+                display.print(f"[step {step}] {text!r}")
             if step % cfg.save_interval == 0 or step == cfg.max_iters:
-                trainer.update(step=step, elapsed_s=time.perf_counter() - t_start)
-                save_checkpoint(run_dir, step, model, tokenizer, optimizer, cfg,
-                                {**trainer, "loader": loader.state_dict()}, device)
-                prune_checkpoints(run_dir, cfg.keep_last, trainer["best_step"])
+                checkpoint(step)
     finally:
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
         display.close()
-    try:
-        plot_losses(metrics_path, run_dir / "loss.png")
-    except Exception as e:  # a plot is a convenience; never lose a finished run over it
-        print(f"gptkit: warning: could not draw loss.png ({e})", file=sys.stderr)
+    if info.is_main:
+        try:
+            plot_losses(metrics_path, run_dir / "loss.png")
+        except Exception as e:  # a plot is a convenience; never lose a finished run over it
+            print(f"gptkit: warning: could not draw loss.png ({e})", file=sys.stderr)
     wall = time.perf_counter() - t_start
     return {"steps": step, "val_loss": last_eval.get("val"), "train_loss": last_eval.get("train"),
             "best_val": trainer["best_val"], "best_step": trainer["best_step"], "elapsed_s": wall,
-            "run_dir": str(run_dir)}
+            "run_dir": str(run_dir), "world_size": info.world_size, "parallel": mode}
 
 
 def quick_sample(model, tokenizer, device, n: int = 80) -> str:
@@ -562,14 +626,37 @@ def config_from_args(args) -> TrainConfig:
         if v is not None:
             values[f.name] = v
     try:
-        return TrainConfig(**values)
+        cfg = TrainConfig(**values)
     except TypeError as e:
         raise TrainError(str(e)) from None
+    cfg.explicit = frozenset(values)  # what the user set, so --resume keeps the run's own values for the rest
+    return cfg
+
+
+def launch_torchrun(nproc: int, argv: list[str]) -> int:
+    """Re-run this `gptkit train` command under torchrun with `nproc` processes on this machine."""
+    import subprocess
+
+    args = [a for i, a in enumerate(argv) if a != "--nproc" and (i == 0 or argv[i - 1] != "--nproc")
+            and not a.startswith("--nproc=")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "gptkit", *args]
+    return subprocess.call(cmd)
 
 
 def cmd_train(args) -> int:
+    from . import distributed as D
+
     cfg = config_from_args(args)
-    summary = train(cfg)
+    if cfg.nproc and cfg.nproc > 1 and not D.launched_by_torchrun():
+        cfg.validate()
+        return launch_torchrun(cfg.nproc, args.argv)
+    try:
+        summary = train(cfg)
+    finally:
+        D.shutdown()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     val = summary["val_loss"]
     print(f"done: {summary['steps']} steps in {summary['elapsed_s']:.1f} s"
           + (f", val loss {val:.4f}" if val is not None else "") + f"; run in {summary['run_dir']}")

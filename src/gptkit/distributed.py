@@ -1,0 +1,146 @@
+"""Multi-process training on PyTorch's own engine: torchrun launches, DDP or FSDP2 wraps, gloo or NCCL talks.
+
+Parallelism stays out of model.py: `parallelize(model, mode)` wraps a plain GPT the way torchtitan does, and the
+training loop only asks this module for the rank, for a context that skips gradient sync during accumulation,
+and for full (unsharded) state dicts. Checkpoints hold full tensors keyed by parameter name (through
+torch.distributed.checkpoint.state_dict), so a run saved by N processes resumes on M.
+
+    torchrun --nproc-per-node 2 -m gptkit train --data DIR --parallel ddp ...
+    gptkit train --nproc 2 --data DIR ...        # the same, launched for you
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
+
+
+def init(device_type: str) -> DistInfo:
+    """Join the process group torchrun set up (gloo on CPU, NCCL on GPU); a no-op for one process."""
+    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
+        return DistInfo()
+    info = DistInfo(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
+    if not dist.is_initialized():
+        if device_type == "cuda":
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return info
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def parallelize(model: nn.Module, mode: str, device: torch.device, param_dtype: torch.dtype | None = None) -> nn.Module:
+    """Wrap `model` for data parallelism. 'ddp': one full replica per process, gradients all-reduced.
+    'fsdp': FSDP2 `fully_shard` on every block and then the root, parameters sharded across processes and
+    gathered per block; `param_dtype` (e.g. bf16) sets its mixed-precision compute dtype."""
+    if mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if mode == "fsdp":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else None
+        kw: dict[str, Any] = {"mp_policy": mp} if mp is not None else {}
+        for block in model.transformer.h:
+            fully_shard(block, **kw)
+        fully_shard(model, **kw)
+        return model
+    raise ValueError(f"unknown parallel mode {mode!r}")
+
+
+@contextlib.contextmanager
+def no_grad_sync(model: nn.Module, mode: str, sync: bool) -> Iterator[None]:
+    """Skip the gradient all-reduce on accumulation micro-steps (`sync=False`); the last one syncs."""
+    if sync or mode == "none":
+        yield
+    elif mode == "ddp":
+        with model.no_sync():
+            yield
+    else:  # FSDP2
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+
+
+def full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Unsharded model and optimizer state, keyed by parameter name, on CPU (every rank gets them)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a name-keyed full optimizer state (from `full_state_dicts`) into a plain, DDP or FSDP2 model's
+    optimizer, whatever the number of processes that saved it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def all_reduce_mean(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.enabled:
+        x = x.clone()
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        x /= info.world_size
+    return x
+
+
+def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    if not info.enabled:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def checkpoint_blocks(model: nn.Module) -> None:
+    """Activation checkpointing: each block's activations are recomputed in backward instead of stored, which
+    trades ~30% more compute for memory that no longer grows with depth. Done by replacing each block's
+    forward on the instance, so parameter names (and checkpoints) do not change."""
+    from torch.utils.checkpoint import checkpoint
+
+    for block in model.transformer.h:
+        inner = block.forward
+
+        def forward(*args, _inner=inner, **kwargs):
+            if not torch.is_grad_enabled():  # decoding / eval: nothing to save memory on
+                return _inner(*args, **kwargs)
+            return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
+
+        block.forward = forward
