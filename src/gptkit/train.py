@@ -406,7 +406,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                   eps=cfg.eps, fused=mode != "fsdp", foreach=False if mode != "fsdp" else None)
     if state is not None:
-        D.load_optimizer_state(model, optimizer, state["optimizer"])
+        try:
+            D.load_optimizer_state(model, optimizer, state["optimizer"])
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise TrainError(f"{resume_from / TRAINER_STATE}: the optimizer state does not fit this model "
+                             f"({type(e).__name__}: {e})") from None
         rngs = state["rng"]
         if len(rngs) == info.world_size:
             set_rng_state(rngs[info.rank], device)
