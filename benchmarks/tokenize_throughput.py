@@ -52,12 +52,12 @@ def main() -> None:
     import transformers
     from transformers import GPT2TokenizerFast
 
-    from gptkit.tokenizer import GPT2Tokenizer, Tokenizer, _split_for_parallel
+    from gptkit.tokenizer import GPT2Tokenizer, Tokenizer, split_at_word_boundaries
 
     text = args.file.read_text(encoding="utf-8")
     nbytes = len(text.encode("utf-8"))
     lines = text.splitlines(keepends=True)
-    chunks = _split_for_parallel(text, 1 << 16)
+    chunks = split_at_word_boundaries(text, 1 << 16)
     threads = args.threads or os.cpu_count() or 1
 
     tok = Tokenizer.from_pretrained(args.vocab)

@@ -22,7 +22,7 @@ from gptkit.data.shards import (HEADER_BYTES, DataError, ShardWriter, dtype_for_
                                 write_shard)
 from gptkit.data.sources import Corpus, discover, input_kind, is_text_file
 from gptkit.errors import GptkitError
-from gptkit.tokenizer import Tokenizer
+from gptkit.tokenizer import Tokenizer, split_at_word_boundaries
 
 prepare_mod = importlib.import_module("gptkit.data.prepare")  # the module; gptkit.data.prepare is the function
 
@@ -188,13 +188,13 @@ def test_gpt1_and_bpe_prepare(shared_data, tmp_path, monkeypatch):
     assert tok.decode(want["train"][:-1]) in (text, text[:3000])
 
 
-def test_cut_pieces_give_the_same_ids(shakespeare, shared_data):
+def test_split_pieces_give_the_same_ids(shakespeare, shared_data):
     text = shakespeare.read_text()[:200_000]
-    pieces = prepare_mod.cut_pieces(text, 5000)
+    pieces = split_at_word_boundaries(text, 5000)
     assert "".join(pieces) == text and 35 < len(pieces) < 45
     for tok in (Tokenizer.from_pretrained(shared_data / "gpt2-bpe-vocab"), Tokenizer.train_char(text)):
         assert [i for p in pieces for i in tok.encode(p)] == tok.encode(text)
-    assert prepare_mod.cut_pieces("x" * 100, 10) == ["x" * 100]  # no safe point: one piece
+    assert split_at_word_boundaries("x" * 100, 10) == ["x" * 100]  # no safe point: one piece
 
 
 # ------------------------------------------------------------------------------------------------- shards

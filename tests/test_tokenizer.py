@@ -29,7 +29,7 @@ from gptkit.tokenizer import (
     GPT2Tokenizer,
     Tokenizer,
     TokenizerError,
-    _split_for_parallel,
+    split_at_word_boundaries,
     load_tokenizer,
 )
 
@@ -168,7 +168,7 @@ def test_gpt2_basics(gpt2):
 
 
 def test_gpt2_matches_tiktoken_on_every_file(gpt2, gpt2_ids, tiktoken_gpt2, text_files):
-    """Whole files (the long ones go through gptkit's parallel cutting, see test_split_for_parallel_*)."""
+    """Whole files (the long ones go through gptkit's parallel cutting, see testsplit_at_word_boundaries_*)."""
     for name, text in text_files:
         ref = tiktoken_gpt2.encode_ordinary(text)
         assert gpt2_ids[name] == ref, f"{name}: {_first_difference(gpt2_ids[name], ref)}"
@@ -488,9 +488,9 @@ _WS_HEAVY = st.lists(st.sampled_from([*"ab1 .'\n\t\r\u00a0\u3000\x1c\u0301", "é
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=_WS_HEAVY | UNICODE_TEXT, size=st.integers(1, 12))
-def test_split_for_parallel_preserves_ids(tiktoken_gpt2, gpt1, bpe, text, size):
+def testsplit_at_word_boundaries_preserves_ids(tiktoken_gpt2, gpt1, bpe, text, size):
     """Encoding the pieces separately gives the whole text's ids, for all three regex/word-splitting backends."""
-    pieces = _split_for_parallel(text, size)
+    pieces = split_at_word_boundaries(text, size)
     assert "".join(pieces) == text
     assert sum((tiktoken_gpt2.encode_ordinary(p) for p in pieces), []) == tiktoken_gpt2.encode_ordinary(text)
     for backend in (gpt1._backend, bpe._backend):
@@ -498,11 +498,11 @@ def test_split_for_parallel_preserves_ids(tiktoken_gpt2, gpt1, bpe, text, size):
         assert sum((backend.encode(p, add_special_tokens=False).ids for p in pieces), []) == whole
 
 
-def test_split_for_parallel_sizes(shakespeare):
-    pieces = _split_for_parallel(shakespeare, 1 << 16)
+def testsplit_at_word_boundaries_sizes(shakespeare):
+    pieces = split_at_word_boundaries(shakespeare, 1 << 16)
     assert "".join(pieces) == shakespeare and len(pieces) == -(-len(shakespeare) // (1 << 16))
     assert all(len(p) >= 1 << 16 for p in pieces[:-1]) and max(map(len, pieces)) < (1 << 16) + 100
-    assert _split_for_parallel("x" * 100, 10) == ["x" * 100]  # no safe point: one piece
+    assert split_at_word_boundaries("x" * 100, 10) == ["x" * 100]  # no safe point: one piece
 
 
 def test_import_is_light():

@@ -106,15 +106,18 @@ def add_export_hf(sub: argparse._SubParsersAction) -> None:
 # ---------------------------------------------------------------------------------------------- sample
 def stream_text(tokenizer, token_iter, ids_so_far: list[int]):
     """Yield printable text pieces as token ids arrive. Byte-level BPE tokens can split a UTF-8 character,
-    so text is held back while the decoded tail is an incomplete character (U+FFFD)."""
-    printed = len(tokenizer.decode(ids_so_far))
+    so text is held back while the decoded tail is an incomplete character (see generate.Detokenizer)."""
+    from .generate import Detokenizer
+
+    detok = Detokenizer(tokenizer, ids_so_far)
     for tok in token_iter:
         ids_so_far.append(tok)
-        text = tokenizer.decode(ids_so_far)
-        if text.endswith("\ufffd"):
-            continue
-        yield text[printed:]
-        printed = len(text)
+        piece = detok.push(tok)
+        if piece:
+            yield piece
+    tail = detok.flush()
+    if tail:
+        yield tail
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -122,7 +125,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     from .checkpoint import load_model
     from .errors import CheckpointError
-    from .generate import stream
+    from .generate import GenerationError, SamplingParams, iter_generations, prepare_for_inference
 
     if args.max_new_tokens < 0 or args.num_samples <= 0:
         raise GptkitError("--max-new-tokens must be >= 0 and --num-samples > 0")
@@ -130,49 +133,83 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise GptkitError(f"--temperature must be >= 0, got {args.temperature}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise GptkitError(f"--top-p must be in (0, 1], got {args.top_p}")
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                            top_k=args.top_k if args.top_k and args.top_k > 0 else None, top_p=args.top_p,
+                            presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
+                            stop=tuple(args.stop or ()))
+    try:
+        params.validate()
+    except GenerationError as e:  # name the flag, not the field
+        msg = str(e)
+        for name in ("max_new_tokens", "temperature", "top_k", "top_p", "presence_penalty", "frequency_penalty"):
+            msg = msg.replace(name, "--" + name.replace("_", "-"))
+        raise GptkitError(msg.replace("stop sequences", "--stop")) from None
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model(args.ckpt, map_location=device)
     tok = model.tokenizer
     if tok is None:
         raise CheckpointError(f"{args.ckpt} has no tokenizer; cannot turn --prompt into tokens")
     model.eval()
-    prompt = args.prompt
-    if prompt is None or prompt == "":
-        ids = [tok.eot_id] if tok.eot_id is not None else []
-        if not ids:
-            raise GptkitError("this tokenizer has no <|endoftext|> token: give a --prompt")
-        prompt_ids: list[int] = []
-    else:
-        ids = tok.encode(prompt)
-        prompt_ids = list(ids)
-    if not ids:
-        raise GptkitError("the prompt encodes to no tokens")
+    model = prepare_for_inference(model, args.weights)
     gen = torch.Generator(device=device).manual_seed(args.seed) if args.seed is not None else None
-    for i in range(args.num_samples):
-        if args.num_samples > 1:
-            print(f"--- sample {i + 1} ---", flush=True)
-        sys.stdout.write(prompt or "")
-        idx = torch.tensor([ids], dtype=torch.long, device=device)
-        tokens = (int(t) for t in stream(model, idx, args.max_new_tokens, temperature=args.temperature,
-                                         top_k=args.top_k, top_p=args.top_p, generator=gen))
-        for piece in stream_text(tok, tokens, list(prompt_ids)):
-            sys.stdout.write(piece)
+
+    def sample(prompt: str | None) -> None:
+        if prompt is None or prompt == "":
+            if tok.eot_id is None:
+                raise GptkitError("this tokenizer has no <|endoftext|> token: give a --prompt")
+            ids = [tok.eot_id]
+        else:
+            ids = tok.encode(prompt)
+        if not ids:
+            raise GptkitError("the prompt encodes to no tokens")
+        for i in range(args.num_samples):
+            if args.num_samples > 1:
+                print(f"--- sample {i + 1} ---", flush=True)
+            sys.stdout.write(prompt or "")
+            for ev in iter_generations(model, [ids], params, tokenizer=tok, generator=gen):
+                sys.stdout.write(ev.text)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
             sys.stdout.flush()
-        sys.stdout.write("\n")
-        sys.stdout.flush()
-    return 0
+
+    if not args.interactive:
+        sample(args.prompt)
+        return 0
+    # a prompt loop: Ctrl-C stops the current sample, Ctrl-D (end of input) or an empty line twice quits
+    print(f"gptkit sample: {args.ckpt}. Type a prompt and press Enter; Ctrl-C stops a sample, Ctrl-D quits.",
+          file=sys.stderr)
+    while True:
+        try:
+            prompt = input("> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        if not prompt.strip():
+            continue
+        try:
+            sample(prompt)
+        except KeyboardInterrupt:
+            print("\n(stopped)", file=sys.stderr)
+        except GptkitError as e:
+            print(f"gptkit: error: {e}", file=sys.stderr)
 
 
 def add_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="generate text from a checkpoint, streaming to stdout")
     p.add_argument("--ckpt", required=True, help="checkpoint, training run, or Hugging Face directory")
     p.add_argument("--prompt", default=None, help="text to continue (default: start from <|endoftext|>)")
+    p.add_argument("--interactive", "-i", action="store_true", help="read prompts from the terminal, one a line")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--presence-penalty", type=float, default=0.0, help="-2..2, OpenAI's definition")
+    p.add_argument("--frequency-penalty", type=float, default=0.0, help="-2..2, OpenAI's definition")
+    p.add_argument("--stop", action="append", default=None, help="stop at this text (repeatable)")
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
+    p.add_argument("--weights", choices=["fp32", "fp16", "int8"], default="fp32",
+                   help="fp16/int8: faster on CPU, slightly different output (see docs/benchmarks.md)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.set_defaults(func=cmd_sample)
 
@@ -195,6 +232,31 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
     add(sub)
 
 
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    from .serve import add_serve as add  # fastapi/uvicorn load only when `serve` runs
+
+    add(sub)
+
+
+def add_data(sub: argparse._SubParsersAction) -> None:
+    from .data.pipeline_cli import add_data as add
+
+    add(sub)
+
+
+def add_finetune(sub: argparse._SubParsersAction) -> None:
+    from .finetune.cli import add_finetune as add_ft, add_predict
+
+    add_ft(sub)
+    add_predict(sub)
+
+
+def add_eval(sub: argparse._SubParsersAction) -> None:
+    from .evaluate.cli import add_eval as add
+
+    add(sub)
+
+
 # ------------------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gptkit", description="The GPT family end to end: pre-train, "
@@ -206,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [add_quickstart, add_info, add_prepare, add_train, add_sample, add_export_hf]
+ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [add_quickstart, add_info, add_prepare, add_data, add_train, add_sample, add_export_hf, add_finetune, add_eval, add_serve]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gptkit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `gptkit ... | head`: the reader left; not an error worth a traceback
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -27,39 +27,67 @@ if TYPE_CHECKING:
 
 
 # ----------------------------------------------------------------------------------------------- KV cache
-class KVCache(nn.Module):
+class KVCache:
     """Preallocated keys and values of one attention layer, for incremental decoding.
 
-    `update(pos, k, v)` writes the new keys/values at positions pos..pos+T-1 and returns views of all
-    positions written so far, 0..pos+T-1.
+    Row b keeps its keys/values at cache indices 0..max_len-1. Nothing is re-allocated or concatenated while
+    decoding: `update` writes the new entries in place and returns views of the filled prefix.
     """
 
     def __init__(self, batch_size: int, n_head: int, max_len: int, head_size: int,
                  device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
-        super().__init__()
         shape = (batch_size, n_head, max_len, head_size)
-        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
 
-    def update(self, pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        end = pos + k.size(2)
-        self.k[:, :, pos:end] = k
-        self.v[:, :, pos:end] = v
+    @classmethod
+    def of(cls, k: torch.Tensor, v: torch.Tensor) -> KVCache:
+        """A cache over existing storage (e.g. a slice of a bigger cache's rows: writes land there)."""
+        cache = cls.__new__(cls)
+        cache.k, cache.v = k, v
+        return cache
+
+    def rows(self, first: int, last: int) -> KVCache:
+        """A view of rows first..last-1 that shares this cache's storage."""
+        return KVCache.of(self.k[first:last], self.v[first:last])
+
+    def update(self, pos: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, nh, T, hs) at cache indices pos..pos+T-1 and return (B, nh, S, hs) views of indices
+        0..S-1, where S is one past the last index written in any row.
+
+        `pos` is an int (every row writes at the same indices) or a LongTensor (B,) of per-row first indices.
+        """
+        T = k.size(2)
+        if isinstance(pos, int):
+            end = pos + T
+            self.k[:, :, pos:end] = k
+            self.v[:, :, pos:end] = v
+        else:
+            idx = pos[:, None] + torch.arange(T, device=pos.device)  # (B, T) cache index of each new entry
+            rows = torch.arange(k.size(0), device=pos.device)[:, None]  # (B, 1)
+            self.k[rows, :, idx] = k.transpose(1, 2)  # advanced indexing puts (B, T) first: (B, T, nh, hs)
+            self.v[rows, :, idx] = v.transpose(1, 2)
+            end = int(pos.max()) + T
         return self.k[:, :, :end], self.v[:, :, :end]
 
 
-def attention_mask(q_len: int, k_len: int, window: int | None, device: torch.device | None = None) -> torch.Tensor:
-    """Boolean (q_len, k_len) mask, True where attention is allowed.
+def attention_mask(q_idx: torch.Tensor, k_len: int, window: int | None,
+                   start: torch.Tensor | None = None) -> torch.Tensor:
+    """Boolean (B, 1, T, S) mask, True where attention is allowed (B may be 1: it broadcasts).
 
-    Queries are the last q_len of the k_len positions. Query i (absolute position k_len - q_len + i) sees key j
-    when j <= i (causal) and, for a banded layer, when i - j < window (the last `window` positions, itself included).
+    q_idx (B, T) or (1, T) holds the cache index of each query; keys are cache indices 0..k_len-1. Query q sees
+    key j when j <= q (causal), q - j < window (banded layers: the last `window` positions, itself included),
+    and j >= start[b] (left padding: row b's sequence begins at index start[b]). A padding query (q < start[b])
+    sees only itself, so its row stays finite: nothing real ever attends to it.
     """
-    q_pos = torch.arange(k_len - q_len, k_len, device=device).unsqueeze(1)  # (T, 1)
-    k_pos = torch.arange(k_len, device=device).unsqueeze(0)  # (1, S)
-    mask = k_pos <= q_pos
+    k_idx = torch.arange(k_len, device=q_idx.device)  # (S,)
+    q = q_idx[:, :, None]  # (B, T, 1)
+    mask = k_idx <= q
     if window is not None:
-        mask &= (q_pos - k_pos) < window
-    return mask
+        mask = mask & (q - k_idx < window)
+    if start is not None:
+        mask = mask & ((k_idx >= start[:, None, None]) | (k_idx == q))
+    return mask[:, None]  # (B, 1, T, S): the same mask for every head
 
 
 # ------------------------------------------------------------------------------------------- the layers
@@ -76,7 +104,10 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)  # output projection
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, pos: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, pos: int | torch.Tensor = 0,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, C) → (B, T, C). `mask` (B|1, 1, T, S) comes from GPTBackbone; None means plain causal
+        attention, where the T queries are the last T of the S keys."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
@@ -84,15 +115,11 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_head, self.head_size).transpose(1, 2)
         if kv_cache is not None:
             k, v = kv_cache.update(pos, k, v)  # (B, nh, S, hs), S = pos + T
-        S = k.size(2)
         dropout = self.attn_pdrop if self.training else 0.0
-        if self.window is None and T == S:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
-        elif self.window is None and T == 1:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # one new token sees all S keys
-        else:
-            mask = attention_mask(T, S, self.window, device=x.device)
+        if mask is not None:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        else:  # T == S (no cache, or a cache filled from 0) or T == 1 (one new token sees every key)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=T > 1)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
 
@@ -122,12 +149,13 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, pos: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, pos: int | torch.Tensor = 0,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.pre_norm:  # GPT-2 §2.3
-            x = x + self.attn(self.ln_1(x), kv_cache, pos)
+            x = x + self.attn(self.ln_1(x), kv_cache, pos, mask)
             x = x + self.mlp(self.ln_2(x))
         else:  # GPT-1, the original Transformer
-            x = self.ln_1(x + self.attn(x, kv_cache, pos))
+            x = self.ln_1(x + self.attn(x, kv_cache, pos, mask))
             x = self.ln_2(x + self.mlp(x))
         return x
 
@@ -163,15 +191,40 @@ class GPTBackbone(nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias) \
             if config.final_norm else nn.Identity()
 
-    def forward(self, idx: torch.Tensor, kv_caches: list[KVCache] | None = None, pos: int = 0) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, kv_caches: list[KVCache] | None = None, pos: int | torch.Tensor = 0,
+                start: torch.Tensor | None = None) -> torch.Tensor:
+        """idx (B, T) → hidden states (B, T, C).
+
+        Without a cache, or with `pos` an int and no `start`, every row holds one sequence from index 0 and the
+        new tokens sit at positions pos..pos+T-1. Batched decoding of sequences of different lengths passes
+        `pos`, a LongTensor (B,) of per-row cache indices for idx[:, 0], and/or `start` (B,), the cache index
+        where row b's sequence begins (left padding before it is masked out). Position ids are cache index
+        minus start, so a left-padded prompt gets the same positions as it would alone.
+        """
         B, T = idx.shape
-        if pos + T > self.config.block_size:
-            raise ValueError(f"sequence of {pos + T} tokens is longer than the context ({self.config.block_size})")
-        positions = torch.arange(pos, pos + T, device=idx.device)  # (T,)
+        windows = {block.attn.window for block in self.h}
+        if isinstance(pos, int) and start is None:  # the common case: no per-row bookkeeping
+            if pos + T > self.config.block_size:
+                raise ValueError(f"sequence of {pos + T} tokens is longer than the context ({self.config.block_size})")
+            positions = torch.arange(pos, pos + T, device=idx.device)  # (T,)
+            # dense layers need no mask when the queries are all keys (is_causal) or a single newest token
+            plain = T == 1 or pos == 0
+            q_idx = positions[None]  # (1, T)
+            masks = {w: None if w is None and plain else attention_mask(q_idx, pos + T, w) for w in windows}
+        else:
+            first = pos if isinstance(pos, torch.Tensor) else torch.full((B,), pos, device=idx.device)
+            q_idx = first[:, None] + torch.arange(T, device=idx.device)  # (B, T) cache index of each token
+            positions = q_idx - start[:, None] if start is not None else q_idx  # (B, T)
+            if int(positions.max()) >= self.config.block_size:
+                raise ValueError(f"sequence of {int(positions.max()) + 1} tokens is longer than the context "
+                                 f"({self.config.block_size})")
+            positions = positions.clamp(min=0)  # left padding has negative positions; its tokens are masked
+            k_len = int(q_idx.max()) + 1
+            masks = {w: attention_mask(q_idx, k_len, w, start) for w in windows}
         pos_emb = self.wpe(positions) if self.config.pos == "learned" else self.pos_table[positions]
         x = self.drop(self.wte(idx) + pos_emb)  # (B, T, C)
         for i, block in enumerate(self.h):
-            x = block(x, kv_caches[i] if kv_caches is not None else None, pos)
+            x = block(x, kv_caches[i] if kv_caches is not None else None, pos, masks[block.attn.window])
         return self.ln_f(x)
 
 
@@ -232,13 +285,14 @@ class GPT(nn.Module):
         save_model(self, directory, tokenizer=self.tokenizer)
 
     # -------------------------------------------------------------------------------------- forward
-    def forward(self, idx: torch.Tensor, pos: int = 0) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, pos: int | torch.Tensor = 0, start: torch.Tensor | None = None) -> torch.Tensor:
         """idx (B, T) token ids → logits (B, T, vocab_size) for every position.
 
-        With a KV cache set up (`setup_kv_cache`), `pos` is the position of idx[:, 0] and the keys/values of
-        positions < pos come from the cache.
+        With a KV cache set up (`setup_kv_cache`), `pos` is the cache index of idx[:, 0] and the keys/values of
+        indices < pos come from the cache. `pos` (B,) and `start` (B,) as tensors serve batches of sequences of
+        different lengths (see GPTBackbone.forward).
         """
-        return self.lm_head(self.transformer(idx, self.kv_caches, pos))
+        return self.lm_head(self.transformer(idx, self.kv_caches, pos, start))
 
     def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
         """Final hidden states (B, T, C) — what fine-tuning heads read."""

@@ -12,7 +12,7 @@ token's *string* inside a text is encoded as ordinary text (safe for user data, 
 ``encode_ordinary`` is); ``allowed_special="all"`` (or a set of strings) turns those strings into their ids.
 
 Large texts are cut at points where the backend's own word splitting would cut anyway (a single space or
-newline between two non-space characters, see ``_split_for_parallel``) and encoded in parallel, which gives the
+newline between two non-space characters, see ``split_at_word_boundaries``) and encoded in parallel, which gives the
 same ids as one call on the whole text, several times faster.
 
 The backends (``tiktoken``, ``tokenizers``) are imported lazily so that ``import gptkit`` stays light.
@@ -95,7 +95,7 @@ def _gpt2_pattern() -> str:
 _SAFE_CUT = re.compile(r"(?<=\S)[ \n](?=\S)")
 
 
-def _split_for_parallel(text: str, chunk_chars: int = _CHUNK_CHARS) -> list[str]:
+def split_at_word_boundaries(text: str, chunk_chars: int = _CHUNK_CHARS) -> list[str]:
     """Cut ``text`` into pieces of about ``chunk_chars`` that tokenize independently to the same ids.
 
     Each cut is just before a space or newline that sits between two non-space characters. GPT-2's regex
@@ -224,7 +224,7 @@ def _encode_with_tokenizers(backend: tokenizers.Tokenizer, text: str) -> list[in
     ``encode_batch_fast`` skips the character offsets that ``encode`` computes; with the cutting, a 1 MB text
     encodes 2-5x faster than one ``encode`` call (whose cost grows faster than linearly with length).
     """
-    pieces = _split_for_parallel(text) if len(text) >= _PARALLEL_MIN_CHARS else [text]
+    pieces = split_at_word_boundaries(text) if len(text) >= _PARALLEL_MIN_CHARS else [text]
     encodings = backend.encode_batch_fast(pieces, add_special_tokens=False)
     if len(encodings) == 1:
         return encodings[0].ids
@@ -787,7 +787,7 @@ class GPT2Tokenizer(Tokenizer):
         enc = self.encoding
         threads = _default_threads(None)
         if len(text) >= _PARALLEL_MIN_CHARS and threads > 1:
-            pieces = _split_for_parallel(text)
+            pieces = split_at_word_boundaries(text)
             if len(pieces) > 1:
                 ids: list[int] = []
                 for part in _threaded_map(enc.encode_ordinary, pieces, threads):

@@ -29,20 +29,39 @@ directory, or a previous `gptkit prepare` output (recognised by its manifest.jso
 non-empty directory is refused, so a typo cannot delete unrelated files.
 
 Large inputs stream: documents are read one at a time, long ones are cut into pieces of ~256K characters at
-points where the tokenizer would split words anyway (`cut_pieces`), pieces are tokenized by `num_workers`
+points where the tokenizer would split words anyway (`gptkit.tokenizer.split_at_word_boundaries`), pieces are tokenized by `num_workers`
 processes in batches that come back in order (at most 2 * workers + 2 batches in flight), and the tokens are
 appended to the shard files as they come. Memory is bounded by the largest single document (its text, plus its
 tokens at 2 bytes each), never by the corpus. Tokenizers that must see the data first make one extra streaming
 pass: char collects the character set, bpe trains a byte-level BPE (`Tokenizer.train_bpe`, fed the same pieces).
 The output is byte-identical for any number of workers.
+
+Mixtures (GPT-3 §2.2, Table 2.2): with `sources` (CLI: `--source NAME=PATH:WEIGHT`, repeatable) instead of `inputs`,
+the train split is a weighted mixture: sources "are not sampled in proportion to their size" (§2.2) but by weight,
+so that small high-quality sources are seen more than once while large ones are not seen whole. The tokenizer is
+learnt from all sources together. Each source is split into train/val by the rules above on its own (so every source
+has val documents; the val split holds every source's val documents once, unweighted). The train split then holds
+`mix_tokens` tokens (default: the sum of the sources' train tokens), source i contributing exactly round(weight_i /
+Σ weights · mix_tokens) of them (largest-remainder rounding): whole passes over its documents, each pass in a fresh
+seeded random order, then documents of one more random order until its share is reached (the last one cut to a
+random window and ended with end-of-text). The sources are interleaved, the next document always coming from the
+source furthest behind its share, so any stretch of the train stream that is long next to its documents holds the
+sources in about their shares, whether the loader samples windows at random or reads in order. (Documents are not
+split to interleave them, so a source of a few very long documents comes in long runs; random windows still see
+every source in its share on average.) The manifest's `mixture` section gives each source's train tokens, share,
+sampled tokens and effective epochs (sampled / train tokens, GPT-3 Table 2.2's "epochs elapsed"); `gptkit prepare`
+prints it as a table. Deterministic for a given `seed`.
 """
 
 from __future__ import annotations
 
+import array
 import collections
 import contextlib
 import hashlib
+import heapq
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -53,10 +72,12 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..tokenizer import split_at_word_boundaries
 from .shards import HEADER_BYTES, VERSION, DataError, ShardWriter, dtype_for_vocab
 from .sources import Corpus, is_prepared_dir
 
@@ -65,10 +86,9 @@ MANIFEST = "manifest.json"
 FORMAT = "gptkit-prepared"
 FORMAT_VERSION = 1
 EOT = "<|endoftext|>"
-PIECE_CHARS = 1 << 18  # longer documents are tokenized in pieces of about this many characters (cut_pieces)
+PIECE_CHARS = 1 << 18  # longer documents are tokenized in pieces of about this many characters
 BATCH_CHARS = 1 << 18  # pieces go to the workers in batches of about this many characters ...
 BATCH_DOCS = 1024  # ... or this many pieces
-_SAFE_CUT = re.compile(r"(?<=\S)[ \n](?=\S)")  # a single space or newline between two non-space characters
 SMALL_CORPUS_BYTES = 8 << 20  # below this, worker start-up costs more than it saves: one process by default
 
 
@@ -101,27 +121,6 @@ def split_hash(text: str, seed: int) -> float:
     return int.from_bytes(h.digest(), "little") / 2.0**64
 
 
-def cut_pieces(text: str, piece_chars: int) -> list[str]:
-    """Cut a long document into pieces of about `piece_chars` that tokenize to the same ids as the whole.
-
-    Each cut is just before a single space or newline that sits between two non-space characters: GPT-2's
-    pre-tokenizer regex (tiktoken, and the `tokenizers` ByteLevel pre-tokenizer of our BPE) always ends a word
-    at that non-space character and starts the next at that space, and GPT-1's BERT pre-tokenizer splits at every
-    whitespace; a char tokenizer does not care. (gptkit.tokenizer encodes long texts in parallel the same way;
-    the tests check the ids against one `encode` of the whole text.) So a 1 GB text file is tokenized in parallel
-    pieces and never becomes one list of 250 M Python ints.
-    """
-    pieces, start, n = [], 0, len(text)
-    while n - start > piece_chars:
-        m = _SAFE_CUT.search(text, start + piece_chars)
-        if m is None:
-            break
-        pieces.append(text[start:m.start()])
-        start = m.start()
-    pieces.append(text[start:])
-    return pieces
-
-
 def encode_pieces(texts: list[str], dtype: str, tokenizer=None) -> list[np.ndarray]:
     """Token ids (no end-of-text) of each text, as compact arrays; runs in a worker process."""
     tok = tokenizer if tokenizer is not None else _WORKER_TOKENIZER
@@ -140,7 +139,7 @@ def _batches(docs: Iterable[str], corpus: Corpus, seed: int) -> Iterator[Batch]:
     meta: list[tuple[float | None, bool]] = []
     chars = 0
     for doc in docs:
-        pieces = cut_pieces(doc, PIECE_CHARS) if len(doc) > PIECE_CHARS else [doc]
+        pieces = split_at_word_boundaries(doc, PIECE_CHARS) if len(doc) > PIECE_CHARS else [doc]
         u = split_hash(doc, seed)
         del doc
         for j, piece in enumerate(pieces):
@@ -220,7 +219,7 @@ def build_tokenizer(kind: str, corpus: Corpus, vocab: str | None, vocab_size: in
         def docs() -> Iterator[str]:  # in pieces: the same words to count, in bounded memory
             for doc in corpus.documents():
                 progress.update(task, completed=corpus.bytes_read)
-                yield from cut_pieces(doc, PIECE_CHARS) if len(doc) > PIECE_CHARS else (doc,)
+                yield from split_at_word_boundaries(doc, PIECE_CHARS) if len(doc) > PIECE_CHARS else (doc,)
 
         tok = Tokenizer.train_bpe(docs(), vocab_size)
         progress.update(task, completed=corpus.total_bytes)
@@ -298,15 +297,215 @@ def _warn(msg: str) -> None:
     print(f"gptkit: warning: {msg}", file=sys.stderr)
 
 
+# ------------------------------------------------------------------------------------------ mixtures
+@dataclass(frozen=True)
+class MixtureSource:
+    """One named source of a mixture: its inputs (files, directories, JSONL, .gz) and its weight. Weights are
+    relative: a source's share of the train tokens is its weight over the sum of the weights."""
+
+    name: str
+    inputs: list[str]
+    weight: float
+
+
+_SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def parse_source(spec: str) -> MixtureSource:
+    """`NAME=PATH:WEIGHT` -> MixtureSource (the path may itself hold ':' or '='; the weight is after the last ':')."""
+    name, eq, rest = spec.partition("=")
+    path, colon, weight = rest.rpartition(":")
+    if not eq or not colon or not name or not path:
+        raise DataError(f"--source {spec!r}: expected NAME=PATH:WEIGHT, e.g. --source wiki=data/wiki.jsonl:3")
+    if not _SOURCE_NAME.match(name):
+        raise DataError(f"--source {spec!r}: the name must be letters, digits, '_', '.', '-'")
+    try:
+        w = float(weight)
+    except ValueError:
+        raise DataError(f"--source {spec!r}: weight {weight!r} is not a number") from None
+    if not (w > 0 and math.isfinite(w)):
+        raise DataError(f"--source {spec!r}: the weight must be a positive number")
+    return MixtureSource(name, [path], w)
+
+
+def merge_sources(sources: list[MixtureSource]) -> list[MixtureSource]:
+    """Sources with the same name become one source with all their inputs (their weights must agree)."""
+    merged: dict[str, MixtureSource] = {}
+    for src in sources:
+        if src.name in merged:
+            if merged[src.name].weight != src.weight:
+                raise DataError(f"--source {src.name} is given twice with different weights "
+                                f"({merged[src.name].weight:g} and {src.weight:g})")
+            merged[src.name] = MixtureSource(src.name, merged[src.name].inputs + src.inputs, src.weight)
+        else:
+            merged[src.name] = src
+    return list(merged.values())
+
+
+def _check_mixture(inputs: list[str] | None, sources: list[MixtureSource] | None,
+                   mix_tokens: int | None) -> list[MixtureSource] | None:
+    if sources and inputs:
+        raise DataError("give either --input (one corpus) or --source NAME=PATH:WEIGHT (a mixture), not both")
+    if not sources:
+        if mix_tokens is not None:
+            raise DataError("--mix-tokens is for mixtures (--source NAME=PATH:WEIGHT)")
+        if not inputs:
+            raise DataError("no inputs given: pass --input PATH... or --source NAME=PATH:WEIGHT")
+        return None
+    if mix_tokens is not None and mix_tokens <= 0:
+        raise DataError(f"--mix-tokens must be positive, got {mix_tokens}")
+    return merge_sources(list(sources))
+
+
+def shares_to_tokens(weights: list[float], total: int) -> list[int]:
+    """Split `total` tokens by weight, rounding by largest remainder so the parts sum to `total` exactly."""
+    w = np.asarray(weights, dtype=np.float64)
+    exact = w / w.sum() * total
+    parts = np.floor(exact).astype(np.int64)
+    for i in np.argsort(-(exact - parts), kind="stable")[:total - int(parts.sum())]:
+        parts[i] += 1
+    return [int(p) for p in parts]
+
+
+class _DocFile:
+    """A source's training documents, waiting to be mixed: tokens appended to a raw file, document ends kept
+    (8 bytes per document)."""
+
+    def __init__(self, path: Path, dtype: np.dtype):
+        self.path, self.dtype = path, np.dtype(dtype)
+        self._f = open(path, "wb")
+        self.ends = array.array("q")
+        self.total = 0
+
+    def add(self, pieces: list[np.ndarray], eot: np.ndarray | None) -> None:
+        for a in [*pieces, *(() if eot is None else (eot,))]:
+            self._f.write(np.ascontiguousarray(a, dtype=self.dtype).tobytes())
+            self.total += len(a)
+        if self.total > (self.ends[-1] if self.ends else 0):  # an empty piece is no document
+            self.ends.append(self.total)
+
+    def close(self) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens as a read-only memmap, document ends)."""
+        self._f.close()
+        tokens = (np.memmap(self.path, dtype=self.dtype, mode="r") if self.total else np.empty(0, self.dtype))
+        return tokens, np.frombuffer(self.ends, dtype=np.int64)
+
+
+def sample_segments(ends: np.ndarray, target: int, rng: np.random.Generator) -> Iterator[tuple[int, int, bool]]:
+    """(start, stop, cut) token ranges of a source's documents (each ending with its end-of-text token) that add
+    up to exactly `target` tokens: whole passes over the documents, each in a fresh random order, then documents
+    of one more random order until the target is reached. The document that would overshoot is cut to a random
+    window of the tokens still needed, less one (`cut` True): the caller ends it with an end-of-text token."""
+    starts = np.concatenate([[0], ends[:-1]])
+    left = target
+    while left > 0:
+        for d in rng.permutation(len(ends)).tolist():
+            a, b = int(starts[d]), int(ends[d])
+            if b - a <= left:
+                yield a, b, False
+                left -= b - a
+            else:
+                take = left - 1
+                off = int(rng.integers(0, (b - a - 1) - take + 1))  # within the document, before its end-of-text
+                yield a + off, a + off + take, True
+                left = 0
+            if left == 0:
+                return
+
+
+def _prepare_mixture(mixture: list[MixtureSource], mix_tokens: int | None, tok, seed: int, dtype: np.dtype, pool,
+                     workers: int, bar, val_fraction: float, text_field: str, writers: dict[str, ShardWriter],
+                     eot_arr: np.ndarray, tmp: Path) -> tuple[str, dict[str, int], list[Corpus], dict]:
+    """Tokenize each source (its val documents straight to the val shards, its train documents to a temporary
+    file), then write the train shards: `mix_tokens` tokens, each source's share by weight, the sources
+    interleaved so that every stretch of the stream holds them in about their shares (GPT-3 §2.2, Table 2.2).
+
+    Returns the policy, the documents per split, the sources' corpora and the manifest's "mixture" section.
+    """
+    corpora, files, rows = [], [], []
+    for i, src in enumerate(mixture):
+        c = Corpus(src.inputs, text_field=text_field)
+        df = _DocFile(tmp / f".mix-{i}.tok", dtype)
+        task = bar.add_task(f"tokenizing {src.name}", total=c.total_bytes)
+
+        def emit(split: str, pieces: list[np.ndarray], with_eot: bool, df=df) -> None:
+            if split == "train":
+                df.add(pieces, eot_arr if with_eot else None)
+            else:
+                _write_doc(writers["val"], pieces, eot_arr if with_eot else None)
+
+        val_before = writers["val"].total
+        policy, nd = split_documents(_encoded(c, tok, seed, dtype.str, pool, workers), val_fraction, emit,
+                                     lambda nb, task=task: bar.update(task, completed=nb), cut_eot=True)
+        bar.update(task, completed=c.total_bytes)
+        if c.summary()["documents"] == 0:
+            raise DataError(f"--source {src.name}: no non-empty documents in {', '.join(src.inputs)}")
+        if df.total == 0:
+            raise DataError(f"--source {src.name}: no training tokens (its only document went to val; "
+                            "lower --val-fraction or add documents)")
+        corpora.append(c)
+        files.append(df)
+        rows.append({"name": src.name, "inputs": src.inputs, "weight": src.weight, "split_policy": policy,
+                     "documents": c.summary()["documents"], "train_documents": nd["train"],
+                     "val_documents": nd["val"], "train_tokens": df.total,
+                     "val_tokens": writers["val"].total - val_before})
+
+    total = mix_tokens if mix_tokens is not None else sum(r["train_tokens"] for r in rows)
+    targets = shares_to_tokens([src.weight for src in mixture], total)
+    weight_sum = sum(src.weight for src in mixture)
+    # every source's segments, merged by always taking the source furthest behind its target share
+    data = [df.close() for df in files]
+    streams = [sample_segments(ends, t, np.random.default_rng([seed, i]))
+               for i, ((_, ends), t) in enumerate(zip(data, targets))]
+    written = [0] * len(mixture)
+    docs = [0] * len(mixture)
+    heap = [(0.0, i) for i, t in enumerate(targets) if t > 0]
+    heapq.heapify(heap)
+    task = bar.add_task("mixing", total=total)
+    done = 0
+    while heap:
+        _, i = heapq.heappop(heap)
+        a, b, cut = next(streams[i])
+        writers["train"].write(data[i][0][a:b])
+        n = b - a
+        if cut:
+            writers["train"].write(eot_arr)
+            n += 1
+        written[i] += n
+        docs[i] += 1
+        done += n
+        if written[i] < targets[i]:
+            heapq.heappush(heap, (written[i] / targets[i], i))
+        if docs[i] % 1024 == 0:
+            bar.update(task, completed=done)
+    bar.update(task, completed=total)
+    data.clear()  # close the memmaps before their files go
+    for df in files:
+        df.path.unlink()
+
+    for r, t, w, d in zip(rows, targets, written, docs):
+        assert w == t
+        r.update({"share": r["weight"] / weight_sum, "sampled_tokens": t, "sampled_documents": d,
+                  # GPT-3 Table 2.2's "epochs elapsed when training for 300B tokens", here for mix_tokens
+                  "effective_epochs": t / r["train_tokens"]})
+    info = {"train_tokens": total, "default_total": mix_tokens is None, "seed": seed,
+            "order": "interleaved: the next document comes from the source furthest behind its share",
+            "sources": rows}
+    ndocs = {"train": sum(docs), "val": sum(r["val_documents"] for r in rows)}
+    return "per-source", ndocs, corpora, info
+
+
 # ------------------------------------------------------------------------------------------ prepare
-def prepare(inputs: list[str], out_dir: str | os.PathLike, tokenizer: str = "char", vocab: str | None = None,
+def prepare(inputs: list[str] | None, out_dir: str | os.PathLike, tokenizer: str = "char", vocab: str | None = None,
             vocab_size: int = 4096, val_fraction: float = 0.1, text_field: str = "text",
             num_workers: int | None = None, shard_tokens: int = 100_000_000, seed: int = 1337,
-            progress: bool | None = None, warn: Callable[[str], None] = _warn) -> dict:
+            progress: bool | None = None, warn: Callable[[str], None] = _warn,
+            sources: list[MixtureSource] | None = None, mix_tokens: int | None = None) -> dict:
     """Tokenize `inputs` into train/val token shards in `out_dir` and return the manifest (see module docstring).
 
     Args:
         inputs: text files, directories (recursive), JSONL files, `.gz` of these (see gptkit.data.sources).
+            None or empty when `sources` is given.
         tokenizer: "char" (characters of the corpus), "bpe" (byte-level BPE of `vocab_size` trained on the
             corpus), "gpt2" or "gpt1" (the vocabulary in directory `vocab`).
         val_fraction: share of documents (several documents) or of tokens (one document) held out for val.
@@ -314,8 +513,12 @@ def prepare(inputs: list[str], out_dir: str | os.PathLike, tokenizer: str = "cha
             The output does not depend on it.
         shard_tokens: tokens per shard file.
         progress: show a progress bar on stderr (None: when stderr is a terminal).
+        sources: a weighted mixture instead of `inputs` (see `MixtureSource` and the "Mixtures" section of the
+            module docstring): the train split holds `mix_tokens` tokens, each source's share of them by weight.
+        mix_tokens: train tokens of a mixture (default: the sum of the sources' train tokens).
     """
     t0 = time.perf_counter()
+    mixture = _check_mixture(inputs, sources, mix_tokens)
     if tokenizer not in TOKENIZERS:
         raise DataError(f"unknown tokenizer {tokenizer!r}; choose one of {', '.join(TOKENIZERS)}")
     if tokenizer in ("gpt2", "gpt1"):
@@ -336,8 +539,10 @@ def prepare(inputs: list[str], out_dir: str | os.PathLike, tokenizer: str = "cha
         raise DataError(f"shard_tokens must be positive, got {shard_tokens}")
     out = Path(out_dir).expanduser().absolute()
     _check_out_dir(out)
-    corpus = Corpus(inputs, text_field=text_field)
+    # a mixture's tokenizer is learnt from (or checked against) all of its sources together
+    corpus = Corpus(inputs if mixture is None else [p for src in mixture for p in src.inputs], text_field=text_field)
     workers = default_workers(corpus.total_bytes) if num_workers is None else max(1, int(num_workers))
+    corpora = [corpus]
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.prepare-{os.getpid()}-{secrets.token_hex(4)}"
@@ -351,7 +556,6 @@ def prepare(inputs: list[str], out_dir: str | os.PathLike, tokenizer: str = "cha
             eot, vsize = int(tok.eot_id), int(tok.vocab_size)
             dtype = dtype_for_vocab(vsize)
             writers = {s: ShardWriter(tmp, s, dtype, shard_tokens, vsize) for s in ("train", "val")}
-            ndocs = {"train": 0, "val": 0}
             eot_arr = np.array([eot], dtype=dtype)
 
             pool = None
@@ -361,59 +565,36 @@ def prepare(inputs: list[str], out_dir: str | os.PathLike, tokenizer: str = "cha
                 stack.callback(pool.shutdown, wait=True, cancel_futures=True)
                 pool.submit(int).result()  # start the workers now, while no other thread runs
                 bar.start()
-            task = bar.add_task("tokenizing", total=corpus.total_bytes)
-            # `pending` is the latest document (a list of token arrays, one per piece) and its split: it is
-            # written when the next document starts, so the last one can still change split (see docstring).
-            pending: tuple[list[np.ndarray], str] | None = None
-            for arrays, meta, nbytes in _encoded(corpus, tok, seed, dtype.str, pool, workers):
-                for ids, (u, _last) in zip(arrays, meta):
-                    if u is None:  # a later piece of the current document
-                        pending[0].append(ids)
-                        continue
-                    if pending is not None:
-                        _write_doc(writers[pending[1]], pending[0], eot_arr)
-                        ndocs[pending[1]] += 1
-                    pending = ([ids], "val" if u < val_fraction else "train")
-                bar.update(task, completed=nbytes)
-            bar.update(task, completed=corpus.total_bytes)
-            _check_not_empty(corpus)
+            if mixture is None:
+                task = bar.add_task("tokenizing", total=corpus.total_bytes)
 
-            assert pending is not None
-            pieces, split = pending
-            if sum(ndocs.values()) == 0:  # one document: cut its tokens as nanoGPT does
-                policy = "single-document"
-                n = sum(len(a) for a in pieces)
-                k = int(n * (1 - val_fraction))
-                pos = 0
-                for a in pieces:  # tokens [0, k) to train, [k, n) to val, without concatenating the pieces
-                    writers["train"].write(a[:max(0, k - pos)])
-                    writers["val"].write(a[max(0, k - pos):])
-                    pos += len(a)
-                writers["val"].write(eot_arr)
-                ndocs = {"train": int(k > 0), "val": 1}
+                def emit(split: str, pieces: list[np.ndarray], with_eot: bool) -> None:
+                    _write_doc(writers[split], pieces, eot_arr if with_eot else None)
+
+                encoded = _encoded(corpus, tok, seed, dtype.str, pool, workers)
+                policy, ndocs = split_documents(encoded, val_fraction, emit, lambda nb: bar.update(task, completed=nb))
+                bar.update(task, completed=corpus.total_bytes)
+                _check_not_empty(corpus)
             else:
-                policy = "document-hash"
-                if val_fraction > 0 and ndocs["val"] == 0:
-                    split = "val"
-                elif ndocs["train"] == 0:
-                    split = "train"
-                _write_doc(writers[split], pieces, eot_arr)
-                ndocs[split] += 1
+                policy, ndocs, corpora, mix_info = _prepare_mixture(mixture, mix_tokens, tok, seed, dtype, pool,
+                                                                    workers, bar, val_fraction, text_field,
+                                                                    writers, eot_arr, tmp)
             shards = {s: w.close() for s, w in writers.items()}
 
-        summary = corpus.summary()
+        summary = {k: sum(c.summary()[k] for c in corpora) for k in corpus.summary()}
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "gptkit_version": _version(),
-            "arguments": {"inputs": [str(i) for i in inputs], "tokenizer": tokenizer, "vocab": vocab,
+            "arguments": {"inputs": [str(i) for i in inputs or []], "tokenizer": tokenizer, "vocab": vocab,
                           "vocab_size": vocab_size if tokenizer == "bpe" else None, "val_fraction": val_fraction,
                           "text_field": text_field, "shard_tokens": shard_tokens, "seed": seed},
             "tokenizer": {"kind": tok.kind, "vocab_size": vsize, "eot_id": eot, "dir": "tokenizer",
                           "source": str(Path(vocab).absolute()) if vocab else None},
             "dtype": dtype.name,
             "shard_format": {"magic": "GPTKTOK", "version": VERSION, "header_bytes": HEADER_BYTES},
-            "split": {"policy": policy, "val_fraction": val_fraction, "seed": seed},
+            "split": {"policy": policy if mixture is None else "per-source", "val_fraction": val_fraction,
+                      "seed": seed},
             "splits": {s: {"tokens": writers[s].total, "documents": ndocs[s], "shards": shards[s]}
                        for s in ("train", "val")},
             "documents": summary,
@@ -421,23 +602,80 @@ def prepare(inputs: list[str], out_dir: str | os.PathLike, tokenizer: str = "cha
             "skipped_files": corpus.skipped_files,
             "run": {"workers": workers, "seconds": round(time.perf_counter() - t0, 3)},
         }
+        if mixture is not None:
+            manifest["arguments"]["sources"] = [{"name": m.name, "inputs": m.inputs, "weight": m.weight}
+                                                for m in mixture]
+            manifest["arguments"]["mix_tokens"] = mix_tokens
+            manifest["sources"] = [{**st.to_dict(), "mixture_source": m.name}
+                                   for m, c in zip(mixture, corpora) for st in c.stats]
+            manifest["mixture"] = mix_info
         _write_json(tmp / MANIFEST, manifest)
         _check_out_dir(out)  # nothing appeared there while we worked
         _install(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for w in corpus.warnings():
-        warn(w)
+    for c in corpora:
+        for w in c.warnings():
+            warn(w)
     if val_fraction > 0 and manifest["splits"]["val"]["tokens"] == 0:
         warn("the val split is empty")
     return manifest
 
 
-def _write_doc(writer: ShardWriter, pieces: list[np.ndarray], eot: np.ndarray) -> None:
+def _write_doc(writer: ShardWriter, pieces: list[np.ndarray], eot: np.ndarray | None) -> None:
     for a in pieces:
         writer.write(a)
-    writer.write(eot)
+    if eot is not None:
+        writer.write(eot)
+
+
+def split_documents(encoded: Iterable[tuple[list[np.ndarray], list[tuple[float | None, bool]], int]],
+                    val_fraction: float, emit: Callable[[str, list[np.ndarray], bool], None],
+                    on_batch: Callable[[int], None] = lambda nbytes: None,
+                    cut_eot: bool = False) -> tuple[str, dict[str, int]]:
+    """Send every encoded document to `emit(split, pieces, with_eot)` by the split policy of the module docstring,
+    and return (policy, documents per split); policy "empty" when there was no document.
+
+    With one document, its tokens are cut nanoGPT's way: train gets the first part, without an end-of-text token
+    unless `cut_eot` (a mixture repeats a source's documents, and they must stay separated), val gets the rest
+    followed by the end-of-text token.
+    """
+    ndocs = {"train": 0, "val": 0}
+    # `pending` is the latest document (a list of token arrays, one per piece) and its split: it is emitted when
+    # the next document starts, so the last one can still change split (see the module docstring).
+    pending: tuple[list[np.ndarray], str] | None = None
+    for arrays, meta, nbytes in encoded:
+        for ids, (u, _last) in zip(arrays, meta):
+            if u is None:  # a later piece of the current document
+                pending[0].append(ids)
+                continue
+            if pending is not None:
+                emit(pending[1], pending[0], True)
+                ndocs[pending[1]] += 1
+            pending = ([ids], "val" if u < val_fraction else "train")
+        on_batch(nbytes)
+    if pending is None:
+        return "empty", ndocs
+    pieces, split = pending
+    if sum(ndocs.values()) == 0:  # one document: cut its tokens as nanoGPT does
+        n = sum(len(a) for a in pieces)
+        k = int(n * (1 - val_fraction))
+        train, val, pos = [], [], 0
+        for a in pieces:  # tokens [0, k) to train, [k, n) to val, without concatenating the pieces
+            train.append(a[:max(0, k - pos)])
+            val.append(a[max(0, k - pos):])
+            pos += len(a)
+        emit("train", train, cut_eot and k > 0)
+        emit("val", val, True)
+        return "single-document", {"train": int(k > 0), "val": 1}
+    if val_fraction > 0 and ndocs["val"] == 0:
+        split = "val"
+    elif ndocs["train"] == 0:
+        split = "train"
+    emit(split, pieces, True)
+    ndocs[split] += 1
+    return "document-hash", ndocs
 
 
 def _write_json(path: Path, obj: dict) -> None:

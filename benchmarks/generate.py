@@ -1,0 +1,231 @@
+"""Decoding speed: gptkit's generation core against Hugging Face `generate`, same weights, same run.
+
+The GPT-2-small shape (124M parameters) with random weights, saved as a transformers GPT2LMHeadModel
+directory and loaded by gptkit through its Hugging Face import path (GPT.from_pretrained). A 16-token prompt,
+128 new tokens, batch 1, fp32, greedy, 2 threads; both sides use their KV cache. Rounds alternate between the
+two so that load from other processes hits both alike; the ratio is taken per round, and the median reported.
+
+Also printed: the memory-bandwidth roofline (every weight read once per token: bytes / measured read speed),
+measured here with a large mat-vec, and optionally (--low-precision fp16 int8 bf16) gptkit with lower-precision
+weights: fbgemm-packed fp16 or int8 (gptkit.generate.quantize_weights), or plain bfloat16 tensors, each with its
+quality cost against fp32: greedy tokens before the first difference, top-1 agreement and KL divergence on the
+fp32 continuation, largest logit change.
+
+    python benchmarks/generate.py                  # ~2 min on an idle machine
+    python benchmarks/generate.py --rounds 5 --low-precision fp16 int8 bf16
+    python benchmarks/generate.py --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import torch
+
+
+def measure_read_bandwidth(seconds: float = 3.0) -> float:
+    """GB/s reading a 256 MB fp32 matrix in a vector-matrix product (the access pattern of decoding), best of
+    several, in whichever memory order MKL reads faster (here: the long side contiguous)."""
+    W = torch.randn(1024, 16384 * 4)  # 256 MB: far beyond any cache
+    x = torch.randn(1, 1024)
+    layouts = (W, W.t().contiguous().t())  # (1024, 65536) row-major and column-major
+    best, end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for w in layouts:
+            t = time.perf_counter()
+            torch.mm(x, w)
+            best = min(best, time.perf_counter() - t)
+    return W.numel() * 4 / best / 1e9
+
+
+def bytes_per_token(model) -> int:
+    """Weights one decoding step reads: every matrix and vector, except the position table (one row)."""
+    seen, total = set(), 0
+    for name, p in model.named_parameters():
+        if p.data_ptr() in seen or name.endswith("wpe.weight"):
+            continue
+        seen.add(p.data_ptr())
+        total += p.numel() * p.element_size()
+    return total
+
+
+def quantized_bytes(model, weight_bytes: int) -> int:
+    """Bytes one step reads from a quantize_weights model: packed matrices + fp32 biases and norms."""
+    total = 0
+    for mod in model.modules():
+        if isinstance(mod, torch.ao.nn.quantized.dynamic.Linear):
+            total += mod.in_features * mod.out_features * weight_bytes + mod.out_features * 4
+        elif isinstance(mod, torch.nn.LayerNorm):
+            total += sum(p.numel() * 4 for p in mod.parameters())
+    return total
+
+
+def time_hf(hf, idx: torch.Tensor, n: int) -> tuple[float, torch.Tensor]:
+    with torch.inference_mode():
+        t = time.perf_counter()
+        out = hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=n, min_new_tokens=n,
+                          do_sample=False, pad_token_id=0, use_cache=True)
+        return n / (time.perf_counter() - t), out[0, idx.size(1):]
+
+
+def time_gptkit(model, idx: torch.Tensor, n: int) -> tuple[float, torch.Tensor]:
+    from gptkit.generate import generate
+
+    t = time.perf_counter()
+    out = generate(model, idx, n, temperature=0.0)
+    return n / (time.perf_counter() - t), out[0, idx.size(1):]
+
+
+def quality(model32, model_lo, idx: torch.Tensor, n: int) -> dict:
+    """How a low-precision copy differs from fp32 on one sequence: greedy continuations, and on the fp32
+    continuation the top-1 agreement and largest logit difference."""
+    from gptkit.generate import generate
+
+    a = generate(model32, idx, n, temperature=0.0)
+    b = generate(model_lo, idx, n, temperature=0.0)
+    same_prefix = next((i for i in range(n) if a[0, idx.size(1) + i] != b[0, idx.size(1) + i]), n)
+    with torch.inference_mode():
+        l32 = model32(a).float()
+        llo = model_lo(a).float()
+    top1 = (l32.argmax(-1) == llo.argmax(-1)).float().mean().item()
+    p32 = torch.log_softmax(l32, -1)
+    plo = torch.log_softmax(llo, -1)
+    kl = (p32.exp() * (p32 - plo)).sum(-1).mean().item()
+    return {"greedy_tokens_equal_before_first_difference": same_prefix, "top1_agreement": top1,
+            "max_abs_logit_diff": (l32 - llo).abs().max().item(), "mean_kl_nats": kl}
+
+
+def lower(model, kind: str):
+    """A lower-precision copy: bf16 tensors, or gptkit's fbgemm-packed fp16 / int8 weights."""
+    import copy
+
+    from gptkit.generate import quantize_weights
+
+    return copy.deepcopy(model).to(torch.bfloat16) if kind == "bf16" else quantize_weights(model, kind)
+
+
+def randomize_(model):
+    """Weights whose activations are O(1) (linear N(0, 1/fan_in), embeddings N(0, 0.5²), LayerNorm gains
+    1 + N(0, 0.2²)): peaked next-token distributions, unlike the near-uniform ones of an N(0, 0.02) init."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.Embedding):
+                mod.weight.copy_(0.5 * torch.randn(mod.weight.shape, generator=g))
+            elif isinstance(mod, torch.nn.LayerNorm):
+                mod.weight.copy_(1 + 0.2 * torch.randn(mod.weight.shape, generator=g))
+            elif isinstance(mod, torch.nn.Linear):
+                mod.weight.copy_(torch.randn(mod.weight.shape, generator=g) / mod.weight.shape[1] ** 0.5)
+    return model
+
+
+def val_loss(model, ids: torch.Tensor) -> float:
+    """Mean next-token cross-entropy over windows of the context length."""
+    block, losses = model.config.block_size, []
+    with torch.inference_mode():
+        for i in range(0, ids.size(1) - 1, block):
+            x, y = ids[:, i:i + block], ids[:, i + 1:i + block + 1]
+            x = x[:, :y.size(1)]
+            logits = model(x).float()
+            losses.append(torch.nn.functional.cross_entropy(logits[0], y[0], reduction="sum").item())
+    return sum(losses) / (ids.size(1) - 1)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--prompt-tokens", type=int, default=16)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--low-precision", nargs="*", default=[], choices=["fp16", "int8", "bf16"],
+                    help="also time lower-precision weights and measure their quality cost")
+    ap.add_argument("--quality-ckpt", default=None, help="a trained checkpoint: also report its loss on "
+                    "--quality-text with each lower precision")
+    ap.add_argument("--quality-text", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" /
+                                                  "tinyshakespeare" / "input.txt"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    import transformers
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from gptkit import GPT
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as d:
+        # transformers' own init (N(0, 0.02)): the HF import path reads exactly these weights
+        GPT2LMHeadModel(GPT2Config()).save_pretrained(d)
+        hf = GPT2LMHeadModel.from_pretrained(d).eval()
+        model = GPT.from_pretrained(d).eval()
+    idx = torch.randint(0, 50257, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(0))
+    n = args.new_tokens
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus; "
+          f"load average {os.getloadavg()[0]:.2f} at start")
+    bw = measure_read_bandwidth()
+    nbytes = bytes_per_token(model)
+    roof = bw * 1e9 / nbytes
+    print(f"weights read per token {nbytes / 1e6:.0f} MB; measured read bandwidth {bw:.1f} GB/s "
+          f"-> roofline {roof:.1f} tok/s")
+    from gptkit.generate import inference_layout_
+
+    laid = inference_layout_(copy.deepcopy(model))  # what `gptkit sample` and `gptkit serve` run
+    time_hf(hf, idx, 8)  # warm up (allocator, MKL, thread pools)
+    time_gptkit(model, idx, 8)
+    time_gptkit(laid, idx, 8)
+    rows = {"HF generate": [], "gptkit": [], "gptkit + inference_layout_": []}
+    for r in range(args.rounds):
+        hf_tps, hf_tok = time_hf(hf, idx, n)
+        plain_tps, plain_tok = time_gptkit(model, idx, n)
+        laid_tps, laid_tok = time_gptkit(laid, idx, n)
+        same = torch.equal(hf_tok, plain_tok) and torch.equal(hf_tok, laid_tok)
+        for k, v in zip(rows, (hf_tps, plain_tps, laid_tps)):
+            rows[k].append(v)
+        print(f"round {r + 1}: HF generate {hf_tps:5.1f} tok/s | gptkit {plain_tps:5.1f} ({plain_tps / hf_tps:.2f}x) | "
+              f"gptkit + layout {laid_tps:5.1f} ({laid_tps / hf_tps:.2f}x) | same greedy tokens: {same} | "
+              f"load {os.getloadavg()[0]:.2f}")
+    for k, v in rows.items():
+        med = statistics.median(v)
+        ratio = statistics.median([x / h for x, h in zip(v, rows["HF generate"])])
+        print(f"median {k:<27} {med:5.1f} tok/s  {med / roof:4.0%} of the roofline  {ratio:.2f}x HF  "
+              f"(best {max(v):.1f})")
+    med = statistics.median(rows["gptkit + inference_layout_"])
+    model = laid
+    for kind in args.low_precision:
+        lo = lower(model, kind)
+        lo_bytes = bytes_per_token(lo) if kind == "bf16" else quantized_bytes(lo, 1 if kind == "int8" else 2)
+        time_gptkit(lo, idx, 8)
+        tps = []
+        for _ in range(args.rounds):  # alternate with fp32 again: the speed-up is a ratio within this run
+            tps.append(time_gptkit(lo, idx, n)[0] / time_gptkit(model, idx, n)[0])
+        print(f"{kind} weights: {statistics.median(tps):.2f}x the fp32 speed (median of {args.rounds} alternating "
+              f"rounds, ~{statistics.median(tps) * med:.0f} tok/s at the fp32 median above); "
+              f"{lo_bytes / 1e6:.0f} MB read per token")
+        q = quality(model, lo, idx, n)
+        print(f"  quality vs fp32, N(0, 0.02) random weights: " + ", ".join(f"{k} {v:.4g}" for k, v in q.items()))
+        peaked = randomize_(copy.deepcopy(model))
+        q = quality(peaked, lower(peaked, kind), idx, n)
+        print(f"  quality vs fp32, O(1)-activation random weights: " + ", ".join(f"{k} {v:.4g}" for k, v in q.items()))
+        if args.quality_ckpt:
+            ref = GPT.from_pretrained(args.quality_ckpt).eval()
+            text = Path(args.quality_text).read_text(encoding="utf-8")[-20000:]
+            ids = torch.tensor([ref.tokenizer.encode(text)[-ref.config.block_size * 8:]])
+            a, b = val_loss(ref, ids), val_loss(lower(ref, kind), ids)
+            print(f"  {args.quality_ckpt}: loss on the last {ids.size(1)} tokens of {args.quality_text}: "
+                  f"fp32 {a:.4f}, {kind} {b:.4f} (+{b - a:.4f} nats/token)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

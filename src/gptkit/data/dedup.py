@@ -1,0 +1,644 @@
+"""Exact and fuzzy de-duplication of documents: content hashes, then MinHash LSH (GPT-3 §2.2, Appendix A).
+
+GPT-3 "fuzzily deduplicated documents within each dataset using Spark's MinHashLSH implementation with 10 hashes"
+(Appendix A) and removed documents that overlap across datasets. `dedup` does both at once: every input, of every
+source, goes through one index, so a document is dropped whether its twin came from the same file or another one.
+
+For each document, in input order:
+
+1. **Exact**: a 128-bit BLAKE2b hash of its text. A document whose text was seen before is removed.
+2. **Near**: the document becomes a set of word n-grams (`ngram` consecutive words, lower-cased, words = runs of
+   `\\w`; a document shorter than `ngram` words is one n-gram of all of them), and the set becomes a MinHash
+   signature of `num_perm` values (`datasketch.MinHash`, computed by `workers` processes). The Jaccard similarity
+   |A ∩ B| / |A ∪ B| of two documents' n-gram sets is estimated by the share of equal signature values.
+   Candidates come from LSH banding: the signature is cut into `b` bands of `r` values, and two documents that
+   agree on a whole band are candidates. A pair with Jaccard s becomes a candidate with probability
+   1 − (1 − s^r)^b; `lsh_params` picks the largest r (fewest spurious candidates) with b·r ≤ num_perm that still
+   makes a pair *at* the threshold a candidate with probability ≥ 0.99. Every candidate is then checked: the
+   document is a near duplicate when its Jaccard similarity with a kept document is ≥ `threshold` — by default
+   (`verify="exact"`) the exact Jaccard of the two sets of n-gram hashes, so that MinHash's estimation error
+   (standard error √(s(1−s)/num_perm), 0.035 at s = 0.8 with 128 permutations) only decides which pairs are looked
+   at, never which are removed; `verify="minhash"` uses the signature estimate instead and stores no n-gram sets.
+3. The first document of each cluster (in input order) is kept; a removed document joins the cluster of the kept
+   document it matched (the most similar one), and an exact copy of a removed document joins that same cluster.
+
+Documents with no word at all (only punctuation or symbols) get only the exact check, and are counted.
+
+Memory is bounded by the number of documents, not by their text: texts stream from the inputs to the output, and
+the index holds 16 bytes per band per kept document (sorted numpy runs, merged like a log-structured merge tree)
+plus 24 bytes per document for the exact hashes. The kept documents' signatures and n-gram hash sets (4 bytes
+per n-gram, about 2/3 of the text's size), needed only to check candidates, go to temporary files next to the
+output (deleted at the end) and are read back with `pread`. Resident, this index holds ~460 B per kept document;
+datasketch's own `MinHashLSH` with the same bands holds ~5.9 KB of Python objects per document (180,794 documents,
+`benchmarks/dedup.py`). The tests check that both return the same candidates.
+
+The output is deterministic: decisions are taken in input order in the main process, and signatures do not
+depend on which process computes them, so any number of workers gives byte-identical output.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import re
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from .records import Record, RecordReader
+from .shards import DataError
+
+REPORT_FORMAT = "gptkit-dedup-report"
+_WORD = re.compile(r"\w+")
+_CHUNK = 1 << 14  # n-gram hashes per MinHash.update_batch call: bounds the (chunk, num_perm) matrix to 8 MB
+BATCH_DOCS = 512  # documents per batch sent to a worker ...
+BATCH_CHARS = 1 << 20  # ... or this many characters
+_MUL = np.uint64(0x100000001B3)  # the multiplier of the n-gram chain (FNV-1's 64-bit prime)
+_F1, _F2, _S33 = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53), np.uint64(33)
+_U32 = np.uint64(32)
+
+
+# ------------------------------------------------------------------------------------------ signatures
+def _fmix64(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finaliser, element-wise on a uint64 array (its arithmetic wraps, which is the point)."""
+    h = h ^ (h >> _S33)
+    h = h * _F1
+    h = h ^ (h >> _S33)
+    h = h * _F2
+    return h ^ (h >> _S33)
+
+
+def ngram_hashes(text: str, ngram: int = 5) -> np.ndarray:
+    """32-bit hashes of the document's word n-grams (uint32; empty when the text has no word).
+
+    Words are lower-cased runs of `\\w`; each word is hashed with CRC-32 (the same value in every process and
+    every run, unlike Python's salted `hash`), and n consecutive word hashes are combined with a multiply-add
+    chain and MurmurHash3's finaliser. A text of fewer than `ngram` words is one n-gram of all of its words.
+    """
+    words = _WORD.findall(text.lower())
+    if not words:
+        return np.empty(0, dtype=np.uint32)
+    w = np.array([zlib.crc32(x.encode("utf-8")) for x in words], dtype=np.uint64)
+    n = min(ngram, len(w))
+    m = len(w) - n + 1
+    h = np.full(m, n, dtype=np.uint64)  # the chain starts from the n-gram's length
+    for k in range(n):
+        h = h * _MUL + w[k:k + m]
+    return (_fmix64(h) >> _U32).astype(np.uint32)
+
+
+def batch_ngram_hashes(texts: list[str], ngram: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """`ngram_hashes` of many texts at once (numpy over the whole batch instead of per text): the concatenated
+    uint32 hashes and offsets (len(texts) + 1,), text i's hashes being `hashes[offsets[i]:offsets[i + 1]]`.
+
+    The chain of `ngram_hashes` is h = L·C^L + Σ_j w_j·C^(L−1−j) for an n-gram of L words (uint64, wrapping), so
+    the sums G_L for every start position are built up for L = 1..ngram over the whole batch, and each text takes
+    G_ngram at its full n-gram starts, or G_len at its first word when it is shorter than `ngram`.
+    """
+    words = [_WORD.findall(t.lower()) for t in texts]
+    counts = np.array([len(x) for x in words], dtype=np.int64)
+    w = np.array([zlib.crc32(x.encode("utf-8")) for ws in words for x in ws], dtype=np.uint64)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    n_per = np.minimum(counts, ngram)  # words per n-gram, per text
+    m_per = np.where(counts > 0, counts - n_per + 1, 0)  # n-grams per text
+    offsets = np.concatenate([[0], np.cumsum(m_per)])
+    out = np.empty(int(offsets[-1]), dtype=np.uint64)
+    g = w.copy()  # G_1
+    for L in range(1, ngram + 1):
+        if L > 1:
+            g = g[:-1] * _MUL + w[L - 1:]  # G_L[p] = G_{L-1}[p]·C + w[p+L-1], for p < len(w) − L + 1
+        sel = n_per == L  # the texts whose n-grams have L words
+        if not sel.any():
+            continue
+        # positions: for each selected text, its m n-gram starts
+        m = m_per[sel]
+        pos = np.repeat(starts[:-1][sel] - np.cumsum(m) + m, m) + np.arange(int(m.sum()))
+        dst = np.repeat(offsets[:-1][sel] - np.cumsum(m) + m, m) + np.arange(int(m.sum()))
+        out[dst] = np.uint64(L * pow(int(_MUL), L, 1 << 64) % (1 << 64)) + g[pos]
+    return (_fmix64(out) >> _U32).astype(np.uint32), offsets
+
+
+def _identity(x: int) -> int:
+    return x
+
+
+class Signer:
+    """MinHash signatures (datasketch, scheme "affine32": uint32 values) of n-gram hash sets, one reusable sketch."""
+
+    def __init__(self, num_perm: int = 128, ngram: int = 5, seed: int = 1):
+        from datasketch import MinHash
+
+        self.ngram = ngram
+        # The n-gram hashes are already uniform 32-bit values: datasketch only needs to permute them.
+        self._mh = MinHash(num_perm=num_perm, seed=seed, hashfunc=_identity, scheme="affine32")
+
+    def signature(self, h: np.ndarray) -> np.ndarray:
+        """The (num_perm,) uint32 signature of a non-empty array of n-gram hashes (see `ngram_hashes`)."""
+        self._mh.clear()
+        for i in range(0, len(h), _CHUNK):  # a long document in chunks: bounded memory
+            self._mh.update_batch(h[i:i + _CHUNK].tolist())
+        return self._mh.hashvalues.astype(np.uint32, copy=True)
+
+
+_SIGNER: Signer | None = None
+
+
+def _content_hash(text: str) -> tuple[int, int]:
+    d = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+    return int.from_bytes(d[:8], "little"), int.from_bytes(d[8:], "little")
+
+
+Signed = tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray] | None]
+
+
+def sign_batch(texts: list[str], num_perm: int, ngram: int, seed: int, with_sets: bool = True) -> Signed:
+    """Content hashes (n, 2) uint64, signatures (n, num_perm) uint32, has-words flags (n,) and, with `with_sets`,
+    each text's n-gram hash set (sorted unique uint32) of a batch of texts. Runs in a worker process (or in the
+    caller with one worker)."""
+    global _SIGNER
+    if _SIGNER is None or (_SIGNER.ngram, len(_SIGNER._mh)) != (ngram, num_perm) or _SIGNER._mh.seed != seed:
+        _SIGNER = Signer(num_perm, ngram, seed)
+    content = np.empty((len(texts), 2), dtype=np.uint64)
+    sigs = np.zeros((len(texts), num_perm), dtype=np.uint32)
+    has = np.zeros(len(texts), dtype=bool)
+    sets: list[np.ndarray] | None = [] if with_sets else None
+    hashes, offsets = batch_ngram_hashes(texts, ngram)
+    for i, t in enumerate(texts):
+        content[i] = _content_hash(t)
+        h = hashes[offsets[i]:offsets[i + 1]]
+        if len(h):
+            sigs[i], has[i] = _SIGNER.signature(h), True
+        if sets is not None:
+            sets.append(np.unique(h))
+    return content, sigs, has, sets
+
+
+def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """MinHash's estimate of the Jaccard similarity: the share of equal signature values."""
+    return float(np.count_nonzero(a == b)) / len(a)
+
+
+def set_jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Exact Jaccard similarity of two sorted unique arrays (two n-gram hash sets)."""
+    inter = len(np.intersect1d(a, b, assume_unique=True))
+    union = len(a) + len(b) - inter
+    return inter / union if union else 1.0
+
+
+# ------------------------------------------------------------------------------------------ LSH banding
+def lsh_params(threshold: float, num_perm: int, target: float = 0.99) -> tuple[int, int]:
+    """(bands b, rows r) with b·r ≤ num_perm: the largest r for which a pair of Jaccard similarity `threshold`
+    becomes a candidate with probability 1 − (1 − t^r)^b ≥ `target` (module docstring)."""
+    if not 0.0 < threshold <= 1.0:
+        raise DataError(f"--threshold must be in (0, 1], got {threshold}")
+    for r in range(num_perm, 0, -1):
+        p = threshold ** r
+        b = 1 if p >= 1.0 else max(1, math.ceil(math.log(1.0 - target) / math.log1p(-p)))
+        if b * r <= num_perm:
+            return b, r
+    return num_perm, 1
+
+
+def candidate_probability(s: float, bands: int, rows: int) -> float:
+    """Probability that LSH banding makes a pair of Jaccard similarity `s` a candidate: 1 − (1 − s^r)^b."""
+    return 1.0 - (1.0 - s ** rows) ** bands
+
+
+def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(n, bands) uint64 keys: band i of each signature hashed with the band's index, so that equal values in
+    different bands never collide."""
+    n = len(sigs)
+    v = sigs[:, :bands * rows].reshape(n, bands, rows).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        h = np.broadcast_to(np.arange(1, bands + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15),
+                            (n, bands)).copy()
+        for j in range(rows):
+            h = (h ^ v[:, :, j]) * np.uint64(0x100000001B3)
+        return _fmix64(h)
+
+
+class SortedRuns:
+    """A multimap uint64 key -> row of int64 values, in memory as sorted numpy runs (16+ bytes per entry instead
+    of the ~100 of a Python dict entry). New entries arrive in batches, each batch becomes a sorted run, and runs
+    of similar size are merged (a stable sort of two sorted runs is a linear-time merge), so there are
+    O(log n) runs and every entry is merged O(log n) times."""
+
+    def __init__(self, width: int):
+        self.width = width
+        self.runs: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def __len__(self) -> int:
+        return sum(len(k) for k, _ in self.runs)
+
+    def add(self, keys: np.ndarray, vals: np.ndarray) -> None:
+        """Add entries: `keys` (n,) uint64 and their value rows `vals` (n, width) int64."""
+        if len(keys) == 0:
+            return
+        order = np.argsort(keys, kind="stable")
+        self.runs.append((keys[order], vals.reshape(len(keys), self.width)[order]))
+        while len(self.runs) >= 2 and len(self.runs[-2][0]) <= 2 * len(self.runs[-1][0]):
+            (k2, v2), (k1, v1) = self.runs.pop(), self.runs.pop()
+            k, v = np.concatenate([k1, k2]), np.concatenate([v1, v2])
+            order = np.argsort(k, kind="stable")
+            self.runs.append((k[order], v[order]))
+
+    def lookup(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every (query index, value row) with an equal key, as two arrays."""
+        qi, vals = [], []
+        order = np.argsort(queries)
+        sq = queries[order]  # sorted queries: the binary searches walk each run in order, cache-friendly
+        for keys, v in self.runs:
+            lo = np.searchsorted(keys, sq, "left")
+            found = keys[np.minimum(lo, len(keys) - 1)] == sq
+            if not found.any():
+                continue
+            hit = np.nonzero(found)[0]  # most queries miss: count repeated keys for the hits only
+            reps = np.searchsorted(keys, sq[hit], "right") - lo[hit]
+            qi.append(np.repeat(order[hit], reps))
+            # positions lo[h], lo[h]+1, ..., lo[h]+reps[h]-1 for every hit h
+            starts = np.repeat(lo[hit] - np.cumsum(reps) + reps, reps)
+            vals.append(v[starts + np.arange(int(reps.sum()))])
+        if not qi:
+            return np.empty(0, dtype=np.int64), np.empty((0, self.width), dtype=np.int64)
+        return np.concatenate(qi), np.concatenate(vals)
+
+
+class _KeptStore:
+    """What candidate checks need of the kept documents, in temporary files deleted on close: row k (the k-th kept
+    document with words) = its signature, its document index, and where its n-gram hash set is in the sets file."""
+
+    def __init__(self, num_perm: int, where: Path, with_sets: bool):
+        self.num_perm = num_perm
+        self.row_bytes = 4 * num_perm + 24
+        self._rows = tempfile.TemporaryFile(dir=where, prefix=".gptkit-dedup-", buffering=0)
+        self._sets = tempfile.TemporaryFile(dir=where, prefix=".gptkit-dedup-", buffering=0) if with_sets else None
+        self.rows = 0
+        self.set_bytes = 0
+
+    def append(self, sigs: np.ndarray, doc_ids: np.ndarray, sets: list[np.ndarray] | None) -> None:
+        if len(sigs) == 0:
+            return
+        meta = np.zeros((len(sigs), 3), dtype="<i8")
+        meta[:, 0] = doc_ids
+        if sets is not None and self._sets is not None:
+            lens = np.array([len(x) for x in sets], dtype=np.int64)
+            meta[:, 1] = self.set_bytes // 4 + np.cumsum(lens) - lens
+            meta[:, 2] = lens
+            blob = np.concatenate(sets).astype("<u4").tobytes()
+            self._sets.write(blob)
+            self.set_bytes += len(blob)
+        block = np.empty((len(sigs), self.row_bytes), dtype=np.uint8)
+        block[:, :4 * self.num_perm] = np.ascontiguousarray(sigs, dtype="<u4").view(np.uint8)
+        block[:, 4 * self.num_perm:] = meta.view(np.uint8)
+        self._rows.write(block.tobytes())
+        self.rows += len(sigs)
+
+    def get(self, row: int) -> tuple[np.ndarray, int, np.ndarray | None]:
+        """(signature, document index, n-gram hash set or None) of kept row `row`."""
+        raw = os.pread(self._rows.fileno(), self.row_bytes, row * self.row_bytes)
+        sig = np.frombuffer(raw, dtype="<u4", count=self.num_perm)
+        doc, start, n = np.frombuffer(raw, dtype="<i8", offset=4 * self.num_perm).tolist()
+        ngrams = None
+        if self._sets is not None:
+            ngrams = np.frombuffer(os.pread(self._sets.fileno(), 4 * n, 4 * start), dtype="<u4")
+        return sig, doc, ngrams
+
+    def close(self) -> None:
+        self._rows.close()
+        if self._sets is not None:
+            self._sets.close()
+
+
+# ------------------------------------------------------------------------------------------ the index
+Decision = tuple[str, int, float]  # ("keep" | "exact" | "near", kept document it duplicates (or itself), Jaccard)
+
+
+class DedupIndex:
+    """The documents kept so far, and the decision for each new one (module docstring, steps 1-3).
+
+    `decide` takes a batch of signed documents in input order and returns one decision per document, updating the
+    index as it goes, so a document can match one kept earlier in the same batch.
+    """
+
+    def __init__(self, threshold: float, num_perm: int, verify: str, tmpdir: Path):
+        self.threshold = threshold
+        self.bands, self.rows = lsh_params(threshold, num_perm)
+        self.with_sets = verify == "exact"
+        self.exact = SortedRuns(2)  # content hash[0] -> (document its cluster keeps, content hash[1] as int64)
+        self.near = SortedRuns(1)  # band key -> kept-store row
+        self.store = _KeptStore(num_perm, tmpdir, self.with_sets)
+        self.documents = 0
+
+    def decide(self, content: np.ndarray, sigs: np.ndarray, has: np.ndarray,
+               sets: list[np.ndarray] | None) -> list[Decision]:
+        """Decisions for the next documents, given `sign_batch`'s output for them (`sets` may be None only with
+        verify="minhash")."""
+        base, b = self.documents, self.bands
+        keys = band_keys(sigs, b, self.rows)
+        check = content[:, 1].view(np.int64)
+        # matches in earlier batches, looked up for the whole batch at once
+        prior_exact: dict[int, int] = {}
+        for i, (kept, c) in zip(*(a.tolist() for a in self.exact.lookup(content[:, 0]))):
+            if c == check[i]:  # the other 64 bits of the content hash agree too
+                prior_exact.setdefault(i, kept)
+        prior_near: dict[int, set[int]] = collections.defaultdict(set)
+        nq, nv = self.near.lookup(keys.ravel())
+        for q, row in zip((nq // b).tolist(), nv[:, 0].tolist()):
+            prior_near[q].add(row)
+        # documents of this batch that share a band with an earlier one of the batch (sorting the batch's keys;
+        # most keys are unique); whether that earlier one was kept is known only in the loop below
+        flat = keys.ravel()
+        order = np.argsort(flat, kind="stable")
+        sk = flat[order]
+        same = np.flatnonzero(sk[1:] == sk[:-1])
+        earlier: dict[int, set[int]] = collections.defaultdict(set)
+        for start in same[np.r_[True, np.diff(same) > 1]] if len(same) else ():  # each run of equal keys
+            end = start + 1
+            while end < len(sk) and sk[end] == sk[start]:
+                end += 1
+            docs = sorted({int(x) // b for x in order[start:end]})
+            for k, later in enumerate(docs):
+                earlier[later].update(docs[:k])
+        # this batch's own kept documents, until they join the sorted runs at the end of the batch
+        batch_exact: dict[tuple[int, int], int] = {}
+        local_row: dict[int, int] = {}  # batch index of a kept document -> its kept-store row
+        batch_rows: dict[int, tuple] = {}
+        new_exact: list[tuple[int, int, int]] = []
+        kept_local: list[int] = []
+        out: list[Decision] = []
+        for i in range(len(sigs)):
+            doc = base + i
+            ch = (int(content[i, 0]), int(content[i, 1]))
+            kept = prior_exact.get(i, batch_exact.get(ch))
+            if kept is not None:
+                out.append(("exact", kept, 1.0))
+                continue
+            match, best = None, -1.0
+            if has[i]:
+                cands = set(prior_near.get(i, ()))
+                cands.update(local_row[j] for j in earlier.get(i, ()) if j in local_row)
+                for row in sorted(cands):
+                    sig, kept_doc, kept_set = batch_rows[row] if row in batch_rows else self.store.get(row)
+                    j = set_jaccard(sets[i], kept_set) if self.with_sets else estimated_jaccard(sigs[i], sig)
+                    if j >= self.threshold and j > best:
+                        match, best = kept_doc, j
+            # an exact copy of this document, later, joins the same cluster
+            cluster = doc if match is None else match
+            batch_exact[ch] = cluster
+            new_exact.append((ch[0], cluster, ch[1]))
+            if match is not None:
+                out.append(("near", match, best))
+                continue
+            out.append(("keep", doc, 1.0))
+            if has[i]:
+                row = self.store.rows + len(kept_local)
+                kept_local.append(i)
+                local_row[i] = row
+                batch_rows[row] = (sigs[i], doc, sets[i] if self.with_sets else None)
+        if kept_local:
+            idx = np.array(kept_local)
+            first = self.store.rows
+            self.store.append(sigs[idx], base + idx, [sets[i] for i in kept_local] if self.with_sets else None)
+            self.near.add(keys[idx].ravel(), np.repeat(np.arange(first, first + len(idx), dtype=np.int64), b))
+        if new_exact:
+            arr = np.array(new_exact, dtype=np.uint64)
+            self.exact.add(arr[:, 0], arr[:, 1:].view(np.int64))
+        self.documents += len(sigs)
+        return out
+
+    def close(self) -> None:
+        """Delete the temporary files."""
+        self.store.close()
+
+
+# ------------------------------------------------------------------------------------------ the pass
+def _batches(records: Iterator[Record]) -> Iterator[list[Record]]:
+    batch: list[Record] = []
+    chars = 0
+    for rec in records:
+        batch.append(rec)
+        chars += len(rec.text)
+        if len(batch) >= BATCH_DOCS or chars >= BATCH_CHARS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    # fork on Linux: workers start in milliseconds and need no `if __name__ == "__main__"` guard in the caller
+    # (see gptkit.data.prepare._start_pool); spawn elsewhere.
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods and sys.platform == "linux" else "spawn")
+    return ProcessPoolExecutor(workers, mp_context=ctx)
+
+
+def _signed(batches: Iterator[list[Record]], workers: int, num_perm: int, ngram: int, seed: int, with_sets: bool,
+            pool):
+    """(records, content, sigs, has_words, sets) per batch, in input order; at most 2·workers + 2 batches in
+    flight."""
+    if pool is None:
+        for b in batches:
+            yield (b, *sign_batch([r.text for r in b], num_perm, ngram, seed, with_sets))
+        return
+    inflight: collections.deque = collections.deque()
+    for b in batches:
+        inflight.append((b, pool.submit(sign_batch, [r.text for r in b], num_perm, ngram, seed, with_sets)))
+        if len(inflight) >= 2 * workers + 2:
+            rb, fut = inflight.popleft()
+            yield (rb, *fut.result())
+    while inflight:
+        rb, fut = inflight.popleft()
+        yield (rb, *fut.result())
+
+
+def _open_out(path: Path):
+    """A temporary sibling of `path` to write (gzip-compressed when `path` ends in .gz)."""
+    import gzip
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    raw = open(tmp, "wb")
+    f = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if path.name.endswith(".gz") else raw
+    return tmp, raw, f
+
+
+def _finish_out(tmp: Path, raw, f, path: Path) -> None:
+    if f is not raw:
+        f.close()
+    raw.flush()
+    os.fsync(raw.fileno())
+    raw.close()
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: dict) -> None:
+    """Write `obj` as indented JSON through a temporary sibling and os.replace."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def sibling_path(out: str | os.PathLike, suffix: str) -> Path:
+    """A file beside `out` named after it: `kept.jsonl` (or `kept.jsonl.gz`) + ".report.json" -> `kept.report.json`."""
+    out = Path(out)
+    stem = out.name.removesuffix(".gz").removesuffix(".jsonl")
+    return out.with_name(f"{stem}{suffix}")
+
+
+def dedup(inputs: list[str | os.PathLike], out: str | os.PathLike, threshold: float = 0.8, num_perm: int = 128,
+          ngram: int = 5, text_field: str = "text", workers: int | None = None, seed: int = 1, verify: str = "exact",
+          report: str | os.PathLike | None = None, removed: str | os.PathLike | None = None,
+          progress: bool | None = None, warn: Callable[[str], None] | None = None) -> dict:
+    """Remove exact and near duplicates from `inputs`, writing the kept documents to `out` (JSONL), and return
+    the report (also written to `report`, default `OUT.report.json`).
+
+    Args:
+        inputs: text files, directories, JSONL files and `.gz` of these (gptkit.data.records); all are deduplicated
+            together, within and across inputs.
+        out: JSONL of the kept documents in input order, each the input JSON object unchanged (a text file becomes
+            `{text_field: text, "source": path}`); gzip-compressed when the name ends in `.gz`.
+        threshold: Jaccard similarity of word n-gram sets at or above which a document is a near duplicate.
+        num_perm: MinHash permutations (signature length); the estimate's standard error is √(s(1−s)/num_perm).
+        verify: "exact" checks each LSH candidate with the exact Jaccard of the n-gram hash sets (kept documents'
+            sets go to a temporary file); "minhash" with the signature estimate (no sets stored, noisier near the
+            threshold).
+        ngram: words per n-gram.
+        workers: processes computing signatures (default: 1 below 8 MB of input, else the usable cores, at most
+            8); the output does not depend on it.
+        removed: optional JSONL with one line per removed document: its index in the input stream, path, line,
+            kind ("exact" or "near"), the index of the kept document it duplicates, and the Jaccard similarity
+            (exact or estimated, as `verify` says).
+    """
+    t0 = time.perf_counter()
+    if num_perm < 2:
+        raise DataError(f"--num-perm must be at least 2, got {num_perm}")
+    if ngram < 1:
+        raise DataError(f"--ngram must be at least 1, got {ngram}")
+    if verify not in ("exact", "minhash"):
+        raise DataError(f"--verify must be exact or minhash, got {verify!r}")
+    with_sets = verify == "exact"
+    lsh_params(threshold, num_perm)  # checks the threshold before any work
+    out = Path(out).expanduser().absolute()
+    if out.is_dir():
+        raise DataError(f"--out {out} is a directory; give a file name such as kept.jsonl")
+    if not out.parent.is_dir():
+        raise DataError(f"--out {out}: directory {out.parent} does not exist")
+    report_path = Path(report) if report is not None else sibling_path(out, ".report.json")
+    reader = RecordReader(inputs, text_field=text_field)
+    from .prepare import default_workers  # 1 process below 8 MB (start-up costs more than it saves), else cores
+
+    workers = default_workers(reader.total_bytes) if workers is None else max(1, int(workers))
+    warn = warn or (lambda m: print(f"gptkit: warning: {m}", file=sys.stderr))
+
+    index = DedupIndex(threshold, num_perm, verify, out.parent)
+    bands, rows = index.bands, index.rows
+    clusters: collections.Counter = collections.Counter()  # kept document -> documents removed into its cluster
+    by_file: dict[str, collections.Counter] = {}
+    counts: collections.Counter = collections.Counter()
+    tmp, raw, f = _open_out(out)
+    rtmp = rraw = rf = None
+    if removed is not None:
+        rtmp, rraw, rf = _open_out(Path(removed).expanduser().absolute())
+    pool = None
+    try:
+        from .prepare import _progress
+
+        with _progress(progress) as bar:
+            if workers > 1:
+                sign_batch([], num_perm, ngram, seed)  # import datasketch once, here: forked workers inherit it
+                bar.stop()  # no progress-bar thread alive while the workers are forked
+                pool = _pool(workers)
+                pool.submit(int).result()
+                bar.start()
+            task = bar.add_task("dedup", total=reader.total_bytes)
+            batches = _signed(_batches(reader.records()), workers, num_perm, ngram, seed, with_sets, pool)
+            for recs, content, sigs, has, sets in batches:
+                base = index.documents
+                counts["no_words"] += int(len(has) - has.sum())
+                for i, (rec, (kind, dup_of, jac)) in enumerate(zip(recs, index.decide(content, sigs, has, sets))):
+                    fs = by_file.get(rec.path)
+                    if fs is None:
+                        fs = by_file[rec.path] = collections.Counter()
+                    fs["documents"] += 1
+                    fs[kind] += 1
+                    counts[kind] += 1
+                    if kind == "keep":
+                        f.write((rec.to_json(text_field) + "\n").encode("utf-8"))
+                        continue
+                    clusters[dup_of] += 1
+                    if rf is not None:
+                        rf.write(_removed_line(base + i, rec, kind, dup_of, jac))
+                bar.update(task, completed=reader.bytes_read)
+            bar.update(task, completed=reader.total_bytes)
+        _finish_out(tmp, raw, f, out)
+        if rf is not None:
+            _finish_out(rtmp, rraw, rf, Path(removed).expanduser().absolute())
+    except BaseException:
+        for t, r in ((tmp, raw), (rtmp, rraw)):
+            if r is not None:
+                r.close()
+                t.unlink(missing_ok=True)
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        index.close()
+
+    seconds = time.perf_counter() - t0
+    sizes = collections.Counter(1 + c for c in clusters.values())
+    summary = reader.summary()
+    n_in = index.documents
+    rep = {
+        "format": REPORT_FORMAT,
+        "format_version": 1,
+        "inputs": [str(i) for i in inputs],
+        "output": str(out),
+        "documents_in": n_in,
+        "kept": counts["keep"],
+        "exact_duplicates_removed": counts["exact"],
+        "near_duplicates_removed": counts["near"],
+        "clusters": len(clusters),  # clusters of two or more documents (one kept, the rest removed)
+        "largest_cluster": max(sizes) if sizes else 1,
+        "cluster_sizes": {str(k): sizes[k] for k in sorted(sizes)},
+        "documents_without_words": counts["no_words"],
+        "bad_input": reader.bad_input(),
+        "files": summary["files"],
+        "by_file": {p: {"documents": c["documents"], "kept": c["keep"], "exact": c["exact"], "near": c["near"]}
+                    for p, c in by_file.items()},
+        "parameters": {"threshold": threshold, "num_perm": num_perm, "ngram": ngram, "seed": seed,
+                       "verify": verify, "bands": bands, "rows": rows, "text_field": text_field,
+                       "candidate_probability_at_threshold": round(candidate_probability(threshold, bands, rows),
+                                                                   4)},
+        "run": {"workers": workers, "seconds": round(seconds, 3),
+                "input_bytes": sum(s.bytes for s in reader.stats),
+                "documents_per_second": round(n_in / seconds, 1) if seconds > 0 else None},
+    }
+    assert n_in == counts["keep"] + counts["exact"] + counts["near"]  # every document is accounted for
+    write_json_atomic(report_path, rep)
+    for w in reader.warnings():
+        warn(w)
+    return rep
+
+
+def _removed_line(doc: int, rec: Record, kind: str, dup_of: int, jaccard: float) -> bytes:
+    return (json.dumps({"document": doc, "path": rec.path, "line": rec.line, "kind": kind, "duplicate_of": dup_of,
+                        "jaccard": round(jaccard, 4)}) + "\n").encode("utf-8")

@@ -1,0 +1,677 @@
+"""GPT-1 supervised fine-tuning: the L3 = L2 + λ·L1 loop, evaluation, prediction, the fine-tuned checkpoint.
+
+GPT-1 §3.2: given a labelled dataset C of token sequences x¹..xᵐ with label y, the pre-trained model's final
+extract state h_l^m goes through the added linear layer W_y; L2 = Σ log P(y | x¹..xᵐ). Including language
+modelling as an auxiliary objective "improves generalization of the supervised model, and accelerates
+convergence": L3(C) = L2(C) + λ·L1(C), λ = 0.5. §4.1 gives the recipe this module defaults to: lr 6.25e-5,
+batch 32, 3 epochs, linear warmup over 0.2% of training then linear decay to 0, dropout 0.1 on the classifier,
+weight decay 0.01 on the weights (not biases or gains).
+
+A fine-tuned model directory (`--out`) is a gptkit checkpoint (the LM with its grown vocabulary, loadable by
+`GPT.from_pretrained`) plus the head and the task:
+
+    config.json, model.safetensors, tokenizer/   backbone + tied LM head, tokenizer with the added tokens
+    head.safetensors                             W_y
+    task.json                                    the TaskSpec: task, labels, special tokens, max_len, format
+    metrics.json                                 {"valid": {...}, "test": {...}}
+    log.jsonl                                    one line per epoch, then a summary line (wall time)
+    finetune_config.json                         the resolved options
+    predictions/{valid,test}.jsonl               one JSON line per example
+
+Everything is written into a hidden sibling directory and renamed into place at the end, so `--out` never holds
+a half-written result (a crash, Ctrl-C or bad input leaves it as it was).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import CheckpointError
+from .tasks import (
+    FORMAT_TASKS,
+    SPECIAL_TOKENS,
+    TASKS,
+    Columns,
+    Encoded,
+    Example,
+    TaskError,
+    TaskSpec,
+    build_spec,
+    default_columns,
+    encode_examples,
+    infer_format,
+    read_examples,
+    split_holdout,
+    subsample,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..model import GPT
+    from ..tokenizer import Tokenizer
+    from .heads import FinetuneModel
+
+HEAD_WEIGHTS = "head.safetensors"
+TASK_JSON = "task.json"
+POSITIONAL_FORMATS = ("sst2", "mrpc", "stsb")
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class FinetuneConfig:
+    """Options of `gptkit finetune`; each field is a `--flag`. Defaults are GPT-1's (§4.1)."""
+
+    ckpt: str | None = _f(None, "pre-trained model: gptkit checkpoint, training run, or Hugging Face GPT dir")
+    task: str | None = _f(None, f"{' | '.join(TASKS)} (default: the one --format holds)")
+    train: str | None = _f(None, "training file")
+    valid: str | None = _f(None, "validation file (evaluated after every epoch)")
+    test: str | None = _f(None, "test file (evaluated at the end; labels optional)")
+    out: str | None = _f(None, "output directory for the fine-tuned model, metrics and predictions")
+    format: str | None = _f(None, "sst2, superglue, mrpc, stsb, storycloze, jsonl, csv, tsv (default: from the "
+                                  "file extension)")
+    regression: bool = _f(False, "predict a score (mean squared error) instead of classes, e.g. STS-B's 0-5")
+    text_field: str | None = _f(None, "field(s) of the text / premise / sentence A / context (comma-separated "
+                                      "fields are joined with a space)")
+    pair_field: str | None = _f(None, "field of the hypothesis / sentence B")
+    choice_fields: str | None = _f(None, "comma-separated fields of the answers, or one field with a JSON list")
+    label_field: str | None = _f(None, "field of the label (class, score, or answer index)")
+    header: bool = _f(True, "csv/tsv: the first row names the columns (else name columns by number, 0-based)")
+    index_base: int | None = _f(None, "multiple choice: the label of the first answer (default 0; storycloze 1)")
+    positive_label: str | None = _f(None, "the class F1 is computed for (two-class tasks; default '1' if present)")
+    lm_coef: float = _f(0.5, "λ, weight of the auxiliary language-modelling loss L1 (0 turns it off)")
+    lr: float = _f(6.25e-5, "peak learning rate")
+    batch_size: int = _f(32, "examples per step")
+    epochs: float = _f(3.0, "passes over the training set (a fraction stops part-way through the last)")
+    warmup: float = _f(0.002, "linear warmup over this share of the steps, then linear decay to 0")
+    weight_decay: float = _f(0.01, "AdamW weight decay on weights (not biases or gains)")
+    grad_clip: float = _f(1.0, "clip the gradient norm to this (0: off)")
+    head_dropout: float = _f(0.1, "dropout before the task head W_y")
+    dropout: float | None = _f(None, "dropout in the Transformer (default: the checkpoint's)")
+    max_len: int | None = _f(None, "longest input sequence in tokens, special tokens included (default: the "
+                                    "model's context); longer inputs are truncated")
+    max_train_examples: int | None = _f(None, "use a random subset of this many training examples")
+    max_eval_examples: int | None = _f(None, "evaluate on a random subset of this many valid/test examples")
+    valid_from_train: float | None = _f(None, "no --valid: hold out this share (< 1) or number of training examples")
+    from_scratch: bool = _f(False, "same architecture and tokenizer as --ckpt, random initial weights")
+    seed: int = _f(1337, "random seed (head init, shuffling, dropout, subsets)")
+    eval_batch_size: int | None = _f(None, "examples per evaluation batch (default 2 × batch size)")
+    threads: int | None = _f(None, "CPU threads for torch (default: torch's choice)")
+    device: str = _f("auto", "cpu, cuda, cuda:N or auto")
+    overwrite: bool = _f(False, "replace --out if it already holds files")
+    quiet: bool = _f(False, "no progress display")
+
+    def validate(self) -> None:
+        for name in ("ckpt", "train", "out"):
+            if not getattr(self, name):
+                raise TaskError(f"--{name} is required")
+        if not self.valid and self.valid_from_train is None:
+            raise TaskError("give --valid FILE, or --valid-from-train SHARE to hold out part of --train")
+        if self.valid and self.valid_from_train is not None:
+            raise TaskError("give either --valid or --valid-from-train, not both")
+        if self.task is not None and self.task not in TASKS:
+            raise TaskError(f"unknown --task {self.task!r}; choose one of: {', '.join(TASKS)}")
+        for name in ("batch_size",):
+            if getattr(self, name) <= 0:
+                raise TaskError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.epochs <= 0:
+            raise TaskError(f"--epochs must be positive, got {self.epochs}")
+        if self.lr <= 0:
+            raise TaskError(f"--lr must be positive, got {self.lr}")
+        if self.lm_coef < 0:
+            raise TaskError(f"--lm-coef must be >= 0, got {self.lm_coef}")
+        if not 0 <= self.warmup < 1:
+            raise TaskError(f"--warmup is a share of the steps in [0, 1), got {self.warmup}")
+        for name in ("head_dropout", "dropout"):
+            v = getattr(self, name)
+            if v is not None and not 0 <= v < 1:
+                raise TaskError(f"--{name.replace('_', '-')} must be in [0, 1), got {v}")
+        for name in ("max_len", "max_train_examples", "max_eval_examples", "eval_batch_size", "threads"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise TaskError(f"--{name.replace('_', '-')} must be positive, got {v}")
+        if self.valid_from_train is not None and self.valid_from_train <= 0:
+            raise TaskError("--valid-from-train must be positive")
+
+
+# ------------------------------------------------------------------------------------------- data setup
+def resolve_format_task(fmt: str | None, task: str | None, path: str, regression: bool) -> tuple[str, str, bool]:
+    """The file format, the task and whether it is a regression, from the flags and the format's defaults."""
+    fmt = fmt or infer_format(path)
+    if fmt in FORMAT_TASKS:
+        if task is None:
+            task = FORMAT_TASKS[fmt][0]
+        elif task not in FORMAT_TASKS[fmt]:
+            raise TaskError(f"--format {fmt} holds {' or '.join(FORMAT_TASKS[fmt])} data, not --task {task}")
+    elif task is None:
+        raise TaskError(f"--task is required with --format {fmt} ({', '.join(TASKS)})")
+    if fmt == "stsb":
+        regression = True  # STS-B's labels are similarity scores 0..5
+    return fmt, task, regression
+
+
+def columns_from_flags(fmt: str, task: str, text_field: str | None = None, pair_field: str | None = None,
+                       choice_fields: str | None = None, label_field: str | None = None, header: bool = True,
+                       index_base: int | None = None) -> Columns:
+    """The format's default column mapping with the user's --*-field flags applied."""
+    cols = default_columns(fmt, task)
+    given = [f for f, v in (("--text-field", text_field), ("--pair-field", pair_field),
+                            ("--choice-fields", choice_fields), ("--label-field", label_field)) if v]
+    if fmt in POSITIONAL_FORMATS and given:
+        raise TaskError(f"{', '.join(given)} cannot be used with --format {fmt}, whose columns are fixed; use "
+                        f"--format jsonl/csv/tsv to map your own columns")
+
+    def split(v: str) -> tuple[str, ...]:
+        parts = tuple(p.strip() for p in v.split(",") if p.strip())
+        if not parts:
+            raise TaskError(f"empty field list {v!r}")
+        return parts
+
+    if text_field:
+        cols.text = split(text_field)
+    if pair_field:
+        cols.pair = pair_field.strip()
+    if choice_fields:
+        cols.choices = split(choice_fields)
+    if label_field:
+        cols.label = label_field.strip()
+    if fmt in ("csv", "tsv"):
+        cols.header = header
+    if index_base is not None:
+        cols.index_base = index_base
+    return cols
+
+
+@dataclass
+class Data:
+    spec: TaskSpec
+    columns: Columns
+    train: list[Example]
+    splits: dict[str, list[Example]]  # "valid", and "test" when given
+
+
+def load_data(cfg: FinetuneConfig) -> Data:
+    """Read and check every file before any model is loaded (bad input fails fast, with FILE:LINE)."""
+    fmt, task, regression = resolve_format_task(cfg.format, cfg.task, cfg.train, cfg.regression)
+    cols = columns_from_flags(fmt, task, cfg.text_field, cfg.pair_field, cfg.choice_fields, cfg.label_field,
+                              cfg.header, cfg.index_base)
+
+    def read(path: str, need_labels: bool) -> list[Example]:
+        return read_examples(path, fmt, task, cols, regression=regression, need_labels=need_labels)
+
+    train = read(cfg.train, True)
+    if cfg.valid:
+        valid = read(cfg.valid, True)
+    else:
+        train, valid = split_holdout(train, cfg.valid_from_train, cfg.seed)
+    splits = {"valid": valid}
+    if cfg.test:
+        splits["test"] = read(cfg.test, False)
+    spec = build_spec(task, train, regression=regression, fmt=fmt, columns=cols, max_len=cfg.max_len or 0,
+                      positive_label=cfg.positive_label)
+    for examples in (train, *splits.values()):
+        for ex in examples:
+            spec.label_index(ex)  # an unknown label in valid/test: one line naming its file and line
+    train = subsample(train, cfg.max_train_examples, cfg.seed)
+    splits = {k: subsample(v, cfg.max_eval_examples, cfg.seed) for k, v in splits.items()}
+    return Data(spec, cols, train, splits)
+
+
+# ------------------------------------------------------------------------------------------ model setup
+def grow_vocab(model: GPT, vocab_size: int, new_ids: list[int], generator: torch.Generator | None = None) -> GPT:
+    """A copy of `model` with `vocab_size` embedding rows; the rows of `new_ids` (added tokens) are drawn from
+    N(0, init_std) like every other weight at initialisation (GPT-1 §4.1). The tied LM head follows the
+    embedding; an untied one grows the same way."""
+    import torch
+
+    from ..checkpoint import model_state_dict
+
+    cfg = model.config
+    new_cfg = dataclasses.replace(cfg, vocab_size=max(vocab_size, cfg.vocab_size))
+    sd = model_state_dict(model)
+    for name in ("transformer.wte.weight", "lm_head.weight"):
+        if name not in sd:
+            continue
+        old = sd[name]
+        grown = old.new_empty(new_cfg.vocab_size, old.size(1))
+        grown[: old.size(0)] = old
+        fresh = sorted(set(new_ids) | set(range(old.size(0), new_cfg.vocab_size)))
+        rows = torch.empty(len(fresh), old.size(1), dtype=torch.float32).normal_(0.0, cfg.init_std,
+                                                                                generator=generator)
+        grown[fresh] = rows.to(grown.dtype).to(grown.device)
+        sd[name] = grown
+    return rebuild(model, new_cfg, sd)
+
+
+def rebuild(model: GPT, config, state_dict: dict[str, torch.Tensor] | None = None) -> GPT:
+    """A GPT of `config` holding `state_dict` (default: model's weights), keeping model's tokenizer and device."""
+    from ..checkpoint import build_model, model_state_dict
+
+    device = model.transformer.wte.weight.device
+    sd = state_dict if state_dict is not None else model_state_dict(model)
+    new = build_model(config, sd, "fine-tuning", map_location=device)
+    new.tokenizer = model.tokenizer
+    return new
+
+
+def prepare_model(cfg: FinetuneConfig, spec: TaskSpec, device: torch.device) -> tuple[FinetuneModel, Tokenizer]:
+    """Load the pre-trained model (or its architecture, randomly initialised), add the task's special tokens to
+    its tokenizer and embedding, and put the task head on it. Fills spec.special_ids and spec.max_len."""
+    import torch
+
+    from ..checkpoint import load_model
+    from ..model import GPT
+    from .heads import FinetuneModel, build_head
+
+    gpt = load_model(cfg.ckpt, map_location=device)
+    tok = gpt.tokenizer
+    if tok is None:
+        raise CheckpointError(f"{cfg.ckpt} has no tokenizer; fine-tuning needs the one the model was trained with")
+    g = torch.Generator().manual_seed(cfg.seed)
+    if cfg.from_scratch:  # the ablation of GPT-1 Table 5: same architecture, no pre-training
+        torch.manual_seed(cfg.seed)
+        fresh = GPT(gpt.config).to(device)
+        fresh.tokenizer = tok
+        gpt = fresh
+    if cfg.dropout is not None:
+        d = cfg.dropout
+        gpt = rebuild(gpt, dataclasses.replace(gpt.config, embd_pdrop=d, attn_pdrop=d, resid_pdrop=d))
+    old_vocab = tok.vocab_size
+    names = list(SPECIAL_TOKENS.values())
+    ids = tok.add_special_tokens(names)
+    spec.special_ids = dict(zip(SPECIAL_TOKENS, ids))
+    added = [i for i in ids if i >= old_vocab]
+    gpt = grow_vocab(gpt, tok.vocab_size, added, generator=g)
+    block = gpt.config.block_size
+    if cfg.max_len is not None and cfg.max_len > block:
+        raise TaskError(f"--max-len {cfg.max_len} is longer than the model's context ({block})")
+    spec.max_len = cfg.max_len or block
+    torch.manual_seed(cfg.seed)
+    head = build_head(spec, gpt.config.n_embd, cfg.head_dropout, gpt.config.init_std).to(device)
+    return FinetuneModel(gpt, head, regression=spec.regression), tok
+
+
+# ------------------------------------------------------------------------------------------ batching
+def collate(items: list[Encoded], device: torch.device, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad a batch into idx (B, K, T) and lengths (B, K); a missing answer has length 0."""
+    import torch
+
+    K = max(len(e.seqs) for e in items)
+    T = max(len(s) for e in items for s in e.seqs)
+    idx = torch.full((len(items), K, T), pad_id, dtype=torch.long)
+    lengths = torch.zeros((len(items), K), dtype=torch.long)
+    for b, e in enumerate(items):
+        for k, s in enumerate(e.seqs):
+            idx[b, k, : len(s)] = torch.tensor(s, dtype=torch.long)
+            lengths[b, k] = len(s)
+    return idx.to(device), lengths.to(device)
+
+
+def _cost(e: Encoded) -> int:
+    return max(len(s) for s in e.seqs)
+
+
+def train_batches(n_items: list[Encoded], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """One epoch of batches: shuffled, then sorted by length within windows of 50 batches so each batch pads
+    little (much less compute on CPU), then the batches shuffled again."""
+    order = list(range(len(n_items)))
+    rng.shuffle(order)
+    window = 50 * batch_size
+    batches = []
+    for w in range(0, len(order), window):
+        chunk = sorted(order[w: w + window], key=lambda i: _cost(n_items[i]))
+        batches += [chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def lr_at(step: int, total: int, warmup_steps: int, lr: float) -> float:
+    """Linear warmup over warmup_steps, then linear decay to 0 at `total` (GPT-1 §4.1)."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    return lr * max(0.0, (total - step) / max(1, total - warmup_steps))
+
+
+def task_loss(out: torch.Tensor, target: torch.Tensor, spec: TaskSpec) -> torch.Tensor:
+    """L2: cross-entropy over the classes / answers, or mean squared error for a regression."""
+    import torch.nn.functional as F
+
+    if spec.regression:
+        return F.mse_loss(out.float(), target.float())
+    return F.cross_entropy(out.float(), target)
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+def run_model(model: FinetuneModel, encoded: list[Encoded], batch_size: int, device: torch.device) -> list[Any]:
+    """Task outputs (logits rows or scores) for every encoded example, in order; batches sorted by length."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(encoded)), key=lambda i: _cost(encoded[i]))
+    outs: list[Any] = [None] * len(encoded)
+    with torch.no_grad():
+        for s in range(0, len(order), batch_size):
+            ids = order[s: s + batch_size]
+            idx, lengths = collate([encoded[i] for i in ids], device)
+            out, _ = model(idx, lengths, lm_loss=False)
+            for i, row in zip(ids, out.float().cpu()):
+                outs[i] = row
+    model.train(was_training)
+    return outs
+
+
+def score(outs: list[Any], encoded: list[Encoded], spec: TaskSpec) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Metrics (when every example has a label) and one prediction record per example."""
+    import torch
+
+    from . import metrics as M
+
+    records: list[dict[str, Any]] = []
+    preds: list[Any] = []
+    for i, (out, e) in enumerate(zip(outs, encoded)):
+        rec: dict[str, Any] = {"index": i}
+        if spec.regression:
+            preds.append(float(out))
+            rec["score"] = float(out)
+            if e.target is not None:
+                rec["label"] = float(e.target)
+        else:
+            probs = torch.softmax(out, dim=-1)
+            k = int(torch.argmax(out))
+            preds.append(k)
+            if spec.task == "multiple-choice":
+                base = spec.columns.get("index_base", 0)
+                rec["prediction"] = k + base
+                rec["probabilities"] = [round(float(p), 6) for p in probs]
+                if e.target is not None:
+                    rec["label"] = int(e.target) + base
+            else:
+                rec["prediction"] = spec.labels[k]
+                rec["probabilities"] = {lab: round(float(p), 6) for lab, p in zip(spec.labels, probs)}
+                if e.target is not None:
+                    rec["label"] = spec.labels[int(e.target)]
+        if e.truncated:
+            rec["truncated"] = True
+        records.append(rec)
+    result: dict[str, Any] = {"n": len(encoded), "truncated": sum(e.truncated for e in encoded)}
+    labelled = all(e.target is not None for e in encoded)
+    if labelled:
+        gold = [e.target for e in encoded]
+        if spec.regression:
+            result.update(M.regression_metrics(preds, gold))
+        else:
+            n_classes = len(spec.labels) if spec.labels else 0
+            pos = spec.labels.index(spec.positive_label) if spec.positive_label is not None else None
+            result.update(M.classification_metrics(preds, gold, n_classes, pos))
+    else:
+        result["labelled"] = False
+    return result, records
+
+
+def evaluate(model: FinetuneModel, encoded: list[Encoded], spec: TaskSpec, batch_size: int = 64,
+             device: torch.device | str = "cpu") -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Metrics and per-example predictions of a fine-tuned model on encoded examples."""
+    import torch
+
+    return score(run_model(model, encoded, batch_size, torch.device(device)), encoded, spec)
+
+
+# ------------------------------------------------------------------------------------------ the loop
+def check_out_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise TaskError(f"--out {out} is a file; give a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise TaskError(f"--out {out} already holds files; choose a new directory or pass --overwrite")
+
+
+class Progress:
+    """A rich progress bar on a terminal; plain log lines (about ten per epoch) otherwise."""
+
+    def __init__(self, total: int, quiet: bool) -> None:
+        self.quiet, self.total = quiet, total
+        self.bar = None
+        if sys.stderr.isatty() and not quiet:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as RichProgress
+
+            self.bar = RichProgress(TextColumn("[bold]finetune"), BarColumn(), MofNCompleteColumn(),
+                                    TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                                    console=Console(stderr=True))
+            self.task = self.bar.add_task("finetune", total=total, info="")
+            self.bar.start()
+
+    def update(self, step: int, info: str, log_line: bool) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, info=info)
+        elif log_line and not self.quiet:
+            print(f"step {step:>6}/{self.total} {info}", file=sys.stderr, flush=True)
+
+    def print(self, msg: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(msg, markup=False, highlight=False)
+        elif not self.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _fmt_metrics(m: dict[str, Any]) -> str:
+    keys = [k for k in ("accuracy", "f1", "macro_f1", "pearson", "spearman", "mse") if k in m]
+    return " ".join(f"{k} {m[k]:.4f}" for k in keys) or "(unlabelled)"
+
+
+def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
+    """Fine-tune a pre-trained GPT on one task (GPT-1 §3.2) and write the result to cfg.out.
+
+    Returns {"metrics": {split: {...}}, "out": path, "wall_s": seconds, "steps": n, ...}.
+    """
+    import torch
+
+    from ..checkpoint import new_tmp_dir, publish_dir
+    from ..train import param_groups, pick_device
+
+    t0 = time.perf_counter()
+    cfg.validate()
+    out = Path(cfg.out)
+    check_out_dir(out, cfg.overwrite)
+    data = load_data(cfg)
+    spec = data.spec
+    device = pick_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model, tok = prepare_model(cfg, spec, device)
+    enc_train = encode_examples(data.train, tok, spec)
+    enc_splits = {k: encode_examples(v, tok, spec) for k, v in data.splits.items()}
+
+    steps_per_epoch = math.ceil(len(enc_train) / cfg.batch_size)
+    total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    warmup_steps = math.ceil(cfg.warmup * total)
+    eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
+                                  fused=device.type in ("cpu", "cuda"))
+    rng = random.Random(cfg.seed)
+    use_lm = cfg.lm_coef > 0
+
+    tmp = new_tmp_dir(out)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
+    progress = Progress(total, cfg.quiet)
+    log = open(tmp / "log.jsonl", "w", buffering=1)  # noqa: SIM115 - closed below, before the directory is published
+    try:
+        n_cut = sum(e.truncated for e in enc_train)
+        progress.print(f"fine-tuning {spec.task}{' (regression)' if spec.regression else ''} on "
+                       f"{len(enc_train)} examples ({n_cut} truncated to {spec.max_len} tokens), "
+                       f"{total} steps of {cfg.batch_size}, λ={cfg.lm_coef}, lr {cfg.lr:g}"
+                       f"{', from scratch' if cfg.from_scratch else ''}")
+        model.train()
+        step, epoch = 0, 0
+        last_valid: tuple[int, dict[str, Any], list[dict[str, Any]]] = (-1, {}, [])
+        log_every = max(1, steps_per_epoch // 10)
+        t_train = time.perf_counter()
+        while step < total:
+            epoch += 1
+            sums = {"loss": 0.0, "task_loss": 0.0, "lm_loss": 0.0, "n": 0}
+            for batch in train_batches(enc_train, cfg.batch_size, rng):
+                if step >= total:
+                    break
+                lr = lr_at(step, total, warmup_steps, cfg.lr)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                items = [enc_train[i] for i in batch]
+                idx, lengths = collate(items, device)
+                target = torch.tensor([e.target for e in items],
+                                      dtype=torch.float32 if spec.regression else torch.long, device=device)
+                out_t, lm = model(idx, lengths, lm_loss=use_lm)
+                l2 = task_loss(out_t, target, spec)
+                loss = l2 + cfg.lm_coef * lm if use_lm else l2  # L3 = L2 + λ·L1 (GPT-1 eq. 5)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                step += 1
+                sums["loss"] += loss.item()
+                sums["task_loss"] += l2.item()
+                sums["lm_loss"] += lm.item() if use_lm else 0.0
+                sums["n"] += 1
+                info = f"epoch {epoch} loss {loss.item():.4f} lr {lr:.2e}"
+                progress.update(step, info, step % log_every == 0)
+            n = max(1, sums["n"])
+            valid_metrics, valid_records = evaluate(model, enc_splits["valid"], spec, eval_bs, device)
+            last_valid = (step, valid_metrics, valid_records)
+            record = {"epoch": epoch, "step": step, "train_loss": sums["loss"] / n,
+                      "train_task_loss": sums["task_loss"] / n,
+                      "train_lm_loss": sums["lm_loss"] / n if use_lm else None,
+                      "valid": valid_metrics, "elapsed_s": round(time.perf_counter() - t0, 2)}
+            log.write(json.dumps(record) + "\n")
+            progress.print(f"epoch {epoch}: train loss {record['train_loss']:.4f} (task {record['train_task_loss']:.4f}"
+                           + (f", lm {record['train_lm_loss']:.4f}" if use_lm else "") + f"); valid "
+                           f"{_fmt_metrics(valid_metrics)}")
+        train_s = time.perf_counter() - t_train
+        results: dict[str, dict[str, Any]] = {}
+        (tmp / "predictions").mkdir()
+        for split, enc in enc_splits.items():
+            if split == "valid" and last_valid[0] == step:  # the last epoch's evaluation is of this very model
+                m, records = last_valid[1:]
+            else:
+                m, records = evaluate(model, enc, spec, eval_bs, device)
+            results[split] = m
+            with open(tmp / "predictions" / f"{split}.jsonl", "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(r) + "\n" for r in records)
+            progress.print(f"{split}: {_fmt_metrics(m)} ({m['n']} examples)")
+        wall = time.perf_counter() - t0
+        summary = {"summary": True, "steps": step, "epochs": cfg.epochs, "train_examples": len(enc_train),
+                   "train_truncated": n_cut, "train_s": round(train_s, 2), "wall_s": round(wall, 2),
+                   "threads": torch.get_num_threads(), "device": str(device)}
+        log.write(json.dumps(summary) + "\n")
+        log.close()
+        save_finetuned(tmp, model, tok, spec, cfg.head_dropout)
+        (tmp / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+        (tmp / "finetune_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+        publish_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        log.close()
+        progress.close()
+    return {"metrics": results, "out": str(out), **{k: v for k, v in summary.items() if k != "summary"}}
+
+
+# ------------------------------------------------------------------------------------ save / load / predict
+def save_finetuned(directory: Path, model: FinetuneModel, tokenizer: Tokenizer, spec: TaskSpec,
+                   head_dropout: float) -> None:
+    """Write the files of a fine-tuned model into `directory` (the caller makes it atomic)."""
+    from safetensors.torch import save_file
+
+    from ..checkpoint import write_model_files
+
+    write_model_files(directory, model.gpt, tokenizer, extra={"finetune": {"task": spec.task, "head": HEAD_WEIGHTS,
+                                                                           "spec": TASK_JSON}})
+    save_file({k: v.detach().contiguous() for k, v in model.head.state_dict().items()}, str(directory / HEAD_WEIGHTS),
+              metadata={"format": "pt"})
+    (directory / TASK_JSON).write_text(json.dumps({**spec.to_dict(), "head_dropout": head_dropout}, indent=2) + "\n")
+
+
+def load_finetuned(path: str | Path, map_location: str | torch.device = "cpu"
+                   ) -> tuple[FinetuneModel, TaskSpec, Tokenizer]:
+    """Load a directory written by `gptkit finetune`: (model in eval mode, task spec, tokenizer)."""
+    from ..checkpoint import load_model, read_state_dict, resolve_checkpoint
+    from .heads import FinetuneModel, build_head
+
+    p = resolve_checkpoint(path)
+    if not (p / TASK_JSON).is_file() or not (p / HEAD_WEIGHTS).is_file():
+        raise CheckpointError(f"{p} is not a fine-tuned model (no {TASK_JSON} / {HEAD_WEIGHTS}); "
+                              f"`gptkit finetune --out` writes one")
+    try:
+        d = json.loads((p / TASK_JSON).read_text(encoding="utf-8"))
+        head_dropout = d.pop("head_dropout", 0.1)
+        spec = TaskSpec.from_dict(d)
+    except (OSError, json.JSONDecodeError, TypeError) as e:
+        raise CheckpointError(f"{p / TASK_JSON} is not a valid task spec ({e})") from None
+    gpt = load_model(p, map_location=map_location)
+    if gpt.tokenizer is None:
+        raise CheckpointError(f"{p} has no tokenizer")
+    head = build_head(spec, gpt.config.n_embd, head_dropout, gpt.config.init_std)
+    sd = read_state_dict(p / HEAD_WEIGHTS, map_location)
+    try:
+        head.load_state_dict(sd)
+    except RuntimeError as e:
+        raise CheckpointError(f"{p / HEAD_WEIGHTS} does not fit the task in {TASK_JSON} "
+                              f"({str(e).splitlines()[0]})") from None
+    model = FinetuneModel(gpt, head.to(map_location), regression=spec.regression).eval()
+    return model, spec, gpt.tokenizer
+
+
+def predict(ckpt: str | Path, input: str | Path, out: str | Path, fmt: str | None = None,
+            columns: dict[str, Any] | None = None, batch_size: int = 64, device: str = "cpu",
+            max_examples: int | None = None) -> dict[str, Any]:
+    """`gptkit predict`: one JSON line per input example (prediction + probabilities, or score) in `out`;
+    returns the metrics when the input has labels."""
+    import torch
+
+    from ..checkpoint import atomic_write_text
+
+    model, spec, tok = load_finetuned(ckpt, map_location=device)
+    fmt = fmt or spec.format
+    cols = Columns.from_dict(spec.columns) if fmt == spec.format else default_columns(fmt, spec.task)
+    if columns:
+        cols = dataclasses.replace(cols, **columns)
+    examples = read_examples(input, fmt, spec.task, cols, regression=spec.regression, need_labels=False,
+                             limit=max_examples)
+    if any(e.label is not None for e in examples) and not all(e.label is not None for e in examples):
+        examples = [dataclasses.replace(e, label=None) for e in examples]  # partly labelled: predictions only
+    encoded = encode_examples(examples, tok, spec)
+    metrics, records = evaluate(model, encoded, spec, batch_size, torch.device(device))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def config_fields() -> list[dataclasses.Field]:
+    return list(fields(FinetuneConfig))

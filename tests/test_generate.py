@@ -1,0 +1,470 @@
+"""The generation core (gptkit.generate): batching changes nothing, and every feature has an oracle.
+
+- Left-padded batches of prompts of different lengths give the tokens and logits each prompt gets alone,
+  and the greedy tokens transformers' `generate` gives for the same left-padded batch.
+- Continuous batching (generations joining and leaving between steps, each row at its own position) gives
+  each generation the tokens it gets alone; a seed gives the same sample whatever the batch holds.
+- Log-probabilities equal a float64 recomputation; penalties equal a hand-written decoding loop; per-row
+  top-k/top-p equal `filter_logits`; the sampler's frequencies match the softmax.
+- Stop sequences cut the text exactly where an unstopped run shows them, and a stream never shows them.
+- The detokenizer never splits a UTF-8 character of GPT-2's byte-level BPE.
+
+Weights are re-drawn with O(1) activations (as in test_model.py) so that a wrong mask or position would show.
+"""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from gptkit import GPT, GPTConfig, Tokenizer
+from gptkit.generate import (Detokenizer, Engine, Generation, GenerationError, SamplingParams, complete,
+                             filter_logits, generate, iter_generations)
+
+V = 61
+TEXT = "the quick brown fox jumps over the lazy dog; ROMEO: o Juliet, wherefore art thou? 0123456789\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # tiny models gain nothing from intra-op threads; spinning threads slow a shared 2-core machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def randomize_(model: nn.Module, seed: int) -> nn.Module:
+    """Weights with O(1) activations: linear N(0, 1/fan_in), embeddings N(0, 0.5²), LayerNorm 1 + N(0, 0.2²)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, nn.Embedding):
+                mod.weight.copy_(0.5 * torch.randn(mod.weight.shape, generator=g))
+            elif isinstance(mod, nn.LayerNorm):
+                mod.weight.copy_(1 + 0.2 * torch.randn(mod.weight.shape, generator=g))
+                mod.bias.copy_(0.1 * torch.randn(mod.bias.shape, generator=g))
+            elif isinstance(mod, nn.Linear):
+                mod.weight.copy_(torch.randn(mod.weight.shape, generator=g) / math.sqrt(mod.weight.shape[1]))
+                if mod.bias is not None:
+                    mod.bias.copy_(0.1 * torch.randn(mod.bias.shape, generator=g))
+    return model
+
+
+def tiny(seed: int = 0, vocab: int = V, **kw) -> GPT:
+    cfg = GPTConfig(vocab_size=vocab, block_size=kw.pop("block_size", 32), n_layer=2, n_head=2, n_embd=24,
+                    **kw)
+    torch.manual_seed(seed)
+    return randomize_(GPT(cfg), seed).eval()
+
+
+def prompts(lengths, seed: int = 1, vocab: int = V) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+def greedy(n: int, **kw) -> SamplingParams:
+    return SamplingParams(max_new_tokens=n, temperature=0.0, **kw)
+
+
+def reference_greedy(model: GPT, prompt: list[int], n: int) -> list[int]:
+    """Full forward over the whole sequence at every step, argmax: no cache, no batching."""
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+    return seq[len(prompt):]
+
+
+VARIANTS = {
+    "dense-pre-learned": dict(),
+    "alternating-pre-sinusoidal": dict(attention="alternating", band_width=3, pos="sinusoidal"),
+    "banded-post-learned": dict(norm="post", final_norm=False, attention="banded", band_width=4),
+}
+
+
+# ------------------------------------------------------------------------------------ the model's new inputs
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_left_padding_and_per_row_positions_equal_each_row_alone(variant):
+    """model(idx, pos, start): left-padded rows (start) and rows at different cache indices (pos tensor) get
+    the logits each row gets from a plain forward of its own sequence."""
+    from gptkit.model import KVCache
+
+    model = tiny(seed=2, **VARIANTS[variant])
+    c = model.config
+    seqs = prompts([5, 9, 2], seed=3)
+    width = max(map(len, seqs))
+    idx = torch.tensor([[0] * (width - len(s)) + s for s in seqs])
+    start = torch.tensor([width - len(s) for s in seqs])
+    with torch.no_grad():
+        alone = [model(torch.tensor([s]))[0] for s in seqs]
+        padded = model(idx, start=start)  # no cache: the mask alone must hide the padding
+        for b, s in enumerate(seqs):
+            torch.testing.assert_close(padded[b, width - len(s):], alone[b], rtol=0, atol=1e-5)
+        # now through a cache, then one step with every row at its own index
+        caches = [KVCache(3, c.n_head, 16, c.head_size) for _ in range(c.n_layer)]
+        model.transformer(idx, caches, 0, start)
+        nxt = [3, 7, 11]
+        h = model.transformer(torch.tensor(nxt)[:, None], caches, torch.full((3,), width), start)
+        step = model.lm_head(h[:, -1])
+        for b, s in enumerate(seqs):
+            ref = model(torch.tensor([s + [nxt[b]]]))[0, -1]
+            torch.testing.assert_close(step[b], ref, rtol=0, atol=1e-5)
+        # rows whose sequences start at index 0 but end at different indices (continuous batching)
+        caches = [KVCache(3, c.n_head, 16, c.head_size) for _ in range(c.n_layer)]
+        for b, s in enumerate(seqs):
+            model.transformer(torch.tensor([s]), [k.rows(b, b + 1) for k in caches], 0)
+        h = model.transformer(torch.tensor(nxt)[:, None], caches, torch.tensor([len(s) for s in seqs]))
+        step = model.lm_head(h[:, -1])
+        for b, s in enumerate(seqs):
+            ref = model(torch.tensor([s + [nxt[b]]]))[0, -1]
+            torch.testing.assert_close(step[b], ref, rtol=0, atol=1e-5)
+        # a wrong start would be caught: padding that is attended to changes the logits
+        wrong = model(idx, start=torch.zeros(3, dtype=torch.long))
+        assert (wrong[0, -1] - alone[0][-1]).abs().max() > 1e-3
+
+
+def test_per_row_positions_past_the_context_are_an_error():
+    model = tiny()
+    with pytest.raises(ValueError, match="longer than the context"):
+        model(torch.zeros((2, 3), dtype=torch.long), pos=torch.tensor([0, 30]))
+
+
+# ------------------------------------------------------------------------------------------ batching
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_batched_prompts_of_different_lengths_equal_each_alone(variant):
+    model = tiny(seed=4, **VARIANTS[variant])
+    ps = prompts([3, 11, 1, 7], seed=5)
+    n = 12
+    batched = complete(model, ps, greedy(n))
+    for g, p in zip(batched, ps):
+        assert g.tokens == reference_greedy(model, p, n)
+        assert g.finish_reason == "length"
+    assert len({t for g in batched for t in g.tokens}) >= 4  # not a degenerate constant output
+
+
+def test_greedy_batch_matches_transformers_generate_with_left_padding():
+    transformers = pytest.importorskip("transformers")
+    from gptkit.interop.hf import export_hf
+
+    model = tiny(seed=6)
+    hf_dir = "hf"
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        export_hf(model, f"{d}/{hf_dir}")
+        hf = transformers.GPT2LMHeadModel.from_pretrained(f"{d}/{hf_dir}").eval()
+    ps = prompts([4, 9, 6], seed=7)
+    width, n = 9, 10
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in ps])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ps])
+    with torch.no_grad():
+        ref = hf.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                          pad_token_id=0, eos_token_id=None)[:, width:]
+    ours = complete(model, ps, greedy(n))
+    assert [g.tokens for g in ours] == ref.tolist()
+
+
+def test_continuous_batching_rows_join_and_leave():
+    """Eight generations through a 3-row engine: they join as rows free up, each row at its own position,
+    and every one gets exactly the tokens it gets alone."""
+    model = tiny(seed=8, attention="alternating", band_width=5)
+    ps = prompts([2, 9, 5, 1, 12, 3, 7, 4], seed=9)
+    lengths = [5, 1, 9, 3, 6, 12, 2, 4]
+    engine = Engine(model, max_batch=3)
+    gens = [engine.submit(Generation(p, greedy(n))) for p, n in zip(ps, lengths)]
+    ptrs = None
+    rows_seen = set()
+    for _ in engine.run():
+        rows_seen.add(len(engine.rows))
+        if engine.caches is not None:
+            now = [c.k.data_ptr() for c in engine.caches]
+            assert ptrs is None or now == ptrs  # preallocated once: never re-allocated or concatenated
+            ptrs = now
+    assert 3 in rows_seen and max(rows_seen) <= 3
+    for g, p, n in zip(gens, ps, lengths):
+        assert g.tokens == reference_greedy(model, p, n), (p, n)
+
+
+def test_sliding_window_beyond_the_context():
+    """The Python API keeps generating past block_size: the window slides, as a no-cache run does."""
+    model = tiny(seed=10, block_size=16)
+    ps = prompts([5, 20, 14], seed=11)
+    cached = complete(model, ps, greedy(25))
+    uncached = complete(model, ps, greedy(25), use_cache=False)
+    assert [g.tokens for g in cached] == [g.tokens for g in uncached]
+    # and the no-cache path is the plain recipe: argmax of a forward over the last block_size tokens
+    seq = list(ps[1])
+    with torch.no_grad():
+        for _ in range(25):
+            seq.append(int(model(torch.tensor([seq[-16:]]))[0, -1].argmax()))
+    assert uncached[1].tokens == seq[20:]
+
+
+def test_generate_contract_and_tensor_prompts():
+    model = tiny(seed=12)
+    idx = torch.tensor(prompts([6, 6], seed=13))
+    out = generate(model, idx, 7, temperature=0.0)
+    assert out.shape == (2, 13) and torch.equal(out[:, :6], idx)
+    assert out[0, 6:].tolist() == reference_greedy(model, idx[0].tolist(), 7)
+    assert torch.equal(generate(model, idx, 0), idx)
+
+
+# ------------------------------------------------------------------------------------- sampling and seeds
+def test_seed_gives_the_same_sample_whatever_the_batch_holds():
+    model = tiny(seed=14)
+    p = prompts([6], seed=15)[0]
+    params = SamplingParams(max_new_tokens=20, temperature=1.3, top_p=0.95, seed=123)
+    alone = complete(model, [p], params)[0].tokens
+    others = [SamplingParams(max_new_tokens=n, temperature=t, top_k=k, seed=s)
+              for n, t, k, s in ((5, 0.5, 3, 1), (30, 1.0, None, None), (2, 0.0, None, None))]
+    mixed = complete(model, prompts([3, 9, 4], seed=16) + [p], [*others, params], max_batch=2)
+    assert mixed[-1].tokens == alone
+    assert complete(model, [p], dataclasses.replace(params, seed=124))[0].tokens != alone
+    assert len(set(alone)) > 5  # really sampled
+
+
+def test_per_row_filters_equal_filter_logits():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 50, generator=g) * 3
+    params = [SamplingParams(top_k=k, top_p=p) for k, p in
+              ((1, None), (5, None), (None, 0.3), (None, 0.9), (7, 0.5), (50, 0.999))]
+    ours = Engine._filter(x.clone(), params)
+    for r, sp in enumerate(params):
+        ref = filter_logits(x[r:r + 1], sp.top_k, sp.top_p)[0]
+        assert torch.equal(torch.isfinite(ours[r]), torch.isfinite(ref)), r
+        assert torch.equal(ours[r][torch.isfinite(ours[r])], x[r][torch.isfinite(ref)])
+
+
+def test_sampler_frequencies_follow_the_tempered_nucleus():
+    model = tiny(vocab=5)
+    engine = Engine(model)
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0])
+    temp, top_p = 0.7, 0.9
+    probs = torch.softmax(logits / temp, -1)
+    keep = (probs.cumsum(-1) - probs) < top_p  # (already sorted descending)
+    expected = torch.where(keep, probs, torch.zeros(())) / probs[keep].sum()
+    gen = Generation([0], SamplingParams(temperature=temp, top_p=top_p), generator=torch.Generator().manual_seed(0))
+    N = 20000
+    counts = torch.zeros(5)
+    for _ in range(N // 100):
+        toks, _ = engine._sample(logits.repeat(100, 1), [gen] * 100)
+        counts += torch.bincount(torch.tensor(toks), minlength=5)
+    freq = counts / N
+    assert counts[~keep].sum() == 0
+    assert (freq - expected).abs().max() < 0.015, (freq, expected)
+
+
+def test_penalties_equal_a_hand_written_loop():
+    model = tiny(seed=17)
+    p = prompts([4], seed=18)[0]
+    n, pres, freq = 24, 0.7, 0.9
+    seq, counts = list(p), torch.zeros(V)
+    with torch.no_grad():
+        for _ in range(n):
+            logits = model(torch.tensor([seq]))[0, -1]
+            logits = logits - freq * counts - pres * (counts > 0).float()
+            t = int(logits.argmax())
+            seq.append(t)
+            counts[t] += 1
+    got = complete(model, [p], greedy(n, presence_penalty=pres, frequency_penalty=freq))[0].tokens
+    assert got == seq[len(p):]
+    assert got != reference_greedy(model, p, n)  # the penalties did change something
+    assert len(set(got)) > len(set(reference_greedy(model, p, n)))
+
+
+def test_logprobs_equal_a_float64_recomputation():
+    model = tiny(seed=19)
+    p = prompts([5], seed=20)[0]
+    g = complete(model, [p], SamplingParams(max_new_tokens=8, temperature=1.0, seed=3, logprobs=4,
+                                             prompt_logprobs=True))[0]
+    m64 = tiny(seed=19).double()
+    seq = p + g.tokens
+    with torch.no_grad():
+        ref = torch.log_softmax(m64(torch.tensor([seq]))[0], dim=-1)  # (T, V)
+    assert len(g.logprobs) == 8 and g.prompt_logprobs[0] is None and len(g.prompt_logprobs) == len(p)
+    for i, lp in enumerate(g.logprobs):
+        row = ref[len(p) - 1 + i]
+        assert lp.token == g.tokens[i]
+        assert abs(lp.logprob - row[lp.token].item()) < 1e-5
+        top = torch.topk(row, 4)
+        assert [t for t, _ in lp.top] == top.indices.tolist()
+        assert max(abs(v - w) for (_, v), w in zip(lp.top, top.values.tolist())) < 1e-5
+    for j in range(1, len(p)):
+        assert abs(g.prompt_logprobs[j].logprob - ref[j - 1, p[j]].item()) < 1e-5
+    # scoring only: no new token, the prompt's log-probs still come back
+    scored = complete(model, [p], SamplingParams(max_new_tokens=0, prompt_logprobs=True, logprobs=0))[0]
+    assert scored.tokens == [] and scored.finish_reason == "length"
+    assert [x.logprob for x in scored.prompt_logprobs[1:]] == pytest.approx(
+        [x.logprob for x in g.prompt_logprobs[1:]], abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- text
+@pytest.fixture(scope="module")
+def char_model() -> GPT:
+    tok = Tokenizer.train_char(TEXT)
+    model = tiny(seed=21, vocab=tok.vocab_size, block_size=64)
+    model.tokenizer = tok
+    return model
+
+
+def test_stop_sequences_cut_where_an_unstopped_run_shows_them(char_model):
+    tok = char_model.tokenizer
+    prompt = tok.encode("ROMEO: ")
+    free = complete(char_model, [prompt], greedy(40), tokenizer=tok)[0]
+    text = free.text
+    assert text == tok.decode(free.tokens) and len(text) == 40
+    stop = text[17:20]  # a stop that appears in the free run
+    first = text.find(stop)
+    g = complete(char_model, [prompt], greedy(40, stop=("zzz-not-there", stop)), tokenizer=tok)[0]
+    assert g.finish_reason == "stop" and g.text == text[:first]
+    # streamed pieces join to the same text, and never show any part of the stop sequence
+    events = list(iter_generations(char_model, [prompt], greedy(40, stop=(stop,)), tokenizer=tok))
+    assert "".join(e.text for e in events) == text[:first]
+    assert events[-1].finished and sum(e.finished for e in events) == 1
+    # a stop token ends it too, and is not part of the text
+    at = next(i for i, t in enumerate(free.tokens) if i > 0 and free.tokens.index(t) == i)  # a first occurrence
+    g = complete(char_model, [prompt], greedy(40, stop_token_ids=(free.tokens[at],)), tokenizer=tok)[0]
+    assert g.finish_reason == "stop" and g.tokens == free.tokens[:at + 1] and g.text == tok.decode(free.tokens[:at])
+
+
+def test_detokenizer_never_splits_a_utf8_character(shared_data):
+    tok = Tokenizer.from_pretrained(shared_data / "gpt2-bpe-vocab")
+    text = "naïve café — 東京タワー 🙂👍🏽 and ünïcödé, ∑ x² ≤ ∞."
+    ids = tok.encode(text)
+    assert any("\ufffd" in tok.decode([i]) for i in ids)  # some tokens really are pieces of a character
+    context = tok.encode("Prompt:")
+    d = Detokenizer(tok, context)
+    pieces = [d.push(i) for i in ids] + [d.flush()]
+    assert "".join(pieces) == text
+    assert all("\ufffd" not in p for p in pieces)
+
+
+def test_prompt_text_and_events(char_model):
+    tok = char_model.tokenizer
+    evs = list(iter_generations(char_model, ["to be", "or not"], greedy(6), tokenizer=tok))
+    assert len(evs) == 12 and sum(e.finished for e in evs) == 2
+    by = {}
+    for e in evs:
+        by.setdefault(id(e.generation), []).append(e.text)
+    assert sorted(len("".join(v)) for v in by.values()) == [6, 6]
+
+
+def test_cancel_frees_the_row(char_model):
+    engine = Engine(char_model, char_model.tokenizer, max_batch=2)
+    a = engine.submit(Generation([1, 2, 3], greedy(30)))
+    b = engine.submit(Generation([4, 5], greedy(30)))
+    c = engine.submit(Generation([6], greedy(3)))
+    engine.step()
+    assert engine.rows == [a, b] and list(engine.waiting) == [c]
+    a.cancel()
+    evs = engine.step()
+    assert a.finish_reason == "cancelled" and any(e.generation is a and e.finished for e in evs)
+    assert a not in engine.rows and c in engine.rows
+    while engine.busy:
+        engine.step()
+    assert c.tokens == reference_greedy(char_model, [6], 3)
+    assert b.tokens == reference_greedy(char_model, [4, 5], 30)
+
+
+def test_inference_layout_changes_memory_order_not_results():
+    from gptkit.generate import inference_layout_
+
+    model = tiny(seed=25, block_size=64)
+    idx = torch.tensor(prompts([20, 20], seed=26))
+    with torch.no_grad():
+        before = model(idx)
+    ref = complete(model, idx.tolist(), greedy(10))
+    inference_layout_(model)
+    w = model.transformer.h[0].mlp.c_fc.weight  # (96, 24): more rows than columns, so flipped
+    assert w.shape == (96, 24) and w.stride() == (1, 96)
+    assert model.lm_head.weight is model.transformer.wte.weight and model.lm_head.weight.stride() == (1, V)
+    assert model.transformer.h[0].mlp.c_proj.weight.is_contiguous()  # (24, 96): left alone
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), before, rtol=0, atol=1e-5)
+    assert [g.tokens for g in complete(model, idx.tolist(), greedy(10))] == [g.tokens for g in ref]
+    from gptkit.checkpoint import model_state_dict
+
+    assert all(t.is_contiguous() for t in model_state_dict(model).values())  # saves as before
+
+
+@pytest.mark.parametrize("kind, tol", [("int8", 0.05), ("fp16", 2e-3)])
+def test_quantized_weights_stay_close_to_fp32(kind, tol):
+    from gptkit.generate import quantize_weights
+
+    model = tiny(seed=23, block_size=64)
+    q = quantize_weights(model, kind)
+    assert type(q.lm_head) is not nn.Linear and type(model.lm_head) is nn.Linear  # a changed copy
+    idx = torch.tensor(prompts([40], seed=24))
+    with torch.no_grad():
+        a, b = model(idx), q(idx)
+    rel = ((a - b).norm() / a.norm()).item()
+    assert 1e-6 < rel < tol, rel  # changed (rounded), but only a little
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.9
+    g = complete(q, idx.tolist(), greedy(8))[0]
+    assert len(g.tokens) == 8 and q.transformer.wte.weight.dtype == torch.float32
+
+
+# ---------------------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("bad, match", [
+    (dict(temperature=-1.0), "temperature"), (dict(temperature=float("nan")), "temperature"),
+    (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"), (dict(top_k=0), "top_k"),
+    (dict(max_new_tokens=-1), "max_new_tokens"), (dict(presence_penalty=3.0), "presence_penalty"),
+    (dict(frequency_penalty=-2.5), "frequency_penalty"), (dict(logprobs=21), "logprobs"),
+    (dict(stop=("",)), "stop"), (dict(stop_token_ids=(V,)), "stop token"), (dict(seed=1.5), "seed"),
+])
+def test_bad_parameters_are_clear_errors(bad, match):
+    model = tiny()
+    with pytest.raises(GenerationError, match=match):
+        Engine(model).submit(Generation([1], SamplingParams(**bad)))
+
+
+def test_bad_prompts_are_clear_errors():
+    model = tiny()
+    engine = Engine(model)
+    with pytest.raises(GenerationError, match="empty"):
+        engine.submit(Generation([], greedy(1)))
+    with pytest.raises(GenerationError, match="vocabulary|token ids"):
+        engine.submit(Generation([V], greedy(1)))
+    with pytest.raises(GenerationError, match="more than the context"):
+        engine.submit(Generation([1] * 30, greedy(3)))
+    with pytest.raises(GenerationError, match="tokenizer"):
+        engine.submit(Generation([1], greedy(3, stop=("x",))))
+    with pytest.raises(GenerationError, match="tokenizer"):
+        complete(model, ["text"], greedy(2))
+
+
+# ------------------------------------------------------------------------------------------ command line
+def test_sample_command_streams_stops_and_runs_interactively(char_model, tmp_path, capsys, monkeypatch):
+    import io
+
+    from gptkit.cli import main
+
+    ckpt = tmp_path / "ckpt"
+    char_model.save_pretrained(ckpt)
+    tok = char_model.tokenizer
+    free = complete(char_model, ["ROMEO: "], greedy(30), tokenizer=tok)[0].text
+    assert main(["sample", "--ckpt", str(ckpt), "--prompt", "ROMEO: ", "--max-new-tokens", "30",
+                 "--temperature", "0"]) == 0
+    assert capsys.readouterr().out == "ROMEO: " + free + "\n"
+    stop = free[10:12]
+    assert main(["sample", "--ckpt", str(ckpt), "--prompt", "ROMEO: ", "--max-new-tokens", "30",
+                 "--temperature", "0", "--stop", stop]) == 0
+    assert capsys.readouterr().out == "ROMEO: " + free[:free.find(stop)] + "\n"
+    # a prompt loop: two prompts, an empty line, then end of input
+    monkeypatch.setattr("sys.stdin", io.StringIO("ROMEO: \n\nthe \n"))
+    assert main(["sample", "--ckpt", str(ckpt), "--interactive", "--max-new-tokens", "30",
+                 "--temperature", "0"]) == 0
+    out = capsys.readouterr().out
+    the = complete(char_model, ["the "], greedy(30), tokenizer=tok)[0].text
+    assert out == "> ROMEO: " + free + "\n> > the " + the + "\n> "
+    # bad flags: one line, exit 2
+    assert main(["sample", "--ckpt", str(ckpt), "--top-k", "0", "--presence-penalty", "5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gptkit: error:") and "--presence-penalty" in err[0]

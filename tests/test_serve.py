@@ -1,0 +1,396 @@
+"""The OpenAI-compatible server, driven over loopback by the official `openai` client (and raw httpx for what
+a well-behaved client never sends).
+
+Servers run inside the tests: uvicorn in a thread on 127.0.0.1 with a free port (BackgroundServer), plus one
+`gptkit serve` subprocess for the command line. The oracle for the text is the Python API on the same model:
+the HTTP layer must return exactly what the generation core computes, batched or not.
+"""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+
+from gptkit import GPT, GPTConfig, Tokenizer  # noqa: E402
+from gptkit.generate import SamplingParams, complete  # noqa: E402
+from gptkit.serve import BackgroundServer, ServeOptions, create_app  # noqa: E402
+
+TEXT = "the quick brown fox jumps over the lazy dog; ROMEO: o Juliet, wherefore art thou? 0123456789\n"
+KEY = "sekret-key"
+
+
+@pytest.fixture(scope="module")
+def model() -> GPT:
+    tok = Tokenizer.train_char(TEXT)
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=512, n_layer=2, n_head=2, n_embd=32)).eval()
+    with torch.no_grad():  # larger weights than the init: less uniform distributions, more varied text
+        for p in m.parameters():
+            if p.dim() == 2:
+                p.mul_(8.0)
+        m.transformer.wte.weight[tok.eot_id] = 0  # <|endoftext|> gets logit 0: greedy runs never stop early
+    m.tokenizer = tok
+    return m
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model: threads only add contention on a shared machine
+    app = create_app(model, model.tokenizer, ServeOptions(model_name="tiny", max_batch=8, max_queue=32))
+    with BackgroundServer(app) as url:
+        yield url
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def strict_server(model):
+    """A key, a small body limit, one row and no queue: for 401, 413 and 429."""
+    app = create_app(model, model.tokenizer, ServeOptions(model_name="tiny", api_key=KEY, max_batch=1,
+                                                          max_queue=0, max_body_bytes=4096))
+    with BackgroundServer(app) as url:
+        yield url
+
+
+def oracle(model, prompt: str, **kw) -> str:
+    """What the generation core gives for this prompt (the server also stops at <|endoftext|>)."""
+    params = SamplingParams(stop_token_ids=(model.tokenizer.eot_id,), **kw)
+    return complete(model, [prompt], params, tokenizer=model.tokenizer)[0].text
+
+
+def health(url: str) -> dict:
+    return httpx.get(f"{url}/health").json()
+
+
+def error_of(r: httpx.Response) -> dict:
+    body = r.json()
+    assert set(body) == {"error"} and {"message", "type", "param", "code"} <= set(body["error"]), body
+    assert body["error"]["message"] and "\n" not in body["error"]["message"]
+    return body["error"]
+
+
+# -------------------------------------------------------------------------------------------- the basics
+def test_models_and_health(client, server):
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    h = health(server)
+    assert h["status"] == "ok" and h["model"] == "tiny"
+
+
+def test_plain_completion_equals_the_python_api(client, model):
+    r = client.completions.create(model="tiny", prompt="ROMEO: ", max_tokens=40, temperature=0)
+    ch = r.choices[0]
+    assert ch.text == oracle(model, "ROMEO: ", max_new_tokens=40, temperature=0.0)
+    assert len(ch.text) > 10 and len(set(ch.text)) > 5
+    assert ch.finish_reason in ("length", "stop") and ch.index == 0
+    assert r.usage.prompt_tokens == len("ROMEO: ") and r.usage.completion_tokens <= 40
+    assert r.object == "text_completion" and r.model == "tiny" and r.id.startswith("cmpl-")
+
+
+def test_streamed_completion_joins_to_the_plain_one(client, model):
+    chunks = list(client.completions.create(model="tiny", prompt="o Juliet", max_tokens=30, temperature=0,
+                                            stream=True, stream_options={"include_usage": True}))
+    texts = [c.choices[0].text for c in chunks if c.choices]
+    assert len(texts) > 5  # really streamed, piece by piece
+    assert "".join(texts) == oracle(model, "o Juliet", max_new_tokens=30, temperature=0.0)
+    finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finals) == 1 and finals[0] in ("length", "stop")
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens <= 30
+
+
+def test_n_choices_and_seed_reproducibility(client, server):
+    def ask(seed):
+        r = client.completions.create(model="tiny", prompt="the ", max_tokens=25, n=3, temperature=1.0,
+                                      seed=seed)
+        return [c.text for c in sorted(r.choices, key=lambda c: c.index)]
+
+    a = ask(7)
+    assert len(a) == 3 and len(set(a)) == 3  # n samples, each its own
+    # the same seed gives the same choices, also while other requests share the batch
+    with ThreadPoolExecutor(6) as pool:
+        noise = [pool.submit(client.completions.create, model="tiny", prompt="x" * i, max_tokens=20)
+                 for i in range(1, 5)]
+        again = [pool.submit(ask, 7) for _ in range(2)]
+        assert [f.result() for f in again] == [a, a]
+        for f in noise:
+            f.result()
+    assert ask(8) != a
+
+
+def test_stop_sequences(client, model):
+    free = oracle(model, "ROMEO: ", max_new_tokens=40, temperature=0.0)
+    stop = free[12:15]
+    want = free[:free.find(stop)]
+    r = client.completions.create(model="tiny", prompt="ROMEO: ", max_tokens=40, temperature=0,
+                                  stop=[stop, "not-in-it"])
+    assert r.choices[0].text == want and r.choices[0].finish_reason == "stop"
+    streamed = client.completions.create(model="tiny", prompt="ROMEO: ", max_tokens=40, temperature=0, stop=stop,
+                                         stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == want
+
+
+def test_list_prompts_token_prompts_and_choice_order(client, model):
+    tok = model.tokenizer
+    r = client.completions.create(model="tiny", prompt=["abc", "fox"], max_tokens=5, n=2, temperature=0)
+    assert [c.index for c in r.choices] == [0, 1, 2, 3]
+    assert r.choices[0].text == r.choices[1].text == oracle(model, "abc", max_new_tokens=5, temperature=0.0)
+    assert r.choices[2].text == oracle(model, "fox", max_new_tokens=5, temperature=0.0)
+    ids = client.completions.create(model="tiny", prompt=tok.encode("fox"), max_tokens=5, temperature=0)
+    assert ids.choices[0].text == r.choices[2].text
+    empty = client.completions.create(model="tiny", prompt="", max_tokens=3, temperature=0)
+    assert empty.usage.prompt_tokens == 1  # an empty prompt starts from <|endoftext|>
+
+
+def test_logprobs_and_echo(client, model):
+    tok = model.tokenizer
+    r = client.completions.create(model="tiny", prompt="dog", max_tokens=4, temperature=0, logprobs=2, echo=True)
+    ch = r.choices[0]
+    assert ch.text.startswith("dog")
+    lp = ch.logprobs
+    assert lp.tokens[:3] == ["d", "o", "g"] and lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert len(lp.tokens) == len(ch.text) and lp.text_offset == list(range(len(ch.text)))
+    ref = complete(model, [tok.encode("dog")], SamplingParams(max_new_tokens=4, temperature=0.0, logprobs=2,
+                                                               prompt_logprobs=True))[0]
+    want = [x.logprob for x in ref.prompt_logprobs[1:]] + [x.logprob for x in ref.logprobs]
+    assert lp.token_logprobs[1:] == pytest.approx(want, abs=1e-5)
+    for top, chosen in zip(lp.top_logprobs[3:], lp.token_logprobs[3:]):
+        assert len(top) == 2 and max(top.values()) == pytest.approx(chosen, abs=1e-6)  # greedy: the best one
+    # scoring only: echo + max_tokens 0
+    s = client.completions.create(model="tiny", prompt="dog", max_tokens=0, logprobs=0, echo=True)
+    assert s.choices[0].text == "dog" and s.choices[0].logprobs.token_logprobs[1:] == pytest.approx(want[:2], abs=1e-5)
+    # streamed, with logprobs for each token
+    chunks = list(client.completions.create(model="tiny", prompt="dog", max_tokens=4, temperature=0, logprobs=1,
+                                            stream=True))
+    per_token = [x for c in chunks if c.choices[0].logprobs for x in c.choices[0].logprobs.token_logprobs]
+    assert per_token == pytest.approx(want[2:], abs=1e-5)
+
+
+def test_concurrent_requests_are_batched_and_stay_correct(client, server, model):
+    prompts = [f"{w} " for w in TEXT.split()[:8]]
+    before = health(server)["max_running"]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda p: client.completions.create(model="tiny", prompt=p, max_tokens=60,
+                                                                    temperature=0).choices[0].text, prompts))
+    for p, text in zip(prompts, results):
+        assert text == oracle(model, p, max_new_tokens=60, temperature=0.0)
+    assert max(before, health(server)["max_running"]) >= 2  # rows really were decoded together
+
+
+# ------------------------------------------------------------------------------------------------ errors
+def post(url: str, body, headers=None, **kw) -> httpx.Response:
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return httpx.post(f"{url}/v1/completions", content=data,
+                      headers={"content-type": "application/json", **(headers or {})}, timeout=30, **kw)
+
+
+def test_context_overflow_is_a_clear_400(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="tiny", prompt="a" * 500, max_tokens=20)
+    err = e.value.body
+    assert err["code"] == "context_length_exceeded" and "512" in err["message"] and "520" in err["message"]
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"model": "tiny", "prompt": "a", "temperature": -1}, "temperature"),
+    ({"model": "tiny", "prompt": "a", "top_p": 0}, "top_p"),
+    ({"model": "tiny", "prompt": "a", "n": 0}, "n"),
+    ({"model": "tiny", "prompt": "a", "n": 40}, "n"),
+    ({"model": "tiny", "prompt": "a", "max_tokens": -5}, "max_tokens"),
+    ({"model": "tiny", "prompt": "a", "logprobs": 50}, "logprobs"),
+    ({"model": "tiny", "prompt": "a", "stop": ""}, "stop"),
+    ({"model": "tiny", "prompt": "a", "presence_penalty": 9}, "presence_penalty"),
+    ({"model": "tiny", "prompt": "a", "seed": 2 ** 70}, "seed"),
+    ({"model": "tiny", "prompt": [10 ** 9]}, "prompt"),
+    ({"model": "tiny", "prompt": [-1]}, "prompt"),
+    ({"model": "tiny", "prompt": []}, "prompt"),
+    ({"model": "tiny", "prompt": [[]]}, "prompt"),
+    ({"model": "tiny", "prompt": 12}, "prompt"),
+    ({"model": "tiny", "prompt": {"a": 1}}, "prompt"),
+    ({"model": "tiny"}, "prompt"),
+    ({"prompt": "a"}, "model"),
+    ({"model": "tiny", "prompt": "a", "suffix": "b"}, "suffix"),
+    ({"model": "tiny", "prompt": "a", "logit_bias": {"3": 5}}, "logit_bias"),
+    ({"model": "tiny", "prompt": "a", "best_of": 3}, "best_of"),
+    ({"model": "tiny", "prompt": "a", "max_tokens": "many"}, "max_tokens"),
+    ({"model": "tiny", "prompt": "a", "temperature": float("nan")}, None),
+])
+def test_bad_input_is_a_400_naming_the_field(server, body, param):
+    r = post(server, json.dumps(body))
+    assert r.status_code == 400, r.text
+    err = error_of(r)
+    assert err["type"] == "invalid_request_error"
+    if param:
+        assert err["param"] == param or param in err["message"], err
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"not json", b"[1, 2]", b"null", b'"prompt"', b"\xff\xfe",
+                                 b'{"model": "tiny", "prompt": "a", "stream": "maybe"}'])
+def test_malformed_bodies_are_400s_never_500s(server, raw):
+    r = post(server, raw)
+    assert r.status_code == 400, r.text
+    error_of(r)
+
+
+def test_unknown_model_route_and_method(server, client):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.completions.create(model="gpt-4", prompt="a", max_tokens=1)
+    assert e.value.body["code"] == "model_not_found" and "tiny" in e.value.body["message"]
+    assert httpx.get(f"{server}/v1/nothing").status_code == 404
+    r = httpx.get(f"{server}/v1/completions")
+    assert r.status_code == 405 and error_of(r)
+
+
+def test_api_key(strict_server):
+    bad = openai.OpenAI(base_url=f"{strict_server}/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.completions.create(model="tiny", prompt="a", max_tokens=1)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+    r = post(strict_server, {"model": "tiny", "prompt": "a"})  # no key at all
+    assert r.status_code == 401 and error_of(r)["code"] == "invalid_api_key"
+    r = post(strict_server, b"{broken", headers={"authorization": "Bearer nope"})
+    assert r.status_code == 401  # the key is checked before the body is even parsed
+    good = openai.OpenAI(base_url=f"{strict_server}/v1", api_key=KEY, max_retries=0)
+    assert good.completions.create(model="tiny", prompt="a", max_tokens=2).choices[0].text is not None
+    assert httpx.get(f"{strict_server}/health").status_code == 200  # health needs no key
+
+
+def test_oversized_body_is_413(strict_server):
+    good = openai.OpenAI(base_url=f"{strict_server}/v1", api_key=KEY, max_retries=0)
+    with pytest.raises(openai.APIStatusError) as e:
+        good.completions.create(model="tiny", prompt="a" * 100_000, max_tokens=1)
+    assert e.value.status_code == 413 and e.value.body["code"] == "request_too_large"
+    auth = {"authorization": f"Bearer {KEY}"}
+    r = post(strict_server, b'{"model": "tiny", "prompt": "' + b"a" * 5000 + b'"}', headers=auth)
+    assert r.status_code == 413
+    # a chunked upload (no Content-Length) is measured as it arrives
+    r = httpx.post(f"{strict_server}/v1/completions", content=iter([b'{"prompt": "' + b"a" * 3000, b"a" * 3000 + b'"}']),
+                   headers={"content-type": "application/json", **auth})
+    assert r.status_code == 413 and error_of(r)
+
+
+def test_queue_full_is_429_and_a_dropped_stream_frees_its_row(strict_server):
+    """One row, no queue: a running stream holds the row, so the next request gets 429; once the streaming
+    client disconnects, its row is freed and requests are served again."""
+    auth = {"authorization": f"Bearer {KEY}"}
+    good = openai.OpenAI(base_url=f"{strict_server}/v1", api_key=KEY, max_retries=0)
+    with httpx.Client(timeout=30) as h:
+        with h.stream("POST", f"{strict_server}/v1/completions", headers=auth,
+                      json={"model": "tiny", "prompt": "a", "max_tokens": 500, "stream": True}) as resp:
+            lines = resp.iter_lines()
+            assert next(line for line in lines if line.startswith("data:"))  # generating now
+            with pytest.raises(openai.RateLimitError) as e:
+                good.completions.create(model="tiny", prompt="b", max_tokens=1)
+            assert e.value.body["code"] == "server_busy"
+        # the response is closed here: the client went away mid-stream
+    deadline = time.monotonic() + 10
+    while (h := health(strict_server))["running"] or h["in_flight"]:
+        assert time.monotonic() < deadline, h
+        time.sleep(0.05)
+    assert h["cancelled"] >= 1  # freed by cancellation, not by running to the end
+    assert good.completions.create(model="tiny", prompt="b", max_tokens=3).choices[0].finish_reason
+
+
+def test_disconnect_mid_stream_frees_the_row(server):
+    before = health(server)["cancelled"]
+    with httpx.Client(timeout=30) as h:
+        with h.stream("POST", f"{server}/v1/completions",
+                      json={"model": "tiny", "prompt": "a", "max_tokens": 500, "stream": True, "n": 2}) as resp:
+            got = 0
+            for line in resp.iter_lines():
+                got += line.startswith("data:")
+                if got == 3:
+                    break
+    deadline = time.monotonic() + 10
+    while (hh := health(server))["running"] or hh["in_flight"]:
+        assert time.monotonic() < deadline, hh
+        time.sleep(0.05)
+    assert hh["cancelled"] >= before + 2
+
+
+# ------------------------------------------------------------------------------------------ command line
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_gptkit_serve_command(model, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    model.save_pretrained(ckpt)
+    port = free_port()
+    env = {**os.environ, "GPTKIT_API_KEY": "", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "gptkit", "serve", "--ckpt", str(ckpt), "--port", str(port),
+                             "--threads", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stdout.read()
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.2)
+        assert r.json()["model"] == "ckpt"
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        assert c.completions.create(model="ckpt", prompt="fox", max_tokens=5, temperature=0).choices[0].text == \
+            oracle(model, "fox", max_new_tokens=5, temperature=0.0)
+        # bound to loopback only, by default
+        with open("/proc/net/tcp") as f:
+            table = f.read().splitlines()[1:]
+        listening = [ln for ln in table
+                     if ln.split()[1].endswith(f":{port:04X}") and ln.split()[3] == "0A"]
+        assert listening and all(ln.split()[1].startswith("0100007F:") for ln in listening)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_gptkit_serve_bad_arguments(tmp_path, capsys):
+    from gptkit.cli import main
+
+    assert main(["serve", "--ckpt", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gptkit: error:")
+    assert main(["serve", "--ckpt", str(tmp_path), "--port", "70000"]) == 2
+    assert "--port" in capsys.readouterr().err
+
+
+def test_nan_and_inf_never_500(server):
+    for v in ("NaN", "Infinity", "-Infinity", "1e999"):
+        r = post(server, f'{{"model": "tiny", "prompt": "a", "top_p": {v}}}')
+        assert r.status_code == 400, (v, r.text)
+
+
+def test_many_stop_sequences_and_text_the_tokenizer_cannot_encode(client):
+    r = client.completions.create(model="tiny", prompt="fox", max_tokens=5, stop=["x"] * 16)
+    assert r.choices[0].finish_reason in ("length", "stop")
+    with pytest.raises(openai.BadRequestError) as e:  # the char vocabulary has no "é"
+        client.completions.create(model="tiny", prompt="é ü 🙂", max_tokens=5)
+    assert e.value.body["param"] == "prompt"
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="tiny", prompt="a", max_tokens=5, stop=["x"] * 17)
+
+
+def test_threads_stay_clean(server):
+    assert all(t.name != "gptkit-engine" or t.daemon for t in threading.enumerate())
