@@ -40,6 +40,10 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="write the measurements as JSON here")
     args = ap.parse_args()
 
+    tmp_root = tempfile.TemporaryDirectory(prefix="gptkit-lm-eval-")
+    tmp = Path(tmp_root.name)
+    # lm-eval reads the exported JSONL through `datasets`, which keeps Arrow copies: keep them with the tasks
+    os.environ.setdefault("HF_DATASETS_CACHE", str(tmp / "hf-datasets"))
     t0 = time.perf_counter()
     import torch
 
@@ -58,7 +62,6 @@ def main() -> int:
 
     model = GPT.from_pretrained(args.ckpt)
     tasks = args.tasks.split(",")
-    tmp = Path(tempfile.mkdtemp(prefix="gptkit-lm-eval-"))
     export_lm_eval_tasks(tasks, tmp, data_dir=args.data_dir, limit=args.limit)
     t0 = time.perf_counter()
     tm = TaskManager(include_path=str(tmp), include_defaults=False)
@@ -105,6 +108,7 @@ def main() -> int:
             print(f"| {r['shots']} | {r['gptkit_s']:.1f} | {r['lm_eval_s']:.1f} | {r['speedup']:.2f}x |")
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
+    tmp_root.cleanup()
     return 0 if all(r["acc_gptkit"] == r["acc_lm_eval"] for r in rows if r["task"] != "ALL") else 1
 
 
