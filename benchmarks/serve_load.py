@@ -2,7 +2,7 @@
 
 The server is the real command (`python -m gptkit serve`, its own process) serving the GPT-2-small shape
 (124M parameters, random weights) with GPT-2's tokenizer from ../shared/data. Clients are asyncio tasks in this
-process, each sending one completion request after another (half of them streaming, as server-sent events):
+process, each sending one completion request after another (every other one streamed, as server-sent events):
 a prompt of about 16 tokens cut from tinyshakespeare, `max_tokens` 32, temperature 0.8.
 
 Reported per phase: requests, completion tokens/s, latency p50 / p99 (time to the last byte), time to the first
@@ -71,12 +71,13 @@ def prompts_from(corpus: Path, n: int, seed: int = 0) -> list[str]:
 
 
 async def client_loop(http, url: str, model: str, prompts: list[str], phase: Phase, deadline: float,
-                      stream: bool, max_tokens: int, key: str) -> None:
+                      first_streams: bool, max_tokens: int, key: str) -> None:
     import httpx
 
     i = 0
     headers = {"authorization": f"Bearer {key}"}
     while time.monotonic() < deadline:
+        stream = (i % 2 == 0) == first_streams  # every client alternates plain and streamed requests
         body = {"model": model, "prompt": prompts[i % len(prompts)], "max_tokens": max_tokens,
                 "temperature": 0.8, "stream": stream}
         if stream:
@@ -133,7 +134,7 @@ async def run_phase(url: str, model: str, prompts: list[str], clients: int, seco
         t0 = time.monotonic()
         deadline = t0 + seconds
         await asyncio.gather(*(client_loop(http, url, model, prompts[c::clients] or prompts, phase, deadline,
-                                           stream=c % 2 == 1, max_tokens=max_tokens, key=key)
+                                           first_streams=c % 2 == 1, max_tokens=max_tokens, key=key)
                                for c in range(clients)))
         phase.wall = time.monotonic() - t0  # includes finishing the requests begun before the deadline
     return phase
