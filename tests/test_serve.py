@@ -295,7 +295,8 @@ def test_queue_full_is_429_and_a_dropped_stream_frees_its_row(strict_server):
     good = openai.OpenAI(base_url=f"{strict_server}/v1", api_key=KEY, max_retries=0)
     with httpx.Client(timeout=30) as h:
         with h.stream("POST", f"{strict_server}/v1/completions", headers=auth,
-                      json={"model": "tiny", "prompt": "a", "max_tokens": 500, "stream": True}) as resp:
+                      json={"model": "tiny", "prompt": "a", "max_tokens": 500, "stream": True,
+                            "temperature": 0}) as resp:  # greedy: it cannot stop early on <|endoftext|>
             lines = resp.iter_lines()
             assert next(line for line in lines if line.startswith("data:"))  # generating now
             with pytest.raises(openai.RateLimitError) as e:
@@ -395,3 +396,23 @@ def test_many_stop_sequences_and_text_the_tokenizer_cannot_encode(client):
 
 def test_threads_stay_clean(server):
     assert all(t.name != "gptkit-engine" or t.daemon for t in threading.enumerate())
+
+
+def test_an_engine_failure_is_a_500_and_the_server_recovers(model):
+    """A bug inside a decoding step (simulated) fails only the requests running then, with OpenAI's error
+    shape, and the worker starts a fresh engine: the next request is served."""
+    app = create_app(model, model.tokenizer, ServeOptions(model_name="tiny"))
+    with BackgroundServer(app) as url:
+        worker = app.app.state.worker
+
+        def boom():
+            raise RuntimeError("simulated bug")
+
+        worker.engine.step = boom  # the replacement engine made after the failure is a normal one
+        c = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+        with pytest.raises(openai.InternalServerError) as e:
+            c.completions.create(model="tiny", prompt="fox", max_tokens=5)
+        assert e.value.body["type"] == "server_error" and "simulated" not in e.value.body["message"]
+        r = c.completions.create(model="tiny", prompt="fox", max_tokens=5, temperature=0)
+        assert r.choices[0].text == oracle(model, "fox", max_new_tokens=5, temperature=0.0)
+        assert health(url)["in_flight"] == 0

@@ -541,7 +541,7 @@ class Engine:
         chosen = [0] * n
         greedy = [r for r, g in enumerate(gens) if g.params.greedy]
         if greedy:
-            best = logits[greedy].argmax(dim=-1).tolist()
+            best = (logits if len(greedy) == n else logits[greedy]).argmax(dim=-1).tolist()
             for r, t in zip(greedy, best):
                 chosen[r] = t
         sampled = [r for r, g in enumerate(gens) if not g.params.greedy]

@@ -109,10 +109,8 @@ class CausalSelfAttention(nn.Module):
         """x (B, T, C) → (B, T, C). `mask` (B|1, 1, T, S) comes from GPTBackbone; None means plain causal
         attention, where the T queries are the last T of the S keys."""
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, self.head_size).transpose(1, 2)
-        v = v.view(B, T, self.n_head, self.head_size).transpose(1, 2)
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_size)  # q, k, v side by side
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, T, hs); few ops: decoding is per token
         if kv_cache is not None:
             k, v = kv_cache.update(pos, k, v)  # (B, nh, S, hs), S = pos + T
         dropout = self.attn_pdrop if self.training else 0.0

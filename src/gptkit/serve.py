@@ -21,7 +21,6 @@ handlers defined inside `create_app`).
 """
 
 import argparse
-import asyncio
 import hmac
 import json
 import os
@@ -30,7 +29,6 @@ import sys
 import threading
 import time
 import traceback
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,7 +152,7 @@ class Worker:
     """The thread that owns the Engine. Handlers `submit` generations; each event goes back to the asyncio
     loop, to the queue of the request that owns the generation (`generation.tag = (queue, choice index)`)."""
 
-    def __init__(self, make_engine, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, make_engine, loop: "asyncio.AbstractEventLoop") -> None:  # noqa: F821 (imported lazily)
         self.make_engine = make_engine
         self.engine = make_engine()
         self.loop = loop
@@ -255,7 +253,9 @@ def create_app(model, tokenizer, options: ServeOptions):
     """The ASGI application serving `model` (a GPT, put in eval mode and re-laid for decoding with
     `inference_layout_`) with `tokenizer`: FastAPI behind GuardMiddleware. Start it with uvicorn; its worker
     thread starts and stops with the app (lifespan)."""
+    import asyncio  # here, not at the top: `gptkit --help` builds this module's parser and should stay fast
     import contextlib
+    import uuid
 
     _need_serve_extra()
     from fastapi import FastAPI, Request
