@@ -594,7 +594,8 @@ class Display:
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def _flag_type(f: dataclasses.Field):
+def flag_type(f: dataclasses.Field):
+    """The argparse type of a config dataclass field: int, float, str, or "bool" (a --flag/--no-flag pair)."""
     t = str(f.type)
     if "bool" in t:
         return "bool"
@@ -613,7 +614,7 @@ def add_train(sub) -> None:
     p.add_argument("--config", help="YAML file of options (same names as the flags, with _ or -)")
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        kind = _flag_type(f)
+        kind = flag_type(f)
         if kind == "bool":
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f.metadata["help"])
         else:

@@ -7,16 +7,7 @@ import dataclasses
 import json
 from typing import Any
 
-
-def _flag_type(f: dataclasses.Field) -> Any:
-    t = str(f.type)
-    if t.startswith("bool"):
-        return "bool"
-    if "int" in t:
-        return int
-    if "float" in t:
-        return float
-    return str
+from ..train import flag_type
 
 
 def add_finetune(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +22,7 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
                     "6.25e-5, batch 32, 3 epochs, warmup 0.2% then linear decay, head dropout 0.1, λ 0.5.")
     for f in dataclasses.fields(FinetuneConfig):
         flag = "--" + f.name.replace("_", "-")
-        kind = _flag_type(f)
+        kind = flag_type(f)
         if kind == "bool":
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"])
         else:
