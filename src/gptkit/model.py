@@ -8,6 +8,10 @@ dense, or locally banded (GPT-3 alternates the two). Parameter names follow the 
 
 Shapes in comments: B batch, T time (query positions), S key positions, C width n_embd, nh heads, hs head size.
 This file holds no I/O, no training and no distributed code: see interop/, train.py, checkpoint.py.
+
+The attention *kernel* is a runtime choice, not a config field (`GPT.set_attention_backend`): banded layers run
+as SDPA with a boolean band mask (the reference; O(T²) whatever the band), or through flex_attention with a
+block mask that skips the tiles outside the band (gptkit.flex; O(T·w)). "auto", the default, takes flex on CUDA.
 """
 
 from __future__ import annotations
@@ -23,7 +27,13 @@ import torch.nn.functional as F
 from .config import GPTConfig
 
 if TYPE_CHECKING:
+    from torch.nn.attention.flex_attention import BlockMask
+
     from .tokenizer import Tokenizer
+
+ATTENTION_BACKENDS = ("auto", "sdpa", "flex")
+"""Kernels for the banded layers: "sdpa" masked SDPA everywhere; "flex" flex_attention block masks wherever the
+case allows (below); "auto" flex on CUDA, sdpa elsewhere. Dense layers always use SDPA (flash on GPU)."""
 
 
 # ----------------------------------------------------------------------------------------------- KV cache
@@ -105,17 +115,22 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, pos: int | torch.Tensor = 0,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, T, C) → (B, T, C). `mask` (B|1, 1, T, S) comes from GPTBackbone; None means plain causal
-        attention, where the T queries are the last T of the S keys."""
+                mask: torch.Tensor | BlockMask | None = None) -> torch.Tensor:
+        """x (B, T, C) → (B, T, C). `mask` comes from GPTBackbone: a boolean (B|1, 1, T, S) tensor; a flex
+        BlockMask (a banded layer on the fast path); or None, plain causal attention where the T queries are
+        the last T of the S keys."""
         B, T, C = x.shape
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_size)  # q, k, v side by side
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, T, hs); few ops: decoding is per token
         if kv_cache is not None:
             k, v = kv_cache.update(pos, k, v)  # (B, nh, S, hs), S = pos + T
         dropout = self.attn_pdrop if self.training else 0.0
-        if mask is not None:
+        if isinstance(mask, torch.Tensor):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        elif mask is not None:  # a BlockMask: only built when attention dropout is off (flex has none)
+            from .flex import flex_attention
+
+            y = flex_attention(q, k, v, mask)
         else:  # T == S (no cache, or a cache filled from 0) or T == 1 (one new token sees every key)
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=T > 1)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
@@ -148,7 +163,7 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, pos: int | torch.Tensor = 0,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | BlockMask | None = None) -> torch.Tensor:
         if self.pre_norm:  # GPT-2 §2.3
             x = x + self.attn(self.ln_1(x), kv_cache, pos, mask)
             x = x + self.mlp(self.ln_2(x))
@@ -188,6 +203,14 @@ class GPTBackbone(nn.Module):
         self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias) \
             if config.final_norm else nn.Identity()
+        self.attention_backend = "auto"  # runtime, not config: see GPT.set_attention_backend
+
+    def flex_banded(self, device: torch.device) -> bool:
+        """Whether banded layers may use flex_attention in this forward (the backend asks for it and attention
+        dropout is off). GPTBackbone.forward also needs the common case: no cache, no per-row positions."""
+        if self.attention_backend == "sdpa" or (self.attention_backend == "auto" and device.type != "cuda"):
+            return False
+        return not (self.training and self.config.attn_pdrop > 0)
 
     def forward(self, idx: torch.Tensor, kv_caches: list[KVCache] | None = None, pos: int | torch.Tensor = 0,
                 start: torch.Tensor | None = None) -> torch.Tensor:
@@ -208,7 +231,14 @@ class GPTBackbone(nn.Module):
             # dense layers need no mask when the queries are all keys (is_causal) or a single newest token
             plain = T == 1 or pos == 0
             q_idx = positions[None]  # (1, T)
-            masks = {w: None if w is None and plain else attention_mask(q_idx, pos + T, w) for w in windows}
+            # banded layers over a whole sequence (training, scoring) may take flex; decoding keeps masked SDPA
+            flex = kv_caches is None and pos == 0 and windows != {None} and self.flex_banded(idx.device)
+            masks = {w: None if w is None and plain else attention_mask(q_idx, pos + T, w)
+                     for w in windows if w is None or not flex}
+            if flex:
+                from .flex import banded_block_mask
+
+                masks.update({w: banded_block_mask(T, T, w, idx.device) for w in windows if w is not None})
         else:
             first = pos if isinstance(pos, torch.Tensor) else torch.full((B,), pos, device=idx.device)
             q_idx = first[:, None] + torch.arange(T, device=idx.device)  # (B, T) cache index of each token
@@ -291,6 +321,18 @@ class GPT(nn.Module):
         different lengths (see GPTBackbone.forward).
         """
         return self.lm_head(self.transformer(idx, self.kv_caches, pos, start))
+
+    def set_attention_backend(self, backend: str) -> GPT:
+        """Choose the banded layers' attention kernel at runtime (one of ATTENTION_BACKENDS); returns self.
+
+        "flex" (and "auto" on CUDA) runs flex_attention with a block mask when the whole sequence is computed at
+        once, as in training and scoring: no KV cache, no per-row positions or left padding, no attention dropout
+        in training. Everything else (decoding, padded batches, dropout) takes the masked SDPA path, which gives
+        the same results. torch 2.13 has no flex_attention backward on CPU: there "flex" is for no-grad use."""
+        if backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention backend must be one of {', '.join(ATTENTION_BACKENDS)}, got {backend!r}")
+        self.transformer.attention_backend = backend
+        return self
 
     def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
         """Final hidden states (B, T, C) — what fine-tuning heads read."""
