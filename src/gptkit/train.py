@@ -58,6 +58,8 @@ class TrainConfig:
     batch_size: int = _f(12, "sequences per micro-batch")
     grad_accum: int = _f(1, "micro-batches per optimizer step")
     max_iters: int = _f(2000, "optimizer steps")
+    max_minutes: float | None = _f(None, "train for about this many minutes instead: at the end of warmup, "
+                                         "--max-iters (and the cosine's length) is set from the measured speed")
     lr: float = _f(6e-4, "peak learning rate")
     min_lr: float | None = _f(None, "final learning rate of the cosine decay (default lr/10, as GPT-3)")
     warmup_iters: int = _f(100, "linear warmup steps")
@@ -105,6 +107,8 @@ class TrainConfig:
                 raise TrainError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.warmup_iters < 0:
             raise TrainError("--warmup-iters must be >= 0")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise TrainError(f"--max-minutes must be positive, got {self.max_minutes}")
         if self.lr <= 0:
             raise TrainError(f"--lr must be positive, got {self.lr}")
         if self.parallel not in ("auto", "none", "ddp", "fsdp"):
@@ -148,6 +152,24 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.min_lr
     ratio = (step - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
+
+
+TIME_BUDGET_FIRST_STEPS = 5
+"""Steps not counted when measuring speed for --max-minutes (allocator and kernel warm-up)."""
+
+
+def time_budget_step(cfg: TrainConfig) -> int:
+    """The step at which --max-minutes fixes the run's length: the end of warmup (the learning rate up to there
+    does not depend on max_iters), but at least a few steps past the warm-up ones."""
+    return max(cfg.warmup_iters, TIME_BUDGET_FIRST_STEPS + 10)
+
+
+def steps_in_budget(cfg: TrainConfig, step: int, elapsed_s: float, s_per_step: float, n_splits: int) -> int:
+    """Total steps that end a run near cfg.max_minutes, given where it is now and its measured speed. Periodic
+    evaluation is budgeted too: an eval batch is a forward pass, about a third of a training step."""
+    eval_share = n_splits * cfg.eval_iters / 3 / (cfg.eval_interval * cfg.grad_accum)
+    left = max(0.0, cfg.max_minutes * 60 - elapsed_s)
+    return step + int(left / (s_per_step * (1 + eval_share)))
 
 
 def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
@@ -477,9 +499,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     last_eval: dict[str, float] = {}
     t_start = time.perf_counter() - trainer["elapsed_s"]
     t_last, tokens_last = time.perf_counter(), 0
+    budget_at = time_budget_step(cfg) if cfg.max_minutes is not None and step < time_budget_step(cfg) else None
+    t_speed = None  # when the steps timed for --max-minutes began
     metrics = open(metrics_path, "a", buffering=1) if info.is_main else None
     try:
-        while step < cfg.max_iters:
+        while step < cfg.max_iters or (budget_at is not None and step < budget_at):
+            if budget_at is not None and t_speed is None and step >= min(TIME_BUDGET_FIRST_STEPS, budget_at - 1):
+                t_speed, step_speed = time.perf_counter(), step
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -497,8 +523,19 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             step += 1
             trainer["tokens"] += tokens_per_step
             tokens_last += tokens_per_step
+            if step == budget_at:  # --max-minutes: now the speed is known, fix the run's length
+                now = time.perf_counter()
+                total = steps_in_budget(cfg, step, now - t_start, (now - t_speed) / (step - step_speed), len(splits))
+                total = D.all_gather_objects(total, info)[0]  # every rank stops at rank 0's choice
+                if cfg.lr_decay_iters == cfg.max_iters:
+                    cfg.lr_decay_iters = total
+                cfg.max_iters, budget_at = max(step, total), None
+                display.set_total(cfg.max_iters)
+                if info.is_main:
+                    atomic_write_text(run_dir / "train_config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
 
-            eval_due = step % cfg.eval_interval == 0 or step == cfg.max_iters
+            last = budget_at is None and step == cfg.max_iters
+            eval_due = step % cfg.eval_interval == 0 or last
             if eval_due or step % cfg.log_interval == 0:
                 train_loss = D.all_reduce_mean(loss_sum, info).item()
                 now = time.perf_counter()
@@ -520,7 +557,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if cfg.sample_every and step % cfg.sample_every == 0 and mode != "fsdp":
                 text = quick_sample(model, tokenizer, device)
                 display.print(f"[step {step}] {text!r}")
-            if step % cfg.save_interval == 0 or step == cfg.max_iters:
+            if step % cfg.save_interval == 0 or last:
                 checkpoint(step)
     finally:
         if metrics is not None:
@@ -578,6 +615,11 @@ class Display:
             self.progress.update(self.task, completed=step, info=info)
         elif not self.cfg.quiet:
             print(f"step {step:>6}/{self.cfg.max_iters} {info}", file=sys.stderr, flush=True)
+
+    def set_total(self, max_iters: int) -> None:
+        self.print(f"--max-minutes {self.cfg.max_minutes:g}: training {max_iters} steps")
+        if self.progress is not None:
+            self.progress.update(self.task, total=max_iters)
 
     def print(self, msg: str) -> None:
         if self.progress is not None:
