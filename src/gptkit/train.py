@@ -80,6 +80,8 @@ class TrainConfig:
     device: str = _f("auto", "cpu, cuda, cuda:N or auto")
     dtype: str = _f("auto", "float32, bfloat16 or float16 autocast; auto: bfloat16 on GPUs that have it, else float32")
     compile: bool = _f(False, "torch.compile the model")
+    attention_backend: str = _f("auto", "kernel of the banded attention layers: sdpa (masked), flex "
+                                "(flex_attention block masks, GPU) or auto (flex on CUDA, else sdpa)")
     parallel: str = _f("auto", "none, ddp or fsdp across torchrun processes (auto: ddp when launched with >1)")
     nproc: int | None = _f(None, "launch this many processes with torchrun (one node) and train in parallel")
     activation_checkpointing: bool = _f(False, "recompute each block's activations in backward (saves memory)")
@@ -115,13 +117,15 @@ class TrainConfig:
             raise TrainError(f"--parallel must be auto, none, ddp or fsdp, got {self.parallel!r}")
         if self.nproc is not None and self.nproc < 1:
             raise TrainError(f"--nproc must be >= 1, got {self.nproc}")
+        if self.attention_backend not in ("auto", "sdpa", "flex"):  # gptkit.model.ATTENTION_BACKENDS
+            raise TrainError(f"--attention-backend must be auto, sdpa or flex, got {self.attention_backend!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise TrainError(f"--dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
 
 
 RESUME_OVERRIDABLE = ("device", "quiet", "threads", "max_iters", "log_interval", "eval_interval", "save_interval",
                       "keep_last", "sample_every", "compile", "parallel", "nproc", "activation_checkpointing",
-                      "grad_accum")
+                      "grad_accum", "attention_backend")
 
 
 def load_yaml_config(path: str | Path) -> dict[str, Any]:
@@ -389,6 +393,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     elif list_checkpoints(run_dir):
         raise TrainError(f"{run_dir} already holds checkpoints: pass --resume to continue it, or choose a new --out")
     cfg = cfg.resolved()
+    if cfg.attention_backend == "flex" and device.type != "cuda":
+        raise TrainError(f"--attention-backend flex needs a CUDA device (torch's flex_attention has no backward on "
+                         f"{device.type}): use auto or sdpa")
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     if resume_from is not None:
@@ -410,6 +417,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         state = None
     mcfg = model.config
     model.tokenizer = tokenizer
+    model.set_attention_backend(cfg.attention_backend)  # auto: flex_attention for banded layers on CUDA
 
     loader = BatchLoader(data_dir, cfg.batch_size, mcfg.block_size, seed=cfg.seed, device=device)
     splits = [s for s in ("train", "val") if len(loader.dataset(s)) > 0]
