@@ -446,17 +446,42 @@ def test_lm_eval_rolling_and_hand_written_yaml(lm_eval_api, tiny_model):
     assert max(abs(a - b) for s, ll in zip(ours.samples, lls) for a, b in zip(s["loglikelihoods"], ll)) < 1e-4
 
 
+def test_lm_eval_finds_gptkit_through_the_startup_hook():
+    """gptkit_lm_eval.pth (written into site-packages by setup.py) loads a tiny hook at start-up that imports
+    nothing heavy, and registers `gptkit` only once lm-eval has filled its registry with its own models."""
+    pytest.importorskip("lm_eval")
+    code = "\n".join([
+        "import sys",
+        "assert '_gptkit_lm_eval' in sys.modules, 'no start-up hook: reinstall gptkit (pip install -e .)'",
+        "assert not {'torch', 'gptkit', 'lm_eval'} & set(sys.modules), sorted(sys.modules)",
+        "from lm_eval.api.registry import model_registry",
+        "assert len(model_registry) == 0  # an entry now would stop get_model from loading lm-eval's own models",
+        "import lm_eval.models",
+        "assert 'hf' in model_registry and 'dummy' in model_registry and 'gptkit' in model_registry",
+        "entry = dict(model_registry.items())['gptkit']  # still lazy: gptkit's entry point (or its text)",
+        "assert getattr(entry, 'value', entry) == 'gptkit.evaluate.lm_eval_adapter:GptkitLM', entry",
+        "assert type(sys.modules['lm_eval.models'].__loader__).__name__ == 'SourceFileLoader'",
+        "assert not {'torch', 'gptkit'} & set(sys.modules)  # the model itself loads only when asked for",
+    ])
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_lm_eval_command_line(lm_eval_api, tiny_ckpt, tmp_path):
-    """`lm_eval --model gptkit` through the adapter's entry module, offline, on an exported local task."""
+    """lm-eval's own `lm_eval --model gptkit` command, offline, on an exported local task: the same accuracy as
+    `gptkit eval` on the same data and shots."""
     _, _, adapter = lm_eval_api
     adapter.export_lm_eval_tasks([str(EXAMPLE_TASK)], tmp_path / "tasks")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "gptkit.evaluate.lm_eval_adapter", "--model", "gptkit", "--model_args",
-           f"checkpoint={tiny_ckpt}", "--include_path", str(tmp_path / "tasks"), "--tasks", "gptkit_tiny_sentiment",
-           "--num_fewshot", "1", "--output_path", str(tmp_path / "out")]
+    lm_eval_cmd = Path(sys.executable).with_name("lm_eval")  # the console script lm-eval installs beside python
+    cmd = [str(lm_eval_cmd), "--model", "gptkit", "--model_args", f"checkpoint={tiny_ckpt}",
+           "--include_path", str(tmp_path / "tasks"), "--tasks", "gptkit_tiny_sentiment", "--num_fewshot", "1",
+           "--output_path", str(tmp_path / "out")]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())
     acc = result["results"]["gptkit_tiny_sentiment"]["acc,none"]
-    ours = evaluate(GPT.from_pretrained(tiny_ckpt), [str(EXAMPLE_TASK)], [1], log=lambda m: None)
-    assert math.isclose(acc, ours.summary["results"]["tiny_sentiment"]["acc"])
+    ours = tmp_path / "gptkit.json"
+    assert main(["eval", "--ckpt", str(tiny_ckpt), "--task", str(EXAMPLE_TASK), "--shots", "1", "--out", str(ours),
+                 "--no-progress"]) == 0
+    assert acc == json.loads(ours.read_text())["results"]["tiny_sentiment"]["acc"]
