@@ -1,15 +1,15 @@
 """The lm-eval bridge: a gptkit model inside EleutherAI's lm-evaluation-harness, and gptkit tasks as lm-eval tasks.
 
-- :class:`GptkitLM` is an lm-eval ``LM`` named ``gptkit``. Importing this module registers it with lm-eval
-  (``register_model``); ``pyproject.toml`` also declares it under lm-eval's ``lm_eval.models`` entry-point group,
-  which lm-eval releases with plugin discovery read. lm-eval 0.4.13 (the newest on PyPI as of 2026-11) reads no
-  entry points, so for its ``lm_eval`` command use this module, which registers the model and then runs lm-eval's
-  own command line with the same arguments::
+- :class:`GptkitLM` is an lm-eval ``LM`` named ``gptkit``, so lm-eval's own command runs it::
 
-      python -m gptkit.evaluate.lm_eval_adapter --model gptkit --model_args checkpoint=RUN \\
-          --include_path DIR --tasks gptkit_sst2 --num_fewshot 1
+      lm_eval --model gptkit --model_args checkpoint=RUN --include_path DIR --tasks gptkit_sst2 --num_fewshot 1
 
-  From Python, ``import gptkit.evaluate.lm_eval_adapter`` before ``lm_eval.simple_evaluate(model="gptkit", ...)``.
+  ``pyproject.toml`` declares it under lm-eval's ``lm_eval.models`` entry-point group, for lm-eval releases with
+  plugin discovery. lm-eval 0.4.13 (the newest on PyPI as of 2026-11) reads no entry points; for it the
+  ``gptkit_lm_eval.pth`` start-up hook that gptkit's install puts in site-packages registers the same entry once
+  lm-eval has loaded its own models (``src/_gptkit_lm_eval.py``). Where no .pth file runs (a source tree on
+  ``PYTHONPATH``, ``python -S``), ``python -m gptkit.evaluate.lm_eval_adapter ARGS`` registers the model and runs
+  lm-eval's command line with the same arguments, and importing this module registers it too.
 - :func:`export_lm_eval_tasks` (from ``lm_eval_tasks``, re-exported here) writes gptkit tasks as lm-eval task
   YAMLs over local JSONL (``dataset_path: json``), so lm-eval runs offline on exactly the examples, prompts and
   demonstrations gptkit scores.
