@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -438,3 +439,42 @@ def test_cli_prepare(shakespeare, tmp_path, capsys):
         (tmp_path / "empty").mkdir(exist_ok=True)
         rc, out, err = run_cli(["prepare", *argv, "--out", str(tmp_path / "o2")], capsys)
         assert rc == 2 and err.count("\n") == 1 and err.startswith("gptkit: error: ") and match in err, err
+
+
+# ------------------------------------------------------------------------------------ atomic writes (gptkit.io)
+def test_atomic_writes_replace_the_whole_file_or_nothing(tmp_path):
+    from gptkit.io import AtomicFile, atomic_path, atomic_write_json, atomic_write_text, new_tmp_dir, publish_dir
+
+    target = tmp_path / "out.json"
+    atomic_write_text(target, "old\n")
+    for crash in ("file", "path"):  # a writer that fails leaves the old file and no temporary one
+        with pytest.raises(RuntimeError):
+            if crash == "file":
+                with AtomicFile(target) as f:
+                    f.write(b"half")
+                    raise RuntimeError("crash mid-write")
+            else:
+                with atomic_path(target) as tmp:
+                    tmp.write_bytes(b"half")
+                    raise RuntimeError("crash mid-write")
+        assert target.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+    atomic_write_json(target, {"caf\u00e9": [1]})
+    assert target.read_text(encoding="utf-8") == '{\n  "caf\u00e9": [\n    1\n  ]\n}\n'
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # the usual mode, not mkstemp's 0600
+    # gzip: the same data gives the same bytes (mtime 0, the final name in the header, not the temporary one)
+    blobs = []
+    for _ in range(2):
+        with AtomicFile(tmp_path / "k.jsonl.gz") as f:
+            f.write(b'{"text": "x"}\n')
+        blobs.append((tmp_path / "k.jsonl.gz").read_bytes())
+    assert blobs[0] == blobs[1] and gzip.decompress(blobs[0]) == b'{"text": "x"}\n' and b"k.jsonl" in blobs[0]
+    # directories: written beside, published over the old one, with the usual mode
+    final = tmp_path / "d"
+    for text in ("one", "two"):
+        tmp = new_tmp_dir(final)
+        (tmp / "f.txt").write_text(text)
+        publish_dir(tmp, final)
+    assert (final / "f.txt").read_text() == "two" and final.stat().st_mode & 0o777 == 0o777 & ~umask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "k.jsonl.gz", "out.json"]

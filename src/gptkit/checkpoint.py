@@ -6,18 +6,16 @@ A gptkit checkpoint is a directory:
     model.safetensors    the weights (the tied lm_head is stored once, as transformer.wte.weight)
     tokenizer/           the tokenizer, when there is one (see gptkit.tokenizer)
 
-Directories are written next to their destination and renamed into place, so a crash mid-write never leaves
-a half-written checkpoint where a complete one is expected. Pickles are never unpickled except through
+Directories are written next to their destination and renamed into place (gptkit.io), so a crash mid-write
+never leaves a half-written checkpoint where a complete one is expected. Pickles are never unpickled except through
 `torch.load(weights_only=True)`, which refuses code.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +24,7 @@ import torch
 
 from .config import ConfigError, GPTConfig
 from .errors import CheckpointError
+from .io import atomic_write_text, new_tmp_dir, publish_dir  # noqa: F401 (atomic_write_text: callers import it here)
 
 if TYPE_CHECKING:
     from .model import GPT
@@ -37,57 +36,6 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TOKENIZER_DIR = "tokenizer"
 STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-# -------------------------------------------------------------------------------------------- file helpers
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a file through a temporary sibling and os.replace, so readers see the old or the new file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def fsync_dir(path: str | Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def publish_dir(tmp: Path, final: Path) -> None:
-    """Move a fully written directory `tmp` to `final`, replacing what was there, in as few steps as
-    POSIX allows (rename is atomic; replacing a non-empty directory needs the old one moved aside first)."""
-    for f in tmp.rglob("*"):
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    fsync_dir(final.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def new_tmp_dir(final: Path) -> Path:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
 
 
 # --------------------------------------------------------------------------------------------- state dicts

@@ -39,6 +39,7 @@ depend on which process computes them, so any number of workers gives byte-ident
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import json
 import math
@@ -55,6 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import AtomicFile, atomic_write_json
 from .records import Record, RecordReader
 from .shards import DataError
 
@@ -462,46 +464,32 @@ def _signed(batches: Iterator[list[Record]], workers: int, num_perm: int, ngram:
         yield (rb, *fut.result())
 
 
-def _open_out(path: Path):
-    """A temporary sibling of `path` to write (gzip-compressed when `path` ends in .gz)."""
-    import gzip
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    raw = open(tmp, "wb")
-    f = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if path.name.endswith(".gz") else raw
-    return tmp, raw, f
-
-
-def _finish_out(tmp: Path, raw, f, path: Path) -> None:
-    if f is not raw:
-        f.close()
-    raw.flush()
-    os.fsync(raw.fileno())
-    raw.close()
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: str | os.PathLike, obj: dict) -> None:
-    """Write `obj` as indented JSON through a temporary sibling and os.replace."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def sibling_path(out: str | os.PathLike, suffix: str) -> Path:
     """A file beside `out` named after it: `kept.jsonl` (or `kept.jsonl.gz`) + ".report.json" -> `kept.report.json`."""
     out = Path(out)
     stem = out.name.removesuffix(".gz").removesuffix(".jsonl")
     return out.with_name(f"{stem}{suffix}")
+
+
+def output_path(out: str | os.PathLike) -> Path:
+    """`--out` of a filter as an absolute path, checked: a file name in a directory that exists."""
+    out = Path(out).expanduser().absolute()
+    if out.is_dir():
+        raise DataError(f"--out {out} is a directory; give a file name such as kept.jsonl")
+    if not out.parent.is_dir():
+        raise DataError(f"--out {out}: directory {out.parent} does not exist")
+    return out
+
+
+@contextlib.contextmanager
+def open_outputs(out: Path, extra: str | os.PathLike | None) -> Iterator[tuple[AtomicFile, AtomicFile | None]]:
+    """The JSONL outputs of a filter, kept documents (`out`) and optionally the others (`extra`: removed or
+    rejected ones), each written atomically (gzip-compressed when its name ends in `.gz`): renamed into place
+    when the block ends normally, deleted when it raises."""
+    with contextlib.ExitStack() as stack:
+        f = stack.enter_context(AtomicFile(out))
+        g = stack.enter_context(AtomicFile(Path(extra).expanduser().absolute())) if extra is not None else None
+        yield f, g
 
 
 def dedup(inputs: list[str | os.PathLike], out: str | os.PathLike, threshold: float = 0.8, num_perm: int = 128,
@@ -537,11 +525,7 @@ def dedup(inputs: list[str | os.PathLike], out: str | os.PathLike, threshold: fl
         raise DataError(f"--verify must be exact or minhash, got {verify!r}")
     with_sets = verify == "exact"
     lsh_params(threshold, num_perm)  # checks the threshold before any work
-    out = Path(out).expanduser().absolute()
-    if out.is_dir():
-        raise DataError(f"--out {out} is a directory; give a file name such as kept.jsonl")
-    if not out.parent.is_dir():
-        raise DataError(f"--out {out}: directory {out.parent} does not exist")
+    out = output_path(out)
     report_path = Path(report) if report is not None else sibling_path(out, ".report.json")
     reader = RecordReader(inputs, text_field=text_field)
     from .prepare import default_workers  # 1 process below 8 MB (start-up costs more than it saves), else cores
@@ -554,15 +538,11 @@ def dedup(inputs: list[str | os.PathLike], out: str | os.PathLike, threshold: fl
     clusters: collections.Counter = collections.Counter()  # kept document -> documents removed into its cluster
     by_file: dict[str, collections.Counter] = {}
     counts: collections.Counter = collections.Counter()
-    tmp, raw, f = _open_out(out)
-    rtmp = rraw = rf = None
-    if removed is not None:
-        rtmp, rraw, rf = _open_out(Path(removed).expanduser().absolute())
     pool = None
     try:
         from .prepare import _progress
 
-        with _progress(progress) as bar:
+        with open_outputs(out, removed) as (f, rf), _progress(progress) as bar:
             if workers > 1:
                 sign_batch([], num_perm, ngram, seed)  # import datasketch once, here: forked workers inherit it
                 bar.stop()  # no progress-bar thread alive while the workers are forked
@@ -589,15 +569,6 @@ def dedup(inputs: list[str | os.PathLike], out: str | os.PathLike, threshold: fl
                         rf.write(_removed_line(base + i, rec, kind, dup_of, jac))
                 bar.update(task, completed=reader.bytes_read)
             bar.update(task, completed=reader.total_bytes)
-        _finish_out(tmp, raw, f, out)
-        if rf is not None:
-            _finish_out(rtmp, rraw, rf, Path(removed).expanduser().absolute())
-    except BaseException:
-        for t, r in ((tmp, raw), (rtmp, rraw)):
-            if r is not None:
-                r.close()
-                t.unlink(missing_ok=True)
-        raise
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -633,7 +604,7 @@ def dedup(inputs: list[str | os.PathLike], out: str | os.PathLike, threshold: fl
                 "documents_per_second": round(n_in / seconds, 1) if seconds > 0 else None},
     }
     assert n_in == counts["keep"] + counts["exact"] + counts["near"]  # every document is accounted for
-    write_json_atomic(report_path, rep)
+    atomic_write_json(report_path, rep)
     for w in reader.warnings():
         warn(w)
     return rep

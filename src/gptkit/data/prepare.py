@@ -65,10 +65,8 @@ import math
 import multiprocessing
 import os
 import re
-import secrets
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -77,6 +75,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import new_tmp_dir, publish_dir
 from ..tokenizer import split_at_word_boundaries
 from .shards import HEADER_BYTES, VERSION, DataError, ShardWriter, dtype_for_vocab
 from .sources import Corpus, is_prepared_dir
@@ -247,17 +246,6 @@ def _check_out_dir(out: Path) -> None:
     if out.is_dir() and any(out.iterdir()) and not is_prepared_dir(out):
         raise DataError(f"--out {out} is a non-empty directory that is not a `gptkit prepare` output; "
                         "choose another directory or empty it")
-
-
-def _install(tmp: Path, out: Path) -> None:
-    """Move the finished tmp dir to `out`, replacing an empty dir or a previous prepare output."""
-    if out.exists():
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-        os.replace(out, old / "d")
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 class _NoProgress:
@@ -544,9 +532,7 @@ def prepare(inputs: list[str] | None, out_dir: str | os.PathLike, tokenizer: str
     workers = default_workers(corpus.total_bytes) if num_workers is None else max(1, int(num_workers))
     corpora = [corpus]
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.prepare-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()  # not mkdtemp: it would be 0700 once renamed to out_dir, here the umask decides
+    tmp = new_tmp_dir(out)  # renamed to `out` when complete (replacing an empty dir or an earlier output)
     try:
         with contextlib.ExitStack() as stack:
             bar = stack.enter_context(_progress(progress))
@@ -611,7 +597,7 @@ def prepare(inputs: list[str] | None, out_dir: str | os.PathLike, tokenizer: str
             manifest["mixture"] = mix_info
         _write_json(tmp / MANIFEST, manifest)
         _check_out_dir(out)  # nothing appeared there while we worked
-        _install(tmp, out)
+        publish_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -38,7 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .dedup import _finish_out, _open_out, sibling_path, write_json_atomic
+from ..io import atomic_path, atomic_write_json
+from .dedup import open_outputs, output_path, sibling_path
 from .records import Record, RecordReader
 from .shards import DataError
 
@@ -96,17 +97,12 @@ class QualityModel:
         nz = np.flatnonzero(self.coef)
         meta = {"format": MODEL_FORMAT, "format_version": str(MODEL_VERSION),
                 "vectorizer": json.dumps(self.vectorizer_params), "info": json.dumps(self.info)}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
+        with atomic_path(path) as tmp:
             save_file({"coef_index": nz.astype(np.int64), "coef_value": self.coef[nz].astype(np.float64),
                        "intercept": np.array([self.intercept], dtype=np.float64)}, str(tmp), metadata=meta)
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp, 0o666 & ~umask)  # safetensors creates 0600 files; a model is shared like any output
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> QualityModel:
@@ -270,14 +266,11 @@ def plot_histogram(counts_all: np.ndarray, counts_kept: np.ndarray, alpha: float
     ax.legend(h1 + h2, l1 + l2, loc="upper center", fontsize=8)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".tmp.png") as tmp:  # the suffix tells matplotlib the format
+            fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
 
 
 def filter_quality(model: QualityModel | str | os.PathLike, inputs: list[str | os.PathLike],
@@ -304,11 +297,7 @@ def filter_quality(model: QualityModel | str | os.PathLike, inputs: list[str | o
         model = QualityModel.load(model)
     else:
         model_path = None
-    out = Path(out).expanduser().absolute()
-    if out.is_dir():
-        raise DataError(f"--out {out} is a directory; give a file name such as kept.jsonl")
-    if not out.parent.is_dir():
-        raise DataError(f"--out {out}: directory {out.parent} does not exist")
+    out = output_path(out)
     report_path = Path(report) if report is not None else sibling_path(out, ".report.json")
     histogram = Path(histogram) if histogram is not None else sibling_path(out, ".scores.png")
     warn = warn or (lambda m: print(f"gptkit: warning: {m}", file=sys.stderr))
@@ -319,49 +308,35 @@ def filter_quality(model: QualityModel | str | os.PathLike, inputs: list[str | o
     n = kept = 0
     p_sum = p_var = s_sum = 0.0
 
-    tmp, raw, f = _open_out(out)
-    rtmp = rraw = rf = None
-    if rejected is not None:
-        rtmp, rraw, rf = _open_out(Path(rejected).expanduser().absolute())
-    try:
-        from .prepare import _progress
+    from .prepare import _progress
 
-        with _progress(progress) as bar:
-            task = bar.add_task("quality filter", total=reader.total_bytes)
-            for batch in _batches(reader.records(), BATCH):
-                scores = model.score([r.text for r in batch])
-                if threshold is None:
-                    p = keep_probability(scores, alpha)
-                    # GPT-3 Appendix A: keep when np.random.pareto(alpha) > 1 - score
-                    keep = rng.pareto(alpha, size=len(batch)) > 1.0 - scores
-                else:
-                    p = (scores >= threshold).astype(np.float64)
-                    keep = scores >= threshold
-                n += len(batch)
-                kept += int(keep.sum())
-                p_sum += float(p.sum())
-                p_var += float((p * (1 - p)).sum())
-                s_sum += float(scores.sum())
-                h_all += np.histogram(scores, edges)[0]
-                h_kept += np.histogram(scores[keep], edges)[0]
-                for rec, s, k in zip(batch, scores.tolist(), keep.tolist()):
-                    target = f if k else rf
-                    if target is None:
-                        continue
-                    if score_field is not None:
-                        rec = _with_score(rec, text_field, score_field, s)
-                    target.write((rec.to_json(text_field) + "\n").encode("utf-8"))
-                bar.update(task, completed=reader.bytes_read)
-            bar.update(task, completed=reader.total_bytes)
-        _finish_out(tmp, raw, f, out)
-        if rf is not None:
-            _finish_out(rtmp, rraw, rf, Path(rejected).expanduser().absolute())
-    except BaseException:
-        for t, r in ((tmp, raw), (rtmp, rraw)):
-            if r is not None:
-                r.close()
-                t.unlink(missing_ok=True)
-        raise
+    with open_outputs(out, rejected) as (f, rf), _progress(progress) as bar:
+        task = bar.add_task("quality filter", total=reader.total_bytes)
+        for batch in _batches(reader.records(), BATCH):
+            scores = model.score([r.text for r in batch])
+            if threshold is None:
+                p = keep_probability(scores, alpha)
+                # GPT-3 Appendix A: keep when np.random.pareto(alpha) > 1 - score
+                keep = rng.pareto(alpha, size=len(batch)) > 1.0 - scores
+            else:
+                p = (scores >= threshold).astype(np.float64)
+                keep = scores >= threshold
+            n += len(batch)
+            kept += int(keep.sum())
+            p_sum += float(p.sum())
+            p_var += float((p * (1 - p)).sum())
+            s_sum += float(scores.sum())
+            h_all += np.histogram(scores, edges)[0]
+            h_kept += np.histogram(scores[keep], edges)[0]
+            for rec, s, k in zip(batch, scores.tolist(), keep.tolist()):
+                target = f if k else rf
+                if target is None:
+                    continue
+                if score_field is not None:
+                    rec = _with_score(rec, text_field, score_field, s)
+                target.write((rec.to_json(text_field) + "\n").encode("utf-8"))
+            bar.update(task, completed=reader.bytes_read)
+        bar.update(task, completed=reader.total_bytes)
 
     seconds = time.perf_counter() - t0
     rule = ({"rule": "threshold", "threshold": threshold} if threshold is not None else
@@ -396,7 +371,7 @@ def filter_quality(model: QualityModel | str | os.PathLike, inputs: list[str | o
     except Exception as e:  # a missing or broken matplotlib must not lose a finished filter run
         rep["histogram_png"] = None
         warn(f"could not draw the score histogram ({e})")
-    write_json_atomic(report_path, rep)
+    atomic_write_json(report_path, rep)
     for w in reader.warnings():
         warn(w)
     return rep

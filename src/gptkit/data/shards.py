@@ -20,14 +20,13 @@ long as the header says, so a truncated or corrupt shard is a one-line `DataErro
 from __future__ import annotations
 
 import hashlib
-import os
-import secrets
 import struct
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import GptkitError
+from ..io import AtomicFile
 
 MAGIC = b"GPTKTOK\0"
 VERSION = 1
@@ -100,17 +99,9 @@ def write_shard(path: str | Path, tokens: np.ndarray, vocab_size: int = 0) -> di
         raise ValueError(f"a shard holds a 1-D array of tokens, got shape {tokens.shape}")
     header = encode_header(len(tokens), tokens.dtype, vocab_size)  # also checks the dtype is uint16/uint32
     body = np.ascontiguousarray(tokens, dtype=tokens.dtype.newbyteorder("<")).tobytes()
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # not mkstemp: its 0600 mode would stick
-    try:
-        with open(tmp, "xb") as f:
-            f.write(header)
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with AtomicFile(path, compress=False) as f:
+        f.write(header)
+        f.write(body)
     h = hashlib.sha256(header)
     h.update(body)
     return {"file": path.name, "tokens": len(tokens), "bytes": len(header) + len(body), "sha256": h.hexdigest()}
@@ -128,7 +119,8 @@ class ShardWriter:
     """Append tokens to a split's shards (`{prefix}_000.bin`, `{prefix}_001.bin`, ...) of at most `shard_tokens`.
 
     Tokens stream to an open temporary file whose header is filled in when the shard is closed, so memory stays
-    bounded by the largest array passed to `write`. Every shard is renamed into place only when complete.
+    bounded by the largest array passed to `write`. Every shard is renamed into place only when complete
+    (gptkit.io.AtomicFile).
     """
 
     def __init__(self, out_dir: str | Path, prefix: str, dtype: np.dtype, shard_tokens: int, vocab_size: int = 0):
@@ -138,31 +130,24 @@ class ShardWriter:
         self.shard_tokens, self.vocab_size = shard_tokens, vocab_size
         self.shards: list[dict] = []
         self.total = 0
-        self._f = None
-        self._tmp: Path | None = None
+        self._f: AtomicFile | None = None
         self._count = 0
 
     def _open(self) -> None:
-        name = f"{self.prefix}_{len(self.shards):03d}.bin"
-        self._tmp = self.out_dir / f".{name}.tmp"
-        self._f = open(self._tmp, "wb")
+        self._f = AtomicFile(self.out_dir / f"{self.prefix}_{len(self.shards):03d}.bin", compress=False)
         self._f.write(b"\0" * HEADER_BYTES)  # placeholder; the real header is written by _close
         self._count = 0
 
     def _close(self) -> None:
-        assert self._f is not None and self._tmp is not None
-        header = encode_header(self._count, self.dtype, self.vocab_size)
-        self._f.seek(0)
-        self._f.write(header)
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
-        name = self._tmp.name[1:-len(".tmp")]
-        os.replace(self._tmp, self.out_dir / name)
-        self.shards.append({"file": name, "tokens": self._count,
+        assert self._f is not None
+        self._f.raw.seek(0)
+        self._f.write(encode_header(self._count, self.dtype, self.vocab_size))
+        self._f.commit()
+        path = self._f.path
+        self.shards.append({"file": path.name, "tokens": self._count,
                             "bytes": HEADER_BYTES + self._count * self.dtype.itemsize,
-                            "sha256": sha256_file(self.out_dir / name)})
-        self._f = self._tmp = None
+                            "sha256": sha256_file(path)})
+        self._f = None
 
     def write(self, tokens: np.ndarray) -> None:
         tokens = np.asarray(tokens)

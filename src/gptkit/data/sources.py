@@ -34,6 +34,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from .shards import DataError
 
@@ -202,13 +203,26 @@ def _decode(raw: bytes) -> tuple[str, bool]:
 
 class Corpus:
     """The documents of a list of inputs. `documents()` can be iterated several times (one pass per call, e.g.
-    one to learn a char vocabulary and one to tokenize); each pass refreshes `stats` and `bytes_read`."""
+    one to learn a char vocabulary and one to tokenize); each pass refreshes `stats` and `bytes_read`.
 
-    def __init__(self, inputs: list[str | os.PathLike], text_field: str = "text"):
+    A file that cannot be read to the end (a corrupt or truncated `.gz`, an I/O error) raises `DataError` with
+    `unreadable="raise"` (right for `gptkit prepare`: a half-read corpus must not become a dataset). With
+    `unreadable="count"` (the filters of `gptkit data`) the documents read before the damage are kept, and the
+    file is listed, with the message, in `unreadable_files`.
+    """
+
+    def __init__(self, inputs: list[str | os.PathLike], text_field: str = "text",
+                 unreadable: Literal["raise", "count"] = "raise"):
+        if unreadable not in ("raise", "count"):
+            raise ValueError(f"unreadable must be 'raise' or 'count', got {unreadable!r}")
         self.inputs = [str(i) for i in inputs]
         self.text_field = text_field
+        self.unreadable = unreadable
         self.files, self.skipped_files = discover(inputs)
         self.stats: list[SourceStats] = []
+        self.unreadable_files: list[str] = []
+        self.not_json_lines = 0  # skipped JSONL lines that are not JSON ...
+        self.missing_text_lines = 0  # ... and those that are JSON without a string text field
         self._done_bytes = 0
         self._reader: _HashingReader | None = None
 
@@ -223,28 +237,42 @@ class Corpus:
 
     def documents(self) -> Iterator[str]:
         """Every non-empty document, in order."""
-        self.stats = []
-        self._done_bytes = 0
+        for text, _, _, _ in self.entries():
+            yield text
+
+    def entries(self) -> Iterator[tuple[str, dict | None, str, int | None]]:
+        """Every non-empty document, in order, as (text, JSON object, path, line): the object (text field
+        included) and the 1-based line number for a JSONL line, None and None for a whole text file."""
+        self.stats, self._done_bytes = [], 0
+        self.unreadable_files, self.not_json_lines, self.missing_text_lines = [], 0, 0
         for src in self.files:
             st = SourceStats(str(src.path.absolute()), src.kind, src.gzip)
             self.stats.append(st)
-            with open(src.path, "rb") as f:
-                self._reader = reader = _HashingReader(f)
-                try:
+            path = str(src.path)
+            reader, cut_short = None, False
+            try:
+                with open(src.path, "rb") as f:
+                    self._reader = reader = _HashingReader(f)
                     stream = io.BufferedReader(reader, 1 << 20)
                     if src.gzip:
                         stream = gzip.GzipFile(fileobj=stream, mode="rb")
                     if src.kind == "jsonl":
-                        yield from self._jsonl(stream, st)
+                        yield from self._jsonl(stream, st, path)
                     else:
-                        yield from self._text(stream, st)
+                        yield from self._text(stream, st, path)
                     reader.drain()
-                except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
-                    raise DataError(f"{src.path}: cannot read ({'gzip: ' if src.gzip else ''}{e})") from None
-                finally:
-                    self._reader = None
-            st.bytes, st.sha256 = reader.n, reader.sha.hexdigest()
-            self._done_bytes += reader.n
+            except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+                why = f"{'gzip: ' if src.gzip else ''}{e}"
+                if self.unreadable == "raise":
+                    raise DataError(f"{src.path}: cannot read ({why})") from None
+                self.unreadable_files.append(f"{path}: {why} (after {st.documents} document(s))")
+                cut_short = True
+            finally:
+                self._reader = None
+            if reader is not None:
+                st.bytes, st.sha256 = reader.n, reader.sha.hexdigest()
+            # for progress, a file cut short counts as done to its end
+            self._done_bytes += src.size if cut_short or reader is None else reader.n
 
     def _keep(self, text: str, replaced: bool, st: SourceStats) -> bool:
         if not text.strip():
@@ -254,19 +282,19 @@ class Corpus:
         st.documents_with_replacements += replaced
         return True
 
-    def _text(self, stream, st: SourceStats) -> Iterator[str]:
+    def _text(self, stream, st: SourceStats, path: str) -> Iterator[tuple[str, None, str, None]]:
         text, replaced = _decode(stream.read())
         if "\r" in text:  # as open(path).read() in text mode: universal newlines
             text = text.replace("\r\n", "\n").replace("\r", "\n")
         if self._keep(text, replaced, st):
-            yield text
+            yield text, None, path, None
 
     def _skip(self, st: SourceStats, lineno: int, why: str) -> None:
         st.skipped_lines += 1
         if len(st.skipped_examples) < MAX_SKIPPED_EXAMPLES:
             st.skipped_examples.append(f"line {lineno}: {why}")
 
-    def _jsonl(self, stream, st: SourceStats) -> Iterator[str]:
+    def _jsonl(self, stream, st: SourceStats, path: str) -> Iterator[tuple[str, dict, str, int]]:
         for lineno, raw in enumerate(stream, 1):
             if not raw.strip():
                 continue
@@ -274,18 +302,21 @@ class Corpus:
             try:
                 obj = json.loads(line)
             except ValueError:
+                self.not_json_lines += 1
                 self._skip(st, lineno, "not valid JSON")
                 continue
             text = obj.get(self.text_field) if isinstance(obj, dict) else None
             if not isinstance(text, str):
+                self.missing_text_lines += 1
                 self._skip(st, lineno, f"no string field {self.text_field!r}")
                 continue
             try:  # JSON can spell lone surrogates ("\ud800"), which are not text and no tokenizer takes
                 text.encode("utf-8")
             except UnicodeEncodeError:
                 text, replaced = _SURROGATE.sub("\ufffd", text), True
+                obj[self.text_field] = text
             if self._keep(text, replaced, st):
-                yield text
+                yield text, obj, path, lineno
 
     def summary(self) -> dict:
         """Totals over the last pass."""
@@ -312,4 +343,7 @@ class Corpus:
         if s["skipped_files"]:
             out.append(f"skipped {s['skipped_files']} non-text file(s) inside input directories, e.g. "
                        f"{self.skipped_files[0]}")
+        if self.unreadable_files:
+            out.append(f"{len(self.unreadable_files)} file(s) could not be read to the end and were cut short, "
+                       f"e.g. {self.unreadable_files[0]}")
         return out

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..checkpoint import (CONFIG, build_model, model_state_dict, new_tmp_dir, publish_dir, read_state_dict,
-                          resolve_checkpoint)
+from ..checkpoint import CONFIG, build_model, model_state_dict, read_state_dict, resolve_checkpoint
 from ..config import ConfigError, GPTConfig
 from ..errors import CheckpointError
+from ..io import new_tmp_dir, publish_dir
 
 if TYPE_CHECKING:
     from ..model import GPT

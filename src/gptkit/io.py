@@ -1,0 +1,155 @@
+"""Atomic file and directory writes, shared by checkpoints, token shards and the data pipeline's outputs.
+
+Every output is written under a hidden temporary name next to its destination (`.NAME.<random>.tmp`), flushed
+to disk, and renamed into place with `os.replace`, which POSIX makes atomic: a reader, or a run that crashed
+mid-write, sees the old file or the new one, never half of one. A write that fails removes its temporary file.
+
+Temporary files are opened with `open(..., "xb")`, not `tempfile.mkstemp`, so the finished file gets the usual
+mode (0666 less the umask) instead of mkstemp's 0600. This module imports no torch: the `gptkit data` commands
+use it and stay light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+
+def temp_sibling(path: str | os.PathLike, suffix: str = ".tmp") -> Path:
+    """A fresh hidden name in `path`'s directory for writing `path`: `.NAME.<8 hex>` + `suffix`."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}{suffix}")
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary sibling path for a writer that wants a file name (safetensors, matplotlib); when the
+    block ends normally the file is synced and renamed to `path`, when it raises the file is deleted.
+    `suffix` ends the temporary name (".tmp.png" lets matplotlib infer the format)."""
+    path = Path(path)
+    tmp = temp_sibling(path, suffix)
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class AtomicFile:
+    """A binary file written under a temporary sibling and renamed over `path` by `commit()`, or deleted by
+    `abort()`. As a context manager it commits when the block ends normally and aborts when it raises.
+
+    With `compress=True` (default: when `path` ends in `.gz`), `file` is a gzip stream over it, with mtime 0
+    and the final file name in its header, so the same data gives the same bytes.
+    """
+
+    def __init__(self, path: str | os.PathLike, compress: bool | None = None):
+        self.path = Path(path)
+        self.tmp = temp_sibling(self.path)
+        self.raw: BinaryIO = open(self.tmp, "xb")
+        if compress is None:
+            compress = self.path.name.endswith(".gz")
+        self.file: BinaryIO = (gzip.GzipFile(filename=self.path.name, fileobj=self.raw, mode="wb", mtime=0)
+                               if compress else self.raw)
+
+    def write(self, data: bytes) -> int:
+        return self.file.write(data)
+
+    def commit(self) -> None:
+        """Finish the file and move it to `path`."""
+        if self.file is not self.raw:
+            self.file.close()
+        self.raw.flush()
+        os.fsync(self.raw.fileno())
+        self.raw.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        """Close and delete the temporary file; `path` is left as it was."""
+        self.raw.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> AtomicFile:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically (module docstring)."""
+    with AtomicFile(path, compress=False) as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically (module docstring)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write `obj` as indented JSON (non-ASCII characters as they are) and a newline, atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+# ------------------------------------------------------------------------------------------- directories
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Sync a directory's entries (renames into it) to disk, where the platform allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def new_tmp_dir(final: Path) -> Path:
+    """A fresh hidden directory next to `final` (`.NAME.tmp-<8 hex>`) to write its contents into. Made with
+    `mkdir`, not `tempfile.mkdtemp`, so that once published it has the usual mode (0777 less the umask), not
+    mkdtemp's 0700."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = final.with_name(f".{final.name}.tmp-{secrets.token_hex(4)}")
+        try:
+            tmp.mkdir()
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Move a fully written directory `tmp` to `final`, replacing what was there, in as few steps as
+    POSIX allows (rename is atomic; replacing a non-empty directory needs the old one moved aside first)."""
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            _fsync_file(f)
+    old = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
+        os.replace(final, old / "d")
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
