@@ -2,8 +2,10 @@
 
 The GPT-2-small shape (124M parameters) with random weights, saved as a transformers GPT2LMHeadModel
 directory and loaded by gptkit through its Hugging Face import path (GPT.from_pretrained). A 16-token prompt,
-128 new tokens, batch 1, fp32, greedy, 2 threads; both sides use their KV cache. Rounds alternate between the
-two so that load from other processes hits both alike; the ratio is taken per round, and the median reported.
+128 new tokens, batch 1, fp32, greedy, 2 threads; both sides use their KV cache. gptkit is timed as `gptkit
+sample` runs it (`prepare_for_inference`: its linear layers through numpy's BLAS), through PyTorch's BLAS
+(`--blas torch`) and as the plain model. Rounds alternate between the sides so that load from other processes
+hits them alike; the ratio is taken per round, and the median reported.
 
 Also printed: the memory-bandwidth roofline (every weight read once per token: bytes / measured read speed),
 measured here with a large mat-vec, and optionally (--low-precision fp16 int8 bf16) gptkit with lower-precision
@@ -178,37 +180,40 @@ def main() -> int:
     roof = bw * 1e9 / nbytes
     print(f"weights read per token {nbytes / 1e6:.0f} MB; measured read bandwidth {bw:.1f} GB/s "
           f"-> roofline {roof:.1f} tok/s")
-    from gptkit.generate import inference_layout_
+    from gptkit.generate import prepare_for_inference
 
-    laid = inference_layout_(copy.deepcopy(model))  # what `gptkit sample` and `gptkit serve` run
-    time_hf(hf, idx, 8)  # warm up (allocator, MKL, thread pools)
-    time_gptkit(model, idx, 8)
-    time_gptkit(laid, idx, 8)
-    rows = {"HF generate": [], "gptkit": [], "gptkit + inference_layout_": []}
+    # what `gptkit sample` and `gptkit serve` run: numpy's BLAS (default), or torch's after inference_layout_
+    fast = prepare_for_inference(copy.deepcopy(model), "fp32", blas="numpy")
+    laid = prepare_for_inference(copy.deepcopy(model), "fp32", blas="torch")
+    sides = {"HF generate": lambda: time_hf(hf, idx, n), "gptkit, plain model": lambda: time_gptkit(model, idx, n),
+             "gptkit --blas torch": lambda: time_gptkit(laid, idx, n),
+             "gptkit (default: --blas numpy)": lambda: time_gptkit(fast, idx, n)}
+    time_hf(hf, idx, 8)  # warm up (allocator, BLAS libraries, thread pools)
+    for m in (model, laid, fast):
+        time_gptkit(m, idx, 8)
+    rows: dict[str, list[float]] = {k: [] for k in sides}
     for r in range(args.rounds):
-        hf_tps, hf_tok = time_hf(hf, idx, n)
-        plain_tps, plain_tok = time_gptkit(model, idx, n)
-        laid_tps, laid_tok = time_gptkit(laid, idx, n)
-        same = torch.equal(hf_tok, plain_tok) and torch.equal(hf_tok, laid_tok)
-        for k, v in zip(rows, (hf_tps, plain_tps, laid_tps)):
-            rows[k].append(v)
-        print(f"round {r + 1}: HF generate {hf_tps:5.1f} tok/s | gptkit {plain_tps:5.1f} ({plain_tps / hf_tps:.2f}x) | "
-              f"gptkit + layout {laid_tps:5.1f} ({laid_tps / hf_tps:.2f}x) | same greedy tokens: {same} | "
-              f"load {os.getloadavg()[0]:.2f}")
+        toks = []
+        for k, run in sides.items():
+            tps, tok = run()
+            rows[k].append(tps)
+            toks.append(tok)
+        same = all(torch.equal(toks[0], t) for t in toks[1:])
+        print(f"round {r + 1}: " + " | ".join(f"{k} {v[-1]:5.1f}" for k, v in rows.items()) +
+              f" tok/s | same greedy tokens: {same} | load {os.getloadavg()[0]:.2f}", flush=True)
     for k, v in rows.items():
         med = statistics.median(v)
         ratio = statistics.median([x / h for x, h in zip(v, rows["HF generate"])])
-        print(f"median {k:<27} {med:5.1f} tok/s  {med / roof:4.0%} of the roofline  {ratio:.2f}x HF  "
+        print(f"median {k:<31} {med:5.1f} tok/s  {med / roof:4.0%} of the roofline  {ratio:.2f}x HF  "
               f"(best {max(v):.1f})")
-    med = statistics.median(rows["gptkit + inference_layout_"])
-    model = laid
-    for kind in args.low_precision:
+    med = statistics.median(rows["gptkit (default: --blas numpy)"])
+    for kind in args.low_precision:  # lowered from the plain model; compared with the default fp32 path
         lo = lower(model, kind)
         lo_bytes = bytes_per_token(lo) if kind == "bf16" else quantized_bytes(lo, 1 if kind == "int8" else 2)
         time_gptkit(lo, idx, 8)
         tps = []
         for _ in range(args.rounds):  # alternate with fp32 again: the speed-up is a ratio within this run
-            tps.append(time_gptkit(lo, idx, n)[0] / time_gptkit(model, idx, n)[0])
+            tps.append(time_gptkit(lo, idx, n)[0] / time_gptkit(fast, idx, n)[0])
         print(f"{kind} weights: {statistics.median(tps):.2f}x the fp32 speed (median of {args.rounds} alternating "
               f"rounds, ~{statistics.median(tps) * med:.0f} tok/s at the fp32 median above); "
               f"{lo_bytes / 1e6:.0f} MB read per token")

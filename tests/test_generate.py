@@ -394,6 +394,63 @@ def test_inference_layout_changes_memory_order_not_results():
     assert all(t.is_contiguous() for t in model_state_dict(model).values())  # saves as before
 
 
+def test_numpy_blas_linears_give_the_same_results_over_the_same_parameters():
+    from gptkit.checkpoint import model_state_dict
+    from gptkit.generate import NumpyBlasLinear, prepare_for_inference, uses_numpy_blas
+
+    model = tiny(seed=27, block_size=64)
+    idx = torch.tensor(prompts([20, 20], seed=28))
+    with torch.no_grad():
+        before = model(idx)
+    ref = [g.tokens for g in complete(model, idx.tolist(), greedy(10))]
+    mixed = [[3], [5, 6, 7, 8, 9, 10]]  # one-row decode steps (BLAS gemv) and left-padded batches (gemm)
+    ref_mixed = [g.tokens for g in complete(model, mixed, greedy(12))]
+    names = list(model_state_dict(model))
+    params = {n: p for n, p in model.named_parameters()}
+    assert prepare_for_inference(model) is model and uses_numpy_blas(model)
+    assert type(model.transformer.h[0].attn.c_attn) is NumpyBlasLinear and not any(
+        type(m) is nn.Linear for m in model.modules())
+    # the same Parameter objects: names, the tied head, state_dict and saving are unchanged
+    assert all(p is params[n] for n, p in model.named_parameters())
+    assert model.lm_head.weight is model.transformer.wte.weight and list(model_state_dict(model)) == names
+    with torch.inference_mode():
+        torch.testing.assert_close(model(idx), before, rtol=0, atol=1e-5)  # float32 rounding only
+        one = model(idx[:1, :1])  # the gemv path
+    torch.testing.assert_close(one, before[:1, :1], rtol=0, atol=1e-5)
+    assert [g.tokens for g in complete(model, idx.tolist(), greedy(10))] == ref
+    assert [g.tokens for g in complete(model, mixed, greedy(12))] == ref_mixed
+    assert torch.get_num_threads() == 1  # the engine restores torch's thread count after each step (fixture: 1)
+    torch.set_num_threads(2)
+    try:
+        complete(model, mixed, greedy(3))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    # with autograd on it is F.linear: training through it gives nn.Linear's gradients
+    x = torch.randn(3, 24, requires_grad=True)
+    layer = model.transformer.h[0].mlp.c_fc
+    layer(x).square().sum().backward()
+    g = layer.weight.grad.clone()
+    layer.weight.grad = None
+    torch.nn.functional.linear(x, layer.weight, layer.bias).square().sum().backward()
+    assert torch.equal(layer.weight.grad, g)
+
+
+def test_sample_blas_choices_give_the_same_greedy_text(tmp_path, capsys):
+    from gptkit.cli import main
+
+    tok = Tokenizer.train_char(TEXT)
+    model = tiny(seed=29, vocab=tok.vocab_size, block_size=64)
+    model.tokenizer = tok
+    model.save_pretrained(tmp_path / "m")
+    outs = []
+    for blas in ("numpy", "torch"):
+        assert main(["sample", "--ckpt", str(tmp_path / "m"), "--prompt", "ROMEO:", "--max-new-tokens", "25",
+                     "--temperature", "0", "--blas", blas, "--device", "cpu"]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1] and outs[0].startswith("ROMEO:") and len(outs[0]) > len("ROMEO:") + 10
+
+
 @pytest.mark.parametrize("kind, tol", [("int8", 0.05), ("fp16", 2e-3)])
 def test_quantized_weights_stay_close_to_fp32(kind, tol):
     from gptkit.generate import quantize_weights

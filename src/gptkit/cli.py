@@ -150,7 +150,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if tok is None:
         raise CheckpointError(f"{args.ckpt} has no tokenizer; cannot turn --prompt into tokens")
     model.eval()
-    model = prepare_for_inference(model, args.weights)
+    model = prepare_for_inference(model, args.weights, args.blas)
     gen = torch.Generator(device=device).manual_seed(args.seed) if args.seed is not None else None
 
     def sample(prompt: str | None) -> None:
@@ -210,6 +210,8 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
     p.add_argument("--weights", choices=["fp32", "fp16", "int8"], default="fp32",
                    help="fp16/int8: faster on CPU, slightly different output (see docs/benchmarks.md)")
+    p.add_argument("--blas", choices=["numpy", "torch"], default="numpy",
+                   help="fp32 on CPU: multiply through numpy's BLAS (OpenBLAS; default) or PyTorch's own (MKL)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.set_defaults(func=cmd_sample)
 

@@ -298,6 +298,7 @@ class Engine:
         self.start: list[int] = []  # per row: cache index of its first token (left padding before it)
         self.caches: list[KVCache] | None = None
         self._views: tuple[int, list[KVCache]] | None = None
+        self._one_torch_thread = self.device.type == "cpu" and uses_numpy_blas(model)
 
     # --------------------------------------------------------------------------------------- public
     def submit(self, gen: Generation) -> Generation:
@@ -330,6 +331,16 @@ class Engine:
 
     def step(self) -> list[TokenEvent]:
         """Advance every running generation by one token and admit waiting ones; return what happened."""
+        if self._one_torch_thread:  # numpy's BLAS has the cores: torch's small ops stay on this thread
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                return self._step()
+            finally:
+                torch.set_num_threads(threads)
+        return self._step()
+
+    def _step(self) -> list[TokenEvent]:
         with torch.inference_mode():
             events = self._drop_cancelled()
             n_old = len(self.rows)
@@ -680,13 +691,69 @@ def quantize_weights(model: GPT, kind: Literal["int8", "fp16"] = "int8") -> GPT:
     return clone
 
 
-def prepare_for_inference(model: GPT, weights: Literal["fp32", "fp16", "int8"] = "fp32") -> GPT:
-    """The model `gptkit sample` and `gptkit serve` decode with: eval mode, and fp32 weights re-laid by
-    `inference_layout_` (in place), or an fp16/int8 copy from `quantize_weights`."""
+class NumpyBlasLinear(torch.nn.Module):
+    """A linear layer whose inference on CPU multiplies through numpy's BLAS (OpenBLAS, in numpy's wheels).
+
+    Decoding is a chain of matrix-vector products bound by how fast the weights stream from memory, and the BLAS
+    library is what sets that speed: on this project's 2-core AMD EPYC, OpenBLAS's products read GPT-2's matrices
+    1.2–1.5× faster than the MKL inside PyTorch's CPU build, and its 16-row products (batched serving) run ~1.45×
+    faster (docs/benchmarks.md). The layer holds the very `weight` and `bias` Parameters of the nn.Linear it
+    replaces, so names, the tied output head and state_dict are unchanged, and the weights stay in nn.Linear's
+    (out, in) row-major order, which OpenBLAS reads fastest. With autograd on, off the CPU, or in another dtype it
+    is exactly F.linear. Two thread pools (torch's OpenMP and OpenBLAS's) must not spin against each other: the
+    Engine runs its steps with one torch thread while such layers are in the model.
+    """
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.weight, self.bias
+        if torch.is_grad_enabled() or x.device.type != "cpu" or not x.dtype == w.dtype == torch.float32:
+            return torch.nn.functional.linear(x, w, b)
+        rows = x.detach().reshape(-1, self.in_features).numpy()  # (N, in), a view when x is contiguous
+        wn = w.detach().numpy()  # (out, in): a view, no copy
+        y = wn @ rows[0] if rows.shape[0] == 1 else rows @ wn.T  # one row: BLAS gemv; more: gemm
+        if b is not None:
+            y += b.detach().numpy()
+        return torch.from_numpy(y).view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def use_numpy_blas_(model: GPT) -> GPT:
+    """Replace, in place, every nn.Linear of the model by a NumpyBlasLinear over the same Parameters; return the
+    model. Results are those of nn.Linear up to float32 rounding (a different summation order)."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is torch.nn.Linear:
+                setattr(parent, name, NumpyBlasLinear(child))
+    return model
+
+
+def uses_numpy_blas(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, NumpyBlasLinear) for m in model.modules())
+
+
+def prepare_for_inference(model: GPT, weights: Literal["fp32", "fp16", "int8"] = "fp32",
+                          blas: Literal["numpy", "torch"] = "numpy") -> GPT:
+    """The model `gptkit sample` and `gptkit serve` decode with: eval mode, and then on CPU
+    - fp32 weights multiplied through numpy's BLAS (`use_numpy_blas_`, in place; the default), or with
+      blas="torch" through PyTorch's own, re-laid for it by `inference_layout_` (in place);
+    - or an fp16/int8 copy from `quantize_weights`.
+    On other devices the model is only put in eval mode."""
     model.eval()
-    if weights == "fp32":
-        return inference_layout_(model)
-    return quantize_weights(model, weights)  # type: ignore[arg-type]
+    if blas not in ("numpy", "torch"):
+        raise GenerationError(f"blas must be 'numpy' or 'torch', got {blas!r}")
+    if weights != "fp32":
+        return quantize_weights(model, weights)  # type: ignore[arg-type]
+    if model.transformer.wte.weight.device.type != "cpu":
+        return model
+    return use_numpy_blas_(model) if blas == "numpy" else inference_layout_(model)
 
 
 # -------------------------------------------------------------------------------------------- Python API
