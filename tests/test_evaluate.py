@@ -320,7 +320,9 @@ def test_export_lm_eval_needs_no_model(tmp_path, capsys):
     rows = [json.loads(x) for x in (tmp_path / "gptkit_tiny_sentiment.test.jsonl").read_text().splitlines()]
     assert rows[0] == {"query": "Review: The soup was cold and the waiter ignored us for an hour.\nSentiment:",
                        "choices": ["negative", "positive"], "gold": 0}
-    assert "python -m gptkit.evaluate.lm_eval_adapter --model gptkit" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "run: lm_eval --model gptkit --model_args checkpoint=CKPT" in out
+    assert "python -m gptkit.evaluate.lm_eval_adapter" in out
 
 
 BAD_TASKS = {

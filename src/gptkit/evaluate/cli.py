@@ -85,9 +85,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                        description=args.description)
         for name, path in written.items():
             print(f"wrote lm-eval task {name}: {path}")
-        # lm-eval 0.4.13's own `lm_eval` command cannot discover plugin models: this module registers, then runs it
-        print(f"run: python -m gptkit.evaluate.lm_eval_adapter --model gptkit --model_args checkpoint=CKPT "
+        # gptkit's start-up hook (_gptkit_lm_eval) registers the model with lm-eval's own command
+        print(f"run: lm_eval --model gptkit --model_args checkpoint=CKPT "
               f"--include_path {args.export_lm_eval} --tasks {','.join(written)} --num_fewshot K")
+        print("(without gptkit installed in site-packages: python -m gptkit.evaluate.lm_eval_adapter, same "
+              "arguments)")
         return 0
     if not args.ckpt:
         raise EvalError("--ckpt is required (a checkpoint, a training run or a Hugging Face directory)")
