@@ -624,3 +624,39 @@ def test_dropout_only_in_training_mode():
         no_drop.load_state_dict(model.state_dict())
         no_drop.train()  # with p = 0 even training mode is deterministic and equal to eval
         assert torch.equal(no_drop(idx), out)
+
+
+# ------------------------------------------------------------------------ transformers DoubleHeads folders
+@pytest.mark.parametrize("kind", ["gpt2", "openai-gpt"])
+def test_from_pretrained_of_a_double_heads_model_loads_the_lm(tmp_path, kind):
+    """A full GPT2DoubleHeadsModel / OpenAIGPTDoubleHeadsModel folder (GPT-1's LM + multiple-choice recipe):
+    the multiple-choice head is left out and the LM gives transformers' LM logits; other unknown weights are
+    still refused."""
+    from safetensors.torch import load_file, save_file
+
+    from gptkit import CheckpointError
+
+    if kind == "gpt2":
+        cfg = GPT2Config(vocab_size=VOCAB, n_positions=NPOS, n_embd=36, n_layer=2, n_head=3, bos_token_id=0,
+                         eos_token_id=0)
+        cls = transformers.GPT2DoubleHeadsModel
+    else:
+        cfg = OpenAIGPTConfig(vocab_size=VOCAB, n_positions=NPOS, n_embd=36, n_layer=2, n_head=3, afn="gelu")
+        cls = transformers.OpenAIGPTDoubleHeadsModel
+    torch.manual_seed(4)
+    hf = randomize_(cls(cfg), 4).eval()
+    d = tmp_path / "double"
+    hf.save_pretrained(d)
+    saved = load_file(str(d / "model.safetensors"))
+    assert any(k.startswith("multiple_choice_head.") for k in saved)  # really the full folder
+    model = GPT.from_pretrained(d)
+    idx = tokens(2, NPOS, seed=6)
+    with torch.no_grad():
+        assert record("hf DoubleHeads LM logits", maxdiff(model(idx), hf(idx).logits)) <= TOL32
+    # a weight that belongs to no model gptkit knows is still an error
+    bad = tmp_path / "bad"
+    hf.save_pretrained(bad)
+    save_file({**saved, "score.weight": torch.zeros(2, 36)}, str(bad / "model.safetensors"),
+              metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="unexpected.*score.weight"):
+        GPT.from_pretrained(bad)

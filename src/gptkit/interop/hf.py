@@ -34,6 +34,9 @@ TOP_LEVEL = {
 }
 # HF buffers and non-weights that may appear in checkpoints and carry nothing we need
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "position_ids")
+# heads beside the LM head: GPT2DoubleHeadsModel / OpenAIGPTDoubleHeadsModel add GPT-1's multiple-choice head
+# (a linear `summary` on the extract token's state); gptkit loads the language model only
+IGNORED_PREFIXES = ("multiple_choice_head.",)
 
 GELU_FROM_HF = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": "exact"}
 
@@ -83,7 +86,7 @@ def state_dict_from_hf(sd: dict[str, torch.Tensor], mtype: str, config: GPTConfi
     from_hf = {v: k for k, v in TOP_LEVEL[mtype].items()}
     out: dict[str, torch.Tensor] = {}
     for name, t in sd.items():
-        if name.endswith(IGNORED_SUFFIXES):
+        if name.endswith(IGNORED_SUFFIXES) or name.startswith(IGNORED_PREFIXES):
             continue
         if name == "lm_head.weight":
             if not config.tie_embeddings:
@@ -91,6 +94,9 @@ def state_dict_from_hf(sd: dict[str, torch.Tensor], mtype: str, config: GPTConfi
             continue
         new = from_hf.get(name, name)
         out[new] = t.t() if new.endswith(CONV1D) else t
+    if config.tie_embeddings and "transformer.wte.weight" not in out and "lm_head.weight" in sd:
+        # a tied matrix saved under the head's name only (transformers 5 does so for OpenAIGPTDoubleHeadsModel)
+        out["transformer.wte.weight"] = sd["lm_head.weight"]
     return out
 
 
