@@ -329,6 +329,47 @@ def test_disconnect_mid_stream_frees_the_row(server):
     assert hh["cancelled"] >= before + 2
 
 
+def test_streamed_echo_starts_with_the_prompt_and_joins_to_the_plain_echo(client, model):
+    """With echo, each choice's stream opens with its prompt text; joined, it is the non-streamed echo."""
+    kw = dict(model="tiny", prompt=["o Juliet", "fox"], max_tokens=20, n=2, temperature=0, echo=True)
+    plain = {c.index: c.text for c in client.completions.create(**kw).choices}
+    by_choice: dict[int, list[str]] = {}
+    for c in client.completions.create(**kw, stream=True):
+        by_choice.setdefault(c.choices[0].index, []).append(c.choices[0].text)
+    assert sorted(by_choice) == [0, 1, 2, 3]
+    for i, texts in by_choice.items():
+        prompt = kw["prompt"][i // 2]
+        assert texts[0] == prompt and len(texts) > 5  # the prompt first, then the completion piece by piece
+        assert "".join(texts) == plain[i] == prompt + oracle(model, prompt, max_new_tokens=20, temperature=0.0)
+    # scoring only (max_tokens 0): the stream is the prompt, then the end
+    chunks = list(client.completions.create(model="tiny", prompt="dog", max_tokens=0, echo=True, stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == "dog" and chunks[0].choices[0].text == "dog"
+    assert [c.choices[0].finish_reason for c in chunks][-1] == "length"
+
+
+def test_disconnect_while_waiting_for_a_plain_completion_frees_the_row(model):
+    """A non-streamed request whose client gives up (here: times out) mid-generation has its generation
+    cancelled within about a second, although the engine reports a token every step."""
+    app = create_app(model, model.tokenizer, ServeOptions(model_name="tiny"))
+    with BackgroundServer(app) as url:
+        worker = app.app.state.worker
+        step = worker.engine.step
+
+        def slow_step():  # 500 tokens now take more than 10 s
+            time.sleep(0.02)
+            return step()
+
+        worker.engine.step = slow_step
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "a", "max_tokens": 500,
+                                                      "temperature": 0}, timeout=1.0)
+        deadline = time.monotonic() + 5
+        while (h := health(url))["running"] or h["in_flight"]:
+            assert time.monotonic() < deadline, h
+            time.sleep(0.05)
+        assert h["cancelled"] == 1 and h["finished"] == 0  # freed by cancellation, not by running to the end
+
+
 # ------------------------------------------------------------------------------------------ command line
 def free_port() -> int:
     with socket.socket() as s:

@@ -36,6 +36,7 @@ from .errors import GptkitError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+CHECK_S = 0.5  # how often a non-streamed request looks whether its client is still there
 
 
 @dataclass
@@ -501,19 +502,25 @@ def create_app(model, tokenizer, options: ServeOptions):
         return item
 
     async def wait_all(q: asyncio.Queue, request: Request, live: Live) -> None:
+        """Take a non-streamed request's events until its generations end, or until its client is gone. The
+        client is looked at every CHECK_S seconds however fast events arrive (while a generation runs, they
+        come every step, so waiting for a quiet moment would mean waiting for the end)."""
+        loop = asyncio.get_running_loop()
         getter = None
+        next_check = loop.time() + CHECK_S
         try:
             while live:
                 if getter is None:
                     getter = asyncio.ensure_future(q.get())
-                done, _ = await asyncio.wait({getter}, timeout=0.5)
-                if not done:
+                done, _ = await asyncio.wait({getter}, timeout=max(0.0, next_check - loop.time()))
+                if done:
+                    item, getter = getter.result(), None
+                    unpack(item, live)
+                if live and loop.time() >= next_check:
                     if await request.is_disconnected():  # nobody waits for the answer any more
                         live.disconnected = True
                         return
-                    continue
-                item, getter = getter.result(), None
-                unpack(item, live)
+                    next_check = loop.time() + CHECK_S
         finally:
             if getter is not None:
                 getter.cancel()
