@@ -227,6 +227,31 @@ def test_inductor_compiled_flex_forward_equals_sdpa() -> None:
     torch._dynamo.reset()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("compiled", [False, True])
+def test_cuda_auto_uses_flex_with_the_same_logits_and_gradients(compiled: bool, flex_calls: list[int]) -> None:
+    """On CUDA "auto" is flex for training: logits and gradients equal the masked SDPA path (float32)."""
+    model, idx = tiny().cuda().train(), tokens().cuda()
+
+    def grads(backend: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.set_attention_backend(backend)
+        model.zero_grad(set_to_none=True)
+        torch._dynamo.reset()
+        fwd = torch.compile(model, fullgraph=True) if compiled else model
+        logits = fwd(idx)
+        logits.logsumexp(-1).mean().backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    ref_logits, ref = grads("sdpa")
+    assert flex_calls == []
+    logits, got = grads("auto")
+    assert flex_calls  # the banded layers went through flex_attention
+    torch.testing.assert_close(logits, ref_logits, rtol=0, atol=1e-4)
+    for n in ref:
+        torch.testing.assert_close(got[n], ref[n], rtol=1e-3, atol=1e-5, msg=n)
+    torch._dynamo.reset()
+
+
 def test_block_mask_is_cached_in_eager_mode() -> None:
     from gptkit.flex import banded_block_mask
 
