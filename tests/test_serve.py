@@ -45,7 +45,9 @@ def model() -> GPT:
                 p.mul_(8.0)
         m.transformer.wte.weight[tok.eot_id] = 0  # <|endoftext|> gets logit 0: greedy runs never stop early
     m.tokenizer = tok
-    return m
+    from gptkit.generate import prepare_for_inference
+
+    return prepare_for_inference(m)  # as `gptkit serve` runs it (numpy's BLAS); the Python-API oracles share it
 
 
 @pytest.fixture(scope="module")

@@ -251,8 +251,8 @@ def _need_serve_extra() -> None:
 
 
 def create_app(model, tokenizer, options: ServeOptions):
-    """The ASGI application serving `model` (a GPT, put in eval mode and re-laid for decoding with
-    `inference_layout_`) with `tokenizer`: FastAPI behind GuardMiddleware. Start it with uvicorn; its worker
+    """The ASGI application serving `model` (a GPT, put in eval mode; `gptkit serve` first readies it with
+    `prepare_for_inference`) with `tokenizer`: FastAPI behind GuardMiddleware. Start it with uvicorn; its worker
     thread starts and stops with the app (lifespan)."""
     import asyncio  # here, not at the top: `gptkit --help` builds this module's parser and should stay fast
     import contextlib
@@ -265,10 +265,10 @@ def create_app(model, tokenizer, options: ServeOptions):
     from pydantic import BaseModel, ConfigDict, Field
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from .generate import Engine, Generation, GenerationError, SamplingParams, inference_layout_
+    from .generate import Engine, Generation, GenerationError, SamplingParams
 
     block = model.config.block_size
-    inference_layout_(model.eval())  # the server only decodes: faster matrix-vector products on CPU
+    model.eval()
     eot = tokenizer.eot_id
 
     def make_engine() -> Engine:
@@ -620,10 +620,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if tokenizer.vocab_size > model.config.vocab_size:
         raise CheckpointError(f"the tokenizer has {tokenizer.vocab_size} ids but the model only "
                               f"{model.config.vocab_size}")
-    if args.weights != "fp32":
-        from .generate import quantize_weights
+    from .generate import prepare_for_inference
 
-        model = quantize_weights(model.eval(), args.weights)
+    model = prepare_for_inference(model, args.weights, args.blas)  # the server only decodes
     name = args.model_name or os.path.basename(os.path.normpath(args.ckpt))
     api_key = args.api_key if args.api_key is not None else os.environ.get("GPTKIT_API_KEY") or None
     opts = ServeOptions(model_name=name, api_key=api_key, max_batch=args.max_batch, max_queue=args.max_queue,
@@ -658,6 +657,8 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--weights", choices=["fp32", "fp16", "int8"], default="fp32",
                    help="fp16/int8: faster on CPU, slightly different output (see docs/benchmarks.md)")
+    p.add_argument("--blas", choices=["numpy", "torch"], default="numpy",
+                   help="fp32 on CPU: multiply through numpy's BLAS (OpenBLAS; default) or PyTorch's own (MKL)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--log-level", default="warning", help="uvicorn log level")
     p.set_defaults(func=cmd_serve)
