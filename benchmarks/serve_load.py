@@ -165,6 +165,7 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--preset", default="gpt2", help="model shape (random weights)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads in the server")
+    ap.add_argument("--blas", choices=["numpy", "torch"], default="numpy", help="the server's --blas")
     ap.add_argument("--min-ratio", type=float, default=4.0)
     args = ap.parse_args()
     if not (SHARED / "gpt2-bpe-vocab").is_dir():
@@ -178,7 +179,8 @@ def main() -> int:
         port = free_port()
         env = {**os.environ, "GPTKIT_API_KEY": key, "PYTHONUNBUFFERED": "1"}
         server = subprocess.Popen([sys.executable, "-m", "gptkit", "serve", "--ckpt", str(ckpt), "--port", str(port),
-                                   "--max-batch", str(args.clients), "--threads", str(args.threads)], env=env)
+                                   "--max-batch", str(args.clients), "--threads", str(args.threads),
+                                   "--blas", args.blas], env=env)
         url = f"http://127.0.0.1:{port}"
         try:
             import httpx
