@@ -319,10 +319,13 @@ def plot_losses(metrics_path: Path, out_png: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, out_png)
+    from .io import atomic_path
+
+    try:
+        with atomic_path(out_png, ".tmp.png") as tmp:  # ".png" lets matplotlib infer the format
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
 
 
 # --------------------------------------------------------------------------------------- the loop

@@ -61,10 +61,13 @@ def plot_accuracy_vs_shots(summary: dict[str, Any], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    from ..io import atomic_path
+
+    try:
+        with atomic_path(path, ".tmp.png") as tmp:
+            fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)
 
 
 def _task_list(values: list[list[str]] | None) -> list[str]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import random
 import shutil
 import sys
@@ -514,10 +513,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     rng = random.Random(cfg.seed)
     use_lm = cfg.lm_coef > 0
 
-    tmp = new_tmp_dir(out)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
+    tmp = new_tmp_dir(out)  # an ordinary directory (the usual umask mode), published by rename at the end
     progress = Progress(total, cfg.quiet)
     log = open(tmp / "log.jsonl", "w", buffering=1)  # noqa: SIM115 - closed below, before the directory is published
     try:
