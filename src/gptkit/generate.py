@@ -736,6 +736,8 @@ def use_numpy_blas_(model: GPT) -> GPT:
 
 
 def uses_numpy_blas(model: torch.nn.Module) -> bool:
+    """Whether `use_numpy_blas_` has swapped the model's linear layers (then the Engine steps with one torch
+    thread)."""
     return any(isinstance(m, NumpyBlasLinear) for m in model.modules())
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from .errors import GptkitError
 
 # The model and optimiser of the main job. Its length is a time budget (`--minutes`): `gptkit train --max-minutes`
-# sets the step count at the end of warmup from the speed it measures. On a 2-core AMD EPYC ~1,100 steps fit in
-# 5 minutes (val loss ≈ 1.75); 1,500 steps reach 1.70 (docs/pretraining.md).
+# sets the step count at the end of warmup from the speed it measures. On a 2-core AMD EPYC 962 steps fit in
+# 5 minutes (val loss 1.79); 1,500 steps reach 1.70 in 7.9 minutes (docs/pretraining.md).
 DEFAULTS = dict(preset="gpt-micro", n_layer=4, n_head=4, n_embd=192, block_size=128, batch_size=16,
                 max_iters=1500, lr=2e-3, min_lr=2e-4, warmup_iters=100, beta2=0.99, weight_decay=0.1,
                 dropout=0.0, eval_interval=250, eval_iters=10, log_interval=50)

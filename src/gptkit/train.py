@@ -628,7 +628,7 @@ class Display:
             print(f"step {step:>6}/{self.cfg.max_iters} {info}", file=sys.stderr, flush=True)
 
     def set_total(self, max_iters: int) -> None:
-        self.print(f"--max-minutes {self.cfg.max_minutes:g}: training {max_iters} steps")
+        self.print(f"time budget {self.cfg.max_minutes:.1f} min (--max-minutes): training {max_iters} steps")
         if self.progress is not None:
             self.progress.update(self.task, total=max_iters)
 
