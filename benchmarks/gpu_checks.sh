@@ -22,6 +22,10 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $out/NAME.txt
     echo "== $name: exit ${PIPESTATUS[0]}"
 }
 
+if ! python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
+    echo "gpu_checks.sh: torch sees no CUDA GPU here; these checks are for a machine with one" >&2
+    exit 1
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 step torch 30 python -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"
 step test_flex 180 python -m pytest -q -p no:xdist -o addopts= -rs tests/test_flex.py
