@@ -24,7 +24,7 @@ import torch
 
 from .config import ConfigError, GPTConfig
 from .errors import CheckpointError
-from .io import atomic_write_text, new_tmp_dir, publish_dir  # noqa: F401 (atomic_write_text: callers import it here)
+from .io import new_tmp_dir, publish_dir
 
 if TYPE_CHECKING:
     from .model import GPT

@@ -250,7 +250,8 @@ def save_checkpoint(run_dir: Path, step: int, model, model_sd: dict, optim_sd: d
     name-keyed full optimizer state, every rank's RNG state, step, best val, data-loader state)."""
     import torch
 
-    from .checkpoint import new_tmp_dir, publish_dir, write_model_files
+    from .checkpoint import write_model_files
+    from .io import new_tmp_dir, publish_dir
 
     final = run_dir / "checkpoints" / f"step-{step:08d}"
     tmp = new_tmp_dir(final)
@@ -294,7 +295,7 @@ def truncate_metrics(path: Path, step: int) -> None:
                 keep.append(line)
         except (json.JSONDecodeError, KeyError, TypeError):
             continue  # a line cut by a kill -9 mid-write
-    from .checkpoint import atomic_write_text
+    from .io import atomic_write_text
 
     atomic_write_text(path, "".join(line + "\n" for line in keep))
 
@@ -352,7 +353,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     import torch.nn.functional as F
 
     from . import distributed as D
-    from .checkpoint import atomic_write_text, list_checkpoints, load_model
+    from .checkpoint import list_checkpoints, load_model
+    from .io import atomic_write_text
     from .data.loader import BatchLoader, load_tokenizer
     from .model import GPT
 

@@ -78,7 +78,7 @@ def _task_list(values: list[list[str]] | None) -> list[str]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..checkpoint import atomic_write_text
+    from ..io import atomic_write_text
 
     tasks = _task_list(args.task)
     if args.export_lm_eval:

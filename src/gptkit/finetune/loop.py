@@ -488,7 +488,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """
     import torch
 
-    from ..checkpoint import new_tmp_dir, publish_dir
+    from ..io import new_tmp_dir, publish_dir
     from ..train import param_groups, pick_device
 
     t0 = time.perf_counter()
@@ -649,7 +649,7 @@ def predict(ckpt: str | Path, input: str | Path, out: str | Path, fmt: str | Non
     returns the metrics when the input has labels."""
     import torch
 
-    from ..checkpoint import atomic_write_text
+    from ..io import atomic_write_text
 
     model, spec, tok = load_finetuned(ckpt, map_location=device)
     fmt = fmt or spec.format
