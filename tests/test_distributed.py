@@ -1,6 +1,7 @@
 """Multi-process training on CPU (gloo, 2 processes through torchrun): DDP and FSDP2 follow the single-process
-trajectory with the same global batch; a 2-process checkpoint resumes on 1 process. Plus GPU-efficiency
-plumbing that can be checked on a CPU: zero graph breaks under torch.compile, the GPU peak table."""
+trajectory with the same global batch; 2-process checkpoints (full and sharded) resume on 1 process and a
+1-process sharded one on 2. Plus GPU-efficiency plumbing that can be checked on a CPU: zero graph breaks under
+torch.compile, the GPU peak table."""
 
 from __future__ import annotations
 
@@ -12,9 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
-from gptkit.checkpoint import list_checkpoints
+from gptkit.checkpoint import list_checkpoints, load_model
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 COMMON = ["--preset", "gpt-nano", "--block-size", "32", "--batch-size", "4", "--eval-interval", "10",
@@ -31,10 +30,11 @@ def char_data(shared_data: Path, tmp_path_factory) -> Path:
     return out
 
 
-def gptkit_train(*args: str) -> None:
+def gptkit_train(*args: str, rc: int = 0) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "gptkit", "train", *args], env=ENV, capture_output=True,
                           text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == rc, proc.stderr[-3000:]
+    return proc
 
 
 def train_losses(run: Path) -> list[float]:
@@ -42,7 +42,7 @@ def train_losses(run: Path) -> list[float]:
 
 
 def final_weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(list_checkpoints(run)[-1] / "model.safetensors"))
+    return load_model(list_checkpoints(run)[-1]).state_dict()  # either format
 
 
 @pytest.fixture(scope="module")
@@ -70,19 +70,75 @@ def test_two_processes_follow_one_process(char_data: Path, single: Path, tmp_pat
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-4
 
 
-def test_two_process_checkpoint_resumes_on_one_process(char_data: Path, single: Path, tmp_path: Path) -> None:
+def same_run(ref: Path, got: Path) -> None:
+    a, b = train_losses(ref), train_losses(got)
+    assert len(b) == 20 and max(abs(x - y) for x, y in zip(a, b)) <= 1e-5, (a, b)
+    wa, wb = final_weights(ref), final_weights(got)
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-4
+
+
+@pytest.mark.parametrize("fmt", ["auto", "full"])
+def test_two_process_checkpoint_resumes_on_one_process(char_data: Path, single: Path, tmp_path: Path,
+                                                       fmt: str) -> None:
     run = tmp_path / "run"
     gptkit_train("--data", str(char_data), "--out", str(run), "--max-iters", "10", "--lr-decay-iters", "20",
-                 "--nproc", "2", "--parallel", "fsdp", *COMMON)
-    state = torch.load(list_checkpoints(run)[-1] / "trainer_state.pt", weights_only=True)
+                 "--nproc", "2", "--parallel", "fsdp", "--checkpoint-format", fmt, *COMMON)
+    ckpt = list_checkpoints(run)[-1]
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
     assert state["world_size"] == 2 and len(state["rng"]) == 2
+    if fmt == "auto":  # FSDP's default: each process wrote its own shard of weights and optimizer, no gather
+        assert state["checkpoint_format"] == "sharded" and "optimizer" not in state
+        assert not (ckpt / "model.safetensors").exists()
+        assert len(list((ckpt / "shards").glob("*.safetensors"))) == 2
+    else:
+        assert state["checkpoint_format"] == "full" and (ckpt / "model.safetensors").is_file()
     # resume with one process; grad_accum 2 keeps the global batch of the 2-process run
     gptkit_train("--data", str(char_data), "--out", str(run), "--max-iters", "20", "--grad-accum", "2",
                  "--resume", "--quiet")
-    ref, got = train_losses(single), train_losses(run)
-    assert len(got) == 20 and max(abs(a - b) for a, b in zip(ref, got)) <= 1e-5
-    wa, wb = final_weights(single), final_weights(run)
-    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-4
+    same_run(single, run)
+
+
+def test_one_process_sharded_checkpoint_resumes_on_two(char_data: Path, single: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    gptkit_train("--data", str(char_data), "--out", str(run), "--max-iters", "10", "--lr-decay-iters", "20",
+                 "--grad-accum", "2", "--checkpoint-format", "sharded", *COMMON)
+    assert len(list((list_checkpoints(run)[-1] / "shards").glob("*.safetensors"))) == 1
+    gptkit_train("--data", str(char_data), "--out", str(run), "--max-iters", "20", "--grad-accum", "1",
+                 "--nproc", "2", "--parallel", "fsdp", "--resume", "--quiet")
+    same_run(single, run)
+    assert len(list((list_checkpoints(run)[-1] / "shards").glob("*.safetensors"))) == 2
+
+
+def test_sharded_checkpoint_loads_whole_and_refuses_a_missing_shard(tmp_path: Path) -> None:
+    """A sharded checkpoint loads as one model, equal to its weights gathered; one shard gone is one clear error."""
+    from gptkit import GPT
+    from gptkit.checkpoint import CheckpointError, shard_manifest, write_config_files
+    from gptkit.distributed import save_sharded
+
+    torch.manual_seed(0)
+    model = GPT.from_preset("gpt-nano", vocab_size=64, block_size=32)
+    ckpt = tmp_path / "ckpt"
+    save_sharded(ckpt / "shards", model, None)
+    write_config_files(ckpt, model.config, extra={"shards": shard_manifest(ckpt)})
+    loaded = load_model(ckpt)
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight  # the tie survives
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    shard = next((ckpt / "shards").glob("*.safetensors"))
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(CheckpointError, match="not the size it was written at"):
+        load_model(ckpt)
+    shard.unlink()
+    with pytest.raises(CheckpointError, match="is incomplete: .* is missing"):
+        load_model(ckpt)
+
+
+def test_nproc_user_mistake_is_one_line(tmp_path: Path) -> None:
+    """`--nproc` checks what every process would trip over before starting them: one line, exit 2, no launcher
+    traceback."""
+    proc = gptkit_train("--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run"), "--nproc", "2", rc=2)
+    assert proc.stderr.count("gptkit: error:") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "data directory not found" in proc.stderr
 
 
 @pytest.mark.parametrize("attention", ["dense", "alternating"])

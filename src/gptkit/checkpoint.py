@@ -6,6 +6,9 @@ A gptkit checkpoint is a directory:
     model.safetensors    the weights (the tied lm_head is stored once, as transformer.wte.weight)
     tokenizer/           the tokenizer, when there is one (see gptkit.tokenizer)
 
+or, written by a sharded training run (gptkit.distributed), `shards/*.safetensors` instead of model.safetensors:
+each training process's slices of the weights and optimizer state, listed with their sizes in config.json.
+
 Directories are written next to their destination and renamed into place (gptkit.io), so a crash mid-write
 never leaves a half-written checkpoint where a complete one is expected. Pickles are never unpickled except through
 `torch.load(weights_only=True)`, which refuses code.
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
 FORMAT = "gptkit"
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
+SHARDS_DIR = "shards"
 CONFIG = "config.json"
 TOKENIZER_DIR = "tokenizer"
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -109,17 +113,50 @@ def write_model_files(directory: Path, model: GPT, tokenizer: Tokenizer | None =
     `state_dict` overrides the model's own (a full state gathered from a sharded model)."""
     from safetensors.torch import save_file
 
-    from . import __version__
-
     sd = model_state_dict(model) if state_dict is None else dict(state_dict)
     if model.config.tie_embeddings:
         sd.pop("lm_head.weight", None)
     save_file({k: v.contiguous() for k, v in sd.items()}, str(directory / WEIGHTS), metadata={"format": "pt"})
+    write_config_files(directory, model.config, tokenizer, extra)
+
+
+def write_config_files(directory: Path, config: GPTConfig, tokenizer: Tokenizer | None = None,
+                       extra: dict[str, Any] | None = None) -> None:
+    """config.json and tokenizer/ of a checkpoint (the weights are written by the caller)."""
+    from . import __version__
+
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "gptkit_version": __version__,
-            "model": model.config.to_dict(), **(extra or {})}
+            "model": config.to_dict(), **(extra or {})}
     (directory / CONFIG).write_text(json.dumps(meta, indent=2))
     if tokenizer is not None:
         tokenizer.save(directory / TOKENIZER_DIR)
+
+
+def shard_manifest(directory: Path) -> dict[str, int]:
+    """{file name: size} of a sharded checkpoint's shards/ (recorded in config.json, checked on load)."""
+    return {p.name: p.stat().st_size for p in sorted((directory / SHARDS_DIR).glob("*.safetensors"))}
+
+
+def has_weights(path: Path) -> bool:
+    """Whether a checkpoint directory holds its weights: model.safetensors, or a sharded run's shards/."""
+    return (path / WEIGHTS).is_file() or (path / SHARDS_DIR).is_dir()
+
+
+def is_sharded(path: Path) -> bool:
+    return not (path / WEIGHTS).is_file() and (path / SHARDS_DIR).is_dir()
+
+
+def check_shards(path: Path, meta: dict[str, Any]) -> None:
+    """A sharded checkpoint is usable only whole: every shard its config.json lists, at its recorded size."""
+    want = meta.get("shards")
+    if not isinstance(want, dict) or not want:
+        raise CheckpointError(f"{path / CONFIG} does not list the files of {path / SHARDS_DIR}")
+    have = shard_manifest(path)
+    bad = sorted(n for n, size in want.items() if have.get(n) != size)
+    if bad:
+        raise CheckpointError(f"{path / SHARDS_DIR} is incomplete: {bad[0]} is "
+                              f"{'missing' if bad[0] not in have else 'not the size it was written at'}"
+                              + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
 
 
 def save_model(model: GPT, directory: str | Path, tokenizer: Tokenizer | None = None,
@@ -162,7 +199,7 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     if not ckpt_root.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in ckpt_root.iterdir()
-             if (m := STEP_DIR.match(p.name)) and p.is_dir() and (p / WEIGHTS).is_file()]
+             if (m := STEP_DIR.match(p.name)) and p.is_dir() and has_weights(p)]
     return [p for _, p in sorted(found)]
 
 
@@ -191,17 +228,46 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> GP
         from .interop.hf import load_hf_model
 
         return load_hf_model(p, meta, map_location=map_location)
+    config = checkpoint_config(p, meta)
+    if is_sharded(p):
+        model = load_sharded_model(p, config, meta, map_location)
+    elif not (p / WEIGHTS).is_file():
+        raise CheckpointError(f"{p} has no {WEIGHTS}")
+    else:
+        model = build_model(config, read_state_dict(p / WEIGHTS, map_location), str(p), map_location)
+    model.tokenizer = checkpoint_tokenizer(p)
+    return model
+
+
+def checkpoint_config(p: Path, meta: dict[str, Any] | None = None) -> GPTConfig:
+    """The GPTConfig of a gptkit checkpoint directory."""
+    meta = read_config_json(p) if meta is None else meta
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{p} was written by a newer gptkit (format {meta['format_version']}); upgrade")
     try:
-        config = GPTConfig.from_dict(meta["model"])
+        return GPTConfig.from_dict(meta["model"])
     except (KeyError, TypeError, ConfigError) as e:
         raise CheckpointError(f"{p / CONFIG}: bad model config ({e})") from None
-    if not (p / WEIGHTS).is_file():
-        raise CheckpointError(f"{p} has no {WEIGHTS}")
-    model = build_model(config, read_state_dict(p / WEIGHTS, map_location), str(p), map_location)
-    if (p / TOKENIZER_DIR).is_dir():
-        from .tokenizer import Tokenizer
 
-        model.tokenizer = Tokenizer.from_pretrained(p / TOKENIZER_DIR)
-    return model
+
+def checkpoint_tokenizer(p: Path) -> Tokenizer | None:
+    if not (p / TOKENIZER_DIR).is_dir():
+        return None
+    from .tokenizer import Tokenizer
+
+    return Tokenizer.from_pretrained(p / TOKENIZER_DIR)
+
+
+def load_sharded_model(p: Path, config: GPTConfig, meta: dict[str, Any],
+                       map_location: str | torch.device = "cpu") -> GPT:
+    """One process's whole model from a sharded checkpoint: the slices of every shard file, put together."""
+    from .distributed import load_sharded
+    from .model import GPT
+
+    check_shards(p, meta)
+    with torch.device("meta"):
+        model = GPT(config)
+    model.to_empty(device=map_location)
+    model.reset_buffers_and_ties()
+    load_sharded(p / SHARDS_DIR, model)
+    return model.eval()

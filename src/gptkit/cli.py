@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Callable
 
@@ -289,11 +290,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gptkit: error: {e.filename or e}: no such file or directory", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("gptkit: interrupted", file=sys.stderr)
+        if not ("RANK" in os.environ and os.environ.get("GPTKIT_LAUNCHER")):  # `--nproc`: the launcher says it
+            print("gptkit: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `gptkit ... | head`: the reader left; not an error worth a traceback
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
 

@@ -2,8 +2,15 @@
 
 Parallelism stays out of model.py: `parallelize(model, mode)` wraps a plain GPT the way torchtitan does, and the
 training loop only asks this module for the rank, for a context that skips gradient sync during accumulation,
-and for full (unsharded) state dicts. Checkpoints hold full tensors keyed by parameter name (through
-torch.distributed.checkpoint.state_dict), so a run saved by N processes resumes on M.
+and for the state to checkpoint. Checkpoints come in two formats, both keyed by parameter name and both
+resumable on any number of processes:
+
+- full: rank 0 gathers the whole model and optimizer (torch.distributed.checkpoint.state_dict) and writes one
+  model.safetensors plus the optimizer into trainer_state.pt: the most portable, but rank 0 must hold it all;
+- sharded (the default under FSDP): every rank writes only its own shards, in parallel, with
+  torch.distributed.checkpoint into `shards/*.safetensors`, and a run of M processes (or one process loading the
+  model to sample from it) reads the slices it needs from them. Nothing is gathered and nothing is pickled: the
+  shard layout lives in the safetensors headers (DCP's Hugging Face storage), not in DCP's pickled .metadata.
 
     torchrun --nproc-per-node 2 -m gptkit train --data DIR --parallel ddp ...
     gptkit train --nproc 2 --data DIR ...        # the same, launched for you
@@ -13,12 +20,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+
+from .errors import CheckpointError, GptkitError
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,9 @@ def init(device_type: str) -> DistInfo:
     info = DistInfo(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
     if not dist.is_initialized():
         if device_type == "cuda":
+            if info.local_rank >= torch.cuda.device_count():
+                raise GptkitError(f"process {info.local_rank} of this node has no GPU of its own: "
+                                  f"{torch.cuda.device_count()} visible, start at most that many per node")
             torch.cuda.set_device(info.local_rank)
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
     return info
@@ -94,7 +108,8 @@ def no_grad_sync(model: nn.Module, mode: str, sync: bool) -> Iterator[None]:
 
 
 def full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """Unsharded model and optimizer state, keyed by parameter name, on CPU (every rank gets them)."""
+    """Unsharded model and optimizer state, keyed by parameter name, on CPU. A collective: every rank must call
+    it; only rank 0 gets the tensors (the other ranks get empty dicts, so their memory does not grow)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
     return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -144,3 +159,55 @@ def checkpoint_blocks(model: nn.Module) -> None:
             return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
 
         block.forward = forward
+
+
+# ------------------------------------------------------------------------------------ sharded checkpoints
+def _flat_state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> tuple[dict[str, Any], dict, dict | None]:
+    """The model's (and optimizer's) state as one flat {name: tensor} dict, each tensor this rank's own shard
+    (a DTensor under FSDP2, a plain tensor otherwise). Names: `model.<param>` and `optim.<param>.<exp_avg|...>`.
+    The tied output head is the embedding, so it is stored once. Optimizer hyperparameters are not stored:
+    the training loop rebuilds them from its config (and sets the lr every step)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+    if optimizer is None:
+        model_sd, optim_sd = get_model_state_dict(model), None
+    else:  # for a fresh optimizer this also creates its (zero) state, for the load to fill in
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+    tied = getattr(getattr(model, "config", None), "tie_embeddings", False)
+    flat: dict[str, Any] = {f"model.{k}": v for k, v in model_sd.items() if not (tied and k == "lm_head.weight")}
+    for fqn, state in (optim_sd or {}).get("state", {}).items():
+        for name, value in state.items():
+            flat[f"optim.{fqn}.{name}"] = value
+    return flat, model_sd, optim_sd
+
+
+def save_sharded(directory: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+    """Every rank writes its own shards of the model and optimizer state into `directory` (a collective)."""
+    import torch.distributed.checkpoint as dcp
+
+    flat, _, _ = _flat_state(model, optimizer)
+    writer = dcp.HuggingFaceStorageWriter(str(directory), save_distributed=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # DCP's note that it saves in a single process
+        dcp.save(flat, storage_writer=writer, no_dist=not dist.is_initialized())
+
+
+def load_sharded(directory: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Fill a plain, DDP or FSDP2 model (and its optimizer) from `save_sharded`'s files, whatever the number of
+    processes that wrote them: each rank reads just the slices its own shards cover. A collective under torchrun;
+    also works in a single process with no process group (e.g. loading a checkpoint to sample from it)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    flat, model_sd, optim_sd = _flat_state(model, optimizer)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # DCP's note that it loads in a single process
+            dcp.load(flat, storage_reader=dcp.HuggingFaceStorageReader(str(directory)),
+                     no_dist=not dist.is_initialized())
+    except Exception as e:  # CheckpointException wraps each rank's error; the first line names it
+        why = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise CheckpointError(f"{directory}: the sharded checkpoint does not fit this model ({why[:300]})") from None
+    set_model_state_dict(model, model_sd)  # the loaded tensors are the live ones; this also re-ties and checks
+    if optimizer is not None:
+        set_optimizer_state_dict(model, optimizer, optim_sd)

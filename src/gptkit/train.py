@@ -11,7 +11,9 @@ Run layout:
 
     RUN/train_config.json          the resolved TrainConfig (defaults < --config file < command line)
     RUN/metrics.jsonl              one JSON line per logged step: step, train_loss, lr, elapsed_s, [val_loss]
-    RUN/checkpoints/step-N/        gptkit checkpoint + trainer_state.pt (optimizer, RNG, step, data position)
+    RUN/checkpoints/step-N/        gptkit checkpoint + trainer_state.pt (optimizer, RNG, step, data position);
+                                   a sharded run (--checkpoint-format sharded) keeps weights and optimizer in
+                                   shards/, one file per process (see gptkit.distributed)
     RUN/loss.png                   the loss curves, drawn at the end
 """
 
@@ -85,6 +87,8 @@ class TrainConfig:
     parallel: str = _f("auto", "none, ddp or fsdp across torchrun processes (auto: ddp when launched with >1)")
     nproc: int | None = _f(None, "launch this many processes with torchrun (one node) and train in parallel")
     activation_checkpointing: bool = _f(False, "recompute each block's activations in backward (saves memory)")
+    checkpoint_format: str = _f("auto", "full (rank 0 writes model.safetensors) or sharded (every process writes "
+                                "its own shards, nothing gathered); auto: sharded under FSDP, else full")
     threads: int | None = _f(None, "CPU threads for torch (default: torch's choice)")
     resume: bool = _f(False, "continue the run in --out from its latest checkpoint")
     sample_every: int = _f(0, "print a short sample every N steps (0: never)")
@@ -119,13 +123,15 @@ class TrainConfig:
             raise TrainError(f"--nproc must be >= 1, got {self.nproc}")
         if self.attention_backend not in ("auto", "sdpa", "flex"):  # gptkit.model.ATTENTION_BACKENDS
             raise TrainError(f"--attention-backend must be auto, sdpa or flex, got {self.attention_backend!r}")
+        if self.checkpoint_format not in ("auto", "full", "sharded"):
+            raise TrainError(f"--checkpoint-format must be auto, full or sharded, got {self.checkpoint_format!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise TrainError(f"--dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
 
 
 RESUME_OVERRIDABLE = ("device", "quiet", "threads", "max_iters", "log_interval", "eval_interval", "save_interval",
                       "keep_last", "sample_every", "compile", "parallel", "nproc", "activation_checkpointing",
-                      "grad_accum", "attention_backend")
+                      "grad_accum", "attention_backend", "checkpoint_format")
 
 
 def load_yaml_config(path: str | Path) -> dict[str, Any]:
@@ -244,21 +250,30 @@ def set_rng_state(state: dict[str, Any], device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def save_checkpoint(run_dir: Path, step: int, model, model_sd: dict, optim_sd: dict, tokenizer,
-                    cfg: TrainConfig, trainer: dict[str, Any]) -> Path:
-    """Write RUN/checkpoints/step-N atomically: a complete gptkit checkpoint plus trainer_state.pt (the
-    name-keyed full optimizer state, every rank's RNG state, step, best val, data-loader state)."""
+def step_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step-{step:08d}"
+
+
+def save_checkpoint(run_dir: Path, step: int, model, model_sd: dict | None, optim_sd: dict | None, tokenizer,
+                    cfg: TrainConfig, trainer: dict[str, Any], tmp: Path | None = None) -> Path:
+    """Write RUN/checkpoints/step-N atomically: a complete gptkit checkpoint plus trainer_state.pt (every rank's
+    RNG state, step, best val, data-loader state, and, in the full format, the name-keyed full optimizer state).
+    Sharded: `tmp` already holds shards/ (written by every rank), and this adds the rest and publishes it."""
     import torch
 
-    from .checkpoint import write_model_files
+    from .checkpoint import shard_manifest, write_config_files, write_model_files
     from .io import new_tmp_dir, publish_dir
 
-    final = run_dir / "checkpoints" / f"step-{step:08d}"
-    tmp = new_tmp_dir(final)
+    final = step_dir(run_dir, step)
+    extra = {"train": dataclasses.asdict(cfg), "step": step}
+    tmp = new_tmp_dir(final) if tmp is None else tmp
     try:
-        write_model_files(tmp, model, tokenizer, extra={"train": dataclasses.asdict(cfg), "step": step},
-                          state_dict=model_sd)
-        torch.save({"optimizer": optim_sd, **trainer}, tmp / TRAINER_STATE)
+        if model_sd is None:  # sharded
+            write_config_files(tmp, model.config, tokenizer, {**extra, "shards": shard_manifest(tmp)})
+            torch.save(trainer, tmp / TRAINER_STATE)
+        else:
+            write_model_files(tmp, model, tokenizer, extra=extra, state_dict=model_sd)
+            torch.save({"optimizer": optim_sd, **trainer}, tmp / TRAINER_STATE)
         publish_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -330,6 +345,58 @@ def plot_losses(metrics_path: Path, out_png: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------- the loop
+def resolve_run(cfg: TrainConfig) -> tuple[TrainConfig, Path | None]:
+    """The settings the run goes on with, and the checkpoint it resumes from (None for a fresh run)."""
+    from .checkpoint import list_checkpoints, read_config_json
+
+    run_dir = Path(cfg.out)
+    if not cfg.resume:
+        if list_checkpoints(run_dir):
+            raise TrainError(f"{run_dir} already holds checkpoints: pass --resume to continue it, or choose a new "
+                             f"--out")
+        return cfg.resolved(), None
+    ckpts = list_checkpoints(run_dir)
+    if not ckpts:
+        raise TrainError(f"--resume: {run_dir} has no checkpoint to resume from")
+    resume_from = ckpts[-1]
+    try:
+        saved_cfg = TrainConfig(**read_config_json(resume_from)["train"])
+    except (KeyError, TypeError) as e:
+        raise TrainError(f"--resume: {resume_from} was not written by `gptkit train` ({type(e).__name__}: {e})") \
+            from None
+    # The run continues with its own settings. Only these may be changed on resume, and only when given
+    # explicitly (a flag or the config file; all of them when train() is called from Python): where and how
+    # fast it runs, how long, and grad_accum, so that a run saved by N processes keeps its global batch on M.
+    explicit = getattr(cfg, "explicit", None)
+    for name in RESUME_OVERRIDABLE:
+        if explicit is None or name in explicit:
+            setattr(saved_cfg, name, getattr(cfg, name))
+    saved_cfg.resume, saved_cfg.out, saved_cfg.data = True, cfg.out, cfg.data
+    return saved_cfg.resolved(), resume_from
+
+
+def check_backend(cfg: TrainConfig, device) -> None:
+    if cfg.attention_backend == "flex" and device.type != "cuda":
+        raise TrainError(f"--attention-backend flex needs a CUDA device (torch's flex_attention has no backward on "
+                         f"{device.type}): use auto or sdpa")
+
+
+def preflight(cfg: TrainConfig, nproc: int) -> None:
+    """Find the mistakes every one of `nproc` processes would make before torchrun starts them, so that the
+    user reads one line instead of N copies and a launcher's traceback."""
+    import torch
+
+    from .data.loader import load_tokenizer
+
+    cfg.validate()
+    load_tokenizer(Path(cfg.data))
+    device = pick_device(cfg.device)
+    if device.type == "cuda" and torch.cuda.device_count() < nproc:
+        raise TrainError(f"--nproc {nproc} needs a GPU per process, but {torch.cuda.device_count()} are visible")
+    cfg, _ = resolve_run(cfg)
+    check_backend(cfg, device)
+
+
 def build_model_config(cfg: TrainConfig, vocab_size: int):
     from .config import GPTConfig
 
@@ -353,8 +420,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     import torch.nn.functional as F
 
     from . import distributed as D
-    from .checkpoint import list_checkpoints, load_model
-    from .io import atomic_write_text
+    from .checkpoint import (SHARDS_DIR, check_shards, checkpoint_config, checkpoint_tokenizer, is_sharded,
+                             load_model, read_config_json)
+    from .io import atomic_write_text, new_tmp_dir
     from .data.loader import BatchLoader, load_tokenizer
     from .model import GPT
 
@@ -375,36 +443,22 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     # ---- resume or start fresh
     trainer: dict[str, Any] = {"step": 0, "best_val": None, "best_step": None, "tokens": 0, "elapsed_s": 0.0}
-    resume_from = None
     if cfg.resume:
         if info.is_main:
             clean_stale_tmp(run_dir)
         D.barrier(info)
-        ckpts = list_checkpoints(run_dir)
-        if not ckpts:
-            raise TrainError(f"--resume: {run_dir} has no checkpoint to resume from")
-        resume_from = ckpts[-1]
-        saved = json.loads((resume_from / "config.json").read_text())
-        saved_cfg = TrainConfig(**saved["train"])
-        # The run continues with its own settings. Only these may be changed on resume, and only when given
-        # explicitly (a flag or the config file; all of them when train() is called from Python): where and how
-        # fast it runs, how long, and grad_accum, so that a run saved by N processes keeps its global batch on M.
-        explicit = getattr(cfg, "explicit", None)
-        for name in RESUME_OVERRIDABLE:
-            if explicit is None or name in explicit:
-                setattr(saved_cfg, name, getattr(cfg, name))
-        saved_cfg.resume, saved_cfg.out, saved_cfg.data = True, cfg.out, cfg.data
-        cfg = saved_cfg
-    elif list_checkpoints(run_dir):
-        raise TrainError(f"{run_dir} already holds checkpoints: pass --resume to continue it, or choose a new --out")
-    cfg = cfg.resolved()
-    if cfg.attention_backend == "flex" and device.type != "cuda":
-        raise TrainError(f"--attention-backend flex needs a CUDA device (torch's flex_attention has no backward on "
-                         f"{device.type}): use auto or sdpa")
+    cfg, resume_from = resolve_run(cfg)
+    check_backend(cfg, device)
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    if resume_from is not None:
+    sharded_resume = resume_from is not None and is_sharded(resume_from)
+    if sharded_resume:  # each rank reads its own slices once the model is sharded (below)
+        check_shards(resume_from, read_config_json(resume_from))
+        model = GPT(checkpoint_config(resume_from)).to(device)
+        model.tokenizer = checkpoint_tokenizer(resume_from)
+    elif resume_from is not None:
         model = load_model(resume_from, map_location=device)
+    if resume_from is not None:
         saved_tok = model.tokenizer
         if saved_tok is None or saved_tok.vocab_size != tokenizer.vocab_size or saved_tok.kind != tokenizer.kind:
             raise TrainError(f"the checkpoint's tokenizer does not match {data_dir}'s "
@@ -442,7 +496,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                                   eps=cfg.eps, fused=mode != "fsdp", foreach=False if mode != "fsdp" else None)
     if state is not None:
         try:
-            D.load_optimizer_state(model, optimizer, state["optimizer"])
+            if sharded_resume:
+                D.load_sharded(resume_from / SHARDS_DIR, model, optimizer)  # weights and optimizer, resharded
+            else:
+                D.load_optimizer_state(model, optimizer, state["optimizer"])
         except (KeyError, ValueError, RuntimeError) as e:
             raise TrainError(f"{resume_from / TRAINER_STATE}: the optimizer state does not fit this model "
                              f"({type(e).__name__}: {e})") from None
@@ -495,13 +552,30 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         wrapped.train()
         return out
 
+    ckpt_format = cfg.checkpoint_format if cfg.checkpoint_format != "auto" else \
+        ("sharded" if mode == "fsdp" else "full")
+
     def checkpoint(step: int) -> None:
-        model_sd, optim_sd = D.full_state_dicts(model, optimizer)  # collective under FSDP
         rngs = D.all_gather_objects(rng_state(device), info)
+        tmp = None
+        if ckpt_format == "sharded":  # every rank writes its shards into rank 0's temporary directory
+            tmp = Path(D.all_gather_objects(str(new_tmp_dir(step_dir(run_dir, step))) if info.is_main else None,
+                                            info)[0])
+            try:
+                D.save_sharded(tmp / SHARDS_DIR, model, optimizer)
+            except BaseException:
+                if info.is_main:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            D.barrier(info)
+            model_sd = optim_sd = None
+        else:
+            model_sd, optim_sd = D.full_state_dicts(model, optimizer)  # collective under FSDP
         if info.is_main:
             trainer.update(step=step, elapsed_s=time.perf_counter() - t_start)
             save_checkpoint(run_dir, step, model, model_sd, optim_sd, tokenizer, cfg,
-                            {**trainer, "rng": rngs, "loader": loader.state_dict(), "world_size": info.world_size})
+                            {**trainer, "rng": rngs, "loader": loader.state_dict(), "world_size": info.world_size,
+                             "checkpoint_format": ckpt_format}, tmp=tmp)
             prune_checkpoints(run_dir, cfg.keep_last, trainer["best_step"])
         D.barrier(info)
 
@@ -693,15 +767,42 @@ def config_from_args(args) -> TrainConfig:
     return cfg
 
 
-def launch_torchrun(nproc: int, argv: list[str]) -> int:
-    """Re-run this `gptkit train` command under torchrun with `nproc` processes on this machine."""
-    import subprocess
+def launch_torchrun(nproc: int, argv: list[str], threads: int | None = None) -> int:
+    """Re-run this `gptkit train` command with `nproc` processes on this machine, through torchrun's own
+    launcher (torch.distributed.launcher, what `torchrun --standalone` runs): a fresh rendezvous on a free port,
+    no restarts. A process that fails has said why itself (one `gptkit: error:` line for a user's mistake);
+    the launcher's report of it becomes one line and the process's exit code."""
+    import logging
+    import uuid
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     args = [a for i, a in enumerate(argv) if a != "--nproc" and (i == 0 or argv[i - 1] != "--nproc")
             and not a.startswith("--nproc=")]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "gptkit", *args]
-    return subprocess.call(cmd)
+    # as torchrun does, keep N processes from each starting a thread per core; --threads sets it
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads or max(1, (os.cpu_count() or 1) // nproc)))
+    for name in list(logging.root.manager.loggerDict):  # each of its modules sets its own level
+        if name.startswith(("torch.distributed.elastic", "torch.distributed.launcher")):
+            logging.getLogger(name).setLevel(logging.ERROR)  # its warnings as it stops the other processes
+    os.environ["GPTKIT_LAUNCHER"] = "1"  # the processes leave "interrupted" to this one
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0)
+    try:
+        elastic_launch(config, sys.executable)("-u", "-m", "gptkit", *args)
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        code = failure.exitcode
+        if code == 130:  # Ctrl-C reached the processes first
+            raise KeyboardInterrupt from None
+        if code != 2:  # 2: a user's mistake, already explained by the process
+            print(f"gptkit: error: training process {rank} of {nproc} failed (exit code {code}); its output is "
+                  f"above", file=sys.stderr)
+        return code if code > 0 else 1
+    except SignalException as e:  # Ctrl-C / SIGTERM: the launcher has stopped the processes
+        raise KeyboardInterrupt from e
+    return 0
 
 
 def cmd_train(args) -> int:
@@ -709,8 +810,8 @@ def cmd_train(args) -> int:
 
     cfg = config_from_args(args)
     if cfg.nproc and cfg.nproc > 1 and not D.launched_by_torchrun():
-        cfg.validate()
-        return launch_torchrun(cfg.nproc, args.argv)
+        preflight(cfg, cfg.nproc)
+        return launch_torchrun(cfg.nproc, args.argv, cfg.threads)
     try:
         summary = train(cfg)
     finally:
