@@ -181,12 +181,28 @@ def _flat_state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> tu
     return flat, model_sd, optim_sd
 
 
+def _shard_files(names: list[str]) -> dict[str, int]:
+    """Which file (1-based) each flat state name goes to: one per (block, kind), the kinds being the weights
+    and each optimizer moment. DCP stages a file in memory whole (twice) before writing it, so small files keep
+    the extra memory of a save to a few times one block's weights instead of twice the process's whole state."""
+    def group(name: str) -> tuple[int, str]:
+        parts = name.split(".")
+        block = next((int(parts[i + 1]) for i in range(len(parts) - 1)
+                      if parts[i] == "h" and parts[i + 1].isdigit()), -1)
+        kind = parts[-1] if parts[0] == "optim" and parts[-1] != "step" else "model"
+        return block, kind
+
+    index = {g: i for i, g in enumerate(sorted({group(n) for n in names}), start=1)}
+    return {n: index[group(n)] for n in names}
+
+
 def save_sharded(directory: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
     """Every rank writes its own shards of the model and optimizer state into `directory` (a collective)."""
     import torch.distributed.checkpoint as dcp
 
     flat, _, _ = _flat_state(model, optimizer)
-    writer = dcp.HuggingFaceStorageWriter(str(directory), save_distributed=True)
+    writer = dcp.HuggingFaceStorageWriter(str(directory), save_distributed=True,
+                                          fqn_to_index_mapping=_shard_files(list(flat)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # DCP's note that it saves in a single process
         dcp.save(flat, storage_writer=writer, no_dist=not dist.is_initialized())
