@@ -4,7 +4,7 @@ and the memory each process needs for it (its peak resident memory above what it
 full: rank 0 gathers the whole model and optimizer state and writes model.safetensors + trainer_state.pt; on
 resume every process reads all of it. sharded: every process writes and reads only its own slices (shards/).
 Both go through gptkit.train's own save path, and "load" does what its `--resume` does: build the model (from
-model.safetensors, or a fresh one to be filled from the shards), shard it, and load the optimizer state.
+model.safetensors; for shards, on the meta device), shard it, and load the optimizer state (and the shards).
 Each measurement runs in fresh processes; peak memory is read from /proc (VmHWM above the RSS before the
 operation), so memory the allocator kept from setting up can hide part of an operation's need: read the
 memory columns as lower bounds, the differences between formats as what matters.
@@ -76,8 +76,15 @@ def worker(args) -> None:
     def load(fmt: str, run: Path) -> None:  # what train()'s --resume does with each format, into a new model
         ckpt = step_dir(run, 1)
         state = torch.load(ckpt / TRAINER_STATE, map_location="cpu", weights_only=True)
-        new = load_model(ckpt) if fmt == "full" else GPT(checkpoint_config(ckpt))
-        D.parallelize(new, "fsdp", torch.device("cpu"))
+        if fmt == "full":
+            new = load_model(ckpt)
+            D.parallelize(new, "fsdp", torch.device("cpu"))
+        else:  # built on the meta device, sharded, then given storage for its own shards only
+            with torch.device("meta"):
+                new = GPT(checkpoint_config(ckpt))
+            D.parallelize(new, "fsdp", torch.device("cpu"))
+            new.to_empty(device="cpu")
+            new.reset_buffers_and_ties()
         new_opt = torch.optim.AdamW(param_groups(new, 0.1), lr=1e-4)
         if fmt == "full":
             D.load_optimizer_state(new, new_opt, state["optimizer"])

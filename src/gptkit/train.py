@@ -452,9 +452,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     sharded_resume = resume_from is not None and is_sharded(resume_from)
-    if sharded_resume:  # each rank reads its own slices once the model is sharded (below)
+    if sharded_resume:  # built without storage; each rank reads its own slices once the model is sharded (below)
         check_shards(resume_from, read_config_json(resume_from))
-        model = GPT(checkpoint_config(resume_from)).to(device)
+        with torch.device("meta"):
+            model = GPT(checkpoint_config(resume_from))
         model.tokenizer = checkpoint_tokenizer(resume_from)
     elif resume_from is not None:
         model = load_model(resume_from, map_location=device)
@@ -489,8 +490,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     if cfg.activation_checkpointing:
         D.checkpoint_blocks(model)
+
+    def materialize() -> None:  # storage for a meta-built model (uninitialised: the shards fill it)
+        model.to_empty(device=device)
+        model.reset_buffers_and_ties()
+
+    if sharded_resume and mode != "fsdp":
+        materialize()
     wrapped = D.parallelize(model, mode, device, ptdtype if ptdtype != torch.float32 else None) \
         if mode != "none" else model
+    if sharded_resume and mode == "fsdp":
+        materialize()  # after sharding: each rank allocates only its own shards, never the whole model
     # fused AdamW (one kernel for all parameters) on plain tensors; FSDP's DTensors take the foreach path
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                   eps=cfg.eps, fused=mode != "fsdp", foreach=False if mode != "fsdp" else None)
