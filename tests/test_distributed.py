@@ -17,7 +17,7 @@ from gptkit.checkpoint import list_checkpoints, load_model
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 COMMON = ["--preset", "gpt-nano", "--block-size", "32", "--batch-size", "4", "--eval-interval", "10",
-          "--eval-iters", "2", "--log-interval", "1", "--dropout", "0", "--threads", "1", "--quiet",
+          "--eval-iters", "3", "--log-interval", "1", "--dropout", "0", "--threads", "1", "--quiet",
           "--lr", "3e-3", "--warmup-iters", "2"]
 
 
@@ -41,6 +41,13 @@ def train_losses(run: Path) -> list[float]:
     return [json.loads(line)["train_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def val_losses(run: Path) -> list[float]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    out = [r["val_loss"] for r in rows if r.get("val_loss") is not None]
+    assert len(out) == 2  # steps 10 and 20
+    return out
+
+
 def final_weights(run: Path) -> dict[str, torch.Tensor]:
     return load_model(list_checkpoints(run)[-1]).state_dict()  # either format
 
@@ -62,6 +69,8 @@ def test_two_processes_follow_one_process(char_data: Path, single: Path, tmp_pat
     assert len(ref) == len(got) == 20
     assert max(abs(a - b) for a, b in zip(ref, got)) <= 1e-5, (ref, got)
     assert got[-1] < got[0] - 0.2  # and it actually trains
+    # eval batches are shared out across ranks (3 over 2: one rank repeats one at weight 0): the same mean
+    assert max(abs(a - b) for a, b in zip(val_losses(single), val_losses(run))) <= 1e-5
     cfg = json.loads((run / "train_config.json").read_text())
     assert cfg["parallel"] == parallel
     # one metrics writer (rank 0): no duplicated lines

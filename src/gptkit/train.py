@@ -553,12 +553,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     @torch.no_grad()
     def evaluate() -> dict[str, float]:
-        # every rank evaluates the same fixed batches (FSDP needs all ranks in every forward), so no reduction
+        # The fixed eval batches are shared out: rank r takes batches r, r + N, ...; every rank runs the same
+        # number of forward passes (FSDP needs all ranks in each), a rank short of one repeats a batch at weight 0.
         wrapped.eval()
         out = {}
         for split in splits:
-            losses = [loss_of(x, y).item() for x, y in loader.eval_batches(split, cfg.eval_iters)]
-            out[split] = sum(losses) / len(losses)
+            total = torch.zeros(2, device=device)  # (sum of batch losses, batches)
+            for i in range(info.rank, -(-cfg.eval_iters // info.world_size) * info.world_size, info.world_size):
+                loss = loss_of(*loader.eval_batch(split, min(i, cfg.eval_iters - 1)))
+                if i < cfg.eval_iters:
+                    total += torch.stack([loss.detach(), torch.ones((), device=device)])
+            total = D.all_reduce_mean(total, info) * info.world_size
+            out[split] = (total[0] / total[1]).item()
         wrapped.train()
         return out
 

@@ -216,6 +216,11 @@ class BatchLoader:
         return eval_batches(self.dataset(split), num_batches, self.batch_size, self.block_size,
                             seed=self.eval_seed, rank=self.rank, device=self.device)
 
+    def eval_batch(self, split: str, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch `i` of `eval_batches(split, n)` (for n > i), on its own: ranks can share the eval batches out."""
+        return get_batch(self.dataset(split), self.batch_size, self.block_size, seed=self.eval_seed, step=i,
+                         rank=self.rank, device=self.device)
+
     def state_dict(self) -> dict:
         """All the loader needs to reproduce its batches (the step comes from the trainer)."""
         return {"version": STATE_VERSION, "seed": self.seed, "eval_seed": self.eval_seed,
