@@ -115,7 +115,7 @@ def load_hf_model(path: Path, meta: dict[str, Any], map_location: str | torch.de
         else:
             raise CheckpointError(f"{path} has config.json but no model.safetensors or pytorch_model.bin")
     model = build_model(config, state_dict_from_hf(sd, meta["model_type"], config), str(path), map_location)
-    tok_files = [("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"), ("tokenizer.json",)]
+    tok_files = [("gptkit_tokenizer.json",), ("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"), ("tokenizer.json",)]
     if any(all((path / f).is_file() for f in group) for group in tok_files):
         from ..tokenizer import Tokenizer
 
@@ -180,7 +180,9 @@ def export_hf(model: GPT, out_dir: str | Path, tokenizer: Tokenizer | None = Non
     final = Path(out_dir)
     tmp = new_tmp_dir(final)
     try:
-        if tokenizer is not None and tokenizer.kind in ("gpt2", "bpe", "gpt1"):
+        # every kind: gptkit reads gptkit_tokenizer.json back (a char vocabulary too, which transformers cannot
+        # load); gpt2/gpt1 also get vocab.json + merges.txt, bpe tokenizer.json, for transformers
+        if tokenizer is not None:
             tokenizer.save(tmp)
             if tokenizer.eot_id is not None:
                 cfg.update(bos_token_id=tokenizer.eot_id, eos_token_id=tokenizer.eot_id)
@@ -196,9 +198,46 @@ def export_hf(model: GPT, out_dir: str | Path, tokenizer: Tokenizer | None = Non
     return final
 
 
+# what `export_hf` writes: weights, config, and the tokenizer's files (gptkit's own and transformers')
+EXPORT_FILES = {CONFIG, "model.safetensors", "gptkit_tokenizer.json", "vocab.json", "merges.txt",
+                "tokenizer_config.json", "tokenizer.json", "special_tokens_map.json", "generation_config.json"}
+
+
+def is_hf_export(path: Path) -> bool:
+    """Whether `path` looks like an earlier `export_hf` output: config.json with a transformers model_type,
+    model.safetensors, and no file `export_hf` would not write."""
+    if not (path / CONFIG).is_file() or not (path / "model.safetensors").is_file():
+        return False
+    try:
+        meta = json.loads((path / CONFIG).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(meta, dict) or meta.get("model_type") not in ("gpt2", "openai-gpt") or "format" in meta:
+        return False
+    return all(f.is_file() and f.name in EXPORT_FILES for f in path.iterdir())
+
+
+def check_export_target(ckpt: str | Path, out_dir: str | Path) -> None:
+    """Refuse an --out that exporting would destroy: a file, a directory that is not an earlier export (as
+    `prepare` refuses one that is not a prepared dataset), or the checkpoint being exported (or a folder
+    holding it)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"--out {out} exists and is not a directory")
+    src = Path(ckpt).resolve()
+    dst = out.resolve()
+    if dst == src or dst in src.parents:
+        raise CheckpointError(f"--out {out} is (or holds) the checkpoint being exported, {ckpt}; "
+                              "choose another directory")
+    if out.is_dir() and any(out.iterdir()) and not is_hf_export(out):
+        raise CheckpointError(f"--out {out} is a non-empty directory that is not a `gptkit export-hf` output; "
+                              "choose another directory or empty it")
+
+
 def export_checkpoint(ckpt: str | Path, out_dir: str | Path) -> Path:
     """`gptkit export-hf`: a gptkit checkpoint (or run directory) → a transformers directory."""
     from ..checkpoint import load_model
 
+    check_export_target(ckpt, out_dir)
     model = load_model(resolve_checkpoint(ckpt))
     return export_hf(model, out_dir, tokenizer=model.tokenizer)

@@ -1,0 +1,77 @@
+"""User mistakes that used to lose work or print a traceback: each now stops with one line, `gptkit: error: ...`,
+before anything is written or deleted."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gptkit.cli import main
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_line_error(rc: int, err: str, *fragments: str) -> None:
+    assert rc != 0
+    assert "Traceback" not in err
+    assert err.startswith("gptkit: error:"), err
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    for f in fragments:
+        assert f in err, (f, err)
+
+
+@pytest.fixture
+def char_ckpt(tmp_path) -> Path:
+    from gptkit import GPT, GPTConfig
+    from gptkit.tokenizer import Tokenizer
+
+    tok = Tokenizer.train_char("hello world, the quick brown fox")
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=8))
+    model.tokenizer = tok
+    path = tmp_path / "ckpt"
+    model.save_pretrained(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------- export-hf
+def test_export_hf_refuses_to_overwrite_its_own_checkpoint(char_ckpt, tmp_path, capsys):
+    before = sorted(p.name for p in char_ckpt.iterdir())
+    rc, _, err = run(capsys, "export-hf", "--ckpt", char_ckpt, "--out", char_ckpt)
+    assert_one_line_error(rc, err, "checkpoint being exported")
+    assert sorted(p.name for p in char_ckpt.iterdir()) == before
+    rc, _, err = run(capsys, "export-hf", "--ckpt", char_ckpt, "--out", tmp_path)  # the folder holding it
+    assert_one_line_error(rc, err, "checkpoint being exported")
+    assert char_ckpt.is_dir()
+
+
+def test_export_hf_refuses_an_unrelated_directory_or_a_file(char_ckpt, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "manifest.json").write_text("{}")
+    rc, _, err = run(capsys, "export-hf", "--ckpt", char_ckpt, "--out", data)
+    assert_one_line_error(rc, err, "not a `gptkit export-hf` output")
+    assert (data / "manifest.json").read_text() == "{}"
+    f = tmp_path / "some.txt"
+    f.write_text("keep me")
+    rc, _, err = run(capsys, "export-hf", "--ckpt", char_ckpt, "--out", f)
+    assert_one_line_error(rc, err, "is not a directory")
+    assert f.read_text() == "keep me"
+
+
+def test_export_hf_replaces_an_earlier_export_and_the_export_samples(char_ckpt, tmp_path, capsys):
+    out = tmp_path / "hf"
+    assert run(capsys, "export-hf", "--ckpt", char_ckpt, "--out", out)[0] == 0
+    assert json.loads((out / "config.json").read_text())["model_type"] == "gpt2"
+    assert run(capsys, "export-hf", "--ckpt", char_ckpt, "--out", out)[0] == 0  # an earlier export: replaced
+    rc, text, err = run(capsys, "sample", "--ckpt", out, "--prompt", "hello", "--max-new-tokens", "3",
+                        "--seed", "0")
+    assert rc == 0, err
+    assert text.startswith("hello")
