@@ -314,3 +314,45 @@ def test_sorted_runs_is_a_multimap():
     for i, v in zip(qi.tolist(), vals.tolist()):
         got[int(q[i])].append(tuple(v))
     assert {k: sorted(v) for k, v in got.items()} == {k: sorted(v) for k, v in ref.items()}
+
+
+# ------------------------------------------------------------------------------------ user mistakes
+def _one_line_error(rc, err, *fragments):
+    assert rc != 0 and "Traceback" not in err and err.startswith("gptkit: error:") and err.count("\n") == 1, err
+    for f in fragments:
+        assert f in err, (f, err)
+
+
+def _docs(path, n=3):
+    path.write_text("".join(json.dumps({"text": f"document number {i} about things"}) + "\n" for i in range(n)))
+    return path
+
+
+def test_dedup_refuses_an_output_that_is_an_input(tmp_path, capsys):
+    a = _docs(tmp_path / "a.jsonl")
+    before = a.read_bytes()
+    kept = str(tmp_path / "k.jsonl")
+    for extra in (["--out", str(a)], ["--out", kept, "--report", str(a)], ["--out", kept, "--removed", str(a)]):
+        rc = main(["data", "dedup", "--input", str(a), "--workers", "1", *extra])
+        _one_line_error(rc, capsys.readouterr().err, "also an input")
+        assert a.read_bytes() == before
+    assert not (tmp_path / "k.jsonl").exists()
+
+
+@pytest.mark.parametrize("what", ["empty", "no-field", "unreadable"])
+def test_dedup_fails_on_input_with_no_documents(tmp_path, capsys, what):
+    p = tmp_path / {"empty": "e.jsonl", "no-field": "n.jsonl", "unreadable": "u.jsonl.gz"}[what]
+    p.write_bytes({"empty": b"", "no-field": b'{"body": "some words here"}\n', "unreadable": b"not gzip"}[what])
+    rc = main(["data", "dedup", "--input", str(p), "--out", str(tmp_path / "k.jsonl"), "--workers", "1"])
+    _one_line_error(rc, capsys.readouterr().err, "empty corpus",
+                    {"empty": "", "no-field": "'text'", "unreadable": "unreadable"}[what])
+    assert sorted(x.name for x in tmp_path.iterdir()) == [p.name]  # no output, no temporary file
+
+
+def test_dedup_checks_the_report_directory_before_writing(tmp_path, capsys):
+    a = _docs(tmp_path / "a.jsonl")
+    (tmp_path / "afile").write_text("")
+    rc = main(["data", "dedup", "--input", str(a), "--out", str(tmp_path / "k.jsonl"), "--workers", "1",
+               "--report", str(tmp_path / "afile" / "r.json")])
+    _one_line_error(rc, capsys.readouterr().err, "--report", "not a directory")
+    assert not (tmp_path / "k.jsonl").exists()

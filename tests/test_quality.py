@@ -217,3 +217,60 @@ def test_cli_train_and_filter(corpora, tmp_path, capsys):
         rc = main(["data", "quality", *args])
         err = capsys.readouterr().err
         assert rc == 2 and message in err and err.count("\n") == 1 and err.startswith("gptkit: error:"), err
+
+
+# ------------------------------------------------------------------------------------ user mistakes
+def _one_line_error(rc, err, *fragments):
+    assert rc != 0 and "Traceback" not in err and err.startswith("gptkit: error:") and err.count("\n") == 1, err
+    for f in fragments:
+        assert f in err, (f, err)
+
+
+@pytest.fixture
+def tiny_model(tmp_path) -> tuple[Path, Path]:
+    """A small model (trained in well under a second) and a JSONL input to filter."""
+    pos = write_jsonl(tmp_path / "pos.jsonl", ["the cat sat on the mat", "a dog ran in the park"] * 2, "p")
+    neg = write_jsonl(tmp_path / "neg.jsonl", ["buy cheap pills now", "click here to win money"] * 2, "n")
+    train_quality([pos], [neg], tmp_path / "m.safetensors", n_features=1024, heldout=0)
+    return tmp_path / "m.safetensors", pos
+
+
+def test_quality_filter_refuses_an_output_that_is_an_input(tiny_model, tmp_path, capsys):
+    model, a = tiny_model
+    before = a.read_bytes()
+    kept = str(tmp_path / "k.jsonl")
+    for extra in (["--out", str(a)], ["--out", kept, "--rejected", str(a)], ["--out", kept, "--report", str(a)],
+                  ["--out", str(model)]):
+        rc = main(["data", "quality", "filter", "--model", str(model), "--input", str(a), *extra])
+        _one_line_error(rc, capsys.readouterr().err, "also an input")
+        assert a.read_bytes() == before
+    assert not Path(kept).exists()
+
+
+@pytest.mark.parametrize("what", ["empty", "no-field", "unreadable"])
+def test_quality_filter_fails_on_input_with_no_documents(tiny_model, tmp_path, capsys, what):
+    model, _ = tiny_model
+    p = tmp_path / {"empty": "e.jsonl", "no-field": "n.jsonl", "unreadable": "u.jsonl.gz"}[what]
+    p.write_bytes({"empty": b"", "no-field": b'{"body": "some words here"}\n', "unreadable": b"not gzip"}[what])
+    rc = main(["data", "quality", "filter", "--model", str(model), "--input", str(p),
+               "--out", str(tmp_path / "k.jsonl")])
+    _one_line_error(rc, capsys.readouterr().err, "empty corpus")
+    assert not (tmp_path / "k.jsonl").exists() and not (tmp_path / "k.report.json").exists()
+    assert not list(tmp_path.glob(".*"))  # no temporary file left
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--max-docs", "0"], "--max-docs"), (["--max-docs", "-1"], "--max-docs"), (["--C", "nan"], "--C"),
+    (["--C", "inf"], "--C"), (["--n-features", "10000000000"], "--n-features"),
+    (["--out", "afile/m.safetensors"], "not a directory"), (["--out", "."], "is a directory")])
+def test_quality_train_checks_its_flags_before_reading(tmp_path, capsys, monkeypatch, flags, fragment):
+    monkeypatch.chdir(tmp_path)
+    Path("afile").write_text("")
+    pos = write_jsonl(tmp_path / "pos.jsonl", ["the cat sat on the mat"] * 3, "p")
+    neg = write_jsonl(tmp_path / "neg.jsonl", ["buy cheap pills now"] * 3, "n")
+    argv = ["data", "quality", "train", "--positive", str(pos), "--negative", str(neg), "--out", "m.safetensors"]
+    if flags[0] == "--out":
+        argv = argv[:-2]
+    rc = main(argv + flags)
+    _one_line_error(rc, capsys.readouterr().err, fragment)
+    assert not Path("m.safetensors").exists()

@@ -481,6 +481,16 @@ def output_path(out: str | os.PathLike) -> Path:
     return out
 
 
+def check_outputs(inputs: list[str | os.PathLike], outputs: dict[str, str | os.PathLike | None]) -> None:
+    """Before any work: every output (flag -> path, None when not asked for) is a file name in a writable
+    directory, none is an input (which writing it would destroy) and no two are the same file."""
+    from .outputs import check_distinct_outputs, check_output_file
+
+    for flag, path in outputs.items():
+        check_output_file(path, flag, inputs, DataError)
+    check_distinct_outputs(outputs, DataError)
+
+
 @contextlib.contextmanager
 def open_outputs(out: Path, extra: str | os.PathLike | None) -> Iterator[tuple[AtomicFile, AtomicFile | None]]:
     """The JSONL outputs of a filter, kept documents (`out`) and optionally the others (`extra`: removed or
@@ -527,6 +537,7 @@ def dedup(inputs: list[str | os.PathLike], out: str | os.PathLike, threshold: fl
     lsh_params(threshold, num_perm)  # checks the threshold before any work
     out = output_path(out)
     report_path = Path(report) if report is not None else sibling_path(out, ".report.json")
+    check_outputs(inputs, {"--out": out, "--report": report_path, "--removed": removed})
     reader = RecordReader(inputs, text_field=text_field)
     from .prepare import default_workers  # 1 process below 8 MB (start-up costs more than it saves), else cores
 
@@ -569,6 +580,8 @@ def dedup(inputs: list[str | os.PathLike], out: str | os.PathLike, threshold: fl
                         rf.write(_removed_line(base + i, rec, kind, dup_of, jac))
                 bar.update(task, completed=reader.bytes_read)
             bar.update(task, completed=reader.total_bytes)
+            if index.documents == 0:  # raised inside the block: no output is left behind
+                raise reader.empty_error(inputs)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -39,13 +39,14 @@ from pathlib import Path
 import numpy as np
 
 from ..io import atomic_path, atomic_write_json
-from .dedup import open_outputs, output_path, sibling_path
+from .dedup import check_outputs, open_outputs, output_path, sibling_path
 from .records import Record, RecordReader
 from .shards import DataError
 
 MODEL_FORMAT = "gptkit-quality-classifier"
 MODEL_VERSION = 1
 REPORT_FORMAT = "gptkit-quality-report"
+MAX_FEATURES = 1 << 26  # 512 MiB of float64 coefficients (plus sklearn's working copies); far more than needed
 BATCH = 2048  # documents scored at a time
 HIST_BINS = 20
 
@@ -180,8 +181,19 @@ def train_quality(positive: list[str], negative: list[str], out: str | os.PathLi
         raise DataError("quality training needs --positive and --negative inputs")
     if not 0.0 <= heldout < 1.0:
         raise DataError(f"--heldout must be in [0, 1), got {heldout}")
-    if n_features < 2 or ngram_max < 1 or C <= 0:
-        raise DataError("--n-features must be >= 2, --ngram-max >= 1 and --C > 0")
+    if not math.isfinite(C) or not C > 0:
+        raise DataError(f"--C must be a finite number > 0, got {C}")
+    if not 2 <= n_features <= MAX_FEATURES:
+        raise DataError(f"--n-features must be in [2, 2**{MAX_FEATURES.bit_length() - 1}], got {n_features} (the "
+                        f"model holds one float64 per feature)")
+    if ngram_max < 1:
+        raise DataError(f"--ngram-max must be >= 1, got {ngram_max}")
+    if max_docs is not None and max_docs < 1:
+        raise DataError(f"--max-docs must be a positive whole number, got {max_docs}")
+    if out is not None:
+        from .outputs import check_output_file
+
+        check_output_file(out, "--out", [*positive, *negative], DataError)
     params = {"n_features": int(n_features), "ngram_range": [1, int(ngram_max)], "lowercase": True,
               "token_pattern": r"(?u)\b\w\w+\b", "alternate_sign": False, "norm": "l2"}
     vec = _vectorizer(params)
@@ -300,6 +312,7 @@ def filter_quality(model: QualityModel | str | os.PathLike, inputs: list[str | o
     out = output_path(out)
     report_path = Path(report) if report is not None else sibling_path(out, ".report.json")
     histogram = Path(histogram) if histogram is not None else sibling_path(out, ".scores.png")
+    check_outputs([*inputs, *([model_path] if model_path else [])], {"--out": out, "--report": report_path, "--histogram": histogram, "--rejected": rejected})
     warn = warn or (lambda m: print(f"gptkit: warning: {m}", file=sys.stderr))
     reader = RecordReader(inputs, text_field=text_field)
     rng = np.random.default_rng(seed)
@@ -337,6 +350,8 @@ def filter_quality(model: QualityModel | str | os.PathLike, inputs: list[str | o
                 target.write((rec.to_json(text_field) + "\n").encode("utf-8"))
             bar.update(task, completed=reader.bytes_read)
         bar.update(task, completed=reader.total_bytes)
+        if n == 0:  # raised inside the block: no output is left behind
+            raise reader.empty_error(inputs)
 
     seconds = time.perf_counter() - t0
     rule = ({"rule": "threshold", "threshold": threshold} if threshold is not None else

@@ -21,6 +21,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .shards import DataError
 from .sources import MAX_SKIPPED_EXAMPLES, Corpus
 
 
@@ -74,6 +75,20 @@ class RecordReader(Corpus):
             "skipped_line_examples": examples,
             "skipped_file_examples": self.skipped_files[:MAX_SKIPPED_EXAMPLES],
         }
+
+    def empty_error(self, inputs: list[str | os.PathLike]) -> DataError:
+        """The one-line error for a pass that found no document (as `gptkit prepare` refuses an empty corpus),
+        naming what was wrong with the input when something was."""
+        b = self.bad_input()
+        why = [f"{b[k]:,} {label}" for k, label in (
+            ("unreadable_files", "unreadable file(s)"), ("not_json_lines", "non-JSON line(s)"),
+            ("missing_text_field_lines", f"line(s) without a string {self.text_field!r} field (see --text-field)"),
+            ("empty_documents", "empty document(s)"), ("skipped_non_text_files", "non-text file(s) skipped"))
+            if b[k]]
+        if b["unreadable_file_errors"]:
+            why.append(f"first unreadable: {b['unreadable_file_errors'][0]}")
+        return DataError(f"empty corpus: no non-empty documents in {', '.join(map(str, inputs))}"
+                         + (f" ({'; '.join(why)})" if why else ""))
 
     def warnings(self) -> list[str]:
         """One line per kind of bad input in the last pass, pointing to the report."""
