@@ -338,6 +338,9 @@ BAD_TASKS = {
                             "neither a choice index nor one of the choices"),
     "missing data": ("data: nope.jsonl\ntemplate: '{text}'\nchoices: [a, b]\nanswer_field: y\n",
                      "nope.jsonl not found"),
+    **{f"template {t}": (f"data: d.jsonl\ntemplate: '{t}'\nchoices: [a, b]\nanswer_field: y\n",
+                         "which is not a field")
+       for t in ("{text", "{text.upper}", "{text!z}", "{text:>zz}", "x } y", "{}")},
 }
 
 
@@ -487,3 +490,23 @@ def test_lm_eval_command_line(lm_eval_api, tiny_ckpt, tmp_path):
     assert main(["eval", "--ckpt", str(tiny_ckpt), "--task", str(EXAMPLE_TASK), "--shots", "1", "--out", str(ours),
                  "--no-progress"]) == 0
     assert acc == json.loads(ours.read_text())["results"]["tiny_sentiment"]["acc"]
+
+
+def test_eval_checks_its_outputs_before_running(tmp_path, capsys):
+    """A directory as --out, an output in a folder that is a file, or the task file itself as an output: one
+    line before the checkpoint is even read (the checkpoint here does not exist)."""
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "adir").mkdir()
+    task = tmp_path / "t.yaml"
+    task.write_text(EXAMPLE_TASK.read_text().replace("data: ", "data: " + str(EXAMPLE_TASK.parent) + "/"))
+    before = task.read_bytes()
+    cases = [(["--out", str(tmp_path / "adir")], "is a directory"),
+             (["--out", str(tmp_path / "afile" / "ev.json")], "not a directory"),
+             (["--out", str(tmp_path / "ev.json"), "--write-samples", str(task)], "also an input"),
+             (["--out", str(tmp_path / "ev.md")], "name the same file")]
+    for extra, message in cases:
+        rc = main(["eval", "--ckpt", str(tmp_path / "nockpt"), "--task", str(task), "--no-progress", *extra])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and message in err and err.count("\n") == 0, (extra, err)
+    assert task.read_bytes() == before
+    assert not list(tmp_path.glob(".*"))

@@ -98,9 +98,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise EvalError("--ckpt is required (a checkpoint, a training run or a Hugging Face directory)")
     out = Path(args.out) if args.out else None
     samples_path = Path(args.write_samples) if args.write_samples else None
-    for p in (out, samples_path, Path(args.plot) if args.plot else None):
-        if p is not None and not p.parent.is_dir():
-            raise EvalError(f"output folder {p.parent} does not exist")
+    # every output checked before the model runs: a directory, a missing or read-only folder, or an input named
+    # as an output would otherwise fail (or destroy the input) only after the whole evaluation
+    from ..data.outputs import check_distinct_outputs, check_output_file
+
+    inputs = [t for t in tasks if Path(t).is_file()] + [args.ckpt]
+    outputs = {"--out": out, "--out (its .md table)": out.with_suffix(".md") if out is not None else None,
+               "--write-samples": samples_path, "--plot": Path(args.plot) if args.plot else None}
+    for flag, p in outputs.items():
+        check_output_file(p, flag, inputs, EvalError)
+    check_distinct_outputs(outputs, EvalError)
 
     import torch
 

@@ -47,6 +47,26 @@ def render(template: str, row: dict[str, Any], where: str) -> str:
     return _FIELD.sub(sub, template)
 
 
+def check_template(template: str, where: str) -> None:
+    """Refuse a template with a brace that is neither `{{`, `}}` nor part of a plain `{field}`: "{text",
+    "{text.upper}", "{text!r}", "{text:>9}" would otherwise go into every prompt as literal text."""
+    pos = 0
+    for m in _FIELD.finditer(template):
+        stray = re.search(r"[{}]", template[pos:m.start()])
+        if stray:
+            break
+        pos = m.end()
+    else:
+        stray = re.search(r"[{}]", template[pos:])
+    if stray:
+        at = pos + stray.start()
+        bad = re.match(r"\{[^{}]*\}?", template[at:])
+        shown = bad.group() if bad and template[at] == "{" else template[at]
+        raise EvalError(f"{where}: template has {shown!r} at character {at + 1}, which is not a field: write "
+                        f"{{name}} for the example's field name (no attributes, conversions or format specs), "
+                        f"and {{{{ or }}}} for a literal brace")
+
+
 def _str(spec: dict, key: str, path: Path, default: str | None = None) -> str | None:
     value = spec.get(key, default)
     if value is not None and not isinstance(value, str):
@@ -99,6 +119,8 @@ def load_yaml_task(path: str | Path) -> Task:
         raise EvalError(f"{path}: 'data' (the JSONL file of examples) is required")
     fewshot_data = _str(spec, "fewshot_data", path)
     template = _str(spec, "template", path)
+    if template is not None:
+        check_template(template, str(path))
     choices, choices_field, verbalizer = spec.get("choices"), _str(spec, "choices_field", path), spec.get("verbalizer")
     answer_field = _str(spec, "answer_field", path)
     target_field, text_field = _str(spec, "target_field", path), _str(spec, "text_field", path)
