@@ -549,3 +549,31 @@ def test_bad_checkpoint_and_options(tmp_path, capsys, tiny_ckpt):
     assert_one_line_error(main(["predict", "--ckpt", str(tiny_ckpt), "--input", "x", "--out", str(tmp_path / "p")]),
                           capsys.readouterr().err, "not a fine-tuned model")
     assert not (tmp_path / "o").exists() and not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("flag", ["--epochs", "--lr", "--lm-coef"])
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_non_finite_numbers_are_refused(tmp_path, capsys, flag, value):
+    _sentiment_file(tmp_path / "train.jsonl", 8, 0)
+    argv = _finetune_argv(tmp_path, tmp_path / "train.jsonl", tmp_path / "train.jsonl", "jsonl", tmp_path / "o",
+                          ["--task", "classification", flag, value])
+    assert_one_line_error(main(argv), capsys.readouterr().err, flag)
+    assert not (tmp_path / "o").exists()
+
+
+def test_predict_checks_counts_and_output_before_loading(tmp_path, capsys):
+    """Checked before the model is read (the checkpoint here does not exist): --out that is the input or a
+    directory, and counts that are not positive."""
+    x = tmp_path / "x.txt"
+    x.write_text("a fine day\n")
+    (tmp_path / "adir").mkdir()
+    base = ["predict", "--ckpt", str(tmp_path / "nockpt"), "--input", str(x)]
+    cases = [(["--out", str(x)], "also an input"), (["--out", str(tmp_path / "adir")], "is a directory"),
+             (["--out", str(tmp_path / "p.jsonl"), "--max-examples", "0"], "--max-examples"),
+             (["--out", str(tmp_path / "p.jsonl"), "--max-examples", "-1"], "--max-examples"),
+             (["--out", str(tmp_path / "p.jsonl"), "--batch-size", "0"], "--batch-size"),
+             (["--out", str(tmp_path / "p.jsonl"), "--batch-size", "-2"], "--batch-size")]
+    for extra, fragment in cases:
+        assert_one_line_error(main(base + extra), capsys.readouterr().err, fragment)
+    assert x.read_text() == "a fine day\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "x.txt"]

@@ -126,11 +126,15 @@ class FinetuneConfig:
         for name in ("batch_size",):
             if getattr(self, name) <= 0:
                 raise TaskError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.epochs <= 0:
+        for name in ("epochs", "lr", "lm_coef", "warmup", "head_dropout", "dropout", "valid_from_train"):
+            v = getattr(self, name, None)
+            if isinstance(v, float) and not math.isfinite(v):  # nan passes every comparison below
+                raise TaskError(f"--{name.replace('_', '-')} must be a finite number, got {v}")
+        if not self.epochs > 0:
             raise TaskError(f"--epochs must be positive, got {self.epochs}")
-        if self.lr <= 0:
+        if not self.lr > 0:
             raise TaskError(f"--lr must be positive, got {self.lr}")
-        if self.lm_coef < 0:
+        if not self.lm_coef >= 0:
             raise TaskError(f"--lm-coef must be >= 0, got {self.lm_coef}")
         if not 0 <= self.warmup < 1:
             raise TaskError(f"--warmup is a share of the steps in [0, 1), got {self.warmup}")
@@ -649,8 +653,12 @@ def predict(ckpt: str | Path, input: str | Path, out: str | Path, fmt: str | Non
     returns the metrics when the input has labels."""
     import torch
 
+    from ..data.outputs import check_output_file, positive_int
     from ..io import atomic_write_text
 
+    positive_int(batch_size, "--batch-size", TaskError, allow_none=False)
+    positive_int(max_examples, "--max-examples", TaskError)
+    check_output_file(out, "--out", [input], TaskError, create_parent=True)
     model, spec, tok = load_finetuned(ckpt, map_location=device)
     fmt = fmt or spec.format
     cols = Columns.from_dict(spec.columns) if fmt == spec.format else default_columns(fmt, spec.task)
