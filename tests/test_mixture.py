@@ -209,3 +209,27 @@ def test_cli_mixture_and_errors(sources, tmp_path, capsys):
         rc = main(["prepare", "--tokenizer", "char", "--out", str(tmp_path / "bad"), *extra])
         err = capsys.readouterr().err
         assert rc == 2 and message in err and err.count("\n") == 1 and err.startswith("gptkit: error:"), err
+
+
+def test_absurd_mix_tokens_stop_before_mixing(tmp_path, capsys):
+    """12 bytes asked to become 10^14 tokens: one line, no output, instead of writing until the disk is full."""
+    (tmp_path / "tiny.txt").write_text("hello world\n")
+    out = tmp_path / "out"
+    rc = main(["prepare", "--tokenizer", "char", "--out", str(out), "--source", f"a={tmp_path / 'tiny.txt'}:1",
+               "--mix-tokens", "100000000000000"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("gptkit: error:") and err.count("\n") == 1 and "at most 1,000 passes" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.txt"]  # no output, no temporary directory
+    # 1,000 passes are still allowed
+    assert main(["prepare", "--tokenizer", "char", "--out", str(out), "--source", f"a={tmp_path / 'tiny.txt'}:1",
+                 "--mix-tokens", "8000", "--val-fraction", "0"]) == 0
+
+
+@pytest.mark.parametrize("n", ["0", "-3"])
+def test_workers_must_be_positive(tmp_path, capsys, n):
+    (tmp_path / "tiny.txt").write_text("hello world\n")
+    rc = main(["prepare", "--tokenizer", "char", "--input", str(tmp_path / "tiny.txt"), "--out",
+               str(tmp_path / "out"), "--workers", n])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "--workers must be at least 1" in err
+    assert not (tmp_path / "out").exists()

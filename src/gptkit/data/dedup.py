@@ -541,7 +541,9 @@ def dedup(inputs: list[str | os.PathLike], out: str | os.PathLike, threshold: fl
     reader = RecordReader(inputs, text_field=text_field)
     from .prepare import default_workers  # 1 process below 8 MB (start-up costs more than it saves), else cores
 
-    workers = default_workers(reader.total_bytes) if workers is None else max(1, int(workers))
+    if workers is not None and int(workers) < 1:
+        raise DataError(f"--workers must be at least 1, got {workers}")
+    workers = default_workers(reader.total_bytes) if workers is None else int(workers)
     warn = warn or (lambda m: print(f"gptkit: warning: {m}", file=sys.stderr))
 
     index = DedupIndex(threshold, num_perm, verify, out.parent)

@@ -91,6 +91,9 @@ BATCH_DOCS = 1024  # ... or this many pieces
 SMALL_CORPUS_BYTES = 8 << 20  # below this, worker start-up costs more than it saves: one process by default
 
 
+MAX_MIX_EPOCHS = 1000  # a mixture may repeat a source at most this many times (docs/data.md)
+
+
 def default_workers(total_bytes: int) -> int:
     if total_bytes < SMALL_CORPUS_BYTES:
         return 1
@@ -440,6 +443,12 @@ def _prepare_mixture(mixture: list[MixtureSource], mix_tokens: int | None, tok, 
 
     total = mix_tokens if mix_tokens is not None else sum(r["train_tokens"] for r in rows)
     targets = shares_to_tokens([src.weight for src in mixture], total)
+    for r, t in zip(rows, targets):  # before any mixing: a typo in --mix-tokens must not fill the disk
+        if t > MAX_MIX_EPOCHS * r["train_tokens"]:
+            raise DataError(f"--mix-tokens {total:,}: source {r['name']} would be repeated {t / r['train_tokens']:,.0f} "
+                            f"times (its share {t:,} of {r['train_tokens']:,} train tokens); at most "
+                            f"{MAX_MIX_EPOCHS:,} passes over a source are allowed: lower --mix-tokens or that "
+                            "source's weight, or add data")
     weight_sum = sum(src.weight for src in mixture)
     # every source's segments, merged by always taking the source furthest behind its target share
     data = [df.close() for df in files]
@@ -529,7 +538,9 @@ def prepare(inputs: list[str] | None, out_dir: str | os.PathLike, tokenizer: str
     _check_out_dir(out)
     # a mixture's tokenizer is learnt from (or checked against) all of its sources together
     corpus = Corpus(inputs if mixture is None else [p for src in mixture for p in src.inputs], text_field=text_field)
-    workers = default_workers(corpus.total_bytes) if num_workers is None else max(1, int(num_workers))
+    if num_workers is not None and (isinstance(num_workers, bool) or int(num_workers) < 1):
+        raise DataError(f"--workers must be at least 1, got {num_workers}")
+    workers = default_workers(corpus.total_bytes) if num_workers is None else int(num_workers)
     corpora = [corpus]
 
     tmp = new_tmp_dir(out)  # renamed to `out` when complete (replacing an empty dir or an earlier output)
