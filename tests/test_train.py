@@ -216,9 +216,52 @@ def test_bad_input(char_data: Path, shared_data: Path, tmp_path: Path, capsys) -
     assert_one_line_error(*run_cli(["sample", "--ckpt", str(tmp_path / "missing")], capsys), "missing")
 
 
+def test_bad_values_and_settings_that_cannot_change(char_data: Path, tmp_path: Path, capsys,
+                                                    monkeypatch) -> None:
+    data = ["--data", str(char_data)]
+    # a config file's values have the field's type: YAML's 2.5 and "no" are not an int and a bool
+    for text, needle in (("max_iters: 2.5\n", "max_iters must be an integer"),
+                         ('compile: "no"\n', "compile must be true or false")):
+        f = tmp_path / "c.yaml"
+        f.write_text(text)
+        assert_one_line_error(*run_cli(["train", "--config", str(f), *data, "--out", str(tmp_path / "y")], capsys),
+                              needle)
+    assert_one_line_error(*run_cli(["train", "--config", str(tmp_path), *data], capsys), "cannot be read")
+    # non-finite and out-of-range optimisation settings never reach the optimizer
+    for flag, value in (("--lr", "nan"), ("--lr", "inf"), ("--beta1", "2"), ("--eps", "-1"), ("--grad-clip", "nan"),
+                        ("--save-interval", "0"), ("--min-lr", "1"), ("--threads", "-1")):
+        assert_one_line_error(*run_cli(["train", *data, "--out", str(tmp_path / "v"), flag, value, *TINY],
+                                       capsys), flag)
+    assert not (tmp_path / "v").exists()
+    # --resume keeps the run's own settings: asking to change one that cannot change is an error, not ignored
+    run = tmp_path / "run"
+    assert main(["train", *data, "--out", str(run), "--max-iters", "2", *TINY]) == 0
+    assert_one_line_error(*run_cli(["train", *data, "--out", str(run), "--resume", "--max-iters", "4", "--lr",
+                                    "0.1"], capsys), "--lr (0.0006 there)", "cannot change")
+    # --init-from takes the checkpoint's shape
+    assert_one_line_error(*run_cli(["train", *data, "--out", str(tmp_path / "i"), "--init-from", str(run), *TINY,
+                                    "--block-size", "64"], capsys), "--block-size cannot change")
+    # a cut trainer_state.pt is a one-line error, not torch's traceback
+    state = list_checkpoints(run)[-1] / "trainer_state.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    assert_one_line_error(*run_cli(["train", *data, "--out", str(run), "--resume", "--max-iters", "4"], capsys),
+                          "trainer_state.pt cannot be read")
+    # an --out below a file: the OS's reason in one line
+    assert_one_line_error(*run_cli(["train", *data, "--out", str(state / "x"), *TINY], capsys), "not a directory")
+    # a loss that turns NaN stops the run before anything diverged is logged or saved
+    import torch.nn.functional as F
+
+    ce = F.cross_entropy
+    monkeypatch.setattr(F, "cross_entropy", lambda *a, **k: ce(*a, **k) * float("nan"))
+    nan_run = tmp_path / "nan"
+    assert_one_line_error(*run_cli(["train", *data, "--out", str(nan_run), "--max-iters", "4", *TINY], capsys),
+                          "training diverged at step", "nan")
+    assert list_checkpoints(nan_run) == [] and (nan_run / "metrics.jsonl").read_text() == ""
+
+
 def test_config_file_precedence(char_data: Path, tmp_path: Path) -> None:
     cfg_file = tmp_path / "c.yaml"
-    cfg_file.write_text("max_iters: 4\nlr: 0.002\nn-layer: 2\neval_interval: 2\n")
+    cfg_file.write_text("max_iters: 4\nlr: 0.002\nmin_lr: 3e-4\nn-layer: 2\neval_interval: 2\n")  # 3e-4: a str to YAML
     run = tmp_path / "run"
     assert main(["train", "--config", str(cfg_file), "--data", str(char_data), "--out", str(run),
                  "--lr", "0.003", "--preset", "gpt-nano", "--block-size", "32", "--batch-size", "2",
@@ -226,7 +269,7 @@ def test_config_file_precedence(char_data: Path, tmp_path: Path) -> None:
     resolved = json.loads((run / "train_config.json").read_text())
     assert resolved["max_iters"] == 4 and resolved["n_layer"] == 2  # from the file
     assert resolved["lr"] == 0.003  # the command line wins over the file
-    assert resolved["min_lr"] == pytest.approx(0.0003)  # default: lr / 10
+    assert resolved["min_lr"] == pytest.approx(0.0003)
 
 
 def test_max_minutes_sets_the_length_from_the_measured_speed(char_data: Path, tmp_path: Path,

@@ -9,8 +9,10 @@ shows its traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import signal
 import sys
 from typing import Callable
 
@@ -274,6 +276,19 @@ def build_parser() -> argparse.ArgumentParser:
 ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [add_quickstart, add_info, add_prepare, add_data, add_train, add_sample, add_export_hf, add_finetune, add_eval, add_serve]
 
 
+USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENOSPC, errno.EROFS,
+               errno.ENAMETOOLONG, errno.EDQUOT, errno.ELOOP}
+"""OSErrors that come from what the user pointed gptkit at (a path, a full disk), not from a bug: one line."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every `finally` and atomic write cleans up on the way out."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -281,6 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    try:  # so that `kill` / `timeout` clean up as Ctrl-C does (only possible from the main thread)
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:
+        previous = None
+    launched = "RANK" in os.environ and bool(os.environ.get("GPTKIT_LAUNCHER"))  # `--nproc`: the launcher reports
     try:
         return int(args.func(args) or 0)
     except GptkitError as e:
@@ -289,14 +309,22 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"gptkit: error: {e.filename or e}: no such file or directory", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        if not ("RANK" in os.environ and os.environ.get("GPTKIT_LAUNCHER")):  # `--nproc`: the launcher says it
-            print("gptkit: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:  # `gptkit ... | head`: the reader left; not an error worth a traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-
+    except OSError as e:
+        if e.errno not in USER_ERRNOS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""  # e.g. "out/x: permission denied"
+        print(f"gptkit: error: {where}{(e.strerror or str(e)).lower()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
+        if not launched:
+            print(f"gptkit: {'terminated' if isinstance(e, Terminated) else 'interrupted'}", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 if __name__ == "__main__":
     sys.exit(main())

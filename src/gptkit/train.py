@@ -107,16 +107,31 @@ class TrainConfig:
     def validate(self) -> None:
         if not self.data:
             raise TrainError("--data is required: a directory written by `gptkit prepare`")
+        check_types(dataclasses.asdict(self), "")
         for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "log_interval",
-                     "keep_last"):
-            if getattr(self, name) <= 0:
-                raise TrainError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.warmup_iters < 0:
-            raise TrainError("--warmup-iters must be >= 0")
-        if self.max_minutes is not None and not self.max_minutes > 0:
-            raise TrainError(f"--max-minutes must be positive, got {self.max_minutes}")
-        if self.lr <= 0:
-            raise TrainError(f"--lr must be positive, got {self.lr}")
+                     "keep_last", "lr_decay_iters", "save_interval", "threads", "n_layer", "n_head", "n_embd",
+                     "block_size", "nproc"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise TrainError(f"--{name.replace('_', '-')} must be positive, got {v}")
+        for name in ("warmup_iters", "sample_every"):
+            if getattr(self, name) < 0:
+                raise TrainError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+
+        def bad(v: float | None, lo: float, hi: float = math.inf, lo_open: bool = False) -> bool:
+            return v is not None and not (math.isfinite(v) and (v > lo if lo_open else v >= lo) and v <= hi)
+
+        for name, lo, hi, lo_open, want in (
+                ("max_minutes", 0, math.inf, True, "a positive number"), ("lr", 0, 1, True, "in (0, 1]"),
+                ("min_lr", 0, 1, False, "in [0, 1]"), ("weight_decay", 0, math.inf, False, "finite and >= 0"),
+                ("beta1", 0, 0.999999, False, "in [0, 1)"), ("beta2", 0, 0.999999, False, "in [0, 1)"),
+                ("eps", 0, 1, True, "in (0, 1]"), ("grad_clip", 0, math.inf, False, "finite and >= 0 (0: off)"),
+                ("dropout", 0, 0.999999, False, "in [0, 1)")):
+            if bad(getattr(self, name), lo, hi, lo_open):
+                raise TrainError(f"--{name.replace('_', '-')} must be {want}, got {getattr(self, name)}")
+        if self.min_lr is not None and self.min_lr > self.lr:
+            raise TrainError(f"--min-lr ({self.min_lr}) is above --lr ({self.lr}): the cosine decays from lr to "
+                             f"min_lr")
         if self.parallel not in ("auto", "none", "ddp", "fsdp"):
             raise TrainError(f"--parallel must be auto, none, ddp or fsdp, got {self.parallel!r}")
         if self.nproc is not None and self.nproc < 1:
@@ -134,6 +149,21 @@ RESUME_OVERRIDABLE = ("device", "quiet", "threads", "max_iters", "log_interval",
                       "grad_accum", "attention_backend", "checkpoint_format")
 
 
+def check_types(values: dict[str, Any], where: str) -> None:
+    """Each option has its field's type (a YAML file can say `max_iters: 2.5` or `compile: "no"`)."""
+    kinds = {f.name: flag_type(f) for f in fields(TrainConfig)}
+    for name, v in values.items():
+        kind = kinds.get(name)
+        if v is None or kind is None:
+            continue
+        ok = {"bool": lambda: isinstance(v, bool), int: lambda: isinstance(v, int) and not isinstance(v, bool),
+              float: lambda: isinstance(v, (int, float)) and not isinstance(v, bool),
+              str: lambda: isinstance(v, str)}[kind]()
+        if not ok:
+            want = {"bool": "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
+            raise TrainError(f"{where}{name} must be {want}, got {v!r}")
+
+
 def load_yaml_config(path: str | Path) -> dict[str, Any]:
     import yaml
 
@@ -141,6 +171,8 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise TrainError(f"config file {path} does not exist") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
+        raise TrainError(f"config file {path} cannot be read ({type(e).__name__})") from None
     except yaml.YAMLError as e:
         raise TrainError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -150,6 +182,13 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
     unknown = sorted(set(data) - known)
     if unknown:
         raise TrainError(f"config file {path}: unknown option(s) {', '.join(unknown)}")
+    for f in fields(TrainConfig):  # YAML 1.1 reads `lr: 6e-4` (no dot) as a string: take it as the number
+        if flag_type(f) is float and isinstance(data.get(f.name), str):
+            try:
+                data[f.name] = float(data[f.name])
+            except ValueError:
+                pass  # check_types names it
+    check_types(data, f"config file {path}: ")
     return data
 
 
@@ -368,6 +407,12 @@ def resolve_run(cfg: TrainConfig) -> tuple[TrainConfig, Path | None]:
     # explicitly (a flag or the config file; all of them when train() is called from Python): where and how
     # fast it runs, how long, and grad_accum, so that a run saved by N processes keeps its global batch on M.
     explicit = getattr(cfg, "explicit", None)
+    fixed = sorted(n for n in (explicit or ()) if n not in RESUME_OVERRIDABLE + ("data", "out", "resume")
+                   and getattr(cfg, n) != getattr(saved_cfg, n))
+    if fixed:
+        raise TrainError(f"--resume continues {resume_from.parent.parent} with its own settings; "
+                         + ", ".join(f"--{n.replace('_', '-')} ({getattr(saved_cfg, n)} there)" for n in fixed)
+                         + " cannot change (start a new run, e.g. with --init-from, to change them)")
     for name in RESUME_OVERRIDABLE:
         if explicit is None or name in explicit:
             setattr(saved_cfg, name, getattr(cfg, name))
@@ -465,10 +510,24 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             raise TrainError(f"the checkpoint's tokenizer does not match {data_dir}'s "
                              f"({getattr(saved_tok, 'kind', None)}/{getattr(saved_tok, 'vocab_size', None)} vs "
                              f"{tokenizer.kind}/{tokenizer.vocab_size})")
-        state = torch.load(resume_from / TRAINER_STATE, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(resume_from / TRAINER_STATE, map_location="cpu", weights_only=True)
+        except Exception as e:  # a cut or foreign file: torch's own message runs to many lines
+            why = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+            raise TrainError(f"{resume_from / TRAINER_STATE} cannot be read ({why[:200]}); resume from an earlier "
+                             f"checkpoint by removing this one") from None
     else:
         if cfg.init_from:
             model = load_model(cfg.init_from, map_location=device)
+            mc, asked = model.config, build_model_config(cfg, tokenizer.vocab_size)
+            changed = [n for n in ("n_layer", "n_head", "n_embd", "block_size", "bias") if getattr(cfg, n) is not None
+                       and getattr(asked, n) != getattr(mc, n)]
+            changed += ["dropout"] if cfg.dropout is not None and (asked.embd_pdrop, asked.attn_pdrop,
+                                                                  asked.resid_pdrop) != (mc.embd_pdrop, mc.attn_pdrop,
+                                                                                         mc.resid_pdrop) else []
+            if changed:
+                raise TrainError(f"--init-from {cfg.init_from}: the model's shape comes from the checkpoint; "
+                                 + ", ".join(f"--{n.replace('_', '-')}" for n in changed) + " cannot change it")
             if model.tokenizer is not None and model.tokenizer.vocab_size != tokenizer.vocab_size:
                 raise TrainError(f"--init-from {cfg.init_from}: its tokenizer ({model.tokenizer.vocab_size} ids) "
                                  f"does not match {data_dir}'s ({tokenizer.vocab_size})")
@@ -639,8 +698,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
             last = budget_at is None and step == cfg.max_iters
             eval_due = step % cfg.eval_interval == 0 or last
+            save_due = step % cfg.save_interval == 0 or last
+            if eval_due or save_due or step % cfg.log_interval == 0:
+                train_loss = D.all_reduce_mean(loss_sum, info).item()  # the same on every rank
+                if not math.isfinite(train_loss):  # never log on, or checkpoint, a diverged model
+                    raise TrainError(f"training diverged at step {step}: the loss is {train_loss} (try a lower "
+                                     f"--lr, a longer --warmup-iters, or --grad-clip 1); the checkpoints written "
+                                     f"before are kept")
             if eval_due or step % cfg.log_interval == 0:
-                train_loss = D.all_reduce_mean(loss_sum, info).item()
                 now = time.perf_counter()
                 tok_s = tokens_last / max(now - t_last, 1e-9)
                 record = {"step": step, "train_loss": train_loss, "lr": lr, "elapsed_s": round(now - t_start, 3),
@@ -660,7 +725,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if cfg.sample_every and step % cfg.sample_every == 0 and mode != "fsdp":
                 text = quick_sample(model, tokenizer, device)
                 display.print(f"[step {step}] {text!r}")
-            if step % cfg.save_interval == 0 or last:
+            if save_due:
                 checkpoint(step)
     finally:
         if metrics is not None:

@@ -35,6 +35,8 @@ def read_manifest(data_dir: str | Path) -> dict:
     from .prepare import FORMAT, FORMAT_VERSION, MANIFEST
 
     path = Path(data_dir) / MANIFEST
+    if Path(data_dir).is_file():
+        raise DataError(f"{data_dir} is a file; --data takes the directory `gptkit prepare --out` wrote")
     if not Path(data_dir).is_dir():
         raise DataError(f"data directory not found: {data_dir} (create it with `gptkit prepare`)")
     try:
