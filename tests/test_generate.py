@@ -525,3 +525,15 @@ def test_sample_command_streams_stops_and_runs_interactively(char_model, tmp_pat
     assert main(["sample", "--ckpt", str(ckpt), "--top-k", "0", "--presence-penalty", "5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("gptkit: error:") and "--presence-penalty" in err[0]
+
+
+@pytest.mark.parametrize("device, fragment", [("tpu", "unknown device 'tpu'"), ("cuda:99", "cuda"),
+                                              ("meta", "unknown device 'meta'")])
+def test_sample_bad_device_is_one_line(tmp_path, capsys, device, fragment):
+    from gptkit.cli import main
+
+    rc = main(["sample", "--ckpt", str(tmp_path / "missing"), "--device", device])  # checked before the checkpoint
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("gptkit: error:") and err.count("\n") == 1 and fragment in err, err
+    if device == "cuda:99" and not torch.cuda.is_available():
+        assert "no CUDA GPU is available" in err

@@ -421,6 +421,41 @@ def test_gptkit_serve_bad_arguments(tmp_path, capsys):
     assert "--port" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags, fragment", [
+    (["--device", "tpu"], "unknown device 'tpu'"), (["--log-level", "verbose"], "--log-level"),
+    (["--max-connections", "0"], "--max-connections"), (["--threads", "0"], "--threads")])
+def test_gptkit_serve_bad_flags_are_one_line(tmp_path, capsys, flags, fragment):
+    from gptkit.cli import main
+
+    assert main(["serve", "--ckpt", str(tmp_path / "missing"), *flags]) == 2  # checked before the checkpoint
+    err = capsys.readouterr().err
+    assert err.startswith("gptkit: error:") and err.count("\n") == 1 and fragment in err, err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without a GPU")
+def test_gptkit_serve_cuda_without_a_gpu(tmp_path, capsys):
+    from gptkit.cli import main
+
+    assert main(["serve", "--ckpt", str(tmp_path / "missing"), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no CUDA GPU is available" in err
+
+
+def test_gptkit_serve_port_in_use_is_one_line_and_claims_nothing(model, tmp_path, capsys):
+    from gptkit.cli import main
+
+    ckpt = tmp_path / "ckpt"
+    model.save_pretrained(ckpt)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        rc = main(["serve", "--ckpt", str(ckpt), "--port", str(port)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("gptkit: error: cannot listen on 127.0.0.1:") and err.count("\n") == 1, err
+    assert "serving" not in err
+
+
 def test_nan_and_inf_never_500(server):
     for v in ("NaN", "Infinity", "-Infinity", "1e999"):
         r = post(server, f'{{"model": "tiny", "prompt": "a", "top_p": {v}}}')

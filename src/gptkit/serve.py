@@ -603,12 +603,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _need_serve_extra()
     if not 0 <= args.port <= 65535:
         raise GptkitError(f"--port must be in 0..65535, got {args.port}")
-    for name in ("max_batch", "max_queue", "max_body_bytes"):
+    for name in ("max_batch", "max_queue", "max_body_bytes", "max_connections"):
         if getattr(args, name) < (0 if name == "max_queue" else 1):
             raise GptkitError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.threads is not None and args.threads < 1:
+        raise GptkitError(f"--threads must be positive, got {args.threads}")
+    args.log_level = args.log_level.lower()
+    if args.log_level not in LOG_LEVELS:
+        raise GptkitError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {args.log_level!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    from .generate import pick_device
+
+    device = pick_device(args.device)
     model = load_model(args.ckpt, map_location=device)
     tokenizer = model.tokenizer
     if args.tokenizer:
@@ -633,11 +640,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         print(f"gptkit: warning: serving on {args.host} without --api-key: anyone who can reach it may use it",
               file=sys.stderr)
+    sock = bind_socket(args.host, args.port)  # bound before "serving ... on" is claimed
+    port = sock.getsockname()[1]
+    host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"gptkit: serving {name!r} ({model.num_params / 1e6:.1f}M parameters, context "
-          f"{model.config.block_size}) on http://{args.host}:{args.port}/v1", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on",
-                limit_concurrency=args.max_connections, timeout_keep_alive=30)
+          f"{model.config.block_size}) on http://{host}:{port}/v1", file=sys.stderr)
+    config = uvicorn.Config(app, host=args.host, port=port, log_level=args.log_level, lifespan="on",
+                            limit_concurrency=args.max_connections, timeout_keep_alive=30)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
     return 0
+
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
+
+
+def bind_socket(host: str, port: int):
+    """A TCP socket bound to host:port (as uvicorn binds one), or a one-line GptkitError: a port in use, an
+    address this machine does not have."""
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as e:
+        raise GptkitError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise GptkitError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
