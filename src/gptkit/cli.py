@@ -128,7 +128,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     from .checkpoint import load_model
     from .errors import CheckpointError
-    from .generate import GenerationError, SamplingParams, iter_generations, prepare_for_inference
+    from .generate import GenerationError, SamplingParams, iter_generations, pick_device, prepare_for_inference
 
     if args.max_new_tokens < 0 or args.num_samples <= 0:
         raise GptkitError("--max-new-tokens must be >= 0 and --num-samples > 0")
@@ -147,7 +147,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         for name in ("max_new_tokens", "temperature", "top_k", "top_p", "presence_penalty", "frequency_penalty"):
             msg = msg.replace(name, "--" + name.replace("_", "-"))
         raise GptkitError(msg.replace("stop sequences", "--stop")) from None
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     model = load_model(args.ckpt, map_location=device)
     tok = model.tokenizer
     if tok is None:
