@@ -75,3 +75,26 @@ def test_export_hf_replaces_an_earlier_export_and_the_export_samples(char_ckpt, 
                         "--seed", "0")
     assert rc == 0, err
     assert text.startswith("hello")
+
+
+# ------------------------------------------------------------------------------------------ quickstart
+@pytest.mark.parametrize("flags, fragment", [
+    (["--max-iters", "0"], "--max-iters"), (["--tokens", "-1"], "--tokens"), (["--device", "tpu"], "tpu"),
+    (["--resume"], "no quickstart run to resume"), (["--minutes", "nan"], "--minutes")])
+def test_quickstart_checks_flags_before_copying_the_corpus(tmp_path, capsys, flags, fragment):
+    out = tmp_path / "qs"
+    rc, _, err = run(capsys, "quickstart", "--out", out, "--quiet", *flags)
+    assert_one_line_error(rc, err, fragment)
+    assert not out.exists()  # no corpus copied, nothing prepared
+
+
+def test_quickstart_checks_the_prompt_before_training(tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("abc abc abc\n" * 50)
+    out = tmp_path / "qs"
+    rc, _, err = run(capsys, "quickstart", "--corpus", corpus, "--out", out, "--max-iters", "1", "--quiet",
+                     "--device", "cpu", "--prompt", "XYZ")
+    last = err.splitlines()[-1] + "\n"  # after the "corpus: ..." progress line
+    assert_one_line_error(rc, last, "--prompt", "'X'")
+    assert "Traceback" not in err
+    assert not (out / "run").exists()  # stopped before training

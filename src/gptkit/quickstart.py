@@ -9,6 +9,7 @@ wheel on PyPI (found through importlib.metadata; the package is never imported).
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 import time
@@ -82,11 +83,26 @@ def run(args: argparse.Namespace) -> int:
     from .data.prepare import prepare
     from .train import TrainConfig, train
 
-    if not args.minutes > 0:
-        raise GptkitError(f"--minutes must be positive, got {args.minutes:g}")
+    # every flag checked before the corpus is copied or read
+    if not (math.isfinite(args.minutes) and args.minutes > 0):
+        raise GptkitError(f"--minutes must be a positive number, got {args.minutes:g}")
+    if args.max_iters is not None and args.max_iters < 1:
+        raise GptkitError(f"--max-iters must be at least 1, got {args.max_iters}")
+    if args.tokens < 0:
+        raise GptkitError(f"--tokens must be >= 0, got {args.tokens}")
+    if not args.prompt:
+        raise GptkitError("--prompt must not be empty")
+    from .train import pick_device
+
+    pick_device(args.device)  # an unknown or absent device: one line now, not after preparing the corpus
     out = Path(args.out)
-    if (out / "run" / "checkpoints").exists() and not args.resume:
+    ckpts = out / "run" / "checkpoints"
+    has_run = ckpts.is_dir() and any(ckpts.iterdir())
+    if has_run and not args.resume:
         raise GptkitError(f"{out} already holds a quickstart run: pass --resume to continue it, or a new --out")
+    if args.resume and not has_run:
+        raise GptkitError(f"--resume: {out} holds no quickstart run to resume (no {ckpts}); drop --resume to "
+                          "start one")
     t0 = time.perf_counter()
     if args.corpus:
         inputs = args.corpus
@@ -100,6 +116,16 @@ def run(args: argparse.Namespace) -> int:
     data_dir = out / "data"
     if not (args.resume and (data_dir / "manifest.json").exists()):
         prepare(inputs, data_dir, tokenizer="char", val_fraction=0.1)
+    # the char vocabulary is the corpus's characters: check the prompt against it before training, not after
+    from .data.loader import load_tokenizer
+
+    data_tok = load_tokenizer(data_dir)
+    try:
+        prompt_ids = data_tok.encode(args.prompt)
+    except GptkitError as e:
+        raise GptkitError(f"--prompt cannot be encoded with this corpus's characters: {e}") from None
+    if not prompt_ids:
+        raise GptkitError("--prompt encodes to no tokens")
     params = dict(DEFAULTS)
     if args.max_iters is not None:
         params["max_iters"] = args.max_iters
