@@ -477,4 +477,15 @@ def test_atomic_writes_replace_the_whole_file_or_nothing(tmp_path):
         (tmp / "f.txt").write_text(text)
         publish_dir(tmp, final)
     assert (final / "f.txt").read_text() == "two" and final.stat().st_mode & 0o777 == 0o777 & ~umask
+    # safetensors' save_file creates 0600 files; published (or through atomic_path) they get the usual mode too
+    from safetensors.numpy import save_file
+
+    tmp = new_tmp_dir(final)
+    save_file({"w": np.zeros(2, np.float32)}, str(tmp / "model.safetensors"))
+    publish_dir(tmp, final)
+    with atomic_path(tmp_path / "m.safetensors") as p:
+        save_file({"w": np.zeros(2, np.float32)}, str(p))
+    for f in (final / "model.safetensors", tmp_path / "m.safetensors"):
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask, oct(f.stat().st_mode)
+    (tmp_path / "m.safetensors").unlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "k.jsonl.gz", "out.json"]

@@ -238,6 +238,8 @@ def test_bad_values_and_settings_that_cannot_change(char_data: Path, tmp_path: P
     assert main(["train", *data, "--out", str(run), "--max-iters", "2", *TINY]) == 0
     assert_one_line_error(*run_cli(["train", *data, "--out", str(run), "--resume", "--max-iters", "4", "--lr",
                                     "0.1"], capsys), "--lr (0.0006 there)", "cannot change")
+    rc, err = run_cli(["train", *data, "--out", str(run), "--resume", "--max-iters", "1", "--quiet"], capsys)
+    assert rc == 0 and "already at step 2 (--max-iters 1): nothing to train" in err, err
     # --init-from takes the checkpoint's shape
     assert_one_line_error(*run_cli(["train", *data, "--out", str(tmp_path / "i"), "--init-from", str(run), *TINY,
                                     "--block-size", "64"], capsys), "--block-size cannot change")

@@ -34,6 +34,15 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
+def _usual_mode(path: Path) -> None:
+    """Give a file that a writer created private (safetensors' save_file makes 0600 files) the mode any other
+    output gets: 0666 less the umask, so that weights are as readable as the config beside them."""
+    if path.stat().st_mode & 0o777 == 0o600:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(path, 0o666 & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary sibling path for a writer that wants a file name (safetensors, matplotlib); when the
@@ -43,6 +52,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     tmp = temp_sibling(path, suffix)
     try:
         yield tmp
+        _usual_mode(tmp)
         _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -144,6 +154,7 @@ def publish_dir(tmp: Path, final: Path) -> None:
     POSIX allows (rename is atomic; replacing a non-empty directory needs the old one moved aside first)."""
     for f in tmp.rglob("*"):
         if f.is_file():
+            _usual_mode(f)
             _fsync_file(f)
     old = None
     if final.exists():

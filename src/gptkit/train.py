@@ -663,6 +663,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     t_last, tokens_last = time.perf_counter(), 0
     budget_at = time_budget_step(cfg) if cfg.max_minutes is not None and step < time_budget_step(cfg) else None
     t_speed = None  # when the steps timed for --max-minutes began
+    if step >= cfg.max_iters and budget_at is None and info.is_main:
+        print(f"gptkit: {run_dir} is already at step {step} (--max-iters {cfg.max_iters}): nothing to train; pass a "
+              f"larger --max-iters to continue it", file=sys.stderr)
     metrics = open(metrics_path, "a", buffering=1) if info.is_main else None
     try:
         while step < cfg.max_iters or (budget_at is not None and step < budget_at):
