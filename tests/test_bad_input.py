@@ -10,22 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gptkit.cli import main
+from cli_helpers import assert_one_line_error, run
 
 
-def run(capsys, *argv) -> tuple[int, str, str]:
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_one_line_error(rc: int, err: str, *fragments: str) -> None:
-    assert rc != 0
-    assert "Traceback" not in err
-    assert err.startswith("gptkit: error:"), err
-    assert err.endswith("\n") and err.count("\n") == 1, err
-    for f in fragments:
-        assert f in err, (f, err)
 
 
 @pytest.fixture

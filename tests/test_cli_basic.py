@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from gptkit import PRESETS, CheckpointError, GPTConfig
-from gptkit.cli import main
+from cli_helpers import assert_one_line_error, run
 
 # gpt2: 12 layers × 768, vocab 50257, context 1024.
 GPT2_PARAMS = 124_439_808  # the released checkpoint
@@ -25,19 +25,6 @@ GPT2_NON_EMBEDDING = GPT2_PARAMS - 50257 * 768 - 1024 * 768  # 85,056,000
 GPT2_FLOPS = 6 * (12 * 7_087_872 + 50257 * 768) + 12 * 12 * 768 * 1024  # 855,157,248
 
 
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_one_line_error(rc: int, err: str, *fragments: str) -> None:
-    assert rc != 0
-    assert "Traceback" not in err
-    assert err.startswith("gptkit: error:"), err
-    assert err.endswith("\n") and err.count("\n") == 1, err  # exactly one line
-    for f in fragments:
-        assert f in err, (f, err)
 
 
 # ------------------------------------------------------------------------------------------------ info

@@ -17,6 +17,7 @@ import torch
 from gptkit import GPT, GPTConfig, Tokenizer
 from gptkit.checkpoint import save_model
 from gptkit.cli import main
+from cli_helpers import assert_one_line_error
 from gptkit.finetune import tasks as T
 from gptkit.finetune.heads import (
     FinetuneModel,
@@ -44,13 +45,6 @@ def _one_thread():
     yield
     torch.set_num_threads(n)
 
-
-def assert_one_line_error(rc: int, err: str, *fragments: str) -> None:
-    assert rc == 2, err
-    assert "Traceback" not in err
-    assert err.startswith("gptkit: error:") and err.count("\n") == 1, err
-    for f in fragments:
-        assert f in err, (f, err)
 
 
 # ------------------------------------------------------------------------------------------ transforms

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from gptkit.checkpoint import list_checkpoints
 from gptkit.cli import main
+from cli_helpers import assert_one_line_error, run
 from gptkit.train import TrainConfig, lr_at
 
 TINY = ["--preset", "gpt-nano", "--block-size", "32", "--batch-size", "4", "--eval-interval", "10",
@@ -163,19 +164,8 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(char_data: Path,
 
 # ------------------------------------------------------------------------------------------- bad input
 def run_cli(args: list[str], capsys) -> tuple[int, str]:
-    capsys.readouterr()
-    rc = main(args)
-    err = capsys.readouterr().err
+    rc, _, err = run(capsys, *args)
     return rc, err
-
-
-def assert_one_line_error(rc: int, err: str, *needles: str) -> None:
-    assert rc != 0
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("gptkit: error:"), err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def test_bad_input(char_data: Path, shared_data: Path, tmp_path: Path, capsys) -> None:
