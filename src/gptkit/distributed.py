@@ -123,6 +123,14 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, sta
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
+def load_full_from_rank0(model: nn.Module, state: dict) -> None:
+    """Fill a sharded model from a full state dict that only rank 0 holds (the others pass {}): rank 0 sends each
+    tensor, every rank keeps its own shard. So a fresh FSDP run never holds the whole model on every rank."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
+
 def all_reduce_mean(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
         x = x.clone()

@@ -497,6 +497,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     sharded_resume = resume_from is not None and is_sharded(resume_from)
+    init_sd = None  # a fresh FSDP run: rank 0's initial weights, broadcast once the model is sharded
     if sharded_resume:  # built without storage; each rank reads its own slices once the model is sharded (below)
         check_shards(resume_from, read_config_json(resume_from))
         with torch.device("meta"):
@@ -531,6 +532,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if model.tokenizer is not None and model.tokenizer.vocab_size != tokenizer.vocab_size:
                 raise TrainError(f"--init-from {cfg.init_from}: its tokenizer ({model.tokenizer.vocab_size} ids) "
                                  f"does not match {data_dir}'s ({tokenizer.vocab_size})")
+        elif mode == "fsdp":  # only rank 0 builds the whole model (on CPU); the others get its weights in shards
+            mc = build_model_config(cfg, tokenizer.vocab_size)
+            init_sd = GPT(mc).state_dict() if info.is_main else {}  # the same init as one process would make
+            with torch.device("meta"):
+                model = GPT(mc)
         else:
             model = GPT(build_model_config(cfg, tokenizer.vocab_size)).to(device)
         state = None
@@ -558,8 +564,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         materialize()
     wrapped = D.parallelize(model, mode, device, ptdtype if ptdtype != torch.float32 else None) \
         if mode != "none" else model
-    if sharded_resume and mode == "fsdp":
-        materialize()  # after sharding: each rank allocates only its own shards, never the whole model
+    if model.transformer.wte.weight.is_meta:  # after sharding: each rank allocates only its own shards
+        materialize()
+    if init_sd is not None:
+        D.load_full_from_rank0(model, init_sd)
+        del init_sd
     # fused AdamW (one kernel for all parameters) on plain tensors; FSDP's DTensors take the foreach path
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                   eps=cfg.eps, fused=mode != "fsdp", foreach=False if mode != "fsdp" else None)
