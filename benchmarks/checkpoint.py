@@ -38,7 +38,6 @@ def reset_peak() -> None:
 
 def worker(args) -> None:
     import torch
-    import torch.distributed as dist
 
     from gptkit import GPT
     from gptkit import distributed as D
