@@ -144,6 +144,17 @@ KILL_IN_SAVE = textwrap.dedent("""
 """)
 
 
+def test_sigterm_while_writing_a_checkpoint_cleans_up(char_data: Path, tmp_path: Path) -> None:
+    """SIGTERM (kill, timeout) is handled as Ctrl-C is: the half-written checkpoint is removed on the way out."""
+    run = tmp_path / "run"
+    args = _train_cmd(char_data, run, 10)[3:]
+    script = KILL_IN_SAVE.replace("signal.SIGKILL", "signal.SIGTERM")
+    proc = subprocess.run([sys.executable, "-c", script, *args], env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 143 and proc.stderr.strip() == "gptkit: terminated", proc.stderr[-2000:]
+    assert [p.name for p in list_checkpoints(run)] == ["step-00000002"]
+    assert not any(".tmp-" in p.name for p in (run / "checkpoints").iterdir())
+
+
 def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(char_data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     args = _train_cmd(char_data, run, 10)[3:]  # drop "python -m gptkit"

@@ -17,7 +17,7 @@ import sys
 from typing import Callable
 
 from . import __version__
-from .errors import GptkitError
+from .errors import GptkitError, Terminated
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -281,10 +281,6 @@ USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EEX
 """OSErrors that come from what the user pointed gptkit at (a path, a full disk), not from a bug: one line."""
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that every `finally` and atomic write cleans up on the way out."""
-
-
 def _terminate(signum, frame) -> None:
     raise Terminated
 
@@ -296,10 +292,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    try:  # so that `kill` / `timeout` clean up as Ctrl-C does (only possible from the main thread)
-        previous = signal.signal(signal.SIGTERM, _terminate)
-    except ValueError:
-        previous = None
+    # So that `kill` / `timeout` clean up as Ctrl-C does (only possible from the main thread). Not in a process
+    # torchrun started: its agent stops the processes with SIGTERM and, where one sits in a collective that a
+    # Python handler cannot interrupt, would wait for its SIGKILL deadline; a resume removes what they left.
+    previous = None
+    if "RANK" not in os.environ:
+        try:
+            previous = signal.signal(signal.SIGTERM, _terminate)
+        except ValueError:
+            pass
     launched = "RANK" in os.environ and bool(os.environ.get("GPTKIT_LAUNCHER"))  # `--nproc`: the launcher reports
     try:
         return int(args.func(args) or 0)

@@ -7,3 +7,7 @@ class GptkitError(Exception):
 
 class CheckpointError(GptkitError):
     """A path that is not a loadable checkpoint, or a checkpoint that does not fit what it is used with."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every `finally` and atomic write cleans up on the way out."""

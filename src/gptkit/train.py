@@ -894,7 +894,11 @@ def launch_torchrun(nproc: int, argv: list[str], threads: int | None = None) -> 
                   f"above", file=sys.stderr)
         return code if code > 0 else 1
     except SignalException as e:  # Ctrl-C / SIGTERM: the launcher has stopped the processes
-        raise KeyboardInterrupt from e
+        import signal
+
+        from .errors import Terminated
+
+        raise (Terminated if e.sigval == signal.SIGTERM else KeyboardInterrupt) from e
     return 0
 
 
