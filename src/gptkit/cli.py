@@ -128,7 +128,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     from .checkpoint import load_model
     from .errors import CheckpointError
-    from .generate import GenerationError, SamplingParams, iter_generations, pick_device, prepare_for_inference
+    from .generate import GenerationError, SamplingParams, iter_generations, prepare_for_inference
+    from .train import pick_device
 
     if args.max_new_tokens < 0 or args.num_samples <= 0:
         raise GptkitError("--max-new-tokens must be >= 0 and --num-samples > 0")

@@ -45,25 +45,6 @@ class GenerationError(GptkitError, ValueError):
 
 
 # ----------------------------------------------------------------------------------------- pure sampling rules
-def pick_device(name: str) -> torch.device:
-    """The torch device a `--device` flag names (cpu, cuda, cuda:N or auto), for sample and serve; a device that
-    is unknown or absent is a one-line GenerationError (train.pick_device's wording)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise GenerationError(f"unknown device {name!r} (cpu, cuda, cuda:N or auto)") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise GenerationError(f"unknown device {name!r} (cpu, cuda, cuda:N or auto)")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise GenerationError(f"--device {name} was asked for but no CUDA GPU is available (use --device cpu)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise GenerationError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
-    return dev
-
-
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
     """Set to -inf every logit outside the top-k and outside the nucleus of probability mass top_p
     (Holtzman et al. 2020). logits (B, V) → (B, V). The most likely token always survives."""

@@ -246,16 +246,24 @@ def gpu_peak_flops(device_name: str) -> float | None:
 
 
 def pick_device(name: str):
+    """The torch device a `--device` flag names (cpu, cuda, cuda:N or auto), for every command that takes one; a
+    device that is unknown or absent is a one-line TrainError."""
     import torch
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainError("--device cuda was asked for but no CUDA GPU is available (use --device cpu)")
     try:
-        return torch.device(name)
-    except RuntimeError:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
         raise TrainError(f"unknown device {name!r} (cpu, cuda, cuda:N or auto)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise TrainError(f"unknown device {name!r} (cpu, cuda, cuda:N or auto)")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainError(f"--device {name} was asked for but no CUDA GPU is available (use --device cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise TrainError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return dev
 
 
 def pick_dtype(name: str, device):
