@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,10 @@ import pytest
 # transformers / huggingface_hub otherwise try the network when asked for a tokenizer or model.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# Speed choices (gptkit.autotune) take their default path without measuring, and never touch the user's cache;
+# tests/test_autotune.py turns measuring back on for itself.
+os.environ["GPTKIT_AUTOTUNE"] = "off"
+os.environ["GPTKIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="gptkit-test-cache-")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 """The real data sets (../shared/data relative to the repository root); see its README."""

@@ -1,0 +1,194 @@
+"""Measured, remembered speed choices: where the fastest path depends on the CPU and the shape (the BLAS that
+decoding multiplies through, bf16 or float32 autocast for training), measure the candidates once, briefly, on this
+machine, remember the answer, and say once what was chosen.
+
+This is the idea of FFTW's planner and cuDNN's benchmark mode, kept small. A decision is keyed by the question,
+the machine (CPU model and the instruction-set flags that matter to matrix multiplication, torch's version) and
+the shape of the work; it lives in one JSON file in the user's cache directory (`$GPTKIT_CACHE_DIR`, else
+`$XDG_CACHE_HOME/gptkit`, else `~/.cache/gptkit`). Explicit flags always win: callers ask `choose()` only for
+"auto". A measurement that cannot tell the candidates apart keeps the first one (the simpler, default path): a
+challenger must be faster by `min_gain` in its median *and* in most of the alternating rounds.
+
+`GPTKIT_AUTOTUNE=off` skips measuring and takes the default path (the test suite sets it; a test of this module
+turns it back on). This module imports no torch: callers hand in the workloads to time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .io import atomic_write_text
+
+FORMAT = "gptkit-decisions/1"
+CACHE_FILE = "decisions.json"
+MATMUL_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "amx_int8",
+                "avx512_vnni", "asimd", "sve", "bf16")
+"""CPU flags (as /proc/cpuinfo names them) that change which matrix-multiplication path is fastest."""
+
+
+def cache_path() -> Path:
+    if os.environ.get("GPTKIT_CACHE_DIR"):
+        return Path(os.environ["GPTKIT_CACHE_DIR"]) / CACHE_FILE
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "gptkit" / CACHE_FILE
+
+
+def enabled() -> bool:
+    return os.environ.get("GPTKIT_AUTOTUNE", "on").lower() not in ("off", "0", "no", "false")
+
+
+def cpu_flags() -> set[str]:
+    """The instruction-set flags of this CPU (Linux: /proc/cpuinfo; elsewhere empty)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def has_native_bf16(flags: set[str] | None = None) -> bool:
+    """AMX or AVX512-BF16: the CPUs on which bf16 matmul runs several times faster than float32."""
+    flags = cpu_flags() if flags is None else flags
+    return bool({"amx_bf16", "avx512_bf16"} & flags)
+
+
+def machine_key() -> str:
+    """What a decision depends on besides its shape: the CPU, its matmul flags, torch's version, the cores."""
+    try:
+        from importlib.metadata import version
+
+        torch_version = version("torch")
+    except Exception:  # not installed as a distribution (a source build): the module says
+        torch_version = getattr(sys.modules.get("torch"), "__version__", "unknown")
+    flags = ",".join(sorted(set(MATMUL_FLAGS) & cpu_flags()))
+    return f"{cpu_model()} [{flags}] torch {torch_version} cores {os.cpu_count()}"
+
+
+def _load(path: Path, warn: bool = True) -> dict[str, Any]:
+    """The decisions in `path`; a missing file is empty, a corrupt or foreign one is ignored with one warning."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        if warn:
+            print(f"gptkit: warning: ignoring the decision cache {path} ({type(e).__name__}); measuring again",
+                  file=sys.stderr)
+        return {}
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("decisions"), dict):
+        if warn:
+            print(f"gptkit: warning: ignoring {path}: not a gptkit decision cache ({FORMAT}); measuring again",
+                  file=sys.stderr)
+        return {}
+    return data["decisions"]
+
+
+def _store(path: Path, decisions: dict[str, Any]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({"format": FORMAT, "decisions": decisions}, indent=1, sort_keys=True))
+    except OSError as e:  # a read-only home is no reason to fail a run: the choice is just not remembered
+        print(f"gptkit: warning: could not remember the choice in {path} ({e.strerror or e})", file=sys.stderr)
+
+
+def decision_key(question: str, shape: Mapping[str, Any] | Sequence[Any] | str) -> str:
+    if isinstance(shape, Mapping):
+        shape = ",".join(f"{k}={shape[k]}" for k in sorted(shape))
+    elif not isinstance(shape, str):
+        shape = ",".join(map(str, shape))
+    return f"{question} | {shape} | {machine_key()}"
+
+
+def measure(candidates: Mapping[str, Callable[[], Any]], rounds: int = 3,
+            clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+    """Seconds per call of each candidate over `rounds` alternating rounds (A B A B ...), after one untimed
+    warm-up call each: the machine's drift hits every candidate alike."""
+    for run in candidates.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, run in candidates.items():
+            t0 = clock()
+            run()
+            times[name].append(clock() - t0)
+    return times
+
+
+def pick(times: Mapping[str, Sequence[float]], min_gain: float = 0.05) -> str:
+    """The first candidate (the default), unless another is faster by `min_gain` in its median and in a
+    majority of the rounds. Among several such challengers, the one with the lowest median."""
+    names = list(times)
+    default = names[0]
+    base = times[default]
+    best, best_median = default, statistics.median(base)
+    for name in names[1:]:
+        t = times[name]
+        med = statistics.median(t)
+        wins = sum(a < b * (1 - min_gain) for a, b in zip(t, base))
+        if med < statistics.median(base) * (1 - min_gain) and wins > len(t) / 2 and med < best_median:
+            best, best_median = name, med
+    return best
+
+
+def choose(question: str, shape: Mapping[str, Any] | Sequence[Any] | str, options: Sequence[str],
+           build: Callable[[], Mapping[str, Callable[[], Any]]], *, rounds: int = 3, min_gain: float = 0.05,
+           describe: Callable[[str], str] | None = None,
+           measure_fn: Callable[..., dict[str, list[float]]] = measure) -> str:
+    """The remembered answer to `question` for this machine and `shape`, measuring it the first time.
+
+    `options` names the candidates, the default first (kept unless another is clearly faster); `build()` returns,
+    for each, a call that runs one representative piece of work, and is only called when a measurement is
+    needed. `describe(choice)` words the one line said when a choice is first made. With GPTKIT_AUTOTUNE=off
+    the default is returned without measuring or remembering.
+    """
+    if not enabled() or len(options) < 2:
+        return options[0]
+    path = cache_path()
+    key = decision_key(question, shape)
+    known = _load(path).get(key)
+    if isinstance(known, dict) and known.get("choice") in options:
+        return known["choice"]
+    work = build()
+    times = measure_fn({name: work[name] for name in options}, rounds=rounds)
+    choice = pick(times, min_gain)
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    decisions = _load(path, warn=False)  # another process may have written meanwhile: keep its answers
+    decisions[key] = {"choice": choice, "median_s": medians, "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    _store(path, decisions)
+    timing = ", ".join(f"{n} {1e3 * m:.1f} ms" for n, m in medians.items())
+    said = describe(choice) if describe else f"{question}: {choice}"
+    print(f"gptkit: {said} (measured once on this CPU: {timing}; remembered in {path})", file=sys.stderr)
+    return choice
+
+
+def forget(question: str | None = None) -> int:
+    """Drop remembered decisions (all, or those of one question); returns how many were dropped."""
+    path = cache_path()
+    decisions = _load(path)
+    drop = [k for k in decisions if question is None or k.split(" | ", 1)[0] == question]
+    for k in drop:
+        del decisions[k]
+    if drop:
+        _store(path, decisions)
+    return len(drop)
