@@ -407,7 +407,7 @@ def test_numpy_blas_linears_give_the_same_results_over_the_same_parameters():
     ref_mixed = [g.tokens for g in complete(model, mixed, greedy(12))]
     names = list(model_state_dict(model))
     params = {n: p for n, p in model.named_parameters()}
-    assert prepare_for_inference(model) is model and uses_numpy_blas(model)
+    assert prepare_for_inference(model, blas="numpy") is model and uses_numpy_blas(model)
     assert type(model.transformer.h[0].attn.c_attn) is NumpyBlasLinear and not any(
         type(m) is nn.Linear for m in model.modules())
     # the same Parameter objects: names, the tied head, state_dict and saving are unchanged
@@ -434,6 +434,34 @@ def test_numpy_blas_linears_give_the_same_results_over_the_same_parameters():
     layer.weight.grad = None
     torch.nn.functional.linear(x, layer.weight, layer.bias).square().sum().backward()
     assert torch.equal(layer.weight.grad, g)
+
+
+def test_blas_auto_takes_the_measured_choice_and_remembers_it(tmp_path, monkeypatch, capsys):
+    """--blas auto (the default) asks gptkit.autotune: the real workloads run once per machine and shape, the
+    answer is remembered, and without measuring (GPTKIT_AUTOTUNE=off) the simpler torch path is kept."""
+    from gptkit import autotune
+    from gptkit.generate import _blas_workloads, prepare_for_inference, uses_numpy_blas
+
+    assert not uses_numpy_blas(prepare_for_inference(tiny(seed=3)))  # the suite runs with autotuning off
+    monkeypatch.setenv("GPTKIT_AUTOTUNE", "on")
+    monkeypatch.setenv("GPTKIT_CACHE_DIR", str(tmp_path))
+    seen = []
+
+    def measure_fn(work, rounds):  # run the real workloads once, then report numpy as the faster path
+        seen.extend(work)
+        for run in work.values():
+            run()
+        return {"torch": [2.0] * rounds, "numpy": [1.0] * rounds}
+
+    monkeypatch.setattr(autotune, "measure", measure_fn)
+    assert uses_numpy_blas(prepare_for_inference(tiny(seed=3)))
+    assert seen == ["torch", "numpy"] and "numpy's BLAS" in capsys.readouterr().err
+    seen.clear()
+    assert uses_numpy_blas(prepare_for_inference(tiny(seed=3)))  # remembered: not measured again
+    assert seen == []
+    assert not uses_numpy_blas(prepare_for_inference(tiny(seed=3), blas="torch"))  # a flag wins
+    work = _blas_workloads(48, 65, rows=4)  # batched rows take the gemm branch
+    work["numpy"](), work["torch"]()
 
 
 def test_sample_blas_choices_give_the_same_greedy_text(tmp_path, capsys):

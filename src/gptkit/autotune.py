@@ -154,7 +154,7 @@ def pick(times: Mapping[str, Sequence[float]], min_gain: float = 0.05) -> str:
 def choose(question: str, shape: Mapping[str, Any] | Sequence[Any] | str, options: Sequence[str],
            build: Callable[[], Mapping[str, Callable[[], Any]]], *, rounds: int = 3, min_gain: float = 0.05,
            describe: Callable[[str], str] | None = None,
-           measure_fn: Callable[..., dict[str, list[float]]] = measure) -> str:
+           measure_fn: Callable[..., dict[str, list[float]]] | None = None) -> str:
     """The remembered answer to `question` for this machine and `shape`, measuring it the first time.
 
     `options` names the candidates, the default first (kept unless another is clearly faster); `build()` returns,
@@ -170,7 +170,7 @@ def choose(question: str, shape: Mapping[str, Any] | Sequence[Any] | str, option
     if isinstance(known, dict) and known.get("choice") in options:
         return known["choice"]
     work = build()
-    times = measure_fn({name: work[name] for name in options}, rounds=rounds)
+    times = (measure_fn or measure)({name: work[name] for name in options}, rounds=rounds)
     choice = pick(times, min_gain)
     medians = {name: statistics.median(t) for name, t in times.items()}
     decisions = _load(path, warn=False)  # another process may have written meanwhile: keep its answers

@@ -741,20 +741,74 @@ def uses_numpy_blas(model: torch.nn.Module) -> bool:
     return any(isinstance(m, NumpyBlasLinear) for m in model.modules())
 
 
+BLAS_CHOICES = ("torch", "numpy")
+"""The BLAS a CPU fp32 decoder multiplies through; the first is the simpler path, kept when they tie."""
+
+
+def _blas_workloads(n_embd: int, vocab_size: int, rows: int) -> dict:
+    """One decoding step's matrix products at this width (one block's four linears and the output head), on
+    fresh random weights, as each path would run them: numpy (OpenBLAS) over (out, in) row-major matrices with
+    one torch thread, torch (MKL) over the column-major layout of `inference_layout_`."""
+    shapes = [(3 * n_embd, n_embd), (n_embd, n_embd), (4 * n_embd, n_embd), (n_embd, 4 * n_embd),
+              (vocab_size, n_embd)]
+    gen = torch.Generator().manual_seed(0)
+    tw = [torch.randn(o, i, generator=gen).t().contiguous().t() if o > i else torch.randn(o, i, generator=gen)
+          for o, i in shapes]
+    nw = [w.contiguous().numpy() for w in tw]
+    xs = {i: torch.randn(rows, i, generator=gen) for _, i in shapes}
+
+    def run_torch() -> None:
+        with torch.no_grad():
+            for w in tw:
+                torch.nn.functional.linear(xs[w.shape[1]], w)
+
+    def run_numpy() -> None:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for w in nw:
+                x = xs[w.shape[1]].numpy()
+                w @ x[0] if rows == 1 else x @ w.T
+        finally:
+            torch.set_num_threads(threads)
+
+    def repeat(fn):  # enough products to time above the clock and scheduler noise: ~100 M multiply-adds
+        n = max(1, int(1e8 // (rows * sum(o * i for o, i in shapes))))
+        return lambda: [fn() for _ in range(n)]
+
+    return {"torch": repeat(run_torch), "numpy": repeat(run_numpy)}
+
+
+def choose_blas(model: GPT, rows: int = 1) -> str:
+    """"torch" or "numpy" for decoding this model's shape on this CPU, measured once and remembered
+    (gptkit.autotune): which BLAS streams the weights faster depends on the CPU (OpenBLAS won on an AMD EPYC,
+    MKL on an Intel Xeon; docs/benchmarks.md)."""
+    from . import autotune
+
+    c = model.config
+    names = {"torch": "PyTorch's BLAS", "numpy": "numpy's BLAS (OpenBLAS)"}
+    return autotune.choose("decoding blas", {"n_embd": c.n_embd, "vocab": c.vocab_size, "rows": rows},
+                           BLAS_CHOICES, lambda: _blas_workloads(c.n_embd, c.vocab_size, rows), rounds=5,
+                           describe=lambda b: f"decoding multiplies through {names[b]} (--blas {b})")
+
+
 def prepare_for_inference(model: GPT, weights: Literal["fp32", "fp16", "int8"] = "fp32",
-                          blas: Literal["numpy", "torch"] = "numpy") -> GPT:
+                          blas: Literal["auto", "numpy", "torch"] = "auto", rows: int = 1) -> GPT:
     """The model `gptkit sample` and `gptkit serve` decode with: eval mode, and then on CPU
-    - fp32 weights multiplied through numpy's BLAS (`use_numpy_blas_`, in place; the default), or with
-      blas="torch" through PyTorch's own, re-laid for it by `inference_layout_` (in place);
+    - fp32 weights multiplied through numpy's BLAS (`use_numpy_blas_`, in place), or with blas="torch" through
+      PyTorch's own, re-laid for it by `inference_layout_` (in place); blas="auto" measures which is faster for
+      this shape and `rows` prompts decoded together, once per machine (`choose_blas`);
     - or an fp16/int8 copy from `quantize_weights`.
     On other devices the model is only put in eval mode."""
     model.eval()
-    if blas not in ("numpy", "torch"):
-        raise GenerationError(f"blas must be 'numpy' or 'torch', got {blas!r}")
+    if blas not in ("auto", *BLAS_CHOICES):
+        raise GenerationError(f"blas must be 'auto', 'numpy' or 'torch', got {blas!r}")
     if weights != "fp32":
         return quantize_weights(model, weights)  # type: ignore[arg-type]
     if model.transformer.wte.weight.device.type != "cpu":
         return model
+    if blas == "auto":
+        blas = choose_blas(model, rows)
     return use_numpy_blas_(model) if blas == "numpy" else inference_layout_(model)
 
 
