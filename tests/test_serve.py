@@ -472,8 +472,15 @@ def test_many_stop_sequences_and_text_the_tokenizer_cannot_encode(client):
         client.completions.create(model="tiny", prompt="a", max_tokens=5, stop=["x"] * 17)
 
 
-def test_threads_stay_clean(server):
-    assert all(t.name != "gptkit-engine" or t.daemon for t in threading.enumerate())
+def test_the_worker_thread_ends_with_the_server(model):
+    """The engine thread runs while the server does and is joined when its lifespan ends (a worker left
+    running would keep decoding, and holding the model, after the server is gone)."""
+    app = create_app(model, model.tokenizer, ServeOptions(model_name="tiny"))
+    with BackgroundServer(app) as url:
+        worker = app.app.state.worker
+        assert worker.thread.is_alive() and worker.thread in threading.enumerate()
+        assert health(url)["status"] == "ok"
+    assert not worker.thread.is_alive() and worker.thread not in threading.enumerate()
 
 
 def test_an_engine_failure_is_a_500_and_the_server_recovers(model):

@@ -1,0 +1,26 @@
+"""What `gptkit serve` is told besides the model: limits, key, name. Light (no fastapi), so the CLI can build it."""
+
+from dataclasses import dataclass
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+CHECK_S = 0.5
+"""How often a non-streamed request looks whether its client is still there (seconds)."""
+
+
+@dataclass
+class ServeOptions:
+    """What `gptkit serve` is told besides the model."""
+
+    model_name: str = "gptkit"
+    api_key: str | None = None
+    """When set, /v1/* requests need `Authorization: Bearer <api_key>`."""
+    max_batch: int = 16
+    """Generations decoded together (rows of the KV cache)."""
+    max_queue: int = 64
+    """Generations that may wait for a row; more → 429."""
+    max_body_bytes: int = 1 << 20
+    max_n: int = 16
+    """Most generations (n × prompts) one request may ask for."""
+    max_prefill_tokens: int = 2048
+    """Prompt tokens prefilled in one step (bounds how long running streams pause for newcomers)."""

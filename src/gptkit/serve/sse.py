@@ -1,0 +1,61 @@
+"""Streamed answers as server-sent events: one `data: {json}` line per chunk, then `data: [DONE]`. The async
+generators here read a request's event queue (fed by the worker) and turn each token event into a chunk; when
+the client goes away mid-stream, the generator is closed and the request's generations are cancelled."""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+from ..tokenizer import Tokenizer
+from .errors import APIError
+from .responses import logprobs_block, prompt_entries, usage
+from .worker import Live, unpack
+
+DONE = "data: [DONE]\n\n"
+
+
+def sse(obj) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+async def events(q: asyncio.Queue, live: Live) -> AsyncIterator:
+    """The worker's events for one request until its generations end; an error ends the stream with one
+    error chunk (OpenAI's shape) instead of [DONE]."""
+    while live:
+        yield unpack(await q.get(), live)
+
+
+def completion_chunk(top: dict, i: int, text: str, lp: dict | None, finish_reason: str | None) -> dict:
+    return {**top, "choices": [{"text": text, "index": i, "logprobs": lp, "finish_reason": finish_reason}]}
+
+
+async def completion_stream(tokenizer: Tokenizer, q: asyncio.Queue, live: Live, gens: list, top: dict, *,
+                            echo: bool, logprobs: bool, include_usage: bool,
+                            prompt_tokens: int) -> AsyncIterator[str]:
+    """A completions stream: per choice, with echo its prompt first, then one chunk per token event."""
+    offsets = {g.tag[1]: 0 for g in gens}  # text offsets for the logprobs blocks
+    echoed: set[int] = set()
+    try:
+        async for ev in events(q, live):
+            g = ev.generation
+            i = g.tag[1]
+            if echo and i not in echoed:  # the prompt first (scored by now, when logprobs are asked)
+                echoed.add(i)
+                text = tokenizer.decode(g.prompt)
+                lp = logprobs_block(tokenizer, prompt_entries(g), 0) if logprobs else None
+                offsets[i] = len(text)
+                yield sse(completion_chunk(top, i, text, lp, None))
+            if not ev.text and ev.logprob is None and not ev.finished:
+                continue
+            lp = None
+            if logprobs and ev.logprob is not None:
+                lp = logprobs_block(tokenizer, [(ev.logprob.token, ev.logprob)], offsets[i])
+            offsets[i] += len(ev.text)
+            yield sse(completion_chunk(top, i, ev.text, lp, g.finish_reason if ev.finished else None))
+        if include_usage:
+            yield sse({**top, "choices": [], "usage": usage(prompt_tokens, gens)})
+        yield DONE
+    except APIError as e:
+        yield sse(e.body())
+    finally:  # also when the client goes away mid-stream: free the rows
+        live.abandon()
