@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from gptkit.data.cli import add_prepare
+from gptkit.commands.data import add_prepare
 from gptkit.data.loader import (BatchLoader, TokenDataset, batch_offsets, data_fingerprint, eval_batches,
                                 get_batch, load_tokenizer, read_manifest)
 from gptkit.data.prepare import prepare, split_hash

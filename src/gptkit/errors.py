@@ -11,3 +11,7 @@ class CheckpointError(GptkitError):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that every `finally` and atomic write cleans up on the way out."""
+
+
+class TrainError(GptkitError):
+    """A training run that cannot start or continue as asked."""

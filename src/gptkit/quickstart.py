@@ -8,7 +8,6 @@ wheel on PyPI (found through importlib.metadata; the package is never imported).
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import sys
@@ -16,6 +15,7 @@ import time
 from pathlib import Path
 
 from .errors import GptkitError
+from .options.quickstart import QuickstartOptions
 
 # The model and optimiser of the main job. Its length is a time budget (`--minutes`): `gptkit train --max-minutes`
 # sets the step count at the end of warmup from the speed it measures. On a 2-core AMD EPYC 962 steps fit in
@@ -78,8 +78,8 @@ def write_corpus(plays: list[Path], out_dir: Path) -> int:
     return total
 
 
-def run(args: argparse.Namespace) -> int:
-    from .cli import stream_text
+def run(args: QuickstartOptions) -> int:
+    from .commands.sample import stream_text
     from .data.prepare import prepare
     from .train import TrainConfig, train
 
@@ -160,20 +160,3 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write("\n")
     print(f"\nmore: gptkit sample --ckpt {out / 'run'} --prompt 'ROMEO:' --max-new-tokens 500", file=sys.stderr)
     return 0
-
-
-def add_quickstart(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("quickstart", help="the main job: train a small GPT on Shakespeare for ~5 minutes on a "
-                                          "CPU and print a sample")
-    p.add_argument("--corpus", nargs="+", help="your own text instead (files, directories, JSONL, .gz)")
-    p.add_argument("--out", default="runs/quickstart", help="working directory (default runs/quickstart)")
-    p.add_argument("--minutes", type=float, default=5.0, help="about how long the whole job takes (default 5); "
-                   "the number of training steps is set from the speed measured during warmup")
-    p.add_argument("--max-iters", type=int, default=None, help="train exactly this many steps instead")
-    p.add_argument("--prompt", default="ROMEO:\n", help="the sample's beginning")
-    p.add_argument("--tokens", type=int, default=500, help="characters to sample")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted quickstart in --out")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=run)

@@ -8,7 +8,7 @@
 Modules: ``tasks`` (registry and readers of the built-in tasks), ``yaml_task`` (your own JSONL + YAML tasks),
 ``icl`` (few-shot prompts, batched prefix-sharing scoring), ``perplexity`` (sliding windows), ``runner``
 (``evaluate``), ``lm_eval_tasks`` (tasks as lm-eval YAML + JSONL), ``lm_eval_adapter`` (the ``gptkit`` model
-for lm-eval; imports lm-eval), ``cli`` (``gptkit eval``).
+for lm-eval; imports lm-eval), ``report`` (the results table and plot; ``gptkit eval`` is gptkit.commands.evaluate).
 Nothing heavy is imported until used.
 """
 

@@ -10,8 +10,8 @@ token sequences with added start / delimiter / extract tokens (the four input tr
     multiple-choice   [s] context [$] answer_k [e]  for each k     → W_y → one score each → softmax
 
 Modules: `tasks` (file readers, the transforms, the truncation policy; no torch), `heads` (the heads over the
-headless backbone), `metrics`, `loop` (the training loop, evaluation, prediction, the fine-tuned checkpoint),
-`cli` (`gptkit finetune`, `gptkit predict`).
+headless backbone), `metrics`, `loop` (the training loop, evaluation, prediction, the fine-tuned checkpoint);
+the command shells are in gptkit.commands.finetune.
 """
 
 from __future__ import annotations

@@ -31,11 +31,12 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CheckpointError
+from ..options.finetune import FinetuneConfig
 from .tasks import (
     FORMAT_TASKS,
     SPECIAL_TOKENS,
@@ -64,90 +65,6 @@ if TYPE_CHECKING:
 HEAD_WEIGHTS = "head.safetensors"
 TASK_JSON = "task.json"
 POSITIONAL_FORMATS = ("sst2", "mrpc", "stsb")
-
-
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    return field(default=default, metadata={"help": help, **kw})
-
-
-@dataclass
-class FinetuneConfig:
-    """Options of `gptkit finetune`; each field is a `--flag`. Defaults are GPT-1's (§4.1)."""
-
-    ckpt: str | None = _f(None, "pre-trained model: gptkit checkpoint, training run, or Hugging Face GPT dir")
-    task: str | None = _f(None, f"{' | '.join(TASKS)} (default: the one --format holds)")
-    train: str | None = _f(None, "training file")
-    valid: str | None = _f(None, "validation file (evaluated after every epoch)")
-    test: str | None = _f(None, "test file (evaluated at the end; labels optional)")
-    out: str | None = _f(None, "output directory for the fine-tuned model, metrics and predictions")
-    format: str | None = _f(None, "sst2, superglue, mrpc, stsb, storycloze, jsonl, csv, tsv (default: from the "
-                                  "file extension)")
-    regression: bool = _f(False, "predict a score (mean squared error) instead of classes, e.g. STS-B's 0-5")
-    text_field: str | None = _f(None, "field(s) of the text / premise / sentence A / context (comma-separated "
-                                      "fields are joined with a space)")
-    pair_field: str | None = _f(None, "field of the hypothesis / sentence B")
-    choice_fields: str | None = _f(None, "comma-separated fields of the answers, or one field with a JSON list")
-    label_field: str | None = _f(None, "field of the label (class, score, or answer index)")
-    header: bool = _f(True, "csv/tsv: the first row names the columns (else name columns by number, 0-based)")
-    index_base: int | None = _f(None, "multiple choice: the label of the first answer (default 0; storycloze 1)")
-    positive_label: str | None = _f(None, "the class F1 is computed for (two-class tasks; default '1' if present)")
-    lm_coef: float = _f(0.5, "λ, weight of the auxiliary language-modelling loss L1 (0 turns it off)")
-    lr: float = _f(6.25e-5, "peak learning rate")
-    batch_size: int = _f(32, "examples per step")
-    epochs: float = _f(3.0, "passes over the training set (a fraction stops part-way through the last)")
-    warmup: float = _f(0.002, "linear warmup over this share of the steps, then linear decay to 0")
-    weight_decay: float = _f(0.01, "AdamW weight decay on weights (not biases or gains)")
-    grad_clip: float = _f(1.0, "clip the gradient norm to this (0: off)")
-    head_dropout: float = _f(0.1, "dropout before the task head W_y")
-    dropout: float | None = _f(None, "dropout in the Transformer (default: the checkpoint's)")
-    max_len: int | None = _f(None, "longest input sequence in tokens, special tokens included (default: the "
-                                    "model's context); longer inputs are truncated")
-    max_train_examples: int | None = _f(None, "use a random subset of this many training examples")
-    max_eval_examples: int | None = _f(None, "evaluate on a random subset of this many valid/test examples")
-    valid_from_train: float | None = _f(None, "no --valid: hold out this share (< 1) or number of training examples")
-    from_scratch: bool = _f(False, "same architecture and tokenizer as --ckpt, random initial weights")
-    seed: int = _f(1337, "random seed (head init, shuffling, dropout, subsets)")
-    eval_batch_size: int | None = _f(None, "examples per evaluation batch (default 2 × batch size)")
-    threads: int | None = _f(None, "CPU threads for torch (default: torch's choice)")
-    device: str = _f("auto", "cpu, cuda, cuda:N or auto")
-    overwrite: bool = _f(False, "replace --out if it already holds files")
-    quiet: bool = _f(False, "no progress display")
-
-    def validate(self) -> None:
-        for name in ("ckpt", "train", "out"):
-            if not getattr(self, name):
-                raise TaskError(f"--{name} is required")
-        if not self.valid and self.valid_from_train is None:
-            raise TaskError("give --valid FILE, or --valid-from-train SHARE to hold out part of --train")
-        if self.valid and self.valid_from_train is not None:
-            raise TaskError("give either --valid or --valid-from-train, not both")
-        if self.task is not None and self.task not in TASKS:
-            raise TaskError(f"unknown --task {self.task!r}; choose one of: {', '.join(TASKS)}")
-        for name in ("batch_size",):
-            if getattr(self, name) <= 0:
-                raise TaskError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        for name in ("epochs", "lr", "lm_coef", "warmup", "head_dropout", "dropout", "valid_from_train"):
-            v = getattr(self, name, None)
-            if isinstance(v, float) and not math.isfinite(v):  # nan passes every comparison below
-                raise TaskError(f"--{name.replace('_', '-')} must be a finite number, got {v}")
-        if not self.epochs > 0:
-            raise TaskError(f"--epochs must be positive, got {self.epochs}")
-        if not self.lr > 0:
-            raise TaskError(f"--lr must be positive, got {self.lr}")
-        if not self.lm_coef >= 0:
-            raise TaskError(f"--lm-coef must be >= 0, got {self.lm_coef}")
-        if not 0 <= self.warmup < 1:
-            raise TaskError(f"--warmup is a share of the steps in [0, 1), got {self.warmup}")
-        for name in ("head_dropout", "dropout"):
-            v = getattr(self, name)
-            if v is not None and not 0 <= v < 1:
-                raise TaskError(f"--{name.replace('_', '-')} must be in [0, 1), got {v}")
-        for name in ("max_len", "max_train_examples", "max_eval_examples", "eval_batch_size", "threads"):
-            v = getattr(self, name)
-            if v is not None and v <= 0:
-                raise TaskError(f"--{name.replace('_', '-')} must be positive, got {v}")
-        if self.valid_from_train is not None and self.valid_from_train <= 0:
-            raise TaskError("--valid-from-train must be positive")
 
 
 # ------------------------------------------------------------------------------------------- data setup
@@ -674,8 +591,3 @@ def predict(ckpt: str | Path, input: str | Path, out: str | Path, fmt: str | Non
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
     return metrics
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-def config_fields() -> list[dataclasses.Field]:
-    return list(fields(FinetuneConfig))

@@ -1,0 +1,107 @@
+"""Options of `gptkit finetune` and `gptkit predict`. Defaults of fine-tuning are GPT-1's (§4.1)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..finetune.tasks import TASKS, TaskError
+from .generator import opt
+
+
+@dataclass
+class FinetuneConfig:
+    """Options of `gptkit finetune`; each field is a `--flag`. Defaults are GPT-1's (§4.1)."""
+
+    ckpt: str | None = opt(None, "pre-trained model: gptkit checkpoint, training run, or Hugging Face GPT dir")
+    task: str | None = opt(None, f"{' | '.join(TASKS)} (default: the one --format holds)")
+    train: str | None = opt(None, "training file")
+    valid: str | None = opt(None, "validation file (evaluated after every epoch)")
+    test: str | None = opt(None, "test file (evaluated at the end; labels optional)")
+    out: str | None = opt(None, "output directory for the fine-tuned model, metrics and predictions")
+    format: str | None = opt(None, "sst2, superglue, mrpc, stsb, storycloze, jsonl, csv, tsv (default: from the "
+                                  "file extension)")
+    regression: bool = opt(False, "predict a score (mean squared error) instead of classes, e.g. STS-B's 0-5")
+    text_field: str | None = opt(None, "field(s) of the text / premise / sentence A / context (comma-separated "
+                                      "fields are joined with a space)")
+    pair_field: str | None = opt(None, "field of the hypothesis / sentence B")
+    choice_fields: str | None = opt(None, "comma-separated fields of the answers, or one field with a JSON list")
+    label_field: str | None = opt(None, "field of the label (class, score, or answer index)")
+    header: bool = opt(True, "csv/tsv: the first row names the columns (else name columns by number, 0-based)")
+    index_base: int | None = opt(None, "multiple choice: the label of the first answer (default 0; storycloze 1)")
+    positive_label: str | None = opt(None, "the class F1 is computed for (two-class tasks; default '1' if present)")
+    lm_coef: float = opt(0.5, "λ, weight of the auxiliary language-modelling loss L1 (0 turns it off)")
+    lr: float = opt(6.25e-5, "peak learning rate")
+    batch_size: int = opt(32, "examples per step")
+    epochs: float = opt(3.0, "passes over the training set (a fraction stops part-way through the last)")
+    warmup: float = opt(0.002, "linear warmup over this share of the steps, then linear decay to 0")
+    weight_decay: float = opt(0.01, "AdamW weight decay on weights (not biases or gains)")
+    grad_clip: float = opt(1.0, "clip the gradient norm to this (0: off)")
+    head_dropout: float = opt(0.1, "dropout before the task head W_y")
+    dropout: float | None = opt(None, "dropout in the Transformer (default: the checkpoint's)")
+    max_len: int | None = opt(None, "longest input sequence in tokens, special tokens included (default: the "
+                                    "model's context); longer inputs are truncated")
+    max_train_examples: int | None = opt(None, "use a random subset of this many training examples")
+    max_eval_examples: int | None = opt(None, "evaluate on a random subset of this many valid/test examples")
+    valid_from_train: float | None = opt(None, "no --valid: hold out this share (< 1) or number of training examples")
+    from_scratch: bool = opt(False, "same architecture and tokenizer as --ckpt, random initial weights")
+    seed: int = opt(1337, "random seed (head init, shuffling, dropout, subsets)")
+    eval_batch_size: int | None = opt(None, "examples per evaluation batch (default 2 × batch size)")
+    threads: int | None = opt(None, "CPU threads for torch (default: torch's choice)")
+    device: str = opt("auto", "cpu, cuda, cuda:N or auto")
+    overwrite: bool = opt(False, "replace --out if it already holds files")
+    quiet: bool = opt(False, "no progress display")
+
+    def validate(self) -> None:
+        for name in ("ckpt", "train", "out"):
+            if not getattr(self, name):
+                raise TaskError(f"--{name} is required")
+        if not self.valid and self.valid_from_train is None:
+            raise TaskError("give --valid FILE, or --valid-from-train SHARE to hold out part of --train")
+        if self.valid and self.valid_from_train is not None:
+            raise TaskError("give either --valid or --valid-from-train, not both")
+        if self.task is not None and self.task not in TASKS:
+            raise TaskError(f"unknown --task {self.task!r}; choose one of: {', '.join(TASKS)}")
+        for name in ("batch_size",):
+            if getattr(self, name) <= 0:
+                raise TaskError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("epochs", "lr", "lm_coef", "warmup", "head_dropout", "dropout", "valid_from_train"):
+            v = getattr(self, name, None)
+            if isinstance(v, float) and not math.isfinite(v):  # nan passes every comparison below
+                raise TaskError(f"--{name.replace('_', '-')} must be a finite number, got {v}")
+        if not self.epochs > 0:
+            raise TaskError(f"--epochs must be positive, got {self.epochs}")
+        if not self.lr > 0:
+            raise TaskError(f"--lr must be positive, got {self.lr}")
+        if not self.lm_coef >= 0:
+            raise TaskError(f"--lm-coef must be >= 0, got {self.lm_coef}")
+        if not 0 <= self.warmup < 1:
+            raise TaskError(f"--warmup is a share of the steps in [0, 1), got {self.warmup}")
+        for name in ("head_dropout", "dropout"):
+            v = getattr(self, name)
+            if v is not None and not 0 <= v < 1:
+                raise TaskError(f"--{name.replace('_', '-')} must be in [0, 1), got {v}")
+        for name in ("max_len", "max_train_examples", "max_eval_examples", "eval_batch_size", "threads"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise TaskError(f"--{name.replace('_', '-')} must be positive, got {v}")
+        if self.valid_from_train is not None and self.valid_from_train <= 0:
+            raise TaskError("--valid-from-train must be positive")
+
+
+@dataclass
+class PredictOptions:
+    """Options of `gptkit predict`: a fine-tuned model run over a data file."""
+
+    ckpt: str = opt(None, "directory written by `gptkit finetune --out`", required=True)
+    input: str = opt(None, "data file", required=True)
+    out: str = opt(None, "output JSONL file", required=True)
+    format: str | None = opt(None, "file format (default: the one the model was fine-tuned on)")
+    text_field: str | None = opt(None, "field(s) of the first text (comma-separated)")
+    pair_field: str | None = opt(None, "field of the second text")
+    choice_fields: str | None = opt(None, "comma-separated fields of the answers")
+    label_field: str | None = opt(None, "field of the label, when the file has one")
+    header: bool | None = opt(None, "csv/tsv: the first row names the columns")
+    batch_size: int = opt(64, "examples per batch")
+    max_examples: int | None = opt(None, "only the first N examples")
+    device: str = opt("cpu", "cpu, cuda or cuda:N")

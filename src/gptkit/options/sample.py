@@ -1,0 +1,40 @@
+"""Options of `gptkit sample` (the inference flags `--weights`, `--blas` are shared with `gptkit serve`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .generator import opt
+
+WEIGHTS = ("fp32", "fp16", "int8")
+BLAS = ("numpy", "torch")
+
+
+def weights() -> Any:
+    return opt("fp32", "fp16/int8: faster on CPU, slightly different output (see docs/benchmarks.md)", choices=WEIGHTS)
+
+
+def blas() -> Any:
+    return opt("numpy", "fp32 on CPU: multiply through numpy's BLAS (OpenBLAS) or PyTorch's own (MKL)", choices=BLAS)
+
+
+@dataclass
+class SampleOptions:
+    """Generate text from a checkpoint, streaming to stdout."""
+
+    ckpt: str = opt(None, "checkpoint, training run, or Hugging Face directory", required=True)
+    prompt: str | None = opt(None, "text to continue (default: start from <|endoftext|>)")
+    interactive: bool = opt(False, "read prompts from the terminal, one a line", aliases=("-i",))
+    max_new_tokens: int = opt(200, "tokens to generate")
+    temperature: float = opt(0.8, "0 means greedy")
+    top_k: int | None = opt(None, "sample from the k most likely tokens only")
+    top_p: float | None = opt(None, "sample from the smallest set of tokens whose probability reaches p")
+    presence_penalty: float = opt(0.0, "-2..2, OpenAI's definition")
+    frequency_penalty: float = opt(0.0, "-2..2, OpenAI's definition")
+    stop: list[str] | None = opt(None, "stop at this text (repeatable)", append=True)
+    num_samples: int = opt(1, "samples per prompt")
+    seed: int | None = opt(None, "make sampling reproducible")
+    weights: str = weights()
+    blas: str = blas()
+    device: str = opt("auto", "cpu, cuda or auto")
