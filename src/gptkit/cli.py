@@ -22,14 +22,9 @@ from .commands.finetune import add_finetune, add_predict
 from .commands.info import add_export_hf, add_info
 from .commands.quickstart import add_quickstart
 from .commands.sample import add_sample
+from .commands.serve import add_serve
 from .commands.train import add_train
 from .errors import GptkitError, Terminated
-
-
-def add_serve(sub: argparse._SubParsersAction) -> None:
-    from .serve import add_serve as add  # fastapi/uvicorn load only when `serve` runs
-
-    add(sub)
 
 
 # ------------------------------------------------------------------------------------------------ main

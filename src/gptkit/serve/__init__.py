@@ -12,7 +12,7 @@ The package, leaf to root (each piece is testable without HTTP):
     sse         token events → streamed chunks (server-sent events)
     app         create_app: wires the above into routes
     running     BackgroundServer (uvicorn in a thread), bind_socket
-    cli         `gptkit serve`'s flags and command
+    cli         `gptkit serve`'s work: load the model, run uvicorn (its flags: gptkit.options.serve)
 
 Importing this package is light (no fastapi, pydantic or torch): `create_app`, `BackgroundServer` and
 `APIError` are loaded on first use.
@@ -20,7 +20,6 @@ Importing this package is light (no fastapi, pydantic or torch): `create_app`, `
 
 from importlib import import_module
 
-from .cli import add_serve, cmd_serve
 from .config import DEFAULT_HOST, DEFAULT_PORT, ServeOptions
 
 _LAZY = {"create_app": "app", "BackgroundServer": "running", "bind_socket": "running", "APIError": "errors"}
@@ -32,5 +31,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "APIError", "BackgroundServer", "ServeOptions", "add_serve", "bind_socket",
-           "cmd_serve", "create_app"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "APIError", "BackgroundServer", "ServeOptions", "bind_socket", "create_app"]

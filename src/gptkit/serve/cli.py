@@ -1,12 +1,12 @@
-"""`gptkit serve`: its flags, and the command that loads the model and runs uvicorn. Light at import (the
-command's imports are inside it), so `gptkit --help` stays fast."""
+"""`gptkit serve`: load the model and run uvicorn (the flags are gptkit.options.serve, the shell
+gptkit.commands.serve). Light at import: the command's imports are inside it."""
 
-import argparse
 import os
 import sys
 
 from ..errors import GptkitError
-from .config import DEFAULT_HOST, DEFAULT_PORT, ServeOptions
+from ..options.serve import ServeCommandOptions
+from .config import ServeOptions
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
 
@@ -20,7 +20,7 @@ def need_serve_extra() -> None:
                           f"pip install 'gptkit[serve]'") from None
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def serve(args: ServeCommandOptions) -> int:
     import torch
 
     from ..checkpoint import load_model
@@ -80,27 +80,3 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         sock.close()
     return 0
-
-
-def add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve a model over HTTP with an OpenAI-compatible completions API")
-    p.add_argument("--ckpt", required=True, help="checkpoint, training run, or Hugging Face directory")
-    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}: this machine "
-                   "only; 0.0.0.0 exposes it)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT)
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: "
-                   "$GPTKIT_API_KEY, else no key)")
-    p.add_argument("--model-name", default=None, help="the model id clients send (default: the directory name)")
-    p.add_argument("--tokenizer", default=None, help="tokenizer directory, when the checkpoint has none")
-    p.add_argument("--max-batch", type=int, default=16, help="generations decoded together")
-    p.add_argument("--max-queue", type=int, default=64, help="generations waiting for a free row before 429")
-    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
-    p.add_argument("--max-connections", type=int, default=256, help="open connections before 503")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--weights", choices=["fp32", "fp16", "int8"], default="fp32",
-                   help="fp16/int8: faster on CPU, slightly different output (see docs/benchmarks.md)")
-    p.add_argument("--blas", choices=["numpy", "torch"], default="numpy",
-                   help="fp32 on CPU: multiply through numpy's BLAS (OpenBLAS; default) or PyTorch's own (MKL)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--log-level", default="warning", help="uvicorn log level")
-    p.set_defaults(func=cmd_serve)
