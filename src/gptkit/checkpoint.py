@@ -189,15 +189,6 @@ def read_config_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def is_gptkit_checkpoint(path: Path) -> bool:
-    if not (path / CONFIG).is_file():
-        return False
-    try:
-        return read_config_json(path).get("format") == FORMAT
-    except CheckpointError:
-        return False
-
-
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     """Complete checkpoints of a training run (`RUN/checkpoints/step-N`), oldest first. Directories being
     written have a hidden temporary name until they are complete, so they never appear here."""

@@ -208,7 +208,7 @@ PRESETS: dict[str, GPTConfig] = {
     "gpt3-13b": _gpt3(40, 5140, 20),  # table: 40 heads; 5140 = 20 × 257 is the closest divisor
     "gpt3-175b": _gpt3(96, 12288, 96),
     # Small models for CPU work. gpt-micro is nanoGPT's documented CPU recipe shape (4 × 4 × 128, context 64).
-    # They use the exact (erf) GELU: on CPU, PyTorch's tanh-approximation kernel is ~10x slower (fwd + bwd),
+    # They use the exact (erf) GELU: on CPU, PyTorch's tanh-approximation kernel is much slower (fwd + bwd),
     # measured in docs/benchmarks.md; the GPT-2 presets keep the tanh form their checkpoints were trained with.
     "gpt-nano": GPTConfig(vocab_size=50257, block_size=128, n_layer=3, n_head=3, n_embd=48, gelu="exact"),
     "gpt-micro": GPTConfig(vocab_size=50257, block_size=64, n_layer=4, n_head=4, n_embd=128, gelu="exact"),

@@ -1,4 +1,5 @@
-"""Atomic file and directory writes, shared by checkpoints, token shards and the data pipeline's outputs.
+"""Atomic file and directory writes, shared by checkpoints, token shards and the data pipeline's outputs, and the
+one strict JSON-lines reader of evaluation and fine-tuning data.
 
 Every output is written under a hidden temporary name next to its destination (`.NAME.<random>.tmp`), flushed
 to disk, and renamed into place with `os.replace`, which POSIX makes atomic: a reader, or a run that crashed
@@ -7,6 +8,9 @@ mid-write, sees the old file or the new one, never half of one. A write that fai
 Temporary files are opened with `open(..., "xb")`, not `tempfile.mkstemp`, so the finished file gets the usual
 mode (0666 less the umask) instead of mkstemp's 0600. This module imports no torch: the `gptkit data` commands
 use it and stay light.
+
+`jsonl_objects` is strict (evaluation and fine-tuning data: a bad line is the user's mistake, reported with its
+line number); the data pipeline's lenient reader, which counts bad lines and goes on, is gptkit.data.sources.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -164,3 +168,27 @@ def publish_dir(tmp: Path, final: Path) -> None:
     fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def jsonl_objects(lines: Iterable[str], name: str | os.PathLike, error: type[Exception]
+                  ) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSON-lines text (an open file, or any lines).
+
+    Every line must hold one JSON object; anything else raises `error("NAME:LINE: ...")`, one line naming the
+    place, as does text that is not UTF-8 (when `lines` is a file opened with a UTF-8 encoding).
+    """
+    n = 0
+    try:
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise error(f"{name}:{n}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise error(f"{name}:{n}: expected a JSON object per line, got {type(row).__name__}")
+            yield n, row
+    except UnicodeDecodeError:
+        raise error(f"{name}:{n + 1}: not UTF-8 text") from None

@@ -193,8 +193,8 @@ def _threaded_map(fn: Any, texts: list[str], num_threads: int) -> list[Any]:
     """``[fn(t) for t in texts]`` on ``num_threads`` threads (``fn`` must release the GIL, as tiktoken does).
 
     Each thread gets a few contiguous slices of about equal length, not one task per text: tiktoken's own
-    ``encode_ordinary_batch`` submits one future per text, which makes it ~8x slower than a plain loop on
-    many short texts (40,000 lines of Shakespeare: 0.6 vs 5 MB/s).
+    ``encode_ordinary_batch`` submits one future per text, which costs more than the encoding of a short text
+    (docs/benchmarks.md, "Tokenizer throughput").
     """
     total = sum(map(len, texts))
     if num_threads <= 1 or len(texts) < 2 or total < _PARALLEL_MIN_CHARS:
@@ -221,8 +221,8 @@ def _threaded_map(fn: Any, texts: list[str], num_threads: int) -> list[Any]:
 def _encode_with_tokenizers(backend: tokenizers.Tokenizer, text: str) -> list[int]:
     """One text through a `tokenizers` backend: long texts are cut and run on its thread pool.
 
-    ``encode_batch_fast`` skips the character offsets that ``encode`` computes; with the cutting, a 1 MB text
-    encodes 2-5x faster than one ``encode`` call (whose cost grows faster than linearly with length).
+    ``encode_batch_fast`` skips the character offsets that ``encode`` computes; with the cutting, a long text
+    encodes faster than in one ``encode`` call, whose cost grows faster than linearly with length.
     """
     pieces = split_at_word_boundaries(text) if len(text) >= _PARALLEL_MIN_CHARS else [text]
     encodings = backend.encode_batch_fast(pieces, add_special_tokens=False)

@@ -28,9 +28,9 @@ Memory is bounded by the number of documents, not by their text: texts stream fr
 the index holds 16 bytes per band per kept document (sorted numpy runs, merged like a log-structured merge tree)
 plus 24 bytes per document for the exact hashes. The kept documents' signatures and n-gram hash sets (4 bytes
 per n-gram, about 2/3 of the text's size), needed only to check candidates, go to temporary files next to the
-output (deleted at the end) and are read back with `pread`. Resident, this index holds ~460 B per kept document;
-datasketch's own `MinHashLSH` with the same bands holds ~5.9 KB of Python objects per document (180,794 documents,
-`benchmarks/dedup.py`). The tests check that both return the same candidates.
+output (deleted at the end) and are read back with `pread`. Resident, the index is an order of magnitude smaller
+than datasketch's own `MinHashLSH` with the same bands, which holds Python objects per document (measured in
+docs/benchmarks.md); the tests check that both return the same candidates.
 
 The output is deterministic: decisions are taken in input order in the main process, and signatures do not
 depend on which process computes them, so any number of workers gives byte-identical output.

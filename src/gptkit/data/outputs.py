@@ -8,7 +8,6 @@ would replace the input it is read from). Imports nothing heavy.
 
 from __future__ import annotations
 
-import math
 import os
 import secrets
 from collections.abc import Iterable
@@ -94,14 +93,3 @@ def positive_int(value: int | None, flag: str, error: type[GptkitError] = Gptkit
     if value is None or isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise error(f"{flag} must be a positive whole number, got {value}")
 
-
-def finite_float(value: float | None, flag: str, error: type[GptkitError] = GptkitError, positive: bool = False,
-                 non_negative: bool = False) -> None:
-    if value is None:
-        return
-    if not math.isfinite(value):
-        raise error(f"{flag} must be a finite number, got {value}")
-    if positive and value <= 0:
-        raise error(f"{flag} must be > 0, got {value}")
-    if non_negative and value < 0:
-        raise error(f"{flag} must be >= 0, got {value}")

@@ -17,7 +17,6 @@ working directory) and are never downloaded. This module imports neither torch n
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from ..errors import GptkitError
+from ..io import jsonl_objects
 
 Kind = Literal["choice", "cloze", "perplexity"]
 DEFAULT_DATA_DIR = Path("../shared/data")
@@ -88,20 +88,9 @@ def _need(path: Path) -> Path:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSON-lines file; a bad line is reported with its number."""
-    rows = []
+    """Rows of a JSON-lines file; a bad line is reported with its number (gptkit.io.jsonl_objects)."""
     with open(_need(path), encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise EvalError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise EvalError(f"{path}:{n}: expected a JSON object per line, got {type(row).__name__}")
-            rows.append(row)
-    return rows
+        return [row for _, row in jsonl_objects(f, path, EvalError)]
 
 
 # ------------------------------------------------------------------------------------------------ readers

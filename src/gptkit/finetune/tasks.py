@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GptkitError
+from ..io import jsonl_objects
 
 TASKS = ("classification", "entailment", "similarity", "multiple-choice")
 FORMATS = ("sst2", "superglue", "mrpc", "stsb", "storycloze", "jsonl", "csv", "tsv")
@@ -136,16 +137,7 @@ def _open_text(path: Path):
 
 def _iter_rows_jsonl(path: Path):
     with _open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TaskError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise TaskError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            yield lineno, row
+        yield from jsonl_objects(f, path, TaskError)
 
 
 def _iter_rows_delimited(path: Path, delimiter: str, header: bool):
