@@ -162,6 +162,6 @@ def cmd_dedup(args: argparse.Namespace) -> int:
 
 
 def _sibling(out: str, suffix: str) -> str:
-    from ..data.dedup import sibling_path
+    from ..data.passes import sibling_path
 
     return str(sibling_path(out, suffix))

@@ -39,26 +39,23 @@ depend on which process computes them, so any number of workers gives byte-ident
 from __future__ import annotations
 
 import collections
-import contextlib
+import functools
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import re
-import sys
 import tempfile
-import time
 import zlib
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from ..io import AtomicFile, atomic_write_json
-from .records import Record, RecordReader
+from .passes import FilterPass, batched
+from .records import Record
 from .shards import DataError
+from .workers import default_workers, ordered_map, worker_pool
 
 REPORT_FORMAT = "gptkit-dedup-report"
 _WORD = re.compile(r"\w+")
@@ -424,82 +421,49 @@ class DedupIndex:
 
 
 # ------------------------------------------------------------------------------------------ the pass
-def _batches(records: Iterator[Record]) -> Iterator[list[Record]]:
-    batch: list[Record] = []
-    chars = 0
-    for rec in records:
-        batch.append(rec)
-        chars += len(rec.text)
-        if len(batch) >= BATCH_DOCS or chars >= BATCH_CHARS:
-            yield batch
-            batch, chars = [], 0
-    if batch:
-        yield batch
+def _check_parameters(threshold: float, num_perm: int, ngram: int, verify: str) -> None:
+    if num_perm < 2:
+        raise DataError(f"--num-perm must be at least 2, got {num_perm}")
+    if ngram < 1:
+        raise DataError(f"--ngram must be at least 1, got {ngram}")
+    if verify not in ("exact", "minhash"):
+        raise DataError(f"--verify must be exact or minhash, got {verify!r}")
+    lsh_params(threshold, num_perm)  # checks the threshold
 
 
-def _pool(workers: int) -> ProcessPoolExecutor:
-    # fork on Linux: workers start in milliseconds and need no `if __name__ == "__main__"` guard in the caller
-    # (see gptkit.data.prepare._start_pool); spawn elsewhere.
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods and sys.platform == "linux" else "spawn")
-    return ProcessPoolExecutor(workers, mp_context=ctx)
+class _Tally:
+    """What the report counts: decisions overall and per input file, and the clusters of removed documents."""
 
+    def __init__(self) -> None:
+        self.counts: collections.Counter = collections.Counter()
+        self.by_file: dict[str, collections.Counter] = {}
+        self.clusters: collections.Counter = collections.Counter()  # kept document -> documents removed into it
 
-def _signed(batches: Iterator[list[Record]], workers: int, num_perm: int, ngram: int, seed: int, with_sets: bool,
-            pool):
-    """(records, content, sigs, has_words, sets) per batch, in input order; at most 2·workers + 2 batches in
-    flight."""
-    if pool is None:
-        for b in batches:
-            yield (b, *sign_batch([r.text for r in b], num_perm, ngram, seed, with_sets))
-        return
-    inflight: collections.deque = collections.deque()
-    for b in batches:
-        inflight.append((b, pool.submit(sign_batch, [r.text for r in b], num_perm, ngram, seed, with_sets)))
-        if len(inflight) >= 2 * workers + 2:
-            rb, fut = inflight.popleft()
-            yield (rb, *fut.result())
-    while inflight:
-        rb, fut = inflight.popleft()
-        yield (rb, *fut.result())
+    def add(self, path: str, kind: str, dup_of: int) -> None:
+        fs = self.by_file.get(path)
+        if fs is None:
+            fs = self.by_file[path] = collections.Counter()
+        fs["documents"] += 1
+        fs[kind] += 1
+        self.counts[kind] += 1
+        if kind != "keep":
+            self.clusters[dup_of] += 1
 
-
-def sibling_path(out: str | os.PathLike, suffix: str) -> Path:
-    """A file beside `out` named after it: `kept.jsonl` (or `kept.jsonl.gz`) + ".report.json" -> `kept.report.json`."""
-    out = Path(out)
-    stem = out.name.removesuffix(".gz").removesuffix(".jsonl")
-    return out.with_name(f"{stem}{suffix}")
-
-
-def output_path(out: str | os.PathLike) -> Path:
-    """`--out` of a filter as an absolute path, checked: a file name in a directory that exists."""
-    out = Path(out).expanduser().absolute()
-    if out.is_dir():
-        raise DataError(f"--out {out} is a directory; give a file name such as kept.jsonl")
-    if not out.parent.is_dir():
-        raise DataError(f"--out {out}: directory {out.parent} does not exist")
-    return out
-
-
-def check_outputs(inputs: list[str | os.PathLike], outputs: dict[str, str | os.PathLike | None]) -> None:
-    """Before any work: every output (flag -> path, None when not asked for) is a file name in a writable
-    directory, none is an input (which writing it would destroy) and no two are the same file."""
-    from .outputs import check_distinct_outputs, check_output_file
-
-    for flag, path in outputs.items():
-        check_output_file(path, flag, inputs, DataError)
-    check_distinct_outputs(outputs, DataError)
-
-
-@contextlib.contextmanager
-def open_outputs(out: Path, extra: str | os.PathLike | None) -> Iterator[tuple[AtomicFile, AtomicFile | None]]:
-    """The JSONL outputs of a filter, kept documents (`out`) and optionally the others (`extra`: removed or
-    rejected ones), each written atomically (gzip-compressed when its name ends in `.gz`): renamed into place
-    when the block ends normally, deleted when it raises."""
-    with contextlib.ExitStack() as stack:
-        f = stack.enter_context(AtomicFile(out))
-        g = stack.enter_context(AtomicFile(Path(extra).expanduser().absolute())) if extra is not None else None
-        yield f, g
+    def fields(self, documents: int) -> dict:
+        assert documents == sum(self.counts[k] for k in ("keep", "exact", "near"))  # every document accounted for
+        sizes = collections.Counter(1 + c for c in self.clusters.values())
+        return {
+            "documents_in": documents,
+            "kept": self.counts["keep"],
+            "exact_duplicates_removed": self.counts["exact"],
+            "near_duplicates_removed": self.counts["near"],
+            "clusters": len(self.clusters),  # clusters of two or more documents (one kept, the rest removed)
+            "largest_cluster": max(sizes) if sizes else 1,
+            "cluster_sizes": {str(k): sizes[k] for k in sorted(sizes)},
+            "documents_without_words": self.counts["no_words"],
+            "by_file": {p: {"documents": c["documents"], "kept": c["keep"], "exact": c["exact"], "near": c["near"]}
+                        for p, c in self.by_file.items()},
+        }
 
 
 def dedup(inputs: list[str | os.PathLike], out: str | os.PathLike, threshold: float = 0.8, num_perm: int = 128,
@@ -526,105 +490,42 @@ def dedup(inputs: list[str | os.PathLike], out: str | os.PathLike, threshold: fl
             kind ("exact" or "near"), the index of the kept document it duplicates, and the Jaccard similarity
             (exact or estimated, as `verify` says).
     """
-    t0 = time.perf_counter()
-    if num_perm < 2:
-        raise DataError(f"--num-perm must be at least 2, got {num_perm}")
-    if ngram < 1:
-        raise DataError(f"--ngram must be at least 1, got {ngram}")
-    if verify not in ("exact", "minhash"):
-        raise DataError(f"--verify must be exact or minhash, got {verify!r}")
-    with_sets = verify == "exact"
-    lsh_params(threshold, num_perm)  # checks the threshold before any work
-    out = output_path(out)
-    report_path = Path(report) if report is not None else sibling_path(out, ".report.json")
-    check_outputs(inputs, {"--out": out, "--report": report_path, "--removed": removed})
-    reader = RecordReader(inputs, text_field=text_field)
-    from .prepare import default_workers  # 1 process below 8 MB (start-up costs more than it saves), else cores
-
+    _check_parameters(threshold, num_perm, ngram, verify)
+    run = FilterPass(inputs, out, text_field=text_field, report=report, others={"--removed": removed}, warn=warn)
     if workers is not None and int(workers) < 1:
         raise DataError(f"--workers must be at least 1, got {workers}")
-    workers = default_workers(reader.total_bytes) if workers is None else int(workers)
-    warn = warn or (lambda m: print(f"gptkit: warning: {m}", file=sys.stderr))
-
-    index = DedupIndex(threshold, num_perm, verify, out.parent)
-    bands, rows = index.bands, index.rows
-    clusters: collections.Counter = collections.Counter()  # kept document -> documents removed into its cluster
-    by_file: dict[str, collections.Counter] = {}
-    counts: collections.Counter = collections.Counter()
-    pool = None
+    workers = default_workers(run.reader.total_bytes) if workers is None else int(workers)
+    sign = functools.partial(sign_batch, num_perm=num_perm, ngram=ngram, seed=seed, with_sets=verify == "exact")
+    index = DedupIndex(threshold, num_perm, verify, run.out.parent)
+    tally = _Tally()
     try:
-        from .prepare import _progress
-
-        with open_outputs(out, removed) as (f, rf), _progress(progress) as bar:
+        with run.writing(removed, progress, "dedup") as w:
             if workers > 1:
                 sign_batch([], num_perm, ngram, seed)  # import datasketch once, here: forked workers inherit it
-                bar.stop()  # no progress-bar thread alive while the workers are forked
-                pool = _pool(workers)
-                pool.submit(int).result()
-                bar.start()
-            task = bar.add_task("dedup", total=reader.total_bytes)
-            batches = _signed(_batches(reader.records()), workers, num_perm, ngram, seed, with_sets, pool)
-            for recs, content, sigs, has, sets in batches:
-                base = index.documents
-                counts["no_words"] += int(len(has) - has.sum())
-                for i, (rec, (kind, dup_of, jac)) in enumerate(zip(recs, index.decide(content, sigs, has, sets))):
-                    fs = by_file.get(rec.path)
-                    if fs is None:
-                        fs = by_file[rec.path] = collections.Counter()
-                    fs["documents"] += 1
-                    fs[kind] += 1
-                    counts[kind] += 1
-                    if kind == "keep":
-                        f.write((rec.to_json(text_field) + "\n").encode("utf-8"))
-                        continue
-                    clusters[dup_of] += 1
-                    if rf is not None:
-                        rf.write(_removed_line(base + i, rec, kind, dup_of, jac))
-                bar.update(task, completed=reader.bytes_read)
-            bar.update(task, completed=reader.total_bytes)
-            if index.documents == 0:  # raised inside the block: no output is left behind
-                raise reader.empty_error(inputs)
+            with worker_pool(workers, w.bar) as pool:
+                jobs = ((b, ([r.text for r in b],)) for b in batched(run.reader.records(), BATCH_DOCS, BATCH_CHARS))
+                for recs, (content, sigs, has, sets) in ordered_map(sign, jobs, pool, workers):
+                    base = index.documents
+                    tally.counts["no_words"] += int(len(has) - has.sum())
+                    decisions = index.decide(content, sigs, has, sets)
+                    for i, (rec, (kind, dup_of, jac)) in enumerate(zip(recs, decisions)):
+                        tally.add(rec.path, kind, dup_of)
+                        if kind == "keep":
+                            w.keep(rec.to_json(text_field))
+                        else:
+                            w.drop(_removed_line(base + i, rec, kind, dup_of, jac) if w.writes_other else None)
+                    w.advance()
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
         index.close()
-
-    seconds = time.perf_counter() - t0
-    sizes = collections.Counter(1 + c for c in clusters.values())
-    summary = reader.summary()
-    n_in = index.documents
-    rep = {
-        "format": REPORT_FORMAT,
-        "format_version": 1,
-        "inputs": [str(i) for i in inputs],
-        "output": str(out),
-        "documents_in": n_in,
-        "kept": counts["keep"],
-        "exact_duplicates_removed": counts["exact"],
-        "near_duplicates_removed": counts["near"],
-        "clusters": len(clusters),  # clusters of two or more documents (one kept, the rest removed)
-        "largest_cluster": max(sizes) if sizes else 1,
-        "cluster_sizes": {str(k): sizes[k] for k in sorted(sizes)},
-        "documents_without_words": counts["no_words"],
-        "bad_input": reader.bad_input(),
-        "files": summary["files"],
-        "by_file": {p: {"documents": c["documents"], "kept": c["keep"], "exact": c["exact"], "near": c["near"]}
-                    for p, c in by_file.items()},
-        "parameters": {"threshold": threshold, "num_perm": num_perm, "ngram": ngram, "seed": seed,
-                       "verify": verify, "bands": bands, "rows": rows, "text_field": text_field,
-                       "candidate_probability_at_threshold": round(candidate_probability(threshold, bands, rows),
-                                                                   4)},
-        "run": {"workers": workers, "seconds": round(seconds, 3),
-                "input_bytes": sum(s.bytes for s in reader.stats),
-                "documents_per_second": round(n_in / seconds, 1) if seconds > 0 else None},
-    }
-    assert n_in == counts["keep"] + counts["exact"] + counts["near"]  # every document is accounted for
-    atomic_write_json(report_path, rep)
-    for w in reader.warnings():
-        warn(w)
-    return rep
+    b, r = index.bands, index.rows
+    parameters = {"threshold": threshold, "num_perm": num_perm, "ngram": ngram, "seed": seed, "verify": verify,
+                  "bands": b, "rows": r, "text_field": text_field,
+                  "candidate_probability_at_threshold": round(candidate_probability(threshold, b, r), 4)}
+    fields = {**tally.fields(index.documents), "parameters": parameters}
+    input_bytes = sum(s.bytes for s in run.reader.stats)
+    return run.finish(run.report(REPORT_FORMAT, fields, {"workers": workers, "input_bytes": input_bytes}))
 
 
-def _removed_line(doc: int, rec: Record, kind: str, dup_of: int, jaccard: float) -> bytes:
-    return (json.dumps({"document": doc, "path": rec.path, "line": rec.line, "kind": kind, "duplicate_of": dup_of,
-                        "jaccard": round(jaccard, 4)}) + "\n").encode("utf-8")
+def _removed_line(doc: int, rec: Record, kind: str, dup_of: int, jaccard: float) -> str:
+    return json.dumps({"document": doc, "path": rec.path, "line": rec.line, "kind": kind, "duplicate_of": dup_of,
+                       "jaccard": round(jaccard, 4)})

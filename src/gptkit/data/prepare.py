@@ -56,13 +56,12 @@ prints it as a table. Deterministic for a given `seed`.
 from __future__ import annotations
 
 import array
-import collections
 import contextlib
+import functools
 import hashlib
 import heapq
 import json
 import math
-import multiprocessing
 import os
 import re
 import shutil
@@ -71,6 +70,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 
 import numpy as np
@@ -79,29 +79,20 @@ from ..io import new_tmp_dir, publish_dir
 from ..tokenizer import split_at_word_boundaries
 from .shards import HEADER_BYTES, VERSION, DataError, ShardWriter, dtype_for_vocab
 from .sources import Corpus, is_prepared_dir
+from .workers import default_workers, ordered_map, worker_pool
 
 TOKENIZERS = ("char", "bpe", "gpt2", "gpt1")
 MANIFEST = "manifest.json"
+TOKENIZER_DIR = "tokenizer"
 FORMAT = "gptkit-prepared"
 FORMAT_VERSION = 1
 EOT = "<|endoftext|>"
 PIECE_CHARS = 1 << 18  # longer documents are tokenized in pieces of about this many characters
 BATCH_CHARS = 1 << 18  # pieces go to the workers in batches of about this many characters ...
 BATCH_DOCS = 1024  # ... or this many pieces
-SMALL_CORPUS_BYTES = 8 << 20  # below this, worker start-up costs more than it saves: one process by default
 
 
 MAX_MIX_EPOCHS = 1000  # a mixture may repeat a source at most this many times (docs/data.md)
-
-
-def default_workers(total_bytes: int) -> int:
-    if total_bytes < SMALL_CORPUS_BYTES:
-        return 1
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, 8))
 
 
 # ------------------------------------------------------------------------------------------ tokenizing
@@ -134,7 +125,7 @@ def encode_pieces(texts: list[str], dtype: str, tokenizer=None) -> list[np.ndarr
 Batch = tuple[list[str], list[tuple[float | None, bool]], int]
 
 
-def _batches(docs: Iterable[str], corpus: Corpus, seed: int) -> Iterator[Batch]:
+def _piece_batches(docs: Iterable[str], corpus: Corpus, seed: int) -> Iterator[Batch]:
     """Documents cut into pieces and grouped into batches of about BATCH_CHARS characters; each batch carries
     the input bytes read so far (for the progress bar)."""
     texts: list[str] = []
@@ -155,49 +146,26 @@ def _batches(docs: Iterable[str], corpus: Corpus, seed: int) -> Iterator[Batch]:
         yield texts, meta, corpus.bytes_read
 
 
-def _start_pool(num_workers: int, tokenizer_dir: Path) -> ProcessPoolExecutor:
-    """Worker processes that each load the saved tokenizer. (A ProcessPoolExecutor rather than a
-    multiprocessing.Pool: when a worker dies, e.g. killed for memory, it raises instead of waiting forever.)
-
-    fork where the platform has it (Linux): workers start in milliseconds and, unlike spawn, do not re-run the
-    caller's `__main__`, so `prepare(..., num_workers=4)` also works from a script without an
-    `if __name__ == "__main__":` guard and from notebooks. The caller stops its progress-bar thread around this
-    call, so no other thread is running at the fork. TOKENIZERS_PARALLELISM=false in the workers keeps Hugging
-    Face tokenizers from warning that the parent already used its thread pool, and keeps N workers from each
-    starting a pool of their own. Elsewhere (macOS, Windows): spawn.
-    """
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods and sys.platform == "linux" else "spawn")
-    saved = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    try:
-        return ProcessPoolExecutor(num_workers, mp_context=ctx, initializer=_init_worker,
-                                   initargs=(str(tokenizer_dir),))
-    finally:
-        if saved is None:
-            del os.environ["TOKENIZERS_PARALLELISM"]
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = saved
+Encoded = tuple[list[np.ndarray], list[tuple[float | None, bool]], int]  # a Batch with token arrays for texts
 
 
-def _encoded(corpus: Corpus, tokenizer, seed: int, dtype: str, pool,
-             num_workers: int) -> Iterator[tuple[list[np.ndarray], list[tuple[float | None, bool]], int]]:
-    """Encoded batches in corpus order, in this process (pool None) or in the pool's workers, with at most
-    2 * workers + 2 batches in flight (Pool.imap would read the whole corpus ahead into memory)."""
-    batches = _batches(corpus.documents(), corpus, seed)
-    if pool is None:
-        for texts, meta, nbytes in batches:
-            yield encode_pieces(texts, dtype, tokenizer), meta, nbytes
-        return
-    inflight: collections.deque = collections.deque()
-    for texts, meta, nbytes in batches:
-        inflight.append((pool.submit(encode_pieces, texts, dtype), meta, nbytes))
-        if len(inflight) >= 2 * num_workers + 2:
-            fut, meta, nb = inflight.popleft()
-            yield fut.result(), meta, nb
-    while inflight:
-        fut, meta, nb = inflight.popleft()
-        yield fut.result(), meta, nb
+class _Encoder:
+    """The tokenizer of a prepare run, its token dtype and end-of-text token, and where it runs: in this process
+    (`pool` None) or in the pool's workers, each of which loaded the saved tokenizer (`_init_worker`)."""
+
+    def __init__(self, tokenizer, pool: ProcessPoolExecutor | None, workers: int, progress, seed: int):
+        self.tokenizer, self.pool, self.workers, self.bar, self.seed = tokenizer, pool, workers, progress, seed
+        self.dtype = dtype_for_vocab(int(tokenizer.vocab_size))
+        self.eot = np.array([int(tokenizer.eot_id)], dtype=self.dtype)
+
+    def encoded(self, corpus: Corpus) -> Iterator[Encoded]:
+        """The corpus's documents as encoded batches, in corpus order (at most 2 * workers + 2 batches in
+        flight: see gptkit.data.workers)."""
+        fn = encode_pieces if self.pool is not None else functools.partial(encode_pieces, tokenizer=self.tokenizer)
+        jobs = (((meta, nbytes), (texts, self.dtype.str))
+                for texts, meta, nbytes in _piece_batches(corpus.documents(), corpus, self.seed))
+        for (meta, nbytes), arrays in ordered_map(fn, jobs, self.pool, self.workers):
+            yield arrays, meta, nbytes
 
 
 # ------------------------------------------------------------------------------------------ tokenizer
@@ -404,69 +372,55 @@ def sample_segments(ends: np.ndarray, target: int, rng: np.random.Generator) -> 
                 return
 
 
-def _prepare_mixture(mixture: list[MixtureSource], mix_tokens: int | None, tok, seed: int, dtype: np.dtype, pool,
-                     workers: int, bar, val_fraction: float, text_field: str, writers: dict[str, ShardWriter],
-                     eot_arr: np.ndarray, tmp: Path) -> tuple[str, dict[str, int], list[Corpus], dict]:
-    """Tokenize each source (its val documents straight to the val shards, its train documents to a temporary
-    file), then write the train shards: `mix_tokens` tokens, each source's share by weight, the sources
-    interleaved so that every stretch of the stream holds them in about their shares (GPT-3 §2.2, Table 2.2).
+def _tokenize_source(i: int, src: MixtureSource, req: PrepareRequest, enc: _Encoder,
+                     writers: dict[str, ShardWriter], tmp: Path) -> tuple[Corpus, _DocFile, dict]:
+    """Split one source of a mixture into train/val on its own (module docstring): its val documents go straight
+    to the val shards, its train documents to a temporary file, to be mixed. Returns its corpus, that file and
+    its row of the manifest's "mixture" section (counts so far)."""
+    c = Corpus(src.inputs, text_field=req.text_field)
+    df = _DocFile(tmp / f".mix-{i}.tok", enc.dtype)
+    task = enc.bar.add_task(f"tokenizing {src.name}", total=c.total_bytes)
 
-    Returns the policy, the documents per split, the sources' corpora and the manifest's "mixture" section.
-    """
-    corpora, files, rows = [], [], []
-    for i, src in enumerate(mixture):
-        c = Corpus(src.inputs, text_field=text_field)
-        df = _DocFile(tmp / f".mix-{i}.tok", dtype)
-        task = bar.add_task(f"tokenizing {src.name}", total=c.total_bytes)
+    def emit(split: str, pieces: list[np.ndarray], with_eot: bool) -> None:
+        if split == "train":
+            df.add(pieces, enc.eot if with_eot else None)
+        else:
+            _write_doc(writers["val"], pieces, enc.eot if with_eot else None)
 
-        def emit(split: str, pieces: list[np.ndarray], with_eot: bool, df=df) -> None:
-            if split == "train":
-                df.add(pieces, eot_arr if with_eot else None)
-            else:
-                _write_doc(writers["val"], pieces, eot_arr if with_eot else None)
+    val_before = writers["val"].total
+    policy, nd = split_documents(enc.encoded(c), req.val_fraction, emit,
+                                 lambda nb: enc.bar.update(task, completed=nb), cut_eot=True)
+    enc.bar.update(task, completed=c.total_bytes)
+    if c.summary()["documents"] == 0:
+        raise DataError(f"--source {src.name}: no non-empty documents in {', '.join(src.inputs)}")
+    if df.total == 0:
+        raise DataError(f"--source {src.name}: no training tokens (its only document went to val; "
+                        "lower --val-fraction or add documents)")
+    row = {"name": src.name, "inputs": src.inputs, "weight": src.weight, "split_policy": policy,
+           "documents": c.summary()["documents"], "train_documents": nd["train"], "val_documents": nd["val"],
+           "train_tokens": df.total, "val_tokens": writers["val"].total - val_before}
+    return c, df, row
 
-        val_before = writers["val"].total
-        policy, nd = split_documents(_encoded(c, tok, seed, dtype.str, pool, workers), val_fraction, emit,
-                                     lambda nb, task=task: bar.update(task, completed=nb), cut_eot=True)
-        bar.update(task, completed=c.total_bytes)
-        if c.summary()["documents"] == 0:
-            raise DataError(f"--source {src.name}: no non-empty documents in {', '.join(src.inputs)}")
-        if df.total == 0:
-            raise DataError(f"--source {src.name}: no training tokens (its only document went to val; "
-                            "lower --val-fraction or add documents)")
-        corpora.append(c)
-        files.append(df)
-        rows.append({"name": src.name, "inputs": src.inputs, "weight": src.weight, "split_policy": policy,
-                     "documents": c.summary()["documents"], "train_documents": nd["train"],
-                     "val_documents": nd["val"], "train_tokens": df.total,
-                     "val_tokens": writers["val"].total - val_before})
 
-    total = mix_tokens if mix_tokens is not None else sum(r["train_tokens"] for r in rows)
-    targets = shares_to_tokens([src.weight for src in mixture], total)
-    for r, t in zip(rows, targets):  # before any mixing: a typo in --mix-tokens must not fill the disk
-        if t > MAX_MIX_EPOCHS * r["train_tokens"]:
-            raise DataError(f"--mix-tokens {total:,}: source {r['name']} would be repeated {t / r['train_tokens']:,.0f} "
-                            f"times (its share {t:,} of {r['train_tokens']:,} train tokens); at most "
-                            f"{MAX_MIX_EPOCHS:,} passes over a source are allowed: lower --mix-tokens or that "
-                            "source's weight, or add data")
-    weight_sum = sum(src.weight for src in mixture)
-    # every source's segments, merged by always taking the source furthest behind its target share
-    data = [df.close() for df in files]
+def _interleave(data: list[tuple[np.ndarray, np.ndarray]], targets: list[int], seed: int, enc: _Encoder,
+                train: ShardWriter) -> tuple[list[int], list[int]]:
+    """Write each source's `targets[i]` train tokens (`sample_segments` of its documents `data[i]` = (tokens,
+    document ends)) to `train`, the next document always from the source furthest behind its share. Returns
+    the tokens and documents written per source."""
     streams = [sample_segments(ends, t, np.random.default_rng([seed, i]))
                for i, ((_, ends), t) in enumerate(zip(data, targets))]
-    written = [0] * len(mixture)
-    docs = [0] * len(mixture)
+    written, docs = [0] * len(data), [0] * len(data)
     heap = [(0.0, i) for i, t in enumerate(targets) if t > 0]
     heapq.heapify(heap)
-    task = bar.add_task("mixing", total=total)
+    task = enc.bar.add_task("mixing", total=sum(targets))
     done = 0
     while heap:
         _, i = heapq.heappop(heap)
         a, b, cut = next(streams[i])
-        writers["train"].write(data[i][0][a:b])
+        train.write(data[i][0][a:b])
         n = b - a
         if cut:
-            writers["train"].write(eot_arr)
+            train.write(enc.eot)
             n += 1
         written[i] += n
         docs[i] += 1
@@ -474,25 +428,112 @@ def _prepare_mixture(mixture: list[MixtureSource], mix_tokens: int | None, tok, 
         if written[i] < targets[i]:
             heapq.heappush(heap, (written[i] / targets[i], i))
         if docs[i] % 1024 == 0:
-            bar.update(task, completed=done)
-    bar.update(task, completed=total)
+            enc.bar.update(task, completed=done)
+    enc.bar.update(task, completed=sum(targets))
+    return written, docs
+
+
+def _write_mixture(req: PrepareRequest, enc: _Encoder, writers: dict[str, ShardWriter], tmp: Path) -> _Split:
+    """Tokenize each source, then write the train shards: `mix_tokens` tokens, each source's share by weight,
+    the sources interleaved so that every stretch of the stream holds them in about their shares (GPT-3 §2.2,
+    Table 2.2)."""
+    mixture = req.mixture
+    corpora, files, rows = zip(*(_tokenize_source(i, src, req, enc, writers, tmp) for i, src in enumerate(mixture)))
+    total = req.mix_tokens if req.mix_tokens is not None else sum(r["train_tokens"] for r in rows)
+    targets = shares_to_tokens([src.weight for src in mixture], total)
+    for r, t in zip(rows, targets):  # before any mixing: a typo in --mix-tokens must not fill the disk
+        if t > MAX_MIX_EPOCHS * r["train_tokens"]:
+            raise DataError(f"--mix-tokens {total:,}: source {r['name']} would be repeated {t / r['train_tokens']:,.0f} "
+                            f"times (its share {t:,} of {r['train_tokens']:,} train tokens); at most "
+                            f"{MAX_MIX_EPOCHS:,} passes over a source are allowed: lower --mix-tokens or that "
+                            "source's weight, or add data")
+    data = [df.close() for df in files]
+    written, docs = _interleave(data, targets, req.seed, enc, writers["train"])
     data.clear()  # close the memmaps before their files go
     for df in files:
         df.path.unlink()
-
+    weight_sum = sum(src.weight for src in mixture)
     for r, t, w, d in zip(rows, targets, written, docs):
         assert w == t
         r.update({"share": r["weight"] / weight_sum, "sampled_tokens": t, "sampled_documents": d,
                   # GPT-3 Table 2.2's "epochs elapsed when training for 300B tokens", here for mix_tokens
                   "effective_epochs": t / r["train_tokens"]})
-    info = {"train_tokens": total, "default_total": mix_tokens is None, "seed": seed,
+    info = {"train_tokens": total, "default_total": req.mix_tokens is None, "seed": req.seed,
             "order": "interleaved: the next document comes from the source furthest behind its share",
-            "sources": rows}
+            "sources": list(rows)}
     ndocs = {"train": sum(docs), "val": sum(r["val_documents"] for r in rows)}
-    return "per-source", ndocs, corpora, info
+    return _Split("per-source", ndocs, list(corpora), info)
 
 
 # ------------------------------------------------------------------------------------------ prepare
+@dataclass
+class PrepareRequest:
+    """What a `prepare` call asks for (the arguments of `prepare`), checked when it is made: a mistake costs
+    nothing. `mixture` is `sources` with sources of the same name merged; `out` the absolute output directory."""
+
+    inputs: list[str] | None
+    out: str | os.PathLike
+    tokenizer: str = "char"
+    vocab: str | None = None
+    vocab_size: int = 4096
+    val_fraction: float = 0.1
+    text_field: str = "text"
+    shard_tokens: int = 100_000_000
+    seed: int = 1337
+    sources: list[MixtureSource] | None = None
+    mix_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        self.mixture = _check_mixture(self.inputs, self.sources, self.mix_tokens)
+        tokenizer, vocab = self.tokenizer, self.vocab
+        if tokenizer not in TOKENIZERS:
+            raise DataError(f"unknown tokenizer {tokenizer!r}; choose one of {', '.join(TOKENIZERS)}")
+        if tokenizer in ("gpt2", "gpt1"):
+            if not vocab:
+                raise DataError(f"--tokenizer {tokenizer} needs its vocabulary directory: pass --vocab DIR "
+                                f"(e.g. --vocab ../shared/data/{tokenizer}-bpe-vocab)")
+            if not Path(vocab).is_dir():
+                raise DataError(f"--vocab {vocab}: not a directory")
+        elif vocab:
+            raise DataError(f"--vocab is for --tokenizer gpt2/gpt1; --tokenizer {tokenizer} learns its vocabulary "
+                            "from the input")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise DataError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if tokenizer == "bpe" and self.vocab_size < 257:
+            raise DataError(f"--vocab-size must be at least 257 for a byte-level BPE (256 bytes + end-of-text), "
+                            f"got {self.vocab_size}")
+        if self.shard_tokens <= 0:
+            raise DataError(f"shard_tokens must be positive, got {self.shard_tokens}")
+        self.out = Path(self.out).expanduser().absolute()
+        _check_out_dir(self.out)
+
+    @property
+    def all_inputs(self) -> list[str]:
+        """Every input; a mixture's tokenizer is learnt from (or checked against) all of its sources together."""
+        return list(self.inputs) if self.mixture is None else [p for src in self.mixture for p in src.inputs]
+
+    def arguments(self) -> dict:
+        """The manifest's record of the request."""
+        args = {"inputs": [str(i) for i in self.inputs or []], "tokenizer": self.tokenizer, "vocab": self.vocab,
+                "vocab_size": self.vocab_size if self.tokenizer == "bpe" else None,
+                "val_fraction": self.val_fraction, "text_field": self.text_field, "shard_tokens": self.shard_tokens,
+                "seed": self.seed}
+        if self.mixture is not None:
+            args["sources"] = [{"name": m.name, "inputs": m.inputs, "weight": m.weight} for m in self.mixture]
+            args["mix_tokens"] = self.mix_tokens
+        return args
+
+
+class _Split(NamedTuple):
+    """What splitting and encoding produced: the split policy, documents per split, the corpora read (one, or
+    one per mixture source) and the manifest's "mixture" section (None for one corpus)."""
+
+    policy: str
+    documents: dict[str, int]
+    corpora: list[Corpus]
+    mixture: dict | None
+
+
 def prepare(inputs: list[str] | None, out_dir: str | os.PathLike, tokenizer: str = "char", vocab: str | None = None,
             vocab_size: int = 4096, val_fraction: float = 0.1, text_field: str = "text",
             num_workers: int | None = None, shard_tokens: int = 100_000_000, seed: int = 1337,
@@ -515,108 +556,79 @@ def prepare(inputs: list[str] | None, out_dir: str | os.PathLike, tokenizer: str
         mix_tokens: train tokens of a mixture (default: the sum of the sources' train tokens).
     """
     t0 = time.perf_counter()
-    mixture = _check_mixture(inputs, sources, mix_tokens)
-    if tokenizer not in TOKENIZERS:
-        raise DataError(f"unknown tokenizer {tokenizer!r}; choose one of {', '.join(TOKENIZERS)}")
-    if tokenizer in ("gpt2", "gpt1"):
-        if not vocab:
-            raise DataError(f"--tokenizer {tokenizer} needs its vocabulary directory: pass --vocab DIR "
-                            f"(e.g. --vocab ../shared/data/{tokenizer}-bpe-vocab)")
-        if not Path(vocab).is_dir():
-            raise DataError(f"--vocab {vocab}: not a directory")
-    elif vocab:
-        raise DataError(f"--vocab is for --tokenizer gpt2/gpt1; --tokenizer {tokenizer} learns its vocabulary "
-                        "from the input")
-    if not 0.0 <= val_fraction < 1.0:
-        raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    if tokenizer == "bpe" and vocab_size < 257:
-        raise DataError(f"--vocab-size must be at least 257 for a byte-level BPE (256 bytes + end-of-text), "
-                        f"got {vocab_size}")
-    if shard_tokens <= 0:
-        raise DataError(f"shard_tokens must be positive, got {shard_tokens}")
-    out = Path(out_dir).expanduser().absolute()
-    _check_out_dir(out)
-    # a mixture's tokenizer is learnt from (or checked against) all of its sources together
-    corpus = Corpus(inputs if mixture is None else [p for src in mixture for p in src.inputs], text_field=text_field)
+    req = PrepareRequest(inputs, out_dir, tokenizer, vocab, vocab_size, val_fraction, text_field, shard_tokens, seed,
+                         sources, mix_tokens)
+    corpus = Corpus(req.all_inputs, text_field=text_field)  # finds the input files; reads nothing yet
     if num_workers is not None and (isinstance(num_workers, bool) or int(num_workers) < 1):
         raise DataError(f"--workers must be at least 1, got {num_workers}")
     workers = default_workers(corpus.total_bytes) if num_workers is None else int(num_workers)
-    corpora = [corpus]
 
-    tmp = new_tmp_dir(out)  # renamed to `out` when complete (replacing an empty dir or an earlier output)
+    tmp = new_tmp_dir(req.out)  # renamed to `out` when complete (replacing an empty dir or an earlier output)
     try:
         with contextlib.ExitStack() as stack:
             bar = stack.enter_context(_progress(progress))
-            tok = build_tokenizer(tokenizer, corpus, vocab, vocab_size, bar)
-            tok_dir = tmp / "tokenizer"
-            tok.save(tok_dir)
-            eot, vsize = int(tok.eot_id), int(tok.vocab_size)
-            dtype = dtype_for_vocab(vsize)
-            writers = {s: ShardWriter(tmp, s, dtype, shard_tokens, vsize) for s in ("train", "val")}
-            eot_arr = np.array([eot], dtype=dtype)
-
-            pool = None
-            if workers > 1:
-                bar.stop()  # no progress-bar thread alive while the workers are forked
-                pool = _start_pool(workers, tok_dir)
-                stack.callback(pool.shutdown, wait=True, cancel_futures=True)
-                pool.submit(int).result()  # start the workers now, while no other thread runs
-                bar.start()
-            if mixture is None:
-                task = bar.add_task("tokenizing", total=corpus.total_bytes)
-
-                def emit(split: str, pieces: list[np.ndarray], with_eot: bool) -> None:
-                    _write_doc(writers[split], pieces, eot_arr if with_eot else None)
-
-                encoded = _encoded(corpus, tok, seed, dtype.str, pool, workers)
-                policy, ndocs = split_documents(encoded, val_fraction, emit, lambda nb: bar.update(task, completed=nb))
-                bar.update(task, completed=corpus.total_bytes)
-                _check_not_empty(corpus)
-            else:
-                policy, ndocs, corpora, mix_info = _prepare_mixture(mixture, mix_tokens, tok, seed, dtype, pool,
-                                                                    workers, bar, val_fraction, text_field,
-                                                                    writers, eot_arr, tmp)
-            shards = {s: w.close() for s, w in writers.items()}
-
-        summary = {k: sum(c.summary()[k] for c in corpora) for k in corpus.summary()}
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "gptkit_version": _version(),
-            "arguments": {"inputs": [str(i) for i in inputs or []], "tokenizer": tokenizer, "vocab": vocab,
-                          "vocab_size": vocab_size if tokenizer == "bpe" else None, "val_fraction": val_fraction,
-                          "text_field": text_field, "shard_tokens": shard_tokens, "seed": seed},
-            "tokenizer": {"kind": tok.kind, "vocab_size": vsize, "eot_id": eot, "dir": "tokenizer",
-                          "source": str(Path(vocab).absolute()) if vocab else None},
-            "dtype": dtype.name,
-            "shard_format": {"magic": "GPTKTOK", "version": VERSION, "header_bytes": HEADER_BYTES},
-            "split": {"policy": policy if mixture is None else "per-source", "val_fraction": val_fraction,
-                      "seed": seed},
-            "splits": {s: {"tokens": writers[s].total, "documents": ndocs[s], "shards": shards[s]}
-                       for s in ("train", "val")},
-            "documents": summary,
-            "sources": [st.to_dict() for st in corpus.stats],
-            "skipped_files": corpus.skipped_files,
-            "run": {"workers": workers, "seconds": round(time.perf_counter() - t0, 3)},
-        }
-        if mixture is not None:
-            manifest["arguments"]["sources"] = [{"name": m.name, "inputs": m.inputs, "weight": m.weight}
-                                                for m in mixture]
-            manifest["arguments"]["mix_tokens"] = mix_tokens
-            manifest["sources"] = [{**st.to_dict(), "mixture_source": m.name}
-                                   for m, c in zip(mixture, corpora) for st in c.stats]
-            manifest["mixture"] = mix_info
+            tok = build_tokenizer(req.tokenizer, corpus, req.vocab, req.vocab_size, bar)
+            tok.save(tmp / TOKENIZER_DIR)
+            dtype = dtype_for_vocab(int(tok.vocab_size))
+            writers = {s: ShardWriter(tmp, s, dtype, req.shard_tokens, int(tok.vocab_size)) for s in ("train", "val")}
+            pool = stack.enter_context(worker_pool(workers, bar, _init_worker, (str(tmp / TOKENIZER_DIR),)))
+            enc = _Encoder(tok, pool, workers, bar, req.seed)
+            split = _write_corpus(req, corpus, enc, writers) if req.mixture is None else \
+                _write_mixture(req, enc, writers, tmp)
+            splits = {s: {"tokens": w.total, "documents": split.documents[s], "shards": w.close()}
+                      for s, w in writers.items()}
+        manifest = _manifest(req, tok, corpus, split, splits, {"workers": workers,
+                                                               "seconds": round(time.perf_counter() - t0, 3)})
         _write_json(tmp / MANIFEST, manifest)
-        _check_out_dir(out)  # nothing appeared there while we worked
-        publish_dir(tmp, out)
+        _check_out_dir(req.out)  # nothing appeared there while we worked
+        publish_dir(tmp, req.out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for c in corpora:
+    for c in split.corpora:
         for w in c.warnings():
             warn(w)
     if val_fraction > 0 and manifest["splits"]["val"]["tokens"] == 0:
         warn("the val split is empty")
+    return manifest
+
+
+def _write_corpus(req: PrepareRequest, corpus: Corpus, enc: _Encoder, writers: dict[str, ShardWriter]) -> _Split:
+    """Split one corpus into train/val by the module docstring's rules and write both splits' shards."""
+    task = enc.bar.add_task("tokenizing", total=corpus.total_bytes)
+
+    def emit(split: str, pieces: list[np.ndarray], with_eot: bool) -> None:
+        _write_doc(writers[split], pieces, enc.eot if with_eot else None)
+
+    policy, ndocs = split_documents(enc.encoded(corpus), req.val_fraction, emit,
+                                    lambda nb: enc.bar.update(task, completed=nb))
+    enc.bar.update(task, completed=corpus.total_bytes)
+    _check_not_empty(corpus)
+    return _Split(policy, ndocs, [corpus], None)
+
+
+def _manifest(req: PrepareRequest, tok, corpus: Corpus, split: _Split, splits: dict, run: dict) -> dict:
+    """manifest.json (module docstring): what was asked, the tokenizer, the shard format, the splits, the input."""
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "gptkit_version": _version(),
+        "arguments": req.arguments(),
+        "tokenizer": {"kind": tok.kind, "vocab_size": int(tok.vocab_size), "eot_id": int(tok.eot_id),
+                      "dir": TOKENIZER_DIR, "source": str(Path(req.vocab).absolute()) if req.vocab else None},
+        "dtype": dtype_for_vocab(int(tok.vocab_size)).name,
+        "shard_format": {"magic": "GPTKTOK", "version": VERSION, "header_bytes": HEADER_BYTES},
+        "split": {"policy": split.policy, "val_fraction": req.val_fraction, "seed": req.seed},
+        "splits": splits,
+        "documents": {k: sum(c.summary()[k] for c in split.corpora) for k in corpus.summary()},
+        "sources": [st.to_dict() for st in corpus.stats],
+        "skipped_files": corpus.skipped_files,
+        "run": run,
+    }
+    if req.mixture is not None:
+        manifest["sources"] = [{**st.to_dict(), "mixture_source": m.name}
+                               for m, c in zip(req.mixture, split.corpora) for st in c.stats]
+        manifest["mixture"] = split.mixture
     return manifest
 
 

@@ -30,16 +30,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_path, atomic_write_json
-from .dedup import check_outputs, open_outputs, output_path, sibling_path
+from ..io import atomic_path
+from .passes import FilterPass, batched, output_path, sibling_path
 from .records import Record, RecordReader
 from .shards import DataError
 
@@ -239,17 +238,6 @@ def train_quality(positive: list[str], negative: list[str], out: str | os.PathLi
 
 
 # ------------------------------------------------------------------------------------------ filter
-def _batches(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
-    batch: list[Record] = []
-    for r in records:
-        batch.append(r)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def plot_histogram(counts_all: np.ndarray, counts_kept: np.ndarray, alpha: float | None, threshold: float | None,
                    path: str | os.PathLike, title: str = "") -> None:
     """Score histogram of all and of kept documents, with the keep probability of the rule (PNG, atomic)."""
@@ -285,6 +273,48 @@ def plot_histogram(counts_all: np.ndarray, counts_kept: np.ndarray, alpha: float
         plt.close(fig)
 
 
+def _check_rule(alpha: float, threshold: float | None) -> None:
+    if threshold is None and not alpha > 0:
+        raise DataError(f"--alpha must be positive, got {alpha}")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise DataError(f"--threshold must be in [0, 1], got {threshold}")
+
+
+class _ScoreTally:
+    """Running counts of a filter pass: documents, kept, the rule's expected kept count and its variance, the
+    score sum, and the score histograms of all and of kept documents."""
+
+    def __init__(self) -> None:
+        self.edges = np.linspace(0, 1, HIST_BINS + 1)
+        self.h_all, self.h_kept = np.zeros(HIST_BINS, dtype=np.int64), np.zeros(HIST_BINS, dtype=np.int64)
+        self.n = self.kept = 0
+        self.p_sum = self.p_var = self.s_sum = 0.0
+
+    def add(self, scores: np.ndarray, keep: np.ndarray, p: np.ndarray) -> None:
+        self.n += len(scores)
+        self.kept += int(keep.sum())
+        self.p_sum += float(p.sum())
+        self.p_var += float((p * (1 - p)).sum())
+        self.s_sum += float(scores.sum())
+        self.h_all += np.histogram(scores, self.edges)[0]
+        self.h_kept += np.histogram(scores[keep], self.edges)[0]
+
+    def fields(self) -> dict:
+        n, kept = self.n, self.kept
+        return {
+            "documents_in": n,
+            "kept": kept,
+            "rejected": n - kept,
+            "kept_fraction": kept / n if n else None,
+            # what the rule keeps on average for these scores, and the standard deviation of the kept fraction
+            "expected_kept_fraction": self.p_sum / n if n else None,
+            "expected_kept_fraction_std": math.sqrt(self.p_var) / n if n else None,
+            "mean_score": self.s_sum / n if n else None,
+            "score_histogram": {"edges": [round(e, 4) for e in self.edges.tolist()], "all": self.h_all.tolist(),
+                                "kept": self.h_kept.tolist()},
+        }
+
+
 def filter_quality(model: QualityModel | str | os.PathLike, inputs: list[str | os.PathLike],
                    out: str | os.PathLike, alpha: float = 9.0, threshold: float | None = None, seed: int = 0,
                    text_field: str = "text", report: str | os.PathLike | None = None,
@@ -299,33 +329,17 @@ def filter_quality(model: QualityModel | str | os.PathLike, inputs: list[str | o
     The Pareto draws come from `numpy.random.default_rng(seed)`, one per document in input order, so the same
     inputs, model and seed keep the same documents.
     """
-    t0 = time.perf_counter()
-    if threshold is None and not alpha > 0:
-        raise DataError(f"--alpha must be positive, got {alpha}")
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise DataError(f"--threshold must be in [0, 1], got {threshold}")
-    if not isinstance(model, QualityModel):
-        model_path = str(model)
-        model = QualityModel.load(model)
-    else:
-        model_path = None
-    out = output_path(out)
-    report_path = Path(report) if report is not None else sibling_path(out, ".report.json")
-    histogram = Path(histogram) if histogram is not None else sibling_path(out, ".scores.png")
-    check_outputs([*inputs, *([model_path] if model_path else [])], {"--out": out, "--report": report_path, "--histogram": histogram, "--rejected": rejected})
-    warn = warn or (lambda m: print(f"gptkit: warning: {m}", file=sys.stderr))
-    reader = RecordReader(inputs, text_field=text_field)
+    _check_rule(alpha, threshold)
+    model_path = None if isinstance(model, QualityModel) else str(model)
+    if model_path is not None:
+        model = QualityModel.load(model_path)
+    histogram = Path(histogram) if histogram is not None else sibling_path(output_path(out), ".scores.png")
+    run = FilterPass(inputs, out, text_field=text_field, report=report, read_also=[model_path] if model_path else [],
+                     others={"--histogram": histogram, "--rejected": rejected}, warn=warn)
     rng = np.random.default_rng(seed)
-    edges = np.linspace(0, 1, HIST_BINS + 1)
-    h_all, h_kept = np.zeros(HIST_BINS, dtype=np.int64), np.zeros(HIST_BINS, dtype=np.int64)
-    n = kept = 0
-    p_sum = p_var = s_sum = 0.0
-
-    from .prepare import _progress
-
-    with open_outputs(out, rejected) as (f, rf), _progress(progress) as bar:
-        task = bar.add_task("quality filter", total=reader.total_bytes)
-        for batch in _batches(reader.records(), BATCH):
+    tally = _ScoreTally()
+    with run.writing(rejected, progress, "quality filter") as w:
+        for batch in batched(run.reader.records(), BATCH):
             scores = model.score([r.text for r in batch])
             if threshold is None:
                 p = keep_probability(scores, alpha)
@@ -334,62 +348,30 @@ def filter_quality(model: QualityModel | str | os.PathLike, inputs: list[str | o
             else:
                 p = (scores >= threshold).astype(np.float64)
                 keep = scores >= threshold
-            n += len(batch)
-            kept += int(keep.sum())
-            p_sum += float(p.sum())
-            p_var += float((p * (1 - p)).sum())
-            s_sum += float(scores.sum())
-            h_all += np.histogram(scores, edges)[0]
-            h_kept += np.histogram(scores[keep], edges)[0]
+            tally.add(scores, keep, p)
             for rec, s, k in zip(batch, scores.tolist(), keep.tolist()):
-                target = f if k else rf
-                if target is None:
-                    continue
-                if score_field is not None:
+                if score_field is not None and (k or w.writes_other):
                     rec = _with_score(rec, text_field, score_field, s)
-                target.write((rec.to_json(text_field) + "\n").encode("utf-8"))
-            bar.update(task, completed=reader.bytes_read)
-        bar.update(task, completed=reader.total_bytes)
-        if n == 0:  # raised inside the block: no output is left behind
-            raise reader.empty_error(inputs)
+                if k:
+                    w.keep(rec.to_json(text_field))
+                else:
+                    w.drop(rec.to_json(text_field) if w.writes_other else None)
+            w.advance()
 
-    seconds = time.perf_counter() - t0
     rule = ({"rule": "threshold", "threshold": threshold} if threshold is not None else
             {"rule": "pareto", "alpha": alpha, "seed": seed,
              "keep_if": f"numpy.random.default_rng({seed}).pareto({alpha:g}) > 1 - score"})
-    rep = {
-        "format": REPORT_FORMAT,
-        "format_version": 1,
-        "inputs": [str(i) for i in inputs],
-        "output": str(out),
-        "model": model_path,
-        "model_heldout_accuracy": model.info.get("heldout", {}).get("accuracy"),
-        **rule,
-        "documents_in": n,
-        "kept": kept,
-        "rejected": n - kept,
-        "kept_fraction": kept / n if n else None,
-        # what the rule keeps on average for these scores, and the standard deviation of the kept fraction
-        "expected_kept_fraction": p_sum / n if n else None,
-        "expected_kept_fraction_std": math.sqrt(p_var) / n if n else None,
-        "mean_score": s_sum / n if n else None,
-        "score_histogram": {"edges": [round(e, 4) for e in edges.tolist()], "all": h_all.tolist(),
-                            "kept": h_kept.tolist()},
-        "histogram_png": str(histogram),
-        "bad_input": reader.bad_input(),
-        "files": reader.summary()["files"],
-        "run": {"seconds": round(seconds, 3), "documents_per_second": round(n / seconds, 1) if seconds else None},
-    }
+    rep = run.report(REPORT_FORMAT, {"model": model_path,
+                                     "model_heldout_accuracy": model.info.get("heldout", {}).get("accuracy"),
+                                     **rule, **tally.fields(), "histogram_png": str(histogram)})
+    n, kept = tally.n, tally.kept
     try:
         title = (f"{n:,} documents, kept {kept:,} ({100 * kept / n:.1f}%)" if n else "no documents")
-        plot_histogram(h_all, h_kept, alpha if threshold is None else None, threshold, histogram, title)
+        plot_histogram(tally.h_all, tally.h_kept, alpha if threshold is None else None, threshold, histogram, title)
     except Exception as e:  # a missing or broken matplotlib must not lose a finished filter run
         rep["histogram_png"] = None
-        warn(f"could not draw the score histogram ({e})")
-    atomic_write_json(report_path, rep)
-    for w in reader.warnings():
-        warn(w)
-    return rep
+        run.warn(f"could not draw the score histogram ({e})")
+    return run.finish(rep)
 
 
 def _with_score(rec: Record, text_field: str, score_field: str, score: float) -> Record:

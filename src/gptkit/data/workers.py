@@ -1,0 +1,87 @@
+"""Worker processes for the data commands (`gptkit prepare`'s tokenizing, `gptkit data dedup`'s signatures).
+
+One policy for both: one process below `SMALL_CORPUS_BYTES` of input (starting workers costs more than they save),
+else the usable cores, at most 8; batches go to the workers and come back in input order, at most
+2 · workers + 2 in flight, so memory stays bounded whatever the corpus size (`Pool.imap` would read the whole
+corpus ahead). The output never depends on the number of workers.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import multiprocessing
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, TypeVar
+
+SMALL_CORPUS_BYTES = 8 << 20
+K = TypeVar("K")
+
+
+def default_workers(total_bytes: int) -> int:
+    """Processes for `total_bytes` of input (module docstring)."""
+    if total_bytes < SMALL_CORPUS_BYTES:
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 8))
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int, progress, initializer: Callable[..., None] | None = None,
+                initargs: tuple = ()) -> Iterator[ProcessPoolExecutor | None]:
+    """`workers` processes (None for one: the work runs in the caller), shut down when the block ends.
+
+    A ProcessPoolExecutor rather than a multiprocessing.Pool: when a worker dies, e.g. killed for memory, it
+    raises instead of waiting forever. fork where the platform has it (Linux): workers start in milliseconds and,
+    unlike spawn, do not re-run the caller's `__main__`, so the data functions also work from a script without an
+    `if __name__ == "__main__":` guard and from notebooks. The `progress` display's thread is stopped while the
+    workers are forked (one is started at once), so no other thread runs at the fork. TOKENIZERS_PARALLELISM=false
+    in the workers keeps Hugging Face tokenizers from warning that the parent already used its thread pool, and
+    keeps N workers from each starting a pool of their own. Elsewhere (macOS, Windows): spawn.
+    """
+    if workers <= 1:
+        yield None
+        return
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods and sys.platform == "linux" else "spawn")
+    saved = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    progress.stop()
+    try:
+        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=initializer, initargs=initargs)
+    finally:
+        if saved is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = saved
+    try:
+        pool.submit(int).result()  # start the workers now, while no other thread runs
+        progress.start()
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def ordered_map(fn: Callable[..., Any], jobs: Iterable[tuple[K, tuple]], pool: ProcessPoolExecutor | None,
+                workers: int) -> Iterator[tuple[K, Any]]:
+    """(key, fn(*args)) for each (key, args) of `jobs`, in order: computed here when `pool` is None, else in the
+    pool's workers with at most 2 · workers + 2 jobs in flight. Only `args` travel to a worker, never `key`."""
+    if pool is None:
+        for key, args in jobs:
+            yield key, fn(*args)
+        return
+    inflight: collections.deque = collections.deque()
+    for key, args in jobs:
+        inflight.append((key, pool.submit(fn, *args)))
+        if len(inflight) >= 2 * workers + 2:
+            k, fut = inflight.popleft()
+            yield k, fut.result()
+    while inflight:
+        k, fut = inflight.popleft()
+        yield k, fut.result()
