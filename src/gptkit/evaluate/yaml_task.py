@@ -20,6 +20,7 @@ reported as one line naming the file, before any model runs.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,9 +92,8 @@ def _gold(value: Any, choices: tuple[str, ...], verbalizer: dict[str, str] | Non
     raise EvalError(f"{where}: answer {value!r} is neither a choice index nor one of the choices {list(choices)}")
 
 
-def load_yaml_task(path: str | Path) -> Task:
-    """Read and check a task spec; the examples are read (and checked) when the task is loaded."""
-    path = Path(path)
+def _read_spec(path: Path) -> dict:
+    """The YAML mapping of a task file, with no key outside KEYS."""
     if not path.is_file():
         raise EvalError(f"task file {path} not found")
     try:
@@ -109,7 +109,97 @@ def load_yaml_task(path: str | Path) -> Task:
     unknown = sorted(set(map(str, spec)) - KEYS)
     if unknown:
         raise EvalError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(KEYS))}")
+    return spec
 
+
+@dataclass(frozen=True)
+class _Rows:
+    """How a checked spec turns the rows of its JSONL files into Docs."""
+
+    path: Path  # the task file: data files are relative to its folder
+    kind: str
+    template: str | None
+    choices: list[str] | None
+    choices_field: str | None
+    verbalizer: dict[str, str] | None  # keys as text
+    answer_field: str | None
+    target_field: str | None
+    text_field: str | None
+
+    @classmethod
+    def from_spec(cls, spec: dict, path: Path, kind: str) -> _Rows:
+        """Check the fields a task of `kind` needs (one line naming the file for each mistake)."""
+        template = _str(spec, "template", path)
+        if template is not None:
+            check_template(template, str(path))
+        rows = cls(path, kind, template, spec.get("choices"), _str(spec, "choices_field", path),
+                   spec.get("verbalizer"), _str(spec, "answer_field", path), _str(spec, "target_field", path),
+                   _str(spec, "text_field", path))
+        if kind == "choice":
+            rows._check_choice(spec)
+        elif kind == "cloze" and (template is None or rows.target_field is None):
+            raise EvalError(f"{path}: a cloze task needs 'template' and 'target_field'")
+        elif kind == "perplexity" and rows.text_field is None:
+            raise EvalError(f"{path}: a perplexity task needs 'text_field'")
+        if rows.verbalizer is not None:
+            object.__setattr__(rows, "verbalizer", {str(k): v for k, v in rows.verbalizer.items()})
+        return rows
+
+    def _check_choice(self, spec: dict) -> None:
+        path, choices, verbalizer = self.path, self.choices, self.verbalizer
+        given = [k for k in ("choices", "choices_field", "verbalizer") if spec.get(k) is not None]
+        if len(given) != 1:
+            raise EvalError(f"{path}: a choice task needs exactly one of choices, choices_field, verbalizer "
+                            f"(got {', '.join(given) or 'none'})")
+        if self.template is None or self.answer_field is None:
+            raise EvalError(f"{path}: a choice task needs 'template' and 'answer_field'")
+        if choices is not None and (not isinstance(choices, list) or len(choices) < 2
+                                    or not all(isinstance(c, str) for c in choices)):
+            raise EvalError(f"{path}: 'choices' must be a list of at least two strings")
+        if verbalizer is not None and (not isinstance(verbalizer, dict) or len(verbalizer) < 2
+                                       or not all(isinstance(v, str) for v in verbalizer.values())):
+            raise EvalError(f"{path}: 'verbalizer' must map at least two answer values to strings")
+
+    def doc(self, row: dict, where: str) -> Doc:
+        """The Doc of one example; a row that does not fit the spec is one EvalError naming `where`."""
+        if self.kind == "perplexity":
+            if not isinstance(row.get(self.text_field), str):
+                raise EvalError(f"{where}: field {self.text_field!r} must be a string")
+            return Doc(row[self.text_field], raw=row[self.text_field])
+        query = render(self.template, row, where)
+        if self.kind == "cloze":
+            target = row.get(self.target_field)
+            if not isinstance(target, str) or not target:
+                raise EvalError(f"{where}: field {self.target_field!r} must be a non-empty string")
+            return Doc(query, (target,), 0)
+        if self.verbalizer is not None:
+            cands = tuple(dict.fromkeys(self.verbalizer.values()))
+        elif self.choices is not None:
+            cands = tuple(self.choices)
+        else:
+            cands = row.get(self.choices_field)
+            if not isinstance(cands, list) or len(cands) < 2 or not all(isinstance(c, str) for c in cands):
+                raise EvalError(f"{where}: field {self.choices_field!r} must be a list of at least two strings")
+            cands = tuple(cands)
+        if self.answer_field not in row:
+            raise EvalError(f"{where}: missing answer field {self.answer_field!r}")
+        return Doc(query, cands, _gold(row[self.answer_field], cands, self.verbalizer, where))
+
+    def read(self, file: str) -> list[Doc]:
+        """The Docs of a JSONL file (relative to the task file's folder unless absolute)."""
+        p = Path(file) if Path(file).is_absolute() else self.path.parent / file
+        if not p.is_file():
+            raise EvalError(f"{self.path}: data file {p} not found")
+        docs = [self.doc(row, f"{p}: example {i}") for i, row in enumerate(read_jsonl(p), 1)]
+        if not docs:
+            raise EvalError(f"{p}: no examples")
+        return docs
+
+
+def load_yaml_task(path: str | Path) -> Task:
+    """Read and check a task spec; the examples are read (and checked) when the task is loaded."""
+    path = Path(path)
+    spec = _read_spec(path)
     kind = spec.get("kind", "choice")
     if kind not in ("choice", "cloze", "perplexity"):
         raise EvalError(f"{path}: kind must be choice, cloze or perplexity, got {kind!r}")
@@ -118,77 +208,17 @@ def load_yaml_task(path: str | Path) -> Task:
     if not data:
         raise EvalError(f"{path}: 'data' (the JSONL file of examples) is required")
     fewshot_data = _str(spec, "fewshot_data", path)
-    template = _str(spec, "template", path)
-    if template is not None:
-        check_template(template, str(path))
-    choices, choices_field, verbalizer = spec.get("choices"), _str(spec, "choices_field", path), spec.get("verbalizer")
-    answer_field = _str(spec, "answer_field", path)
-    target_field, text_field = _str(spec, "target_field", path), _str(spec, "text_field", path)
-
-    if kind == "choice":
-        given = [k for k in ("choices", "choices_field", "verbalizer") if spec.get(k) is not None]
-        if len(given) != 1:
-            raise EvalError(f"{path}: a choice task needs exactly one of choices, choices_field, verbalizer "
-                            f"(got {', '.join(given) or 'none'})")
-        if template is None or answer_field is None:
-            raise EvalError(f"{path}: a choice task needs 'template' and 'answer_field'")
-        if choices is not None and (not isinstance(choices, list) or len(choices) < 2
-                                    or not all(isinstance(c, str) for c in choices)):
-            raise EvalError(f"{path}: 'choices' must be a list of at least two strings")
-        if verbalizer is not None and (not isinstance(verbalizer, dict) or len(verbalizer) < 2
-                                       or not all(isinstance(v, str) for v in verbalizer.values())):
-            raise EvalError(f"{path}: 'verbalizer' must map at least two answer values to strings")
-    elif kind == "cloze" and (template is None or target_field is None):
-        raise EvalError(f"{path}: a cloze task needs 'template' and 'target_field'")
-    elif kind == "perplexity" and text_field is None:
-        raise EvalError(f"{path}: a perplexity task needs 'text_field'")
-
-    if verbalizer is not None:
-        verbalizer = {str(k): v for k, v in verbalizer.items()}
-    base = path.parent
-
-    def to_doc(row: dict, where: str) -> Doc:
-        if kind == "perplexity":
-            if not isinstance(row.get(text_field), str):
-                raise EvalError(f"{where}: field {text_field!r} must be a string")
-            return Doc(row[text_field], raw=row[text_field])
-        query = render(template, row, where)
-        if kind == "cloze":
-            target = row.get(target_field)
-            if not isinstance(target, str) or not target:
-                raise EvalError(f"{where}: field {target_field!r} must be a non-empty string")
-            return Doc(query, (target,), 0)
-        if verbalizer is not None:
-            cands = tuple(dict.fromkeys(verbalizer.values()))
-        elif choices is not None:
-            cands = tuple(choices)
-        else:
-            cands = row.get(choices_field)
-            if not isinstance(cands, list) or len(cands) < 2 or not all(isinstance(c, str) for c in cands):
-                raise EvalError(f"{where}: field {choices_field!r} must be a list of at least two strings")
-            cands = tuple(cands)
-        if answer_field not in row:
-            raise EvalError(f"{where}: missing answer field {answer_field!r}")
-        return Doc(query, cands, _gold(row[answer_field], cands, verbalizer, where))
-
-    def read(file: str) -> list[Doc]:
-        p = Path(file) if Path(file).is_absolute() else base / file
-        if not p.is_file():
-            raise EvalError(f"{path}: data file {p} not found")
-        docs = [to_doc(row, f"{p}: example {i}") for i, row in enumerate(read_jsonl(p), 1)]
-        if not docs:
-            raise EvalError(f"{p}: no examples")
-        return docs
+    rows = _Rows.from_spec(spec, path, kind)
 
     def load(_data_dir: Path) -> dict[str, list[Doc]]:
-        splits = {"eval": read(data)}
+        splits = {"eval": rows.read(data)}
         if fewshot_data:
-            splits["fewshot"] = read(fewshot_data)
+            splits["fewshot"] = rows.read(fewshot_data)
         return splits
 
     return Task(
-        name=name, kind=kind, load=load, eval_split="eval",
-        fewshot_split=None if kind == "perplexity" else ("fewshot" if fewshot_data else "eval"),
+        name=name, kind=rows.kind, load=load, eval_split="eval",
+        fewshot_split=None if rows.kind == "perplexity" else ("fewshot" if fewshot_data else "eval"),
         description=_str(spec, "description", path, "") or "",
         target_delimiter=_str(spec, "target_delimiter", path, " "),
         fewshot_delimiter=_str(spec, "fewshot_delimiter", path, "\n\n"),
