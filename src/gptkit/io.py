@@ -85,13 +85,18 @@ class AtomicFile:
         return self.file.write(data)
 
     def commit(self) -> None:
-        """Finish the file and move it to `path`."""
-        if self.file is not self.raw:
-            self.file.close()
-        self.raw.flush()
-        os.fsync(self.raw.fileno())
-        self.raw.close()
-        os.replace(self.tmp, self.path)
+        """Finish the file and move it to `path`; if that fails (a full disk, a vanished directory), the temporary
+        file is deleted and `path` is left as it was."""
+        try:
+            if self.file is not self.raw:
+                self.file.close()
+            self.raw.flush()
+            os.fsync(self.raw.fileno())
+            self.raw.close()
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
         """Close and delete the temporary file; `path` is left as it was."""
@@ -176,7 +181,8 @@ def jsonl_objects(lines: Iterable[str], name: str | os.PathLike, error: type[Exc
     """(line number, object) for each non-blank line of a JSON-lines text (an open file, or any lines).
 
     Every line must hold one JSON object; anything else raises `error("NAME:LINE: ...")`, one line naming the
-    place, as does text that is not UTF-8 (when `lines` is a file opened with a UTF-8 encoding).
+    place, as does text that is not UTF-8 (when `lines` is a file opened with a UTF-8 encoding; a file is decoded
+    in blocks, so the bad byte is known to be after the last line read, not on which line).
     """
     n = 0
     try:
@@ -191,4 +197,4 @@ def jsonl_objects(lines: Iterable[str], name: str | os.PathLike, error: type[Exc
                 raise error(f"{name}:{n}: expected a JSON object per line, got {type(row).__name__}")
             yield n, row
     except UnicodeDecodeError:
-        raise error(f"{name}:{n + 1}: not UTF-8 text") from None
+        raise error(f"{name}: not UTF-8 text" + (f" (after line {n})" if n else "")) from None
