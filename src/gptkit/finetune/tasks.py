@@ -256,6 +256,30 @@ def _mc_index(raw: str, n_choices: int, base: int, where: str) -> int:
     return i - base
 
 
+def _rows(path: Path, fmt: str, cols: Columns):
+    """(line number, row dict) of a data file in format `fmt`."""
+    if fmt == "sst2":
+        return _iter_rows_sst2(path)
+    if fmt in ("jsonl", "superglue"):
+        return _iter_rows_jsonl(path)
+    if fmt in ("csv", "storycloze"):
+        return _iter_rows_delimited(path, ",", cols.header)
+    if fmt in ("mrpc", "stsb"):
+        return _iter_rows_glue(path, fmt)
+    return _iter_rows_delimited(path, "\t", cols.header)
+
+
+def _choices(row: dict[str, Any], cols: Columns, where: str) -> tuple[str, ...]:
+    """The answers of a multiple-choice row: one field each, or one field holding a JSON list."""
+    if len(cols.choices) == 1 and isinstance(row.get(cols.choices[0]), list):
+        values = row[cols.choices[0]]
+    else:
+        values = [_field(row, c, where, "answer") for c in cols.choices]
+    if len(values) < 2:
+        raise TaskError(f"{where}: a multiple-choice example needs at least 2 answers, got {len(values)}")
+    return tuple(_as_text(v, where, f"answer {k + cols.index_base}") for k, v in enumerate(values))
+
+
 def read_examples(path: str | Path, fmt: str, task: str, columns: Columns | None = None, *,
                   regression: bool = False, need_labels: bool = True, limit: int | None = None) -> list[Example]:
     """Read one data file into Examples, checking every row.
@@ -268,16 +292,7 @@ def read_examples(path: str | Path, fmt: str, task: str, columns: Columns | None
     if fmt not in FORMATS:
         raise TaskError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     cols = columns or default_columns(fmt, task)
-    if fmt == "sst2":
-        rows = _iter_rows_sst2(path)
-    elif fmt in ("jsonl", "superglue"):
-        rows = _iter_rows_jsonl(path)
-    elif fmt in ("csv", "storycloze"):
-        rows = _iter_rows_delimited(path, ",", cols.header)
-    elif fmt in ("mrpc", "stsb"):
-        rows = _iter_rows_glue(path, fmt)
-    else:
-        rows = _iter_rows_delimited(path, "\t", cols.header)
+    rows = _rows(path, fmt, cols)
     if fmt == "stsb":
         regression = True
     needs_pair = task in ("entailment", "similarity")
@@ -295,15 +310,7 @@ def read_examples(path: str | Path, fmt: str, task: str, columns: Columns | None
         text = " ".join(parts)
         pair = _as_text(_field(row, cols.pair, where, "second text"), where, f"field {cols.pair!r}") \
             if needs_pair else None
-        choices = None
-        if task == "multiple-choice":
-            if len(cols.choices) == 1 and isinstance(row.get(cols.choices[0]), list):
-                values = row[cols.choices[0]]
-            else:
-                values = [_field(row, c, where, "answer") for c in cols.choices]
-            if len(values) < 2:
-                raise TaskError(f"{where}: a multiple-choice example needs at least 2 answers, got {len(values)}")
-            choices = tuple(_as_text(v, where, f"answer {k + cols.index_base}") for k, v in enumerate(values))
+        choices = _choices(row, cols, where) if task == "multiple-choice" else None
         raw = None
         if cols.label is not None:
             name = cols.label
