@@ -67,7 +67,7 @@ class PassOutput:
 
     def __init__(self, kept: AtomicFile, other: AtomicFile | None, reader: RecordReader, bar, task):
         self._kept, self._other, self._reader = kept, other, reader
-        self.bar, self._task = bar, task
+        self.bar, self.task = bar, task
         self.documents = 0
 
     @property
@@ -88,7 +88,7 @@ class PassOutput:
 
     def advance(self) -> None:
         """Move the progress display to the input bytes read so far."""
-        self.bar.update(self._task, completed=self._reader.bytes_read)
+        self.bar.update(self.task, completed=self._reader.bytes_read)
 
 
 class FilterPass:
@@ -126,7 +126,7 @@ class FilterPass:
             total = self.reader.total_bytes
             w = PassOutput(kept, extra, self.reader, bar, bar.add_task(label, total=total))
             yield w
-            bar.update(w._task, completed=total)
+            bar.update(w.task, completed=total)
             self.documents = w.documents
             if w.documents == 0:  # raised inside the block: no output is left behind
                 raise self.reader.empty_error(self.inputs)

@@ -1,0 +1,111 @@
+"""The shared pieces of the data commands: a filter pass (gptkit.data.passes) with a toy filter, record
+batching, and the in-order worker map (gptkit.data.workers)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gptkit.data.passes import FilterPass, batched
+from gptkit.data.prepare import _NoProgress
+from gptkit.data.records import Record
+from gptkit.data.shards import DataError
+from gptkit.data.workers import ordered_map, worker_pool
+
+DOCS = [{"id": 1, "text": "keep me"}, {"id": 2, "text": "drop me"}, {"id": 3, "text": "keep this too"}]
+
+
+def _input(tmp_path: Path, docs=DOCS) -> Path:
+    p = tmp_path / "in.jsonl"
+    p.write_text("".join(json.dumps(d) + "\n" for d in docs) + "not json\n")
+    return p
+
+
+def _toy(tmp_path: Path, other: Path | None, warnings: list[str]) -> dict:
+    """Keep the documents whose text starts with 'keep'; write the others' ids to `other`."""
+    run = FilterPass([_input(tmp_path)], tmp_path / "kept.jsonl", text_field="text", report=None,
+                     others={"--other": other}, warn=warnings.append)
+    with run.writing(other, False, "toy") as w:
+        for batch in batched(run.reader.records(), 2):
+            for rec in batch:
+                if rec.text.startswith("keep"):
+                    w.keep(rec.to_json())
+                else:
+                    w.drop(json.dumps({"dropped": rec.fields["id"]}))
+            w.advance()
+    return run.finish(run.report("toy-report", {"kept": 2}, {"workers": 1}))
+
+
+def test_a_pass_writes_kept_others_and_a_report_with_the_shared_header(tmp_path):
+    warnings: list[str] = []
+    rep = _toy(tmp_path, tmp_path / "other.jsonl", warnings)
+    kept = [json.loads(x) for x in (tmp_path / "kept.jsonl").read_text().splitlines()]
+    assert kept == [DOCS[0], DOCS[2]]  # the input objects unchanged, in input order
+    assert (tmp_path / "other.jsonl").read_text() == '{"dropped": 2}\n'
+    assert json.loads((tmp_path / "kept.report.json").read_text()) == rep
+    keys = list(rep)
+    assert keys[:4] == ["format", "format_version", "inputs", "output"] and keys[-3:] == ["bad_input", "files", "run"]
+    assert rep["format"] == "toy-report" and rep["output"] == str(tmp_path / "kept.jsonl") and rep["kept"] == 2
+    assert rep["bad_input"]["not_json_lines"] == 1 and len(warnings) == 1 and "not JSON" in warnings[0]
+    assert rep["run"]["workers"] == 1 and rep["run"]["seconds"] >= 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "kept.jsonl", "kept.report.json",
+                                                           "other.jsonl"]
+
+
+def test_a_pass_that_fails_leaves_no_output(tmp_path):
+    run = FilterPass([_input(tmp_path)], tmp_path / "kept.jsonl", text_field="text", report=None,
+                     others={"--other": tmp_path / "o.jsonl"})
+    with pytest.raises(RuntimeError):
+        with run.writing(tmp_path / "o.jsonl", False, "toy") as w:
+            w.keep("{}")
+            raise RuntimeError("the filter broke")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_a_pass_over_no_document_is_one_error_and_no_output(tmp_path):
+    p = tmp_path / "in.jsonl"
+    p.write_text('{"body": "no text field"}\n')
+    run = FilterPass([p], tmp_path / "kept.jsonl", text_field="text", report=None, others={})
+    with pytest.raises(DataError) as e:
+        with run.writing(None, False, "toy") as w:
+            for rec in run.reader.records():
+                w.keep(rec.to_json())
+    assert "empty corpus" in str(e.value) and "without a string 'text' field" in str(e.value)
+    assert "\n" not in str(e.value) and sorted(x.name for x in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_outputs_are_checked_before_any_work(tmp_path):
+    src = _input(tmp_path)
+    with pytest.raises(DataError, match="is also an input"):
+        FilterPass([src], tmp_path / "kept.jsonl", text_field="text", report=None, others={"--other": src})
+    with pytest.raises(DataError, match="--other and --out name the same file"):
+        FilterPass([src], tmp_path / "kept.jsonl", text_field="text", report=None,
+                   others={"--other": tmp_path / "kept.jsonl"})
+    with pytest.raises(DataError, match="does not exist"):
+        FilterPass([src], tmp_path / "no" / "kept.jsonl", text_field="text", report=None, others={})
+
+
+def test_batched_by_count_and_by_characters():
+    recs = [Record("x" * n, None, "p", None) for n in (5, 1, 1, 9, 2, 2, 2)]
+    by_count = list(batched(recs, 3))
+    assert [len(b) for b in by_count] == [3, 3, 1] and [r for b in by_count for r in b] == recs
+    by_chars = list(batched(recs, 100, max_chars=6))  # a batch closes once it holds 6 characters
+    assert [[len(r.text) for r in b] for b in by_chars] == [[5, 1], [1, 9], [2, 2, 2]]
+    assert list(batched([], 3)) == []
+
+
+def _square_all(xs: list[int]) -> list[int]:
+    return [x * x for x in xs]
+
+
+def test_ordered_map_keeps_input_order_with_workers():
+    jobs = [(i, ([i, i + 1],)) for i in range(40)]
+    here = list(ordered_map(_square_all, jobs, None, 1))
+    with worker_pool(2, _NoProgress()) as pool:
+        assert pool is not None
+        there = list(ordered_map(_square_all, jobs, pool, 2))
+    assert here == there == [(i, [i * i, (i + 1) ** 2]) for i in range(40)]
+    with worker_pool(1, _NoProgress()) as pool:
+        assert pool is None  # one worker: the work runs in the caller
