@@ -8,7 +8,7 @@ from typing import Any
 from .generator import opt
 
 WEIGHTS = ("fp32", "fp16", "int8")
-BLAS = ("numpy", "torch")
+BLAS = ("auto", "torch", "numpy")
 
 
 def weights() -> Any:
@@ -16,7 +16,9 @@ def weights() -> Any:
 
 
 def blas() -> Any:
-    return opt("numpy", "fp32 on CPU: multiply through numpy's BLAS (OpenBLAS) or PyTorch's own (MKL)", choices=BLAS)
+    return opt("auto", "fp32 on CPU: multiply through PyTorch's BLAS (MKL) or numpy's (OpenBLAS); auto: whichever "
+               "was measured faster for this model's shape on this CPU (once; remembered in ~/.cache/gptkit)",
+               choices=BLAS)
 
 
 @dataclass

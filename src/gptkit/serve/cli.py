@@ -57,7 +57,7 @@ def serve(args: ServeCommandOptions) -> int:
                               f"{model.config.vocab_size}")
     from ..generate import prepare_for_inference
 
-    model = prepare_for_inference(model, args.weights, args.blas)  # the server only decodes
+    model = prepare_for_inference(model, args.weights, args.blas, rows=args.max_batch)  # the server only decodes
     name = args.model_name or os.path.basename(os.path.normpath(args.ckpt))
     api_key = args.api_key if args.api_key is not None else os.environ.get("GPTKIT_API_KEY") or None
     opts = ServeOptions(model_name=name, api_key=api_key, max_batch=args.max_batch, max_queue=args.max_queue,
