@@ -215,3 +215,9 @@ def test_cloze_and_perplexity_tasks_score_as_a_hand_computation(tiny, tmp_path):
         lp = _logprobs(tiny, [tok.eot_id, *ids])  # each document is scored after <|endoftext|>
         assert s["tokens"] == len(ids)
         assert s["loglikelihood"] == pytest.approx(sum(lp[j, t].item() for j, t in enumerate(ids)), abs=1e-4)
+
+
+def test_a_data_file_that_is_not_utf8_is_one_line(tmp_path):
+    p = _write(tmp_path, CHOICE + "choices: [a, b]\n")
+    (tmp_path / "d.jsonl").write_bytes(b'{"text": "ok", "n": 0}\n{"text": "caf\xe9", "n": 1}\n')
+    assert _error(p).startswith(f"{tmp_path / 'd.jsonl'}: not UTF-8 text")
