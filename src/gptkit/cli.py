@@ -22,6 +22,7 @@ from .commands.finetune import add_finetune, add_predict
 from .commands.info import add_export_hf, add_info
 from .commands.quickstart import add_quickstart
 from .commands.sample import add_sample
+from .commands.scale import add_scale
 from .commands.serve import add_serve
 from .commands.train import add_train
 from .errors import GptkitError, Terminated
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_quickstart, add_info, add_prepare, add_data, add_train, add_sample, add_export_hf, add_finetune,
-    add_predict, add_eval, add_serve]
+    add_predict, add_eval, add_serve, add_scale]
 
 
 USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENOSPC, errno.EROFS,

@@ -1,0 +1,66 @@
+"""`gptkit scale`: plan, train, fit and forecast a scaling ladder; `gptkit scale fit RUN...`: fit finished runs."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from ..options import add_options, from_args
+from ..options.scale import ScaleFitOptions, ScaleOptions
+
+
+def _warn(msg: str) -> None:
+    print(f"gptkit: warning: {msg}", file=sys.stderr)
+
+
+def check_scale(opts: ScaleOptions) -> None:
+    """The options a study cannot start without, each refused in one line."""
+    from ..scaling.plan import ScaleError
+
+    for name in ("data", "out", "budget_minutes"):
+        if getattr(opts, name) is None:
+            raise ScaleError(f"--{name.replace('_', '-')} is required (or use `gptkit scale fit RUN...`)")
+    for name in ("budget_minutes", "target_flops", "target_minutes", "tokens_per_param"):
+        v = getattr(opts, name)
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise ScaleError(f"--{name.replace('_', '-')} must be a positive number, got {v}")
+    for name in ("points", "levels", "aspect", "head_size", "block_size", "min_steps", "eval_tokens", "threads"):
+        v = getattr(opts, name)
+        if v is not None and v <= 0:
+            raise ScaleError(f"--{name.replace('_', '-')} must be positive, got {v}")
+    if opts.bootstrap < 0:
+        raise ScaleError(f"--bootstrap must be >= 0, got {opts.bootstrap}")
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    from ..scaling.study import run_study
+
+    opts = from_args(ScaleOptions, args)
+    check_scale(opts)
+    run_study(opts, warn=_warn)
+    return 0
+
+
+def cmd_scale_fit(args: argparse.Namespace) -> int:
+    from ..scaling.study import fit_runs
+
+    opts = from_args(ScaleFitOptions, args)
+    fit_runs(opts, warn=_warn)
+    return 0
+
+
+def add_scale(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("scale", help="scaling laws: plan and train a ladder of runs, fit L(C) and L(N, D), forecast "
+                       "a bigger run (and verify it)",
+                       description="Plan a ladder of model sizes and token budgets for a time budget, train it "
+                       "(resumable), fit the scaling laws and forecast a bigger run. `gptkit scale fit RUN...` fits "
+                       "finished runs. See docs/scaling.md.")
+    add_options(p, ScaleOptions)
+    p.set_defaults(func=cmd_scale)
+    modes = p.add_subparsers(dest="scale_mode", metavar="fit")
+    f = modes.add_parser("fit", help="fit the laws to finished `gptkit train` runs",
+                         description="Fit L(C) and L(N, D) to finished `gptkit train` runs.")
+    f.add_argument("runs", nargs="+", metavar="RUN", help="run directories (from `gptkit train` or `gptkit scale`)")
+    add_options(f, ScaleFitOptions)
+    f.set_defaults(func=cmd_scale_fit)

@@ -1,0 +1,80 @@
+"""The forecast: for a target compute, the compute-optimal run and its predicted validation loss with an interval.
+
+With a fitted L(N, D) the size is Chinchilla's approach 3 on this machine's shape family: of the family's depths,
+the one whose L(N, D = C / FLOPs-per-token) is lowest (the accounting of `gptkit info`, not 6ND), and the
+prediction is L(N, D) at that run (interval: the bootstrap draws' 5th–95th percentile). Without one (a ratio
+ladder, whose runs all sit on one tokens-per-parameter line) the size follows the ladder's own ratio and the
+prediction is L(C). Both predictions are reported when both laws were fitted.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from .fit import Law
+from .plan import PlanSpec, Point, ScaleError, ratio_depth, make_point, model_config, shape_of_depth
+
+TARGET_FACTOR = 10.0
+"""The default target: this many times the largest fitted run's compute (GPT-4's forecasts reached 10,000×)."""
+
+
+def optimal_point(spec: PlanSpec, flops: float, size_data: Law | None) -> Point:
+    """The run the laws call compute-optimal at `flops` (see the module docstring)."""
+    if size_data is None:
+        shape = shape_of_depth(ratio_depth(spec, flops), spec.aspect, spec.head_size)
+    else:
+        best = math.inf
+        for depth in range(1, 257):
+            s = shape_of_depth(depth, spec.aspect, spec.head_size)
+            cfg = model_config(s, spec.vocab_size, spec.block_size)
+            loss = size_data.predict(cfg.non_embedding_params, flops / cfg.flops_per_token())
+            if loss < best:
+                best, shape = loss, s
+    fpt = model_config(shape, spec.vocab_size, spec.block_size).flops_per_token()
+    return make_point(shape, flops / fpt, spec.vocab_size, spec.block_size, spec.min_steps, prefix="forecast-")
+
+
+def target_flops(largest: float, flops: float | None, minutes: float | None, spec: PlanSpec,
+                 size_data: Law | None, speed: Callable | None) -> float:
+    """The target compute: given, or `minutes` of training here (the optimal size at a compute depends on the
+    compute, its speed on the size: three rounds settle it), or TARGET_FACTOR × the largest fitted run."""
+    if flops is None and minutes is None:
+        return TARGET_FACTOR * largest
+    if flops is None:
+        flops = TARGET_FACTOR * largest
+        for _ in range(3):
+            p = optimal_point(spec, flops, size_data)
+            tok_s = speed(model_config(p.shape, spec.vocab_size, spec.block_size), p.batch_size)
+            flops = minutes * 60 * tok_s * p.flops / p.tokens
+    if flops <= largest:
+        raise ScaleError(f"the target ({flops:.3g} FLOPs) is not beyond the ladder: its largest fitted run used "
+                         f"{largest:.3g}; a forecast extrapolates, so ask for more compute")
+    return flops
+
+
+def forecast(target: float, largest: float, spec: PlanSpec, laws: dict[str, Law | None], unit: str) -> dict:
+    """forecast.json's content (before any verification)."""
+    point = optimal_point(spec, target, laws.get("size_data"))
+    n, d = point.non_embedding_params, point.tokens
+    sd, comp = laws.get("size_data"), laws.get("compute")
+    out = {"target_flops": target, "largest_fitted_flops": largest, "unit": unit, "point": point.to_dict(),
+           "run_flops": point.flops}
+    if comp is not None:
+        out["predicted_val_loss_compute_law"] = comp.predict(point.flops)
+        out["predicted_interval_compute_law"] = comp.interval(point.flops)
+    if sd is not None:
+        out["predicted_val_loss"], out["predicted_interval"] = sd.predict(n, d), sd.interval(n, d)
+        out["law"] = "size_data"
+    else:
+        out["predicted_val_loss"] = out.get("predicted_val_loss_compute_law")
+        out["predicted_interval"] = out.get("predicted_interval_compute_law")
+        out["law"] = "compute"
+    return out
+
+
+def verified(fc: dict, val_loss: float | None) -> dict:
+    """forecast.json after the forecast run was trained: its loss and the relative error verified / predicted − 1."""
+    if val_loss is None or not math.isfinite(val_loss):
+        return {**fc, "verified_val_loss": None, "relative_error": None}
+    return {**fc, "verified_val_loss": val_loss, "relative_error": val_loss / fc["predicted_val_loss"] - 1}

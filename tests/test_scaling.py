@@ -1,0 +1,221 @@
+"""`gptkit scale`: the fits recover known laws, the planner's FLOPs are `gptkit info`'s, a killed ladder resumes
+with only the missing runs, forecast.json's keys, bits per byte against a direct count, and the bad inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gptkit.cli import main
+from gptkit.data import prepare
+from gptkit.options.scale import ScaleOptions
+from gptkit.scaling.fit import fit_law
+from gptkit.scaling.plan import PlanSpec, ScaleError, Shape, check_data, make_point, model_config, plan_ladder
+from gptkit.scaling.study import run_study, usable
+
+
+# ------------------------------------------------------------------------------------------- the laws
+def test_size_data_fit_recovers_chinchillas_law() -> None:
+    """Losses from L(N, D) = E + A/N^α + B/D^β (Chinchilla's fitted values) with 0.2% noise, on a 5 × 5 grid of
+    sizes and token counts: approach 3 gets the parameters back, and their bootstrap intervals hold the truth."""
+    true = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
+    n, d = (a.ravel() for a in np.meshgrid(np.geomspace(1e5, 1e8, 5), np.geomspace(1e6, 1e10, 5)))
+    loss = true["E"] + true["A"] / n ** true["alpha"] + true["B"] / d ** true["beta"]
+    loss *= np.exp(np.random.default_rng(0).normal(0, 0.002, len(loss)))
+    law = fit_law("size_data", [n, d], loss, bootstrap=20, seed=1)
+    for k in ("alpha", "beta"):
+        assert law.params[k] == pytest.approx(true[k], abs=0.01)
+    assert law.params["E"] == pytest.approx(true["E"], rel=0.03)
+    assert law.params["A"] == pytest.approx(true["A"], rel=0.15)
+    assert law.params["B"] == pytest.approx(true["B"], rel=0.15)
+    intervals = law.to_dict()["intervals"]
+    assert intervals["alpha"][0] < law.params["alpha"] < intervals["alpha"][1]
+    # the law's prediction far off the grid (10x the largest N and D) is within 1% of the truth
+    n_far, d_far = 1e9, 1e11
+    truth = true["E"] + true["A"] / n_far ** 0.34 + true["B"] / d_far ** 0.28
+    assert law.predict(n_far, d_far) == pytest.approx(truth, rel=0.01)
+
+
+def test_compute_fit_recovers_the_law_and_forecasts_10x() -> None:
+    """L(C) = L∞ + (C₀/C)^α from 8 noisy points over 4 decades: the parameters back, and the forecast at 10× the
+    largest compute within 1% of the true law, its interval around the prediction."""
+    l_inf, c0, alpha = 1.5, 3e11, 0.1
+    c = np.geomspace(1e12, 1e16, 8)
+    loss = (l_inf + (c0 / c) ** alpha) * np.exp(np.random.default_rng(2).normal(0, 0.002, len(c)))
+    law = fit_law("compute", [c], loss, bootstrap=30, seed=3)
+    assert law.params["alpha"] == pytest.approx(alpha, rel=0.15)
+    assert law.params["L_inf"] == pytest.approx(l_inf, rel=0.05)
+    pred, (lo, hi) = law.predict(1e17), law.interval(1e17)
+    assert pred == pytest.approx(l_inf + (c0 / 1e17) ** alpha, rel=0.01)
+    assert lo <= pred <= hi
+
+
+# ------------------------------------------------------------------------------------------ the planner
+@pytest.mark.parametrize("preset", ["gpt-nano", "gpt-micro", "gpt-mini", "gpt-small-cpu"])
+def test_planner_flops_equal_gptkit_info(preset: str, capsys) -> None:
+    assert main(["info", "--preset", preset, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    cfg = model_config(Shape(info["n_layer"], info["n_embd"], info["n_head"]), info["vocab_size"], info["context"])
+    assert (cfg.num_params, cfg.non_embedding_params, cfg.flops_per_token()) == \
+        (info["params"], info["non_embedding_params"], info["flops_per_token"])
+    p = make_point(Shape(info["n_layer"], info["n_embd"], info["n_head"]), 1e6, info["vocab_size"], info["context"],
+                   min_steps=10)
+    assert p.tokens == p.steps * p.batch_size * info["context"]
+    assert p.flops == info["flops_per_token"] * p.tokens
+    assert (p.params, p.non_embedding_params) == (info["params"], info["non_embedding_params"])
+
+
+def test_budget_decides_the_ladder_and_bad_budgets() -> None:
+    spec = PlanSpec(vocab_size=65, block_size=64, train_tokens=10**9, budget_minutes=100, ladder="ratio", points=5)
+    speed = lambda cfg, batch: 20_000.0  # noqa: E731 (tokens/s, injected: no timing in tests)
+    small = plan_ladder(spec, speed)
+    big = plan_ladder(dataclasses.replace(spec, budget_minutes=1000), speed)
+    assert len(small) == len(big) == 5
+    assert sum(p.minutes for p in small) <= 100 and sum(p.minutes for p in big) <= 1000
+    assert max(p.flops for p in big) > max(p.flops for p in small)
+    assert [p.shape.n_layer for p in small] == sorted({p.shape.n_layer for p in small})  # distinct, growing
+    iso = plan_ladder(dataclasses.replace(spec, ladder="isoflop", points=9), speed)
+    levels = {p.level for p in iso}
+    assert len(levels) == 3 and all(sum(p.level == lv for p in iso) == 3 for lv in levels)
+    for lv in levels:  # one compute per level (within the rounding to whole steps)
+        f = [p.flops for p in iso if p.level == lv]
+        assert max(f) / min(f) < 1.15
+    with pytest.raises(ScaleError, match="too small for 5 points"):
+        plan_ladder(dataclasses.replace(spec, budget_minutes=0.01), speed)
+    with pytest.raises(ScaleError, match="at least 5"):
+        plan_ladder(dataclasses.replace(spec, points=4), speed)
+    warned: list[str] = []
+    check_data(small, int(max(p.tokens for p in small) / 5), warned.append)
+    assert warned and "repeats the training data 5.0 times" in warned[0]
+    with pytest.raises(ScaleError, match="data is too small"):
+        check_data(small, int(max(p.tokens for p in small) / 50), warned.append)
+
+
+# ------------------------------------------------------------------------------ a tiny ladder, for real
+@pytest.fixture(scope="module")
+def tiny_char(tmp_path_factory, shared_data: Path) -> Path:
+    text = (shared_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:60_000]
+    src = tmp_path_factory.mktemp("src") / "tiny.txt"
+    src.write_text(text, encoding="utf-8")
+    out = tmp_path_factory.mktemp("data") / "char"
+    prepare([str(src)], out, tokenizer="char", progress=False)
+    return out
+
+
+def tiny_options(data: Path, out: Path, **kw) -> ScaleOptions:
+    """Depths 1-5 of width 8·depth, context 16, 0.2 tokens per parameter: a ladder of seconds."""
+    base = dict(data=str(data), out=str(out), budget_minutes=1.0, ladder="ratio", points=5, tokens_per_param=0.2,
+                aspect=8, head_size=8, block_size=16, min_steps=4, eval_tokens=2048, bootstrap=10, quiet=True,
+                threads=1)
+    return ScaleOptions(**{**base, **kw})
+
+
+def fast_up_to_depth_5(cfg, batch: int) -> float:
+    """Injected speed: the ladder of depths 1-5 fits the budget, depth 6 does not."""
+    return 1e9 if cfg.n_layer <= 5 else 1.0
+
+
+def test_interrupted_ladder_resumes_only_the_missing_points(tiny_char: Path, tmp_path: Path) -> None:
+    from gptkit.train import train
+
+    out = tmp_path / "study"
+    calls: list[tuple[str, bool]] = []
+
+    def killed_in_the_third_run(cfg):
+        calls.append((Path(cfg.out).name, cfg.resume))
+        if len(calls) == 3:  # train half of it, then "kill" the study
+            train(dataclasses.replace(cfg, max_iters=cfg.max_iters // 2, lr_decay_iters=cfg.max_iters,
+                                      save_interval=max(1, cfg.max_iters // 2)))
+            raise KeyboardInterrupt
+        return train(cfg)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_study(tiny_options(tiny_char, out), speed=fast_up_to_depth_5, trainer=killed_in_the_third_run,
+                  say=lambda s: None)
+    plan = json.loads((out / "plan.json").read_text())
+    names = [p["name"] for p in sorted(plan["points"], key=lambda p: p["flops"])]
+    assert [c[0] for c in calls] == names[:3]
+
+    calls2: list[tuple[str, bool]] = []
+
+    def recorder(cfg):
+        calls2.append((Path(cfg.out).name, cfg.resume))
+        return train(cfg)
+
+    never = lambda cfg, batch: pytest.fail("a resumed study re-measured speed instead of reusing plan.json")  # noqa
+    res = run_study(tiny_options(tiny_char, out, verify=True), speed=never, trainer=recorder, say=lambda s: None)
+    # the two finished runs were not trained again; the half-done one resumed; the rest started fresh
+    assert calls2[:3] == [(names[2], True), (names[3], False), (names[4], False)]
+    assert calls2[3][0].startswith("forecast-") and len(calls2) == 4
+    results = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in results] == [p["name"] for p in plan["points"]]
+    assert all(math.isfinite(r["val_loss"]) for r in results)
+    fc = json.loads((out / "forecast.json").read_text())
+    for key in ("target_flops", "largest_fitted_flops", "predicted_val_loss", "predicted_interval",
+                "verified_val_loss", "relative_error"):
+        assert key in fc, key
+    assert fc["target_flops"] == pytest.approx(10 * max(r["flops"] for r in results))
+    assert fc["relative_error"] == pytest.approx(fc["verified_val_loss"] / fc["predicted_val_loss"] - 1)
+    assert res["fit"]["compute"]["params"]["alpha"] > 0
+    for png in ("scaling.png", "isoflop.png"):
+        assert (out / png).stat().st_size < 200_000
+    # `gptkit scale fit RUN...` on the same runs fits the same L(C)
+    fit_out = tmp_path / "refit"
+    assert main(["scale", "fit", *[r["run_dir"] for r in results], "--out", str(fit_out), "--bootstrap", "0"]) == 0
+    refit = json.loads((fit_out / "fit.json").read_text())
+    assert refit["compute"]["params"]["alpha"] == pytest.approx(res["fit"]["compute"]["params"]["alpha"], rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ bits per byte
+def test_bits_per_byte_equals_a_direct_count(tmp_path: Path) -> None:
+    """One document, split nanoGPT's way: val is the last 10% of its tokens plus an end-of-text token. Counting
+    that text's UTF-8 bytes directly (non-ASCII characters are 2-3 bytes) gives the same bits per byte."""
+    from gptkit.data.bytes import bits_per_byte, val_bytes_per_token
+    from gptkit.tokenizer import Tokenizer
+
+    text = "".join(f"Zeile {i}: Grüße, naïve café — ✓ {i * i}\n" for i in range(300))
+    src = tmp_path / "t.txt"
+    src.write_text(text, encoding="utf-8")
+    for kind in ("char", "bpe"):
+        data = tmp_path / kind
+        prepare([str(src)], data, tokenizer=kind, vocab_size=300, progress=False)
+        tok = Tokenizer.from_pretrained(data / "tokenizer")
+        ids = tok.encode(text)
+        cut = int(len(ids) * 0.9)
+        val_bytes = len(text.encode("utf-8")) - len(tok.decode(ids[:cut]).encode("utf-8"))
+        val_tokens = len(ids) - cut + 1  # + the end-of-text token
+        r = val_bytes_per_token(data)
+        assert (r["tokens"], r["bytes"], r["exact"]) == (val_tokens, val_bytes, True)
+        assert bits_per_byte(2.0, data) == pytest.approx(2.0 * val_tokens / (val_bytes * math.log(2)), rel=1e-12)
+
+
+# ------------------------------------------------------------------------------------------- bad input
+def test_bad_input(tiny_char: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "bad"
+    assert main(["scale", "--out", str(out), "--budget-minutes", "5"]) == 2
+    assert "--data is required" in capsys.readouterr().err
+    assert main(["scale", "--data", str(tiny_char), "--out", str(out), "--budget-minutes", "-1"]) == 2
+    assert "--budget-minutes must be a positive number" in capsys.readouterr().err
+    assert main(["scale", "fit", str(tmp_path / "nope")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    with pytest.raises(ScaleError, match="too small for 5 points"):
+        run_study(tiny_options(tiny_char, out, budget_minutes=1e-9), speed=fast_up_to_depth_5, say=lambda s: None)
+    with pytest.raises(ScaleError, match="data is too small"):
+        run_study(tiny_options(tiny_char, out, tokens_per_param=2000.0), speed=fast_up_to_depth_5,
+                  say=lambda s: None)
+    assert not (out / "plan.json").exists()  # nothing written by a refused plan
+    with pytest.raises(ScaleError, match="not beyond the ladder"):
+        run_study(tiny_options(tiny_char, out, target_flops=1.0), speed=fast_up_to_depth_5, say=lambda s: None)
+    # a run whose loss is not finite is reported and left out; too few left is an error
+    runs = [{"name": f"r{i}", "val_loss": v, "status": "ok"} for i, v in enumerate([3.0, 2.5, math.nan, 2.2, 2.1,
+                                                                                     2.0])]
+    warned: list[str] = []
+    assert [r["name"] for r in usable(runs, "nats", warned.append)] == ["r0", "r1", "r3", "r4", "r5"]
+    assert len(warned) == 1 and "r2" in warned[0] and "left out" in warned[0]
+    with pytest.raises(ScaleError, match="only 4 runs"):
+        usable(runs[1:], "nats", warned.append)
