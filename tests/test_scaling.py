@@ -53,6 +53,8 @@ def test_compute_fit_recovers_the_law_and_forecasts_10x() -> None:
     pred, (lo, hi) = law.predict(1e17), law.interval(1e17)
     assert pred == pytest.approx(l_inf + (c0 / 1e17) ** alpha, rel=0.01)
     assert lo <= pred <= hi
+    exact = fit_law("compute", [c[:3]], loss[:3], bootstrap=30)  # 3 runs, 3 parameters: no spread to resample
+    assert exact.interval(1e17) is None and exact.predict(c[1]) == pytest.approx(loss[1], rel=1e-3)
 
 
 # ------------------------------------------------------------------------------------------ the planner
@@ -79,7 +81,7 @@ def test_budget_decides_the_ladder_and_bad_budgets() -> None:
     assert sum(p.minutes for p in small) <= 100 and sum(p.minutes for p in big) <= 1000
     assert max(p.flops for p in big) > max(p.flops for p in small)
     assert [p.shape.n_layer for p in small] == sorted({p.shape.n_layer for p in small})  # distinct, growing
-    iso = plan_ladder(dataclasses.replace(spec, ladder="isoflop", points=9), speed)
+    iso = plan_ladder(dataclasses.replace(spec, ladder="isoflop", points=9, levels=3), speed)
     levels = {p.level for p in iso}
     assert len(levels) == 3 and all(sum(p.level == lv for p in iso) == 3 for lv in levels)
     for lv in levels:  # one compute per level (within the rounding to whole steps)

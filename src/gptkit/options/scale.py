@@ -24,8 +24,9 @@ class ScaleOptions:
     ladder: str = opt("isoflop", "isoflop: Chinchilla approach 2 (a few compute levels, several sizes each; "
                                  "fits L(N, D) too); ratio: one size per point at --tokens-per-param",
                       choices=("isoflop", "ratio"))
-    points: int = opt(9, "runs in the ladder (at least 5; isoflop spreads them over --levels)")
-    levels: int = opt(3, "isoflop compute levels, each 4x the one below")
+    points: int = opt(12, "runs in the ladder (at least 5; isoflop spreads them over --levels)")
+    levels: int = opt(4, "isoflop compute levels, each 4x the one below (L(C) has 3 parameters: 4 levels give "
+                                  "it an interval)")
     tokens_per_param: float = opt(20.0, "tokens per non-embedding parameter of a ratio run, and where an isoflop "
                                         "level is centred (Chinchilla: about 20)")
     aspect: int = opt(32, "model width per layer (width = aspect x depth)")

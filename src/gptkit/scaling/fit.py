@@ -151,9 +151,11 @@ def fit_law(kind: str, x: list[np.ndarray], loss: np.ndarray, bootstrap: int = 0
     theta, value = _minimise(kind, g, log_l, grid)
     law = Law(kind, ref, _named(kind, theta, ref), theta, value)
     rng = np.random.default_rng(seed)
+    if len(loss) <= g.shape[2]:  # as many runs as parameters: the law passes through them, no spread to resample
+        bootstrap = 0
     for _ in range(bootstrap):
         idx = rng.integers(0, len(loss), size=len(loss))
-        if len(np.unique(idx)) < g.shape[2]:  # fewer distinct runs than parameters: not a fit
+        if len(np.unique(idx)) <= g.shape[2]:  # no more distinct runs than parameters: an exact fit, not a draw
             continue
         try:
             law.draws.append(_minimise(kind, g[idx], log_l[idx], [theta])[0])

@@ -136,12 +136,12 @@ class PlanSpec:
     train_tokens: int
     budget_minutes: float
     ladder: str = "ratio"
-    points: int = 6
+    points: int = 12
     tokens_per_param: float = 20.0
     aspect: int = 32
     head_size: int = 32
     min_steps: int = 100
-    levels: int = 3
+    levels: int = 4
     level_factor: float = 4.0
 
 

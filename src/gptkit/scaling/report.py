@@ -48,6 +48,14 @@ def fit_lines(fits: dict) -> list[str]:
     return out
 
 
+def _plain_y(ax) -> None:
+    """Loss ticks as plain numbers (2.5, not 2.5×10⁰) on a log axis that spans less than a decade."""
+    import matplotlib.ticker as ticker
+
+    ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%.2f"))
+    ax.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%.2f"))
+
+
 def plot_scaling(path: Path, flops: np.ndarray, loss: np.ndarray, envelope: np.ndarray, law: Law | None,
                  forecast: dict | None, unit: str) -> None:
     """Log-log loss against compute: the runs, the envelope the law is fitted to, the law extended to the target,
@@ -72,6 +80,7 @@ def plot_scaling(path: Path, flops: np.ndarray, loss: np.ndarray, envelope: np.n
             ax.scatter([forecast["run_flops"]], [forecast["verified_val_loss"]], marker="*", s=90, c="C3",
                        label="verified", zorder=5)
     ax.set(xscale="log", yscale="log", xlabel="training FLOPs", ylabel=f"validation loss ({unit})")
+    _plain_y(ax)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
@@ -82,6 +91,7 @@ def plot_isoflop(path: Path, flops: np.ndarray, n: np.ndarray, loss: np.ndarray,
                  unit: str) -> None:
     """Loss against model size (non-embedding parameters), one line per compute level (Chinchilla Fig. 3)."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -91,6 +101,7 @@ def plot_isoflop(path: Path, flops: np.ndarray, n: np.ndarray, loss: np.ndarray,
         order = sorted(gr, key=lambda j: n[j])
         ax.plot(n[order], loss[order], "o-", c=f"C{i % 10}", ms=4, lw=1, label=f"{np.mean(flops[gr]):.2g} FLOPs")
     ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel=f"validation loss ({unit})")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # 2×10⁴, 3×10⁴... overlap at this width
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)

@@ -58,7 +58,7 @@ def plan_study(opts: Any, speed: Callable, say: Callable[[str], None], warn: Cal
     saved = out / "plan.json"
     if saved.is_file():
         plan = json.loads(saved.read_text(encoding="utf-8"))
-        if plan["facts"]["data"] != str(opts.data):
+        if Path(plan["facts"]["data"]).resolve() != Path(opts.data).resolve():
             raise ScaleError(f"{out} holds a study of {plan['facts']['data']}, not {opts.data}: choose another --out")
         say(f"continuing the plan in {saved} (delete it to plan again)")
         return PlanSpec(**plan["spec"]), [Point.from_dict(p) for p in plan["points"]], plan["facts"]
