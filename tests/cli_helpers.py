@@ -21,3 +21,15 @@ def assert_one_line_error(rc: int, err: str, *fragments: str) -> None:
     assert err.endswith("\n") and err.count("\n") == 1, err  # exactly one line
     for f in fragments:
         assert f in err, (f, err)
+
+
+def save_char_ckpt(path):
+    """A tiny character-level gptkit checkpoint at `path` (1 layer, width 8): enough to load, sample, evaluate."""
+    from gptkit import GPT, GPTConfig
+    from gptkit.tokenizer import Tokenizer
+
+    tok = Tokenizer.train_char("hello world, the quick brown fox")
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=8))
+    model.tokenizer = tok
+    model.save_pretrained(path)
+    return path

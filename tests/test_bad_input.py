@@ -10,22 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import assert_one_line_error, run
-
-
+from cli_helpers import assert_one_line_error, run, save_char_ckpt
 
 
 @pytest.fixture
 def char_ckpt(tmp_path) -> Path:
-    from gptkit import GPT, GPTConfig
-    from gptkit.tokenizer import Tokenizer
-
-    tok = Tokenizer.train_char("hello world, the quick brown fox")
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=8))
-    model.tokenizer = tok
-    path = tmp_path / "ckpt"
-    model.save_pretrained(path)
-    return path
+    return save_char_ckpt(tmp_path / "ckpt")
 
 
 # ------------------------------------------------------------------------------------------- export-hf

@@ -26,6 +26,7 @@ from .commands.scale import add_scale
 from .commands.serve import add_serve
 from .commands.train import add_train
 from .errors import GptkitError, Terminated
+from .options import as_typed
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -73,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except GptkitError as e:
-        print(f"gptkit: error: {e}", file=sys.stderr)
+        msg = str(e)
+        if getattr(args, "options", None) is not None:
+            msg = as_typed(msg, args.options, args.argv)
+        print(f"gptkit: error: {msg}", file=sys.stderr)
         return 2
     except FileNotFoundError as e:
         print(f"gptkit: error: {e.filename or e}: no such file or directory", file=sys.stderr)

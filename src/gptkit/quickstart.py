@@ -88,8 +88,8 @@ def run(args: QuickstartOptions) -> int:
         raise GptkitError(f"--minutes must be a positive number, got {args.minutes:g}")
     if args.max_iters is not None and args.max_iters < 1:
         raise GptkitError(f"--max-iters must be at least 1, got {args.max_iters}")
-    if args.tokens < 0:
-        raise GptkitError(f"--tokens must be >= 0, got {args.tokens}")
+    if args.max_new_tokens < 0:
+        raise GptkitError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if not args.prompt:
         raise GptkitError("--prompt must not be empty")
     from .train import pick_device
@@ -152,7 +152,7 @@ def run(args: QuickstartOptions) -> int:
     print(f"\ntrained {summary['steps']} steps, val loss {summary['val_loss']:.3f} "
           f"(total {time.perf_counter() - t0:.0f} s). A sample:\n", file=sys.stderr)
     sys.stdout.write(prompt)
-    tokens = (int(t) for t in stream(model, torch.tensor([ids]), args.tokens, temperature=0.8, top_k=None,
+    tokens = (int(t) for t in stream(model, torch.tensor([ids]), args.max_new_tokens, temperature=0.8, top_k=None,
                                      generator=gen))
     for piece in stream_text(tok, tokens, list(ids)):
         sys.stdout.write(piece)

@@ -1,8 +1,8 @@
 """The data commands: `gptkit prepare` (text → token shards) and the GPT-3 data pipeline's `gptkit data ...`:
 
     gptkit data quality train  --positive PATH... --negative PATH... --out MODEL
-    gptkit data quality filter --model MODEL --input PATH... --out FILE [--alpha 9 | --threshold T]
-    gptkit data dedup          --input PATH... --out FILE [--threshold 0.8] [--num-perm 128] [--ngram 5]
+    gptkit data quality filter --model MODEL --input PATH... --out FILE [--alpha 9 | --min-score S]
+    gptkit data dedup          --input PATH... --out FILE [--min-jaccard 0.8] [--num-perm 128] [--ngram 5]
 
 The modules doing the work (numpy, scikit-learn, datasketch, matplotlib) are imported only when a command runs.
 """
@@ -49,13 +49,13 @@ def add_data(sub: argparse._SubParsersAction) -> None:
     add_command(qsub, "filter", QualityFilterOptions, cmd_quality_filter,
                 help="keep documents by classifier score (GPT-3's Pareto rule or a threshold)",
                 description="Score documents and keep each when numpy's pareto(ALPHA) draw > 1 - score (GPT-3 "
-                            "Appendix A), or when score >= --threshold. Writes the kept documents (JSONL, input "
+                            "Appendix A), or when score >= --min-score. Writes the kept documents (JSONL, input "
                             "fields preserved), a JSON report with the kept fraction and the fraction the rule is "
                             "expected to keep, and a score histogram PNG.")
     add_command(dsub, "dedup", DedupOptions, cmd_dedup,
                 help="remove exact and near duplicates (content hash + MinHash LSH)",
                 description="Remove exact duplicates (content hash) and near duplicates (MinHash LSH over word "
-                            "n-grams, confirmed by Jaccard similarity >= --threshold), within and across all "
+                            "n-grams, confirmed by Jaccard similarity >= --min-jaccard), within and across all "
                             "inputs, keeping the first document of each cluster. Writes the kept documents (JSONL, "
                             "input fields preserved) and a JSON report.")
 
@@ -65,8 +65,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     args = from_args(PrepareOptions, args)
     sources = [parse_source(s) for s in args.source] if args.source else None
-    m = prepare(args.input, args.out, tokenizer=args.tokenizer, vocab=args.vocab, vocab_size=args.vocab_size,
-                val_fraction=args.val_fraction, text_field=args.text_field, num_workers=args.workers,
+    m = prepare(args.input, args.out, tokenizer=args.tokenizer_kind, vocab=args.vocab, vocab_size=args.vocab_size,
+                val_fraction=args.val_fraction, text_field=args.text_field, num_workers=args.threads,
                 shard_tokens=args.shard_tokens, seed=args.seed, sources=sources, mix_tokens=args.mix_tokens)
     tr, va = m["splits"]["train"], m["splits"]["val"]
     d = m["documents"]
@@ -108,7 +108,7 @@ def cmd_quality_train(args: argparse.Namespace) -> int:
 
     _, info = train_quality(args.positive, args.negative, args.out, text_field=args.text_field,
                             n_features=args.n_features, ngram_max=args.ngram_max, heldout=args.heldout, C=args.C,
-                            seed=args.seed, max_docs=args.max_docs)
+                            seed=args.seed, max_docs=args.limit)
     d, h = info["documents"], info["heldout"]
     print(f"trained on {d['train_positive']:,} positive and {d['train_negative']:,} negative document(s) "
           f"in {info['seconds']:.1f}s; wrote {args.out}")
@@ -128,7 +128,7 @@ def cmd_quality_filter(args: argparse.Namespace) -> int:
 
     args = from_args(QualityFilterOptions, args)
 
-    r = filter_quality(args.model, args.input, args.out, alpha=args.alpha, threshold=args.threshold,
+    r = filter_quality(args.model, args.input, args.out, alpha=args.alpha, threshold=args.min_score,
                        seed=args.seed, text_field=args.text_field, report=args.report, histogram=args.histogram,
                        rejected=args.rejected, score_field=args.score_field)
     n = r["documents_in"]
@@ -150,8 +150,8 @@ def cmd_dedup(args: argparse.Namespace) -> int:
 
     args = from_args(DedupOptions, args)
 
-    r = dedup(args.input, args.out, threshold=args.threshold, num_perm=args.num_perm, ngram=args.ngram,
-              text_field=args.text_field, workers=args.workers, seed=args.seed, verify=args.verify,
+    r = dedup(args.input, args.out, threshold=args.min_jaccard, num_perm=args.num_perm, ngram=args.ngram,
+              text_field=args.text_field, workers=args.threads, seed=args.seed, verify=args.verify,
               report=args.report, removed=args.removed)
     print(f"kept {r['kept']:,} of {r['documents_in']:,} document(s): removed {r['exact_duplicates_removed']:,} "
           f"exact and {r['near_duplicates_removed']:,} near duplicate(s) in {r['clusters']:,} cluster(s), "

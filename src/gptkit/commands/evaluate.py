@@ -63,18 +63,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         check_output_file(p, flag, inputs, EvalError)
     check_distinct_outputs(outputs, EvalError)
 
-    import torch
-
     from ..checkpoint import load_model
     from ..evaluate.runner import evaluate
+    from ..train import pick_device
 
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(args.device)
     model = load_model(args.ckpt, map_location=device)
     tokenizer = None
-    if args.tokenizer:
+    if args.tokenizer_dir:
         from ..tokenizer import Tokenizer
 
-        tokenizer = Tokenizer.from_pretrained(args.tokenizer)
+        tokenizer = Tokenizer.from_pretrained(args.tokenizer_dir)
     if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
         raise EvalError(f"the tokenizer has {tokenizer.vocab_size} ids but the model only {model.config.vocab_size}")
     report = evaluate(model, tasks, args.shots, tokenizer=tokenizer, data_dir=args.data_dir, limit=args.limit,

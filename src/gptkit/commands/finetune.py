@@ -23,8 +23,11 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from ..finetune.loop import finetune
+    from ..train import pick_device
 
-    res = finetune(from_args(FinetuneConfig, args))
+    cfg = from_args(FinetuneConfig, args)
+    pick_device(cfg.device)  # an unknown or absent device: one line before anything is read
+    res = finetune(cfg)
     print(json.dumps(res["metrics"]))
     print(f"done: {res['steps']} steps in {res['wall_s']:.1f} s; fine-tuned model, metrics.json and predictions "
           f"in {res['out']}")
@@ -41,18 +44,20 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..finetune.loop import predict
+    from ..train import pick_device
 
     opts = from_args(PredictOptions, args)
+    device = str(pick_device(opts.device))  # an unknown or absent device: one line before the model loads
     cols: dict[str, Any] = {}
-    for name in ("text_field", "pair_field", "choice_fields", "label_field"):
+    for name, key in (("text_fields", "text"), ("pair_field", "pair"), ("choice_fields", "choices"),
+                      ("label_field", "label")):
         v = getattr(opts, name)
         if v:
-            key = name.split("_")[0] if name != "choice_fields" else "choices"
             cols[key] = tuple(x.strip() for x in v.split(",")) if key in ("text", "choices") else v.strip()
     if opts.header is not None:
         cols["header"] = opts.header
     metrics = predict(opts.ckpt, opts.input, opts.out, fmt=opts.format, columns=cols or None,
-                      batch_size=opts.batch_size, device=opts.device, max_examples=opts.max_examples)
+                      batch_size=opts.batch_size, device=device, max_examples=opts.limit)
     print(json.dumps(metrics))
     print(f"wrote {metrics['n']} predictions to {opts.out}")
     return 0

@@ -67,9 +67,10 @@ def launch_torchrun(nproc: int, argv: list[str], threads: int | None = None) -> 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .. import distributed as D
-    from ..train import preflight, train
+    from ..train import pick_device, preflight, train
 
     cfg = config_from_args(args)
+    pick_device(cfg.device)  # an unknown or absent device: one line before anything is read or launched
     if cfg.nproc and cfg.nproc > 1 and not D.launched_by_torchrun():
         preflight(cfg, cfg.nproc)
         return launch_torchrun(cfg.nproc, args.argv, cfg.threads)

@@ -7,6 +7,6 @@ package and `gptkit.commands`. Modules: `generator` (fields → argparse, the --
 
 from __future__ import annotations
 
-from .generator import add_options, check_types, flag_name, flag_type, from_args, load_yaml_options, opt
+from .generator import add_options, as_typed, check_types, flag_name, flag_type, from_args, load_yaml_options, opt
 
-__all__ = ["add_options", "check_types", "flag_name", "flag_type", "from_args", "load_yaml_options", "opt"]
+__all__ = ["add_options", "as_typed", "check_types", "flag_name", "flag_type", "from_args", "load_yaml_options", "opt"]

@@ -1,8 +1,10 @@
 """The flags that mean the same in every command that has them: what is read (`--ckpt`), where results go
-(`--out`), where and how it runs (`--device`, `--dtype`, `--threads`), `--seed`, `--quiet`.
+(`--out`, whose help says whether it is a directory or a file), where it runs (`--device`, `--threads`), `--seed`,
+`--quiet`, and `--limit` (at most N examples or documents).
 
-One rule for seeds: 1337 wherever a seed matters (weights, shuffles, splits, draws), as in nanoGPT; a command
-whose randomness is off by default (sampling) says so in its own help.
+Seeds: 1337 wherever a seed matters (weights, shuffles, splits, draws), as in nanoGPT; the one exception is
+`gptkit eval`, whose few-shot draw keeps lm-eval's 1234 so that its demonstrations can be compared with
+lm-eval's. `gptkit sample` draws unseeded unless --seed is given (reproducible only when asked).
 """
 
 from __future__ import annotations
@@ -16,29 +18,38 @@ DEVICE_HELP = "cpu, cuda, cuda:N or auto (auto: cuda when there is one, else cpu
 CKPT_HELP = "what is read: a gptkit checkpoint, a training run (its latest checkpoint) or a Hugging Face directory"
 
 
-def ckpt(required: bool = True, help: str = CKPT_HELP) -> Any:
+def ckpt(help: str = CKPT_HELP, required: bool = True) -> Any:
     return opt(None, help, required=required, metavar="PATH")
 
 
-def out(help: str, required: bool = True, metavar: str = "PATH", default: str | None = None, **kw: Any) -> Any:
-    return opt(default, help, required=required and default is None, metavar=metavar, **kw)
+def out_dir(help: str, default: str | None = None, **kw: Any) -> Any:
+    return opt(default, f"{help} (a directory)", required=default is None, metavar="DIR", **kw)
+
+
+def out_file(help: str, metavar: str = "FILE", **kw: Any) -> Any:
+    return opt(None, f"{help} (a file)", required=True, metavar=metavar, **kw)
 
 
 def device(default: str = "auto") -> Any:
     return opt(default, DEVICE_HELP)
 
 
-def dtype() -> Any:
-    return opt("auto", "float32, bfloat16 or float16 autocast; auto: bfloat16 on GPUs that have it, else float32")
-
-
-def threads(**kw: Any) -> Any:
-    return opt(None, "CPU threads for torch (default: torch's choice)", metavar="N", **kw)
+def threads(help: str = "CPU threads for torch (default: torch's choice)", **kw: Any) -> Any:
+    return opt(None, help, metavar="N", **kw)
 
 
 def seed(what: str, default: int | None = SEED) -> Any:
     return opt(default, f"random seed ({what})", metavar="N")
 
 
-def quiet(**kw: Any) -> Any:
-    return opt(False, "no progress display", **kw)
+def quiet(help: str = "no progress display", **kw: Any) -> Any:
+    return opt(False, help, negatable=False, **kw)
+
+
+def limit(help: str, **kw: Any) -> Any:
+    return opt(None, help, metavar="N", **kw)
+
+
+def tokenizer_dir() -> Any:
+    return opt(None, "tokenizer directory, for a checkpoint that has none", metavar="DIR",
+               old={"--tokenizer": None})

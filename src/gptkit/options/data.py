@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import common
 from .generator import opt
 
 TOKENIZERS = ("char", "bpe", "gpt2", "gpt1")
@@ -24,19 +25,19 @@ class PrepareOptions:
         "(same WEIGHT) adds PATH to that source", append=True, metavar="NAME=PATH:WEIGHT")
     mix_tokens: int | None = opt(None, "train tokens of a mixture (default: the sum of its sources' train tokens)",
                                  metavar="N")
-    tokenizer: str = opt("char", "char: the corpus's characters; bpe: train a byte-level BPE of --vocab-size; "
-                         "gpt2/gpt1: the vocabulary in --vocab", choices=TOKENIZERS)
+    tokenizer_kind: str = opt("char", "char: the corpus's characters; bpe: train a byte-level BPE of --vocab-size; "
+                              "gpt2/gpt1: the vocabulary in --vocab", choices=TOKENIZERS, old={"--tokenizer": None})
     vocab: str | None = opt(None, "vocabulary directory for gpt2/gpt1 (e.g. ../shared/data/gpt2-bpe-vocab)",
                             metavar="DIR")
     vocab_size: int = opt(4096, "BPE vocabulary size", metavar="N")
     val_fraction: float = opt(0.1, "share held out for validation", metavar="F")
     text_field: str = opt("text", TEXT_FIELD_HELP, metavar="NAME")
-    out: str = opt(None, "output directory (new, empty, or a previous prepare output, which is replaced)",
-                   required=True, metavar="DIR")
-    workers: int | None = opt(None, "tokenizing processes (default: 1 for small inputs, else the CPU cores, at "
-                              "most 8)", metavar="N")
+    out: str = common.out_dir("where the shards, tokenizer and manifest go: new, empty, or a previous prepare "
+                              "output, which is replaced")
+    threads: int | None = common.threads("CPU cores to use: tokenizing processes (default: 1 for small inputs, "
+                                         "else the CPU cores, at most 8)", old={"--workers": None})
     shard_tokens: int = opt(100_000_000, "tokens per shard file", metavar="N")
-    seed: int = opt(1337, "seed of the train/val document split")
+    seed: int = common.seed("the train/val document split")
 
 
 @dataclass
@@ -46,14 +47,14 @@ class QualityTrainOptions:
     positive: list[str] = opt(None, f"reference documents: {INPUTS_HELP}", nargs="+", required=True,
                               metavar="PATH")
     negative: list[str] = opt(None, f"raw documents: {INPUTS_HELP}", nargs="+", required=True, metavar="PATH")
-    out: str = opt(None, "model file to write (e.g. quality.safetensors)", required=True, metavar="MODEL")
+    out: str = common.out_file("the classifier to write, e.g. quality.safetensors", metavar="MODEL")
     text_field: str = opt("text", TEXT_FIELD_HELP, metavar="NAME")
     heldout: float = opt(0.1, "share of each class held out to measure accuracy", metavar="F")
     n_features: int = opt(1 << 20, "hashed feature columns", metavar="N")
     ngram_max: int = opt(2, "longest word n-gram feature", metavar="N")
     C: float = opt(1.0, "inverse L2 regularisation strength")
-    max_docs: int | None = opt(None, "read at most N documents per class", metavar="N")
-    seed: int = opt(0, "seed of the held-out split")
+    limit: int | None = common.limit("read at most N documents per class", old={"--max-docs": None})
+    seed: int = common.seed("the held-out split")
 
 
 @dataclass
@@ -62,10 +63,11 @@ class QualityFilterOptions:
 
     model: str = opt(None, "model from `gptkit data quality train`", required=True, metavar="MODEL")
     input: list[str] = opt(None, INPUTS_HELP, nargs="+", required=True, metavar="PATH")
-    out: str = opt(None, "kept documents, JSONL (.gz to compress)", required=True, metavar="FILE")
+    out: str = common.out_file("the kept documents, JSONL (.gz to compress); the report and histogram go beside it")
     alpha: float = opt(9.0, "Pareto shape α (GPT-3's)", group="rule")
-    threshold: float | None = opt(None, "keep when score >= THRESHOLD instead", group="rule")
-    seed: int = opt(0, "seed of the Pareto draws")
+    min_score: float | None = opt(None, "keep when the classifier's score >= S instead", group="rule", metavar="S",
+                                  old={"--threshold": None})
+    seed: int = common.seed("the Pareto draws")
     text_field: str = opt("text", TEXT_FIELD_HELP, metavar="NAME")
     report: str | None = opt(None, "JSON report (default OUT.report.json)", metavar="FILE")
     histogram: str | None = opt(None, "score histogram (default OUT.scores.png)", metavar="PNG")
@@ -78,15 +80,16 @@ class DedupOptions:
     """Exact (content hash) and near (MinHash LSH, Jaccard-confirmed) de-duplication."""
 
     input: list[str] = opt(None, INPUTS_HELP, nargs="+", required=True, metavar="PATH")
-    out: str = opt(None, "kept documents, JSONL (.gz to compress)", required=True, metavar="FILE")
-    threshold: float = opt(0.8, "Jaccard similarity of near duplicates")
+    out: str = common.out_file("the kept documents, JSONL (.gz to compress); the report goes beside it")
+    min_jaccard: float = opt(0.8, "Jaccard similarity from which two documents are near duplicates", metavar="J",
+                             old={"--threshold": None})
     num_perm: int = opt(128, "MinHash permutations", metavar="N")
     ngram: int = opt(5, "words per shingle", metavar="N")
     verify: str = opt("exact", "confirm LSH candidates with the exact Jaccard of their n-gram sets or with the "
                       "MinHash estimate (stores no n-gram sets)", choices=("exact", "minhash"))
-    workers: int | None = opt(None, "processes computing signatures (default: 1 below 8 MB of input, else the CPU "
-                              "cores, at most 8)", metavar="N")
-    seed: int = opt(1, "MinHash permutation seed")
+    threads: int | None = common.threads("CPU cores to use: processes computing signatures (default: 1 below 8 MB "
+                                         "of input, else the CPU cores, at most 8)", old={"--workers": None})
+    seed: int = common.seed("the MinHash permutations")
     text_field: str = opt("text", TEXT_FIELD_HELP, metavar="NAME")
     report: str | None = opt(None, "JSON report (default OUT.report.json)", metavar="FILE")
     removed: str | None = opt(None, "also write one JSONL line per removed document (which kept document it "

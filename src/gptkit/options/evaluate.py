@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import common
 from .generator import opt
 
 
@@ -11,14 +12,16 @@ from .generator import opt
 class EvalOptions:
     """Zero-, one- and few-shot evaluation of a checkpoint (GPT-2 §3, GPT-3 §2)."""
 
-    ckpt: str | None = opt(None, "gptkit checkpoint, training run (its latest checkpoint) or Hugging Face directory")
+    ckpt: str | None = common.ckpt(required=False)
     task: list[list[str]] | None = opt(None, "task name(s) or YAML file(s); repeat or separate by commas",
                                        append=True, nargs="+", metavar="NAME")
     shots: list[int] = opt([0], "demonstrations per prompt; several values evaluate each", nargs="+", metavar="K")
-    limit: int | None = opt(None, "score only the first N examples of each task")
-    seed: int = opt(1234, "seed of the demonstration draw (lm-eval's default 1234)")
+    limit: int | None = common.limit("score only the first N examples of each task")
+    seed: int = opt(1234, "random seed (the demonstration draw; lm-eval's 1234, so draws compare with lm-eval's)",
+                    metavar="N")
     batch_size: int = opt(32, "packed rows per forward pass")
-    out: str | None = opt(None, "write the results as JSON here (and a .md table, and a .png when several K)")
+    out: str | None = opt(None, "write the results as JSON here (a file; the .md table, and a .png when several K, "
+                          "go beside it)", metavar="FILE.json")
     write_samples: str | None = opt(None, "write one JSON line per scored example", metavar="FILE.jsonl")
     plot: str | None = opt(None, "where to draw accuracy vs K (default: beside --out)", metavar="FILE.png")
     data_dir: str | None = opt(None, "folder of the data sets (default: $GPTKIT_DATA, else ../shared/data)")
@@ -28,8 +31,8 @@ class EvalOptions:
                         "(GPT-3), or keep them and left-truncate (lm-eval). Either way a prompt still too long is "
                         "left-truncated", choices=("drop-demos", "truncate"))
     stride: int | None = opt(None, "perplexity window step in tokens (default: context/2)")
-    tokenizer: str | None = opt(None, "tokenizer directory, for a checkpoint that has none")
-    device: str = opt("auto", "cpu, cuda or auto")
-    quiet: bool = opt(False, "no progress bar", old={"--no-progress": True})
+    tokenizer_dir: str | None = common.tokenizer_dir()
+    device: str = common.device()
+    quiet: bool = common.quiet(old={"--no-progress": True})
     export_lm_eval: str | None = opt(None, "instead of evaluating, write the tasks as lm-eval task YAML + JSONL "
                                      "files into DIR", metavar="DIR")

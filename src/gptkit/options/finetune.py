@@ -3,27 +3,31 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from ..finetune.tasks import TASKS, TaskError
-from .generator import opt
+from . import common
+from .generator import flag_name, opt
 
 
 @dataclass
 class FinetuneConfig:
     """Options of `gptkit finetune`; each field is a `--flag`. Defaults are GPT-1's (§4.1)."""
 
-    ckpt: str | None = opt(None, "pre-trained model: gptkit checkpoint, training run, or Hugging Face GPT dir")
+    ckpt: str | None = common.ckpt("the pre-trained model: a gptkit checkpoint, a training run or a Hugging Face "
+                                   "GPT directory", required=False)
     task: str | None = opt(None, f"{' | '.join(TASKS)} (default: the one --format holds)")
     train: str | None = opt(None, "training file")
     valid: str | None = opt(None, "validation file (evaluated after every epoch)")
     test: str | None = opt(None, "test file (evaluated at the end; labels optional)")
-    out: str | None = opt(None, "output directory for the fine-tuned model, metrics and predictions")
+    out: str | None = opt(None, "output directory for the fine-tuned model, metrics and predictions (a directory)",
+                          metavar="DIR")
     format: str | None = opt(None, "sst2, superglue, mrpc, stsb, storycloze, jsonl, csv, tsv (default: from the "
                                   "file extension)")
     regression: bool = opt(False, "predict a score (mean squared error) instead of classes, e.g. STS-B's 0-5")
     text_field: str | None = opt(None, "field(s) of the text / premise / sentence A / context (comma-separated "
-                                      "fields are joined with a space)")
+                                      "fields are joined with a space)", flag="--text-fields",
+                                 old={"--text-field": None}, metavar="NAMES")
     pair_field: str | None = opt(None, "field of the hypothesis / sentence B")
     choice_fields: str | None = opt(None, "comma-separated fields of the answers, or one field with a JSON list")
     label_field: str | None = opt(None, "field of the label (class, score, or answer index)")
@@ -41,18 +45,21 @@ class FinetuneConfig:
     dropout: float | None = opt(None, "dropout in the Transformer (default: the checkpoint's)")
     max_len: int | None = opt(None, "longest input sequence in tokens, special tokens included (default: the "
                                     "model's context); longer inputs are truncated")
-    max_train_examples: int | None = opt(None, "use a random subset of this many training examples")
-    max_eval_examples: int | None = opt(None, "evaluate on a random subset of this many valid/test examples")
+    max_train_examples: int | None = common.limit("use a random subset of this many training examples",
+                                                  flag="--train-limit", old={"--max-train-examples": None})
+    max_eval_examples: int | None = common.limit("evaluate on a random subset of this many valid/test examples",
+                                                 flag="--eval-limit", old={"--max-eval-examples": None})
     valid_from_train: float | None = opt(None, "no --valid: hold out this share (< 1) or number of training examples")
     from_scratch: bool = opt(False, "same architecture and tokenizer as --ckpt, random initial weights")
-    seed: int = opt(1337, "random seed (head init, shuffling, dropout, subsets)")
+    seed: int = common.seed("head init, shuffling, dropout, subsets")
     eval_batch_size: int | None = opt(None, "examples per evaluation batch (default 2 × batch size)")
-    threads: int | None = opt(None, "CPU threads for torch (default: torch's choice)")
-    device: str = opt("auto", "cpu, cuda, cuda:N or auto")
+    threads: int | None = common.threads()
+    device: str = common.device()
     overwrite: bool = opt(False, "replace --out if it already holds files")
-    quiet: bool = opt(False, "no progress display")
+    quiet: bool = common.quiet(old={"--no-quiet": None})
 
     def validate(self) -> None:
+        flag = {f.name: flag_name(f) for f in fields(self)}
         for name in ("ckpt", "train", "out"):
             if not getattr(self, name):
                 raise TaskError(f"--{name} is required")
@@ -84,7 +91,7 @@ class FinetuneConfig:
         for name in ("max_len", "max_train_examples", "max_eval_examples", "eval_batch_size", "threads"):
             v = getattr(self, name)
             if v is not None and v <= 0:
-                raise TaskError(f"--{name.replace('_', '-')} must be positive, got {v}")
+                raise TaskError(f"{flag[name]} must be positive, got {v}")
         if self.valid_from_train is not None and self.valid_from_train <= 0:
             raise TaskError("--valid-from-train must be positive")
 
@@ -93,15 +100,16 @@ class FinetuneConfig:
 class PredictOptions:
     """Options of `gptkit predict`: a fine-tuned model run over a data file."""
 
-    ckpt: str = opt(None, "directory written by `gptkit finetune --out`", required=True)
-    input: str = opt(None, "data file", required=True)
-    out: str = opt(None, "output JSONL file", required=True)
+    ckpt: str = common.ckpt("the fine-tuned model: a directory written by `gptkit finetune --out`")
+    input: str = opt(None, "data file", required=True, metavar="FILE")
+    out: str = common.out_file("where the predictions go, one JSON line per example")
     format: str | None = opt(None, "file format (default: the one the model was fine-tuned on)")
-    text_field: str | None = opt(None, "field(s) of the first text (comma-separated)")
-    pair_field: str | None = opt(None, "field of the second text")
-    choice_fields: str | None = opt(None, "comma-separated fields of the answers")
-    label_field: str | None = opt(None, "field of the label, when the file has one")
-    header: bool | None = opt(None, "csv/tsv: the first row names the columns")
+    text_fields: str | None = opt(None, "field(s) of the first text (comma-separated)", metavar="NAMES",
+                                  old={"--text-field": None})
+    pair_field: str | None = opt(None, "field of the second text", metavar="NAME")
+    choice_fields: str | None = opt(None, "comma-separated fields of the answers", metavar="NAMES")
+    label_field: str | None = opt(None, "field of the label, when the file has one", metavar="NAME")
+    header: bool | None = opt(None, "csv/tsv: the first row names the columns (default: as in fine-tuning)")
     batch_size: int = opt(64, "examples per batch")
-    max_examples: int | None = opt(None, "only the first N examples")
-    device: str = opt("cpu", "cpu, cuda or cuda:N")
+    limit: int | None = common.limit("only the first N examples", old={"--max-examples": None})
+    device: str = common.device()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from dataclasses import field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,17 +25,18 @@ _NO_DEFAULT = dataclasses.MISSING
 def opt(default: Any = None, help: str = "", *, flag: str | None = None, aliases: tuple[str, ...] = (),
         old: dict[str, Any] | None = None, choices: tuple | None = None, metavar: str | None = None,
         nargs: str | int | None = None, append: bool = False, required: bool = False, group: str | None = None,
-        show_default: bool = True) -> Any:
+        show_default: bool = True, negatable: bool = True) -> Any:
     """A dataclass field that is a command-line flag.
 
     flag: the flag's name when it is not `--field-name`; aliases: more visible spellings (e.g. "-i");
     old: hidden spellings kept working (argparse.SUPPRESS), each mapped to None (takes the flag's value) or to
     the constant it stands for (e.g. {"--no-progress": True} on `quiet`); append: the flag repeats, its values
-    collected in a list; group: fields sharing a group name are mutually exclusive.
+    collected in a list; group: fields sharing a group name are mutually exclusive; negatable=False: a bool
+    that is only switched on (`--quiet`, no `--no-quiet`).
     """
     meta = {"help": help, "flag": flag, "aliases": aliases, "old": old or {}, "choices": choices,
             "metavar": metavar, "nargs": nargs, "append": append, "required": required, "group": group,
-            "show_default": show_default}
+            "show_default": show_default, "negatable": negatable}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -88,7 +90,7 @@ def _argument_kwargs(f: dataclasses.Field) -> dict[str, Any]:
     m, kind = f.metadata, flag_type(f)
     kw: dict[str, Any] = {"dest": f.name, "default": None}
     if kind == "bool":
-        kw["action"] = argparse.BooleanOptionalAction
+        kw["action"] = argparse.BooleanOptionalAction if m.get("negatable", True) else "store_true"
         return kw
     kw["type"] = kind
     if m.get("append"):
@@ -122,7 +124,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, config_file: bool = 
             hidden = {k: v for k, v in kw.items() if k not in ("required", "choices")}
             if const is not None:  # an old spelling that stands for one value of the new flag
                 hidden = {"dest": f.name, "default": None, "action": "store_const", "const": const}
-            elif kw.get("action") is argparse.BooleanOptionalAction:
+            elif flag_type(f) == "bool":
                 hidden["action"] = "store_true" if not old.startswith("--no-") else "store_false"
             parser.add_argument(old, help=argparse.SUPPRESS, **hidden)
     return parser
@@ -188,3 +190,17 @@ def load_yaml_options(cls: type, path: str | Path, error: type[GptkitError] = Gp
                 pass  # check_types names it
     check_types(cls, data, f"config file {path}: ", error)
     return data
+
+
+def as_typed(message: str, cls: type, argv: list[str]) -> str:
+    """An error message with each renamed flag spelled as the user typed it: `--tokens` if they typed the old
+    spelling, the new name otherwise (messages from the engines may still name a flag the old way)."""
+    for f in fields(cls):
+        new = flag_name(f)
+        for old, const in f.metadata.get("old", {}).items():
+            if const is not None:
+                continue
+            typed_old = any(a == old or a.startswith(old + "=") for a in argv)
+            src, dst = (new, old) if typed_old else (old, new)
+            message = re.sub(rf"(?<![\w-]){re.escape(src)}(?![\w-])", dst, message)
+    return message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import common
 from .generator import opt
 
 
@@ -19,5 +20,5 @@ class InfoOptions:
 class ExportHFOptions:
     """A checkpoint written as a Hugging Face transformers directory."""
 
-    ckpt: str = opt(None, "gptkit checkpoint or training-run directory", required=True)
-    out: str = opt(None, "output directory", required=True)
+    ckpt: str = common.ckpt("what is read: a gptkit checkpoint or a training run (its latest checkpoint)")
+    out: str = common.out_dir("where the Hugging Face model goes")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import common
 from .generator import opt
 
 
@@ -12,13 +13,13 @@ class QuickstartOptions:
     """Train a small GPT on Shakespeare for about five minutes on a CPU, then print a sample."""
 
     corpus: list[str] | None = opt(None, "your own text instead (files, directories, JSONL, .gz)", nargs="+")
-    out: str = opt("runs/quickstart", "working directory")
+    out: str = common.out_dir("working directory: the corpus, its shards and the run", default="runs/quickstart")
     minutes: float = opt(5.0, "about how long the whole job takes; the number of training steps is set from the "
                          "speed measured during warmup")
     max_iters: int | None = opt(None, "train exactly this many steps instead")
     prompt: str = opt("ROMEO:\n", "the sample's beginning")
-    tokens: int = opt(500, "characters to sample")
-    seed: int = opt(1337, "random seed (the sample)")
-    device: str = opt("auto", "cpu, cuda, cuda:N or auto")
+    max_new_tokens: int = opt(500, "tokens (characters) to sample", old={"--tokens": None})
+    seed: int = common.seed("the sample")
+    device: str = common.device()
     resume: bool = opt(False, "continue an interrupted quickstart in --out")
-    quiet: bool = opt(False, "no progress display")
+    quiet: bool = common.quiet()

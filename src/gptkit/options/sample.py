@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from . import common
 from .generator import opt
 
 WEIGHTS = ("fp32", "fp16", "int8")
@@ -25,7 +26,7 @@ def blas() -> Any:
 class SampleOptions:
     """Generate text from a checkpoint, streaming to stdout."""
 
-    ckpt: str = opt(None, "checkpoint, training run, or Hugging Face directory", required=True)
+    ckpt: str = common.ckpt()
     prompt: str | None = opt(None, "text to continue (default: start from <|endoftext|>)")
     interactive: bool = opt(False, "read prompts from the terminal, one a line", aliases=("-i",))
     max_new_tokens: int = opt(200, "tokens to generate")
@@ -36,7 +37,7 @@ class SampleOptions:
     frequency_penalty: float = opt(0.0, "-2..2, OpenAI's definition")
     stop: list[str] | None = opt(None, "stop at this text (repeatable)", append=True)
     num_samples: int = opt(1, "samples per prompt")
-    seed: int | None = opt(None, "make sampling reproducible")
+    seed: int | None = opt(None, "random seed (the draws; default: unseeded, a new sample each run)", metavar="N")
     weights: str = weights()
     blas: str = blas()
-    device: str = opt("auto", "cpu, cuda or auto")
+    device: str = common.device()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import TrainError
+from . import common
 from .generator import check_types as _check_types
 from .generator import opt
 
@@ -17,7 +18,7 @@ class TrainConfig:
     """Everything a training run needs. Field names follow nanoGPT; each is a `--flag` of `gptkit train`."""
 
     data: str | None = opt(None, "prepared data directory (from `gptkit prepare`)")
-    out: str = opt("runs/gpt", "run directory for checkpoints, metrics and plots")
+    out: str = common.out_dir("run directory for checkpoints, metrics and plots", default="runs/gpt")
     preset: str = opt("gpt-micro", "model preset (see `gptkit info`); the flags below override its fields")
     init_from: str | None = opt(None, "start from the weights of this checkpoint instead of a random init")
     # model overrides (None: the preset's value)
@@ -49,8 +50,8 @@ class TrainConfig:
     save_interval: int | None = opt(None, "checkpoint every N steps (default eval_interval) and at the end")
     keep_last: int = opt(2, "keep this many recent checkpoints (the best one is always kept)")
     # system
-    seed: int = opt(1337, "random seed (init, dropout, batches)")
-    device: str = opt("auto", "cpu, cuda, cuda:N or auto")
+    seed: int = common.seed("init, dropout, batches")
+    device: str = common.device()
     dtype: str = opt("auto", "float32, bfloat16 or float16 autocast; auto: bfloat16 on GPUs that have it, else float32")
     compile: bool = opt(False, "torch.compile the model")
     attention_backend: str = opt("auto", "kernel of the banded attention layers: sdpa (masked), flex "
@@ -60,10 +61,10 @@ class TrainConfig:
     activation_checkpointing: bool = opt(False, "recompute each block's activations in backward (saves memory)")
     checkpoint_format: str = opt("auto", "full (rank 0 writes model.safetensors) or sharded (every process writes "
                                 "its own shards, nothing gathered); auto: sharded under FSDP, else full")
-    threads: int | None = opt(None, "CPU threads for torch (default: torch's choice)")
+    threads: int | None = common.threads()
     resume: bool = opt(False, "continue the run in --out from its latest checkpoint")
     sample_every: int = opt(0, "print a short sample every N steps (0: never)")
-    quiet: bool = opt(False, "no progress display")
+    quiet: bool = common.quiet(old={"--no-quiet": None})
 
     def resolved(self) -> TrainConfig:
         c = dataclasses.replace(self)

@@ -46,12 +46,12 @@ def serve(args: ServeCommandOptions) -> int:
     device = pick_device(args.device)
     model = load_model(args.ckpt, map_location=device)
     tokenizer = model.tokenizer
-    if args.tokenizer:
+    if args.tokenizer_dir:
         from ..tokenizer import Tokenizer
 
-        tokenizer = Tokenizer.from_pretrained(args.tokenizer)
+        tokenizer = Tokenizer.from_pretrained(args.tokenizer_dir)
     if tokenizer is None:
-        raise CheckpointError(f"{args.ckpt} has no tokenizer: pass --tokenizer DIR")
+        raise CheckpointError(f"{args.ckpt} has no tokenizer: pass --tokenizer-dir DIR")
     if tokenizer.vocab_size > model.config.vocab_size:
         raise CheckpointError(f"the tokenizer has {tokenizer.vocab_size} ids but the model only "
                               f"{model.config.vocab_size}")

@@ -1,0 +1,289 @@
+"""The options layer: every command's flags come from its options dataclass through one generator. Every flag a
+`--help` documents parses into its field, every old spelling reaches the new name, every `--help` shows the
+defaults, building the parsers imports no torch, and a bad `--device` is one line in every command."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import argparse
+import dataclasses
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import assert_one_line_error, run, save_char_ckpt
+from gptkit.cli import build_parser
+from gptkit.errors import GptkitError
+from gptkit.options import add_options, from_args, opt
+from gptkit.options.generator import _shown, field_default, flag_name
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = {("quickstart",), ("info",), ("prepare",), ("data", "quality", "train"), ("data", "quality", "filter"),
+            ("data", "dedup"), ("train",), ("sample",), ("export-hf",), ("finetune",), ("predict",), ("eval",),
+            ("serve",)}
+
+
+def leaf_parsers(parser: argparse.ArgumentParser, prefix: tuple = ()):
+    """(command words, parser) of every command that runs something (`data` and `data quality` only group)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                if any(isinstance(a, argparse._SubParsersAction) for a in sub._actions):
+                    yield from leaf_parsers(sub, prefix + (name,))
+                else:
+                    yield prefix + (name,), sub
+
+
+LEAVES = dict(leaf_parsers(build_parser()))
+IDS = [" ".join(c) for c in LEAVES]
+
+
+def documented(p: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in p._actions if a.option_strings and a.help != argparse.SUPPRESS and a.dest != "help"]
+
+
+def value_for(a: argparse.Action) -> str:
+    if a.choices:
+        return str(list(a.choices)[-1])
+    return {int: "3", float: "0.5"}.get(a.type, "v")
+
+
+def required_argv(p: argparse.ArgumentParser, but: argparse.Action | None = None) -> list[str]:
+    return [x for a in p._actions if a.required and a is not but for x in (a.option_strings[0], value_for(a))]
+
+
+def test_every_command_is_built_from_its_options_dataclass():
+    assert set(LEAVES) == COMMANDS
+    for cmd, p in LEAVES.items():
+        cls = p.get_default("options")
+        assert dataclasses.is_dataclass(cls), cmd
+        dests = {a.dest for a in documented(p)} - {"config"}
+        assert dests == {f.name for f in dataclasses.fields(cls)}, cmd
+
+
+@pytest.mark.parametrize("cmd", LEAVES, ids=IDS)
+def test_every_documented_flag_parses_into_its_field(cmd):
+    p = LEAVES[cmd]
+    cls = p.get_default("options")
+    checked = 0
+    for a in documented(p):
+        for spelling in a.option_strings:
+            if a.nargs == 0:  # a switch: --x, --no-x (and -i)
+                ns = p.parse_args(required_argv(p) + [spelling])
+                want = not spelling.startswith("--no-")
+            else:
+                v = value_for(a)
+                ns = p.parse_args(required_argv(p, but=a) + [spelling, v])
+                want = a.type(v) if a.type else v
+            got = getattr(ns, a.dest)
+            if a.dest == "config":
+                assert got == "v"
+                continue
+            value = getattr(from_args(cls, ns), a.dest)  # what the command is given
+            flat = value
+            while isinstance(flat, list):  # --task X (append of nargs="+"): [["X"]]
+                assert len(flat) == 1, (spelling, value)
+                flat = flat[0]
+            assert flat == want and type(flat) is type(want), (cmd, spelling, value)
+            checked += 1
+    assert checked >= len(dataclasses.fields(cls))
+
+
+def old_spellings():
+    for cmd, p in LEAVES.items():
+        for f in dataclasses.fields(p.get_default("options")):
+            for old, const in f.metadata.get("old", {}).items():
+                yield cmd, f, old, const
+
+
+def test_every_old_spelling_is_hidden_and_maps_to_its_new_name():
+    seen = 0
+    for cmd, f, old, const in old_spellings():
+        p = LEAVES[cmd]
+        cls = p.get_default("options")
+        new = flag_name(f)
+        assert not re.search(rf"(?<![\w-]){re.escape(old)}(?![\w-])", p.format_help()), (cmd, old)
+        action = next(a for a in p._actions if new in a.option_strings)
+        if action.nargs == 0 or const is not None:  # a switch, or a spelling of one value (--no-progress)
+            via_old = from_args(cls, p.parse_args(required_argv(p) + [old]))
+            want = const if const is not None else not old.startswith("--no-")
+            assert getattr(via_old, f.name) is want and f.name in via_old.explicit, (cmd, old)
+            if const is not None:
+                assert via_old == from_args(cls, p.parse_args(required_argv(p) + [new])), (cmd, old)
+        else:
+            v = value_for(action)
+            via_old = from_args(cls, p.parse_args(required_argv(p, but=action) + [old, v]))
+            via_new = from_args(cls, p.parse_args(required_argv(p, but=action) + [new, v]))
+            assert via_old == via_new and getattr(via_new, f.name) is not None, (cmd, old)
+        seen += 1
+    assert seen >= 15
+
+
+def test_readme_lists_every_rename():
+    rows = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("|")]
+    for cmd, f, old, _ in old_spellings():
+        new = flag_name(f)
+        assert any(f"`{old}`" in r and f"`{new}`" in r for r in rows), (cmd, old, new)
+
+
+@pytest.mark.parametrize("cmd", LEAVES, ids=IDS)
+def test_help_shows_every_default(cmd, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "2000")  # one line per flag: nothing wrapped inside a default
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args([*cmd, "--help"])
+    assert e.value.code == 0
+    blocks = help_blocks(capsys.readouterr().out)
+    shown = 0
+    for f in dataclasses.fields(LEAVES[cmd].get_default("options")):
+        d, block = field_default(f), blocks[flag_name(f)]
+        if d is not None and not f.metadata.get("required"):
+            assert f"(default: {_shown(d)})" in block, (cmd, block)
+            shown += 1
+        elif f.metadata.get("required"):
+            assert "(default:" not in block, block
+    assert shown or cmd == ("export-hf",)
+
+
+def help_blocks(text: str) -> dict[str, str]:
+    """{first spelling of a flag: its invocation and help as one line} from a --help text."""
+    blocks: dict[str, str] = {}
+    key = None
+    for line in text.splitlines():
+        if line.startswith("  -"):
+            key = line.split()[0].rstrip(",")
+            blocks[key] = line.strip()
+        elif key and line.startswith("   "):
+            blocks[key] += " " + line.strip()
+        else:
+            key = None
+    return blocks
+
+
+def test_sample_help_shows_its_defaults(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "2000")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["sample", "--help"])
+    text = capsys.readouterr().out
+    for fragment in ("tokens to generate (default: 200)", "0 means greedy (default: 0.8)", "(default: auto)"):
+        assert fragment in text
+
+
+def test_parsers_and_help_import_no_torch():
+    code = ("import contextlib, io, sys\n"
+            "from gptkit.cli import build_parser, main\n"
+            "build_parser()\n"
+            f"for argv in ([\"--help\"], [\"info\"], [\"info\", \"--preset\", \"gpt2\"], "
+            f"*[[*c, \"--help\"] for c in {sorted(COMMANDS)!r}]):\n"
+            "    with contextlib.redirect_stdout(io.StringIO()):\n"
+            "        try:\n"
+            "            main(list(argv))\n"
+            "        except SystemExit:\n"
+            "            pass\n"
+            "heavy = ('torch', 'numpy', 'fastapi', 'pydantic', 'transformers', 'sklearn', 'matplotlib', 'datasketch',"
+            " 'yaml', 'uvicorn', 'safetensors')\n"
+            "print(sorted(m for m in heavy if m in sys.modules))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------------------------------------ --device
+def device_argv(cmd: str, tmp_path: Path, ckpt: Path) -> list[str]:
+    return {"train": ["--data", tmp_path / "data", "--out", tmp_path / "run"],
+            "finetune": ["--ckpt", ckpt, "--train", tmp_path / "t.jsonl", "--task", "classification",
+                         "--valid-from-train", "0.1", "--out", tmp_path / "ft"],
+            "predict": ["--ckpt", ckpt, "--input", tmp_path / "x.jsonl", "--out", tmp_path / "p.jsonl"],
+            "eval": ["--ckpt", ckpt, "--task", "sst2", "--out", tmp_path / "res.json"],
+            "sample": ["--ckpt", ckpt], "serve": ["--ckpt", ckpt, "--port", "0"],
+            "quickstart": ["--out", tmp_path / "qs"]}[cmd]
+
+
+DEVICE_COMMANDS = ["train", "finetune", "predict", "eval", "sample", "serve", "quickstart"]
+
+
+def test_device_commands_are_all_tested():
+    have = {c[0] for c, p in LEAVES.items() if any("--device" in a.option_strings for a in p._actions)}
+    assert have == set(DEVICE_COMMANDS)
+
+
+@pytest.mark.parametrize("cmd", DEVICE_COMMANDS)
+@pytest.mark.parametrize("device", ["tpu", "cuda:7x"])
+def test_bad_device_is_one_line_in_every_command(cmd, device, tmp_path, capsys):
+    ckpt = save_char_ckpt(tmp_path / "ckpt")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    rc, _, err = run(capsys, cmd, *device_argv(cmd, tmp_path, ckpt), "--device", device)
+    assert_one_line_error(rc, err, "unknown device", device)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+# ---------------------------------------------------------------------------------------------- renames
+def test_errors_name_the_flag_as_it_was_typed(tmp_path, capsys):
+    for spelling in ("--max-new-tokens", "--tokens"):
+        rc, _, err = run(capsys, "quickstart", "--out", tmp_path / "qs", spelling, "-1")
+        assert_one_line_error(rc, err, f"{spelling} must be >= 0")
+    docs = tmp_path / "a.jsonl"
+    docs.write_text('{"text": "one two three four five six"}\n')
+    for spelling in ("--min-jaccard", "--threshold"):
+        rc, _, err = run(capsys, "data", "dedup", "--input", docs, "--out", tmp_path / "k.jsonl", spelling, "1.5")
+        assert_one_line_error(rc, err, f"{spelling} must be in (0, 1]")
+    assert not (tmp_path / "k.jsonl").exists()
+
+
+def test_light_constants_agree_with_the_engines():
+    from gptkit.data.prepare import TOKENIZERS
+    from gptkit.finetune.loop import FinetuneConfig
+    from gptkit.options.data import TOKENIZERS as OPTION_TOKENIZERS
+    from gptkit.options.finetune import FinetuneConfig as OptionsFinetuneConfig
+    from gptkit.options.train import TrainConfig as OptionsTrainConfig
+    from gptkit.train import TrainConfig, TrainError
+
+    assert OPTION_TOKENIZERS == TOKENIZERS
+    assert TrainConfig is OptionsTrainConfig and FinetuneConfig is OptionsFinetuneConfig
+    assert issubclass(TrainError, GptkitError)
+
+
+# -------------------------------------------------------------------------------------------- generator
+@dataclass
+class Toy:
+    size: int = opt(4, "a count")
+    rate: float | None = opt(None, "a rate", old={"--speed": None})
+    fast: bool = opt(False, "a switch")
+    quiet: bool = opt(False, "no output", negatable=False, old={"--silent": True})
+    a: str | None = opt(None, "one way", group="way")
+    b: str | None = opt(None, "the other way", group="way")
+
+
+def toy_parser() -> argparse.ArgumentParser:
+    return add_options(argparse.ArgumentParser(prog="toy", exit_on_error=False), Toy, config_file=True)
+
+
+def test_generator_precedence_defaults_file_flags(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("size: 7\nrate: 1e-3\n")  # YAML 1.1 reads 1e-3 as a string: taken as the number
+    opts = from_args(Toy, toy_parser().parse_args(["--config", str(cfg), "--size", "9", "--fast"]))
+    assert (opts.size, opts.rate, opts.fast, opts.quiet) == (9, 1e-3, True, False)
+    assert opts.explicit == {"size", "rate", "fast"}
+    assert from_args(Toy, toy_parser().parse_args(["--no-fast", "--speed", "2"])) == Toy(fast=False, rate=2.0)
+    assert from_args(Toy, toy_parser().parse_args(["--silent"])).quiet is True
+    cfg.write_text("size: 2.5\n")
+    with pytest.raises(GptkitError, match="size must be an integer, got 2.5"):
+        from_args(Toy, toy_parser().parse_args(["--config", str(cfg)]))
+    cfg.write_text("colour: red\n")
+    with pytest.raises(GptkitError, match=r"unknown option\(s\) colour"):
+        from_args(Toy, toy_parser().parse_args(["--config", str(cfg)]))
+
+
+def test_generator_flags_and_help():
+    p = toy_parser()
+    text = " ".join(p.format_help().split())
+    assert "a count (default: 4)" in text and "a switch (default: off)" in text
+    assert "--fast, --no-fast" in text and "--no-quiet" not in text
+    assert "--speed" not in text and "--silent" not in text
+    with pytest.raises(argparse.ArgumentError):
+        p.parse_args(["--a", "x", "--b", "y"])
