@@ -64,6 +64,59 @@ def test_info_text_for_one_preset(capsys):
     assert "116,534,784" in out and "post-LN" in out and "context 512" in out
 
 
+def save_run(run_dir: Path, config: GPTConfig, preset: str | None) -> Path:
+    """A training run as `gptkit train` lays it out: train_config.json and checkpoints/step-N (random weights)."""
+    from gptkit import GPT
+
+    run_dir.mkdir(parents=True)
+    if preset is not None:
+        (run_dir / "train_config.json").write_text(json.dumps({"preset": preset, "n_embd": config.n_embd}))
+    GPT(config).save_pretrained(run_dir / "checkpoints" / "step-10")
+    return run_dir
+
+
+def test_info_of_the_quickstart_run_says_where_it_differs_from_its_preset(tmp_path, capsys):
+    from gptkit.quickstart import DEFAULTS
+
+    shape = {k: DEFAULTS[k] for k in ("n_layer", "n_head", "n_embd", "block_size")}
+    config = GPTConfig.from_preset("gpt-micro", vocab_size=65, **shape)  # what `gptkit quickstart` trains
+    run_dir = save_run(tmp_path / "run", config, "gpt-micro")
+    rc, out, err = run(capsys, "info", "--ckpt", run_dir)
+    assert rc == 0 and err == ""
+    assert "preset              gpt-micro (from " in out and str(run_dir / "train_config.json") in out
+    assert "4 layers × 4 heads × 192 wide (head size 48), context 128, vocab 65" in out
+    assert "differs from preset n_embd 192 (preset 128), block_size 128 (preset 64), vocab_size 65 (preset " \
+           "50257)\n" in out
+    rc, out, _ = run(capsys, "info", "--ckpt", run_dir / "checkpoints" / "step-10", "--json")
+    r = json.loads(out)
+    assert r["params"] == config.num_params and r["checkpoint"].endswith("step-10")
+    assert r["differs_from_preset"] == {"n_embd": [192, 128], "block_size": [128, 64], "vocab_size": [65, 50257]}
+    # the preset alone says how the quickstart departs from it
+    rc, out, _ = run(capsys, "info", "--preset", "gpt-micro")
+    assert "4 layers × 4 heads × 128 wide" in out and "quickstart` trains gpt-micro at 4×4×192, context 128" in out
+
+
+def test_info_of_a_checkpoint_without_a_run(tmp_path, capsys):
+    ckpt = tmp_path / "c"
+    nano = GPTConfig.from_preset("gpt-nano", vocab_size=70)
+    from gptkit import GPT
+
+    GPT(nano).save_pretrained(ckpt)
+    rc, out, _ = run(capsys, "info", "--ckpt", ckpt, "--json")  # no run: the preset of the same shape
+    r = json.loads(out)
+    assert (r["preset"], r["preset_from"], r["differs_from_preset"]) == ("gpt-nano", "the same shape",
+                                                                         {"vocab_size": [70, 50257]})
+    rc, out, _ = run(capsys, "info", "--ckpt", ckpt, "--preset", "gpt-micro", "--json")  # compared as asked
+    r = json.loads(out)
+    assert r["preset_from"] == "--preset" and r["differs_from_preset"]["n_layer"] == [3, 4]
+    odd = tmp_path / "odd"
+    GPT(GPTConfig(vocab_size=30, block_size=8, n_layer=1, n_head=1, n_embd=4)).save_pretrained(odd)
+    rc, out, _ = run(capsys, "info", "--ckpt", odd)
+    assert rc == 0 and "none of the presets has this shape" in out and "differs from preset" not in out
+    rc, _, err = run(capsys, "info", "--ckpt", tmp_path / "missing")
+    assert_one_line_error(rc, err, "does not exist")
+
+
 def test_console_script_and_module_entry_points(tmp_path):
     """The one subprocess test: the installed `gptkit` script and `python -m gptkit` both work."""
     script = shutil.which("gptkit") or str(Path(sys.executable).parent / "gptkit")

@@ -7,7 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from ..evaluate.report import markdown_table, plot_accuracy_vs_shots
 from ..evaluate.tasks import BUILTIN_TASKS, EvalError
+from ..io import atomic_write_text
 from ..options import from_args
 from ..options.evaluate import EvalOptions
 from . import add_command
@@ -30,9 +32,6 @@ def _task_list(values: list[list[str]] | None) -> list[str]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..io import atomic_write_text
-    from ..evaluate.report import markdown_table, plot_accuracy_vs_shots
-
     args = from_args(EvalOptions, args)
     tasks = _task_list(args.task)
     if args.export_lm_eval:

@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..io import atomic_path
+
 ACCURACY_METRICS = ("acc", "acc_norm", "acc_per_token", "acc_uncond")
 SHOWN = {"choice": ("acc", "acc_norm", "acc_per_token", "acc_uncond"), "cloze": ("acc", "perplexity"),
          "perplexity": ("word_perplexity", "token_perplexity", "byte_perplexity", "bits_per_byte")}
@@ -56,8 +58,6 @@ def plot_accuracy_vs_shots(summary: dict[str, Any], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    from ..io import atomic_path
-
     try:
         with atomic_path(path, ".tmp.png") as tmp:
             fig.savefig(tmp, dpi=120)

@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import TrainError
 from . import common
 from .generator import check_types as _check_types
-from .generator import opt
+from .generator import load_yaml_options, opt
 
 
 @dataclass
@@ -124,6 +124,4 @@ def check_types(values: dict[str, Any], where: str) -> None:
 
 def load_yaml_config(path: str) -> dict[str, Any]:
     """The options a YAML config file sets, type-checked against TrainConfig."""
-    from .generator import load_yaml_options
-
     return load_yaml_options(TrainConfig, path, TrainError)
