@@ -25,18 +25,17 @@ from gptkit.options.generator import _shown, field_default, flag_name
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {("quickstart",), ("info",), ("prepare",), ("data", "quality", "train"), ("data", "quality", "filter"),
             ("data", "dedup"), ("train",), ("sample",), ("export-hf",), ("finetune",), ("predict",), ("eval",),
-            ("serve",)}
+            ("serve",), ("scale",), ("scale", "fit")}
 
 
 def leaf_parsers(parser: argparse.ArgumentParser, prefix: tuple = ()):
-    """(command words, parser) of every command that runs something (`data` and `data quality` only group)."""
+    """(command words, parser) of every command that has options (`data` and `data quality` only group others)."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
-                if any(isinstance(a, argparse._SubParsersAction) for a in sub._actions):
-                    yield from leaf_parsers(sub, prefix + (name,))
-                else:
+                if sub.get_default("options") is not None:
                     yield prefix + (name,), sub
+                yield from leaf_parsers(sub, prefix + (name,))
 
 
 LEAVES = dict(leaf_parsers(build_parser()))
@@ -54,7 +53,16 @@ def value_for(a: argparse.Action) -> str:
 
 
 def required_argv(p: argparse.ArgumentParser, but: argparse.Action | None = None) -> list[str]:
-    return [x for a in p._actions if a.required and a is not but for x in (a.option_strings[0], value_for(a))]
+    flags = [x for a in p._actions if a.required and a.option_strings and a is not but
+             for x in (a.option_strings[0], value_for(a))]
+    positionals = [value_for(a) for a in p._actions
+                   if not a.option_strings and not isinstance(a, argparse._SubParsersAction)]
+    return flags + positionals
+
+
+def flag_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields that are flags (a field without help is set by the command, e.g. a positional)."""
+    return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
 
 
 def test_every_command_is_built_from_its_options_dataclass():
@@ -63,7 +71,7 @@ def test_every_command_is_built_from_its_options_dataclass():
         cls = p.get_default("options")
         assert dataclasses.is_dataclass(cls), cmd
         dests = {a.dest for a in documented(p)} - {"config"}
-        assert dests == {f.name for f in dataclasses.fields(cls)}, cmd
+        assert dests == {f.name for f in flag_fields(cls)}, cmd
 
 
 @pytest.mark.parametrize("cmd", LEAVES, ids=IDS)
@@ -91,12 +99,12 @@ def test_every_documented_flag_parses_into_its_field(cmd):
                 flat = flat[0]
             assert flat == want and type(flat) is type(want), (cmd, spelling, value)
             checked += 1
-    assert checked >= len(dataclasses.fields(cls))
+    assert checked >= len(flag_fields(cls))
 
 
 def old_spellings():
     for cmd, p in LEAVES.items():
-        for f in dataclasses.fields(p.get_default("options")):
+        for f in flag_fields(p.get_default("options")):
             for old, const in f.metadata.get("old", {}).items():
                 yield cmd, f, old, const
 
@@ -139,7 +147,7 @@ def test_help_shows_every_default(cmd, capsys, monkeypatch):
     assert e.value.code == 0
     blocks = help_blocks(capsys.readouterr().out)
     shown = 0
-    for f in dataclasses.fields(LEAVES[cmd].get_default("options")):
+    for f in flag_fields(LEAVES[cmd].get_default("options")):
         d, block = field_default(f), blocks[flag_name(f)]
         if d is not None and not f.metadata.get("required"):
             assert f"(default: {_shown(d)})" in block, (cmd, block)
@@ -201,10 +209,11 @@ def device_argv(cmd: str, tmp_path: Path, ckpt: Path) -> list[str]:
             "predict": ["--ckpt", ckpt, "--input", tmp_path / "x.jsonl", "--out", tmp_path / "p.jsonl"],
             "eval": ["--ckpt", ckpt, "--task", "sst2", "--out", tmp_path / "res.json"],
             "sample": ["--ckpt", ckpt], "serve": ["--ckpt", ckpt, "--port", "0"],
-            "quickstart": ["--out", tmp_path / "qs"]}[cmd]
+            "quickstart": ["--out", tmp_path / "qs"],
+            "scale": ["--data", tmp_path / "data", "--out", tmp_path / "study", "--budget-minutes", "1"]}[cmd]
 
 
-DEVICE_COMMANDS = ["train", "finetune", "predict", "eval", "sample", "serve", "quickstart"]
+DEVICE_COMMANDS = ["train", "finetune", "predict", "eval", "sample", "serve", "quickstart", "scale"]
 
 
 def test_device_commands_are_all_tested():

@@ -20,5 +20,5 @@ def add_command(sub: argparse._SubParsersAction, name: str, options: type, handl
     """A subcommand whose flags are the fields of `options`, run by `handler(args)`."""
     p = sub.add_parser(name, help=help, description=description or help[:1].upper() + help[1:] + ".")
     add_options(p, options, config_file=config_file)
-    p.set_defaults(func=handler, options=options)  # options: to name flags as typed in errors (cli.main)
+    p.set_defaults(func=handler)
     return p

@@ -35,9 +35,11 @@ def check_scale(opts: ScaleOptions) -> None:
 
 def cmd_scale(args: argparse.Namespace) -> int:
     from ..scaling.study import run_study
+    from ..train import pick_device
 
     opts = from_args(ScaleOptions, args)
     check_scale(opts)
+    pick_device(opts.device)  # an unknown or absent device: one line before anything is read
     run_study(opts, warn=_warn)
     return 0
 

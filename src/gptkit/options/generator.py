@@ -127,6 +127,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, config_file: bool = 
             elif flag_type(f) == "bool":
                 hidden["action"] = "store_true" if not old.startswith("--no-") else "store_false"
             parser.add_argument(old, help=argparse.SUPPRESS, **hidden)
+    parser.set_defaults(options=cls)  # which dataclass the command's flags are (gptkit.cli names flags as typed)
     return parser
 
 
