@@ -44,7 +44,8 @@ def worker(args) -> None:
     from gptkit.checkpoint import SHARDS_DIR, checkpoint_config, load_model
     from gptkit.io import new_tmp_dir
     from gptkit.tokenizer import Tokenizer
-    from gptkit.train import TRAINER_STATE, TrainConfig, param_groups, save_checkpoint, step_dir
+    from gptkit.optim import param_groups
+    from gptkit.train import TRAINER_STATE, TrainConfig, save_checkpoint, step_dir
 
     info = D.init("cpu")
     torch.manual_seed(0)

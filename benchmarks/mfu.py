@@ -40,7 +40,8 @@ def main() -> None:
     args = ap.parse_args()
     from gptkit import GPT, GPTConfig
     from gptkit.distributed import checkpoint_blocks
-    from gptkit.train import gpu_peak_flops, param_groups
+    from gptkit.optim import param_groups
+    from gptkit.runtime import gpu_peak_flops
 
     device = torch.device(args.device)
     if args.attention_backend == "flex" and device.type != "cuda":

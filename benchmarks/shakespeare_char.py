@@ -65,7 +65,8 @@ def run_hf_reference(data: Path, iters: int) -> dict:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from gptkit.data.loader import BatchLoader
-    from gptkit.train import TrainConfig, lr_at, param_groups
+    from gptkit.optim import param_groups
+    from gptkit.train import TrainConfig, lr_at
 
     loader = BatchLoader(data, RECIPE["batch_size"], RECIPE["block_size"], seed=1337)
     vocab = loader.vocab_size

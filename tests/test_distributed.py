@@ -186,7 +186,7 @@ def test_activation_checkpointing_gives_the_same_gradients() -> None:
 
 
 def test_gpu_peak_table() -> None:
-    from gptkit.train import gpu_peak_flops
+    from gptkit.runtime import gpu_peak_flops
 
     assert gpu_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
     assert gpu_peak_flops("NVIDIA H100 PCIe") == 756e12

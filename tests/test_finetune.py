@@ -29,10 +29,10 @@ from gptkit.finetune.loop import (
     collate,
     grow_vocab,
     load_finetuned,
-    lr_at,
     prepare_model,
     run_model,
 )
+from gptkit.optim import warmup_linear
 
 IDS = {"start": 900, "delimiter": 901, "extract": 902}
 
@@ -370,10 +370,10 @@ def test_metrics_match_scikit_learn_and_scipy():
 
 def test_learning_rate_warms_up_then_decays_linearly_to_zero():
     total, warm, lr = 1000, 2, 6.25e-5  # 0.2% of 1000 steps
-    lrs = [lr_at(s, total, warm, lr) for s in range(total)]
+    lrs = [warmup_linear(s, total, warm, lr) for s in range(total)]
     assert lrs[0] == lr / 2 and lrs[1] == lr and lrs[2] == lr
     assert all(b < a for a, b in zip(lrs[2:], lrs[3:]))
-    assert lrs[-1] == pytest.approx(lr / (total - warm)) and lr_at(total, total, warm, lr) == 0
+    assert lrs[-1] == pytest.approx(lr / (total - warm)) and warmup_linear(total, total, warm, lr) == 0
 
 
 # --------------------------------------------------------------------------------------- end to end

@@ -92,7 +92,7 @@ def run(args: QuickstartOptions) -> int:
         raise GptkitError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if not args.prompt:
         raise GptkitError("--prompt must not be empty")
-    from .train import pick_device
+    from .runtime import pick_device
 
     pick_device(args.device)  # an unknown or absent device: one line now, not after preparing the corpus
     out = Path(args.out)

@@ -30,6 +30,8 @@ from typing import Any
 
 from .errors import TrainError
 from .options.train import TrainConfig, check_types, load_yaml_config  # noqa: F401 (re-exported)
+from .optim import warmup_cosine
+from .runtime import Progress, gpu_peak_flops, pick_device, pick_dtype, set_threads
 
 
 RESUME_OVERRIDABLE = ("device", "quiet", "threads", "max_iters", "log_interval", "eval_interval", "save_interval",
@@ -39,13 +41,8 @@ RESUME_OVERRIDABLE = ("device", "quiet", "threads", "max_iters", "log_interval",
 
 # ------------------------------------------------------------------------------------------ schedule
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to cfg.lr over warmup_iters, then cosine decay to min_lr at lr_decay_iters (GPT-3 §B)."""
-    if step < cfg.warmup_iters:
-        return cfg.lr * (step + 1) / (cfg.warmup_iters + 1)
-    if step >= cfg.lr_decay_iters:
-        return cfg.min_lr
-    ratio = (step - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
+    """The run's learning rate at `step`: warmup, then cosine decay to min_lr (gptkit.optim.warmup_cosine)."""
+    return warmup_cosine(step, cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
 
 
 TIME_BUDGET_FIRST_STEPS = 5
@@ -64,61 +61,6 @@ def steps_in_budget(cfg: TrainConfig, step: int, elapsed_s: float, s_per_step: f
     eval_share = n_splits * cfg.eval_iters / 3 / (cfg.eval_interval * cfg.grad_accum)
     left = max(0.0, cfg.max_minutes * 60 - elapsed_s)
     return step + int(left / (s_per_step * (1 + eval_share)))
-
-
-def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay every matrix (linear weights, embeddings); not biases or LayerNorm gains (GPT-1 §4.1)."""
-    params = {id(p): p for p in model.parameters() if p.requires_grad}  # tied weights once
-    decay = [p for p in params.values() if p.dim() >= 2]
-    no_decay = [p for p in params.values() if p.dim() < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-# ---------------------------------------------------------------------------------------- devices
-GPU_PEAK_BF16_FLOPS = {  # dense bf16 tensor-core peak, from the vendors' data sheets
-    "H200": 989e12, "H100 SXM": 989e12, "H100 NVL": 835e12, "H100 PCIe": 756e12, "H100": 989e12,
-    "GH200": 989e12, "B200": 2250e12, "A100": 312e12, "A10G": 125e12, "A10": 125e12, "L40S": 362e12,
-    "L4": 121e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12,
-}
-
-
-def gpu_peak_flops(device_name: str) -> float | None:
-    """Peak bf16 FLOP/s of a known GPU (by its CUDA name), None when unknown (then MFU is not shown)."""
-    for key in sorted(GPU_PEAK_BF16_FLOPS, key=len, reverse=True):
-        if key.lower() in device_name.lower():
-            return GPU_PEAK_BF16_FLOPS[key]
-    return None
-
-
-def pick_device(name: str):
-    """The torch device a `--device` flag names (cpu, cuda, cuda:N or auto), for every command that takes one; a
-    device that is unknown or absent is a one-line TrainError."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise TrainError(f"unknown device {name!r} (cpu, cuda, cuda:N or auto)") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise TrainError(f"unknown device {name!r} (cpu, cuda, cuda:N or auto)")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise TrainError(f"--device {name} was asked for but no CUDA GPU is available (use --device cpu)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise TrainError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
-    return dev
-
-
-def pick_dtype(name: str, device):
-    import torch
-
-    if name == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 # ------------------------------------------------------------------------------------- checkpoints
@@ -323,6 +265,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     from .io import atomic_write_text, new_tmp_dir
     from .data.loader import BatchLoader, load_tokenizer
     from .model import GPT
+    from .optim import adamw, optimizer_step, set_lr
 
     cfg.validate()
     run_dir = Path(cfg.out)
@@ -335,8 +278,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     mode = cfg.parallel if cfg.parallel != "auto" else ("ddp" if info.enabled else "none")
     if mode != "none" and not info.enabled:
         mode = "none"  # one process: nothing to parallelise
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     ptdtype = pick_dtype(cfg.dtype, device)
 
     # ---- resume or start fresh
@@ -423,8 +365,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         D.load_full_from_rank0(model, init_sd)
         del init_sd
     # fused AdamW (one kernel for all parameters) on plain tensors; FSDP's DTensors take the foreach path
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                  eps=cfg.eps, fused=mode != "fsdp", foreach=False if mode != "fsdp" else None)
+    optimizer = adamw(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps, fused=mode != "fsdp")
     if state is not None:
         try:
             if sharded_resume:
@@ -516,8 +457,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             prune_checkpoints(run_dir, cfg.keep_last, trainer["best_step"])
         D.barrier(info)
 
-    display = Display(cfg if info.is_main else dataclasses.replace(cfg, quiet=True), trainer["step"],
-                      tokens_per_step, peak, flops_per_token)
+    display = Progress(quiet=cfg.quiet or not info.is_main)
+    bar = display.add_task("train", total=cfg.max_iters, completed=trainer["step"])
     wrapped.train()
     step = trainer["step"]
     last_eval: dict[str, float] = {}
@@ -534,8 +475,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if budget_at is not None and t_speed is None and step >= min(TIME_BUDGET_FIRST_STEPS, budget_at - 1):
                 t_speed, step_speed = time.perf_counter(), step
             lr = lr_at(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            set_lr(optimizer, lr)
             loss_sum = torch.zeros((), device=device)
             for micro in range(cfg.grad_accum):
                 x, y = loader.get_batch("train", step, info.rank * cfg.grad_accum + micro)
@@ -543,10 +483,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     loss = loss_of(x, y) / cfg.grad_accum
                     loss.backward()
                 loss_sum += loss.detach()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(model, optimizer, cfg.grad_clip)
             step += 1
             trainer["tokens"] += tokens_per_step
             tokens_last += tokens_per_step
@@ -557,7 +494,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 if cfg.lr_decay_iters == cfg.max_iters:
                     cfg.lr_decay_iters = total
                 cfg.max_iters, budget_at = max(step, total), None
-                display.set_total(cfg.max_iters)
+                display.print(f"time budget {cfg.max_minutes:.1f} min (--max-minutes): training {cfg.max_iters} "
+                              f"steps")
+                display.update(bar, total=cfg.max_iters)
                 if info.is_main:
                     atomic_write_text(run_dir / "train_config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
 
@@ -579,13 +518,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     last_eval = evaluate()
                     record["val_loss"] = last_eval.get("val")
                     record["train_eval_loss"] = last_eval.get("train")
-                    display.print_eval(step, last_eval)
+                    display.print(f"eval step {step}: " + ", ".join(f"{k} loss {v:.4f}" for k, v in last_eval.items()))
                     val = last_eval.get("val")
                     if val is not None and (trainer["best_val"] is None or val < trainer["best_val"]):
                         trainer["best_val"], trainer["best_step"] = val, step
                 if metrics is not None:
                     metrics.write(json.dumps(record) + "\n")
-                display.update(step, train_loss, lr, tok_s, last_eval.get("val"))
+                mfu = flops_per_token * tok_s / peak if peak else None
+                display.update(bar, step, info=progress_info(train_loss, lr, tok_s, last_eval.get("val"), mfu),
+                               line=True)
                 t_last, tokens_last = time.perf_counter(), 0  # eval time does not count against tokens/s
             if cfg.sample_every and step % cfg.sample_every == 0 and mode != "fsdp":
                 text = quick_sample(model, tokenizer, device)
@@ -616,53 +557,11 @@ def quick_sample(model, tokenizer, device, n: int = 80) -> str:
     return tokenizer.decode(out[0, 1:].tolist())
 
 
-class Display:
-    """The live progress line (rich) on a terminal; plain log lines otherwise."""
-
-    def __init__(self, cfg: TrainConfig, start_step: int, tokens_per_step: int, peak: float | None,
-                 flops_per_token: int) -> None:
-        self.cfg, self.peak, self.fpt = cfg, peak, flops_per_token
-        self.tty = sys.stderr.isatty() and not cfg.quiet
-        self.progress = None
-        if self.tty:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
-                                     console=Console(stderr=True), transient=False)
-            self.task = self.progress.add_task("train", total=cfg.max_iters, completed=start_step, info="")
-            self.progress.start()
-
-    def _info(self, loss: float, lr: float, tok_s: float, val: float | None) -> str:
-        s = f"loss {loss:.4f} lr {lr:.2e} {tok_s:,.0f} tok/s"
-        if val is not None:
-            s += f" val {val:.4f}"
-        if self.peak:
-            s += f" MFU {100 * self.fpt * tok_s / self.peak:.1f}%"
-        return s
-
-    def update(self, step: int, loss: float, lr: float, tok_s: float, val: float | None) -> None:
-        info = self._info(loss, lr, tok_s, val)
-        if self.progress is not None:
-            self.progress.update(self.task, completed=step, info=info)
-        elif not self.cfg.quiet:
-            print(f"step {step:>6}/{self.cfg.max_iters} {info}", file=sys.stderr, flush=True)
-
-    def set_total(self, max_iters: int) -> None:
-        self.print(f"time budget {self.cfg.max_minutes:.1f} min (--max-minutes): training {max_iters} steps")
-        if self.progress is not None:
-            self.progress.update(self.task, total=max_iters)
-
-    def print(self, msg: str) -> None:
-        if self.progress is not None:
-            self.progress.console.print(msg, markup=False, highlight=False)
-        elif not self.cfg.quiet:
-            print(msg, file=sys.stderr, flush=True)
-
-    def print_eval(self, step: int, ev: dict[str, float]) -> None:
-        self.print(f"eval step {step}: " + ", ".join(f"{k} loss {v:.4f}" for k, v in ev.items()))
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
+def progress_info(loss: float, lr: float, tok_s: float, val: float | None, mfu: float | None) -> str:
+    """The progress line's text: loss, learning rate, speed, last val loss, model FLOPs utilisation."""
+    s = f"loss {loss:.4f} lr {lr:.2e} {tok_s:,.0f} tok/s"
+    if val is not None:
+        s += f" val {val:.4f}"
+    if mfu is not None:
+        s += f" MFU {100 * mfu:.1f}%"
+    return s

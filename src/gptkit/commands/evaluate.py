@@ -64,7 +64,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from ..checkpoint import load_model
     from ..evaluate.runner import evaluate
-    from ..train import pick_device
+    from ..runtime import pick_device
 
     device = pick_device(args.device)
     model = load_model(args.ckpt, map_location=device)

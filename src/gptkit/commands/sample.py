@@ -32,7 +32,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     from ..checkpoint import load_model
     from ..generate import GenerationError, SamplingParams, iter_generations, prepare_for_inference
-    from ..train import pick_device
+    from ..runtime import pick_device
 
     args = from_args(SampleOptions, args)
 

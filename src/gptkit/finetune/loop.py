@@ -29,7 +29,6 @@ import json
 import math
 import random
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,13 +257,6 @@ def train_batches(n_items: list[Encoded], batch_size: int, rng: random.Random) -
     return batches
 
 
-def lr_at(step: int, total: int, warmup_steps: int, lr: float) -> float:
-    """Linear warmup over warmup_steps, then linear decay to 0 at `total` (GPT-1 §4.1)."""
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    return lr * max(0.0, (total - step) / max(1, total - warmup_steps))
-
-
 def task_loss(out: torch.Tensor, target: torch.Tensor, spec: TaskSpec) -> torch.Tensor:
     """L2: cross-entropy over the classes / answers, or mean squared error for a regression."""
     import torch.nn.functional as F
@@ -358,45 +350,6 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
         raise TaskError(f"--out {out} already holds files; choose a new directory or pass --overwrite")
 
 
-class Progress:
-    """A rich progress bar on a terminal; plain log lines (about ten per epoch) otherwise."""
-
-    def __init__(self, total: int, quiet: bool) -> None:
-        self.quiet, self.total = quiet, total
-        self.bar = None
-        if sys.stderr.isatty() and not quiet:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-            from rich.progress import Progress as RichProgress
-
-            self.bar = RichProgress(TextColumn("[bold]finetune"), BarColumn(), MofNCompleteColumn(),
-                                    TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
-                                    console=Console(stderr=True))
-            self.task = self.bar.add_task("finetune", total=total, info="")
-            self.bar.start()
-
-    def update(self, step: int, info: str, log_line: bool) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=step, info=info)
-        elif log_line and not self.quiet:
-            print(f"step {step:>6}/{self.total} {info}", file=sys.stderr, flush=True)
-
-    def print(self, msg: str) -> None:
-        if self.bar is not None:
-            self.bar.console.print(msg, markup=False, highlight=False)
-        elif not self.quiet:
-            print(msg, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 def _fmt_metrics(m: dict[str, Any]) -> str:
     keys = [k for k in ("accuracy", "f1", "macro_f1", "pearson", "spearman", "mse") if k in m]
     return " ".join(f"{k} {m[k]:.4f}" for k in keys) or "(unlabelled)"
@@ -410,7 +363,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     import torch
 
     from ..io import new_tmp_dir, publish_dir
-    from ..train import param_groups, pick_device
+    from ..optim import adamw, optimizer_step, set_lr, warmup_linear
+    from ..runtime import Progress, pick_device, set_threads
 
     t0 = time.perf_counter()
     cfg.validate()
@@ -419,8 +373,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     data = load_data(cfg)
     spec = data.spec
     device = pick_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     model, tok = prepare_model(cfg, spec, device)
     enc_train = encode_examples(data.train, tok, spec)
     enc_splits = {k: encode_examples(v, tok, spec) for k, v in data.splits.items()}
@@ -429,13 +382,13 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
     warmup_steps = math.ceil(cfg.warmup * total)
     eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
-                                  fused=device.type in ("cpu", "cuda"))
+    optimizer = adamw(model, cfg.lr, cfg.weight_decay, (0.9, 0.999), 1e-8)
     rng = random.Random(cfg.seed)
     use_lm = cfg.lm_coef > 0
 
     tmp = new_tmp_dir(out)  # an ordinary directory (the usual umask mode), published by rename at the end
-    progress = Progress(total, cfg.quiet)
+    progress = Progress(quiet=cfg.quiet)
+    bar = progress.add_task("finetune", total=total)
     log = open(tmp / "log.jsonl", "w", buffering=1)  # noqa: SIM115 - closed below, before the directory is published
     try:
         n_cut = sum(e.truncated for e in enc_train)
@@ -454,9 +407,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             for batch in train_batches(enc_train, cfg.batch_size, rng):
                 if step >= total:
                     break
-                lr = lr_at(step, total, warmup_steps, cfg.lr)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
+                lr = warmup_linear(step, total, warmup_steps, cfg.lr)
+                set_lr(optimizer, lr)
                 items = [enc_train[i] for i in batch]
                 idx, lengths = collate(items, device)
                 target = torch.tensor([e.target for e in items],
@@ -464,18 +416,15 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                 out_t, lm = model(idx, lengths, lm_loss=use_lm)
                 l2 = task_loss(out_t, target, spec)
                 loss = l2 + cfg.lm_coef * lm if use_lm else l2  # L3 = L2 + λ·L1 (GPT-1 eq. 5)
-                optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
+                optimizer_step(model, optimizer, cfg.grad_clip)
                 step += 1
                 sums["loss"] += loss.item()
                 sums["task_loss"] += l2.item()
                 sums["lm_loss"] += lm.item() if use_lm else 0.0
                 sums["n"] += 1
                 info = f"epoch {epoch} loss {loss.item():.4f} lr {lr:.2e}"
-                progress.update(step, info, step % log_every == 0)
+                progress.update(bar, step, info=info, line=step % log_every == 0)
             n = max(1, sums["n"])
             valid_metrics, valid_records = evaluate(model, enc_splits["valid"], spec, eval_bs, device)
             last_valid = (step, valid_metrics, valid_records)

@@ -41,7 +41,7 @@ def serve(args: ServeCommandOptions) -> int:
         raise GptkitError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {args.log_level!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    from ..train import pick_device
+    from ..runtime import pick_device
 
     device = pick_device(args.device)
     model = load_model(args.ckpt, map_location=device)

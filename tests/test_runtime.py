@@ -1,0 +1,94 @@
+"""gptkit.runtime (device, dtype, threads, the progress display) and gptkit.optim (groups, step, schedules)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gptkit.errors import GptkitError
+from gptkit.optim import optimizer_step, param_groups, warmup_cosine, warmup_linear
+from gptkit.runtime import DeviceError, Progress, pick_device, pick_dtype, set_threads
+from gptkit.train import TrainError
+
+
+@pytest.mark.parametrize("name", ["tpu", "cuda:x", "mps", "nonsense"])
+def test_a_bad_device_is_a_device_error_not_a_training_one(name: str) -> None:
+    with pytest.raises(DeviceError) as e:
+        pick_device(name)
+    assert isinstance(e.value, GptkitError) and not isinstance(e.value, TrainError)
+    assert "\n" not in str(e.value)
+
+
+def test_device_and_dtype_choices() -> None:
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="no CUDA GPU"):
+            pick_device("cuda")
+    assert pick_dtype("auto", torch.device("cpu")) is torch.float32
+    assert pick_dtype("bfloat16", torch.device("cpu")) is torch.bfloat16
+    with pytest.raises(DeviceError):
+        pick_dtype("float8", torch.device("cpu"))
+
+
+def test_set_threads() -> None:
+    before = torch.get_num_threads()
+    try:
+        set_threads(1)
+        assert torch.get_num_threads() == 1
+        set_threads(None)  # leaves torch's choice alone
+        assert torch.get_num_threads() == 1
+        with pytest.raises(DeviceError):
+            set_threads(0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_progress_off_a_terminal_prints_only_the_lines_asked_for(capsys) -> None:
+    with Progress(live=False) as p:
+        t = p.add_task("train", total=100)
+        p.update(t, 10, info="loss 1.0")  # not a log line: nothing
+        p.update(t, 20, info="loss 0.5", line=True)
+        p.update(t, total=50)
+        p.update(t, 30, info="x", line=True)
+        p.print("eval step 30")
+    assert capsys.readouterr().err.splitlines() == ["train     20/100 loss 0.5", "train     30/50 x", "eval step 30"]
+    with Progress(quiet=True, live=True) as p:  # quiet wins, even on a terminal
+        assert not p.live
+        p.update(p.add_task("x", total=1), 1, line=True)
+        p.print("hidden")
+    assert capsys.readouterr().err == ""
+
+
+def test_param_groups_decay_matrices_only() -> None:
+    from gptkit import GPT, GPTConfig
+
+    model = GPT(GPTConfig.from_preset("gpt-nano"))
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    n = sum(p.numel() for g in (decay, no_decay) for p in g["params"])
+    assert n == sum(p.numel() for p in model.parameters())  # each parameter once, tied weights included
+
+
+def test_optimizer_step_clips_then_steps_and_drops_the_gradients() -> None:
+    w = torch.nn.Parameter(torch.zeros(3))
+    model = torch.nn.Module()
+    model.w = w
+    opt = torch.optim.SGD([w], lr=1.0)
+    w.grad = torch.tensor([3.0, 4.0, 0.0])  # norm 5
+    optimizer_step(model, opt, grad_clip=1.0)
+    assert torch.allclose(w.detach(), torch.tensor([-0.6, -0.8, 0.0])) and w.grad is None
+    w.grad = torch.tensor([3.0, 4.0, 0.0])
+    optimizer_step(model, opt, grad_clip=0.0)  # 0: no clipping
+    assert torch.allclose(w.detach(), torch.tensor([-3.6, -4.8, 0.0]))
+
+
+def test_schedules() -> None:
+    # cosine: a float64 recomputation of the formula at the middle of the decay
+    assert warmup_cosine(60, 1e-3, 1e-4, 10, 110) == pytest.approx(1e-4 + 0.5 * (1 + math.cos(math.pi / 2)) * 9e-4)
+    assert warmup_cosine(0, 1e-3, 1e-4, 10, 110) == pytest.approx(1e-3 / 11)
+    assert warmup_cosine(0, 1e-3, 1e-4, 0, 110) == 1e-3  # no warmup: the peak at once
+    assert warmup_linear(0, 10, 0, 1.0) == 1.0 and warmup_linear(5, 10, 0, 1.0) == 0.5
