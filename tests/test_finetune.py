@@ -571,3 +571,22 @@ def test_predict_checks_counts_and_output_before_loading(tmp_path, capsys):
         assert_one_line_error(main(base + extra), capsys.readouterr().err, fragment)
     assert x.read_text() == "a fine day\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "x.txt"]
+
+
+def test_a_second_writer_of_out_is_refused(tiny_ckpt, tmp_path, capsys):
+    """While another process holds --out (gptkit.runlock), finetune stops at once and leaves everything as it
+    was; once the holder is gone it runs, and the published directory holds no lock file."""
+    import os
+
+    from gptkit.runlock import LOCK_NAME, RunLock
+
+    _sentiment_file(tmp_path / "train.jsonl", 32, 0)
+    out = tmp_path / "run"
+    argv = ["finetune", "--ckpt", str(tiny_ckpt), "--task", "classification", "--train", str(tmp_path / "train.jsonl"),
+            "--valid", str(tmp_path / "train.jsonl"), "--out", str(out), "--epochs", "1", "--quiet"]
+    with RunLock(out):
+        assert_one_line_error(main(argv), capsys.readouterr().err, str(out), f"process {os.getpid()}")
+        assert [p.name for p in out.iterdir()] == [LOCK_NAME]
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directory begun
+    assert main(argv) == 0
+    assert (out / "metrics.json").is_file() and not (out / LOCK_NAME).exists()

@@ -79,10 +79,6 @@ def write_corpus(plays: list[Path], out_dir: Path) -> int:
 
 
 def run(args: QuickstartOptions) -> int:
-    from .commands.sample import stream_text
-    from .data.prepare import prepare
-    from .train import TrainConfig, train
-
     # every flag checked before the corpus is copied or read
     if not (math.isfinite(args.minutes) and args.minutes > 0):
         raise GptkitError(f"--minutes must be a positive number, got {args.minutes:g}")
@@ -95,6 +91,18 @@ def run(args: QuickstartOptions) -> int:
     from .runtime import pick_device
 
     pick_device(args.device)  # an unknown or absent device: one line now, not after preparing the corpus
+    from .runlock import run_lock
+
+    with run_lock(args.out):  # one writer per directory, for the whole job
+        return _run(args)
+
+
+def _run(args: QuickstartOptions) -> int:
+    """Prepare the corpus, train, and print a sample (run() has checked the flags and holds --out's lock)."""
+    from .commands.sample import stream_text
+    from .data.prepare import prepare
+    from .train import TrainConfig, train
+
     out = Path(args.out)
     ckpts = out / "run" / "checkpoints"
     has_run = ckpts.is_dir() and any(ckpts.iterdir())

@@ -19,18 +19,21 @@ Run layout:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from .errors import TrainError
+from .optim import adamw, optimizer_step, set_lr, warmup_cosine
 from .options.train import TrainConfig, check_types, load_yaml_config  # noqa: F401 (re-exported)
-from .optim import warmup_cosine
 from .runtime import Progress, gpu_peak_flops, pick_device, pick_dtype, set_threads
 
 
@@ -178,7 +181,7 @@ def plot_losses(metrics_path: Path, out_png: Path) -> None:
         plt.close(fig)
 
 
-# --------------------------------------------------------------------------------------- the loop
+# ------------------------------------------------------------------------------------------ the run
 def resolve_run(cfg: TrainConfig) -> tuple[TrainConfig, Path | None]:
     """The settings the run goes on with, and the checkpoint it resumes from (None for a fresh run)."""
     from .checkpoint import list_checkpoints, read_config_json
@@ -250,27 +253,60 @@ def build_model_config(cfg: TrainConfig, vocab_size: int):
     return dataclasses.replace(base, **over)
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run (or resume) pre-training; returns a summary {steps, final train/val loss, best val, wall time}.
+# ------------------------------------------------------------------------------------ run state
+@dataclass
+class TrainState:
+    """What a run carries from step to step. It is saved as plain entries of trainer_state.pt's dict (beside the
+    optimizer, RNG and data-loader states), the layout checkpoints have always had, so every one of them resumes."""
 
-    Under torchrun every process runs this function: rank r draws micro-batches r·grad_accum … (r+1)·grad_accum−1
-    of each step, so N processes × grad_accum k see exactly the batches of one process with grad_accum N·k.
-    """
+    step: int = 0
+    best_val: float | None = None
+    best_step: int | None = None
+    tokens: int = 0
+    elapsed_s: float = 0.0
+
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any]) -> TrainState:
+        return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
+
+    def note_val(self, val: float | None, step: int) -> None:
+        if val is not None and (self.best_val is None or val < self.best_val):
+            self.best_val, self.best_step = val, step
+
+
+@dataclass
+class Runtime:
+    """Where a run happens: its process group, device, autocast dtype, parallel mode, data and run directory."""
+
+    info: Any  # gptkit.distributed.DistInfo
+    device: Any  # torch.device
+    dtype: Any  # torch.dtype of autocast (float32: off)
+    mode: str  # none | ddp | fsdp
+    run_dir: Path
+    data_dir: Path
+    tokenizer: Any
+
+
+@dataclass
+class Built:
+    """A model built or restored, and what the rest of the set-up needs to know about how."""
+
+    model: Any
+    saved: dict[str, Any] | None = None  # the trainer_state.pt of the checkpoint resumed from
+    init_sd: dict[str, Any] | None = None  # a fresh FSDP run: rank 0's initial weights, broadcast once sharded
+    sharded: bool = False  # resumed from a sharded checkpoint: weights arrive with the optimizer state
+
+
+# ------------------------------------------------------------------------------ phase: the runtime
+def setup_runtime(cfg: TrainConfig) -> Runtime:
+    """Check the options, read the data's tokenizer, join the process group, pick device, threads and dtype."""
     import torch
-    import torch.nn.functional as F
 
     from . import distributed as D
-    from .checkpoint import (SHARDS_DIR, check_shards, checkpoint_config, checkpoint_tokenizer, is_sharded,
-                             load_model, read_config_json)
-    from .io import atomic_write_text, new_tmp_dir
-    from .data.loader import BatchLoader, load_tokenizer
-    from .model import GPT
-    from .optim import adamw, optimizer_step, set_lr
+    from .data.loader import load_tokenizer
 
     cfg.validate()
-    run_dir = Path(cfg.out)
-    data_dir = Path(cfg.data)
-    tokenizer = load_tokenizer(data_dir)  # DataError when data_dir is not a `gptkit prepare` output
+    tokenizer = load_tokenizer(Path(cfg.data))  # DataError when it is not a `gptkit prepare` output
     device = pick_device(cfg.device)
     info = D.init(device.type)
     if device.type == "cuda" and info.enabled:
@@ -279,168 +315,271 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if mode != "none" and not info.enabled:
         mode = "none"  # one process: nothing to parallelise
     set_threads(cfg.threads)
-    ptdtype = pick_dtype(cfg.dtype, device)
+    return Runtime(info, device, pick_dtype(cfg.dtype, device), mode, Path(cfg.out), Path(cfg.data), tokenizer)
 
-    # ---- resume or start fresh
-    trainer: dict[str, Any] = {"step": 0, "best_val": None, "best_step": None, "tokens": 0, "elapsed_s": 0.0}
+
+def resume_or_start(cfg: TrainConfig, rt: Runtime) -> tuple[TrainConfig, Path | None]:
+    """The settings the run goes on with and the checkpoint it resumes from (None: a fresh run)."""
+    from . import distributed as D
+
     if cfg.resume:
-        if info.is_main:
-            clean_stale_tmp(run_dir)
-        D.barrier(info)
+        if rt.info.is_main:
+            clean_stale_tmp(rt.run_dir)
+        D.barrier(rt.info)
     cfg, resume_from = resolve_run(cfg)
-    check_backend(cfg, device)
+    check_backend(cfg, rt.device)
+    return cfg, resume_from
+
+
+# --------------------------------------------------------------------- phase: build or restore the model
+def build_or_restore_model(cfg: TrainConfig, rt: Runtime, resume_from: Path | None) -> Built:
+    """The model, five ways: restored from a full or a sharded checkpoint (--resume), the weights of another
+    checkpoint (--init-from), or fresh: built whole, or under FSDP on the meta device with rank 0's init."""
+    import torch
+
+    from .model import GPT
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    sharded_resume = resume_from is not None and is_sharded(resume_from)
-    init_sd = None  # a fresh FSDP run: rank 0's initial weights, broadcast once the model is sharded
-    if sharded_resume:  # built without storage; each rank reads its own slices once the model is sharded (below)
+    if resume_from is not None:
+        built = restore_model(rt, resume_from)
+    elif cfg.init_from:
+        built = Built(init_from(cfg, rt))
+    elif rt.mode == "fsdp":  # only rank 0 builds the whole model (on CPU); the others get its weights in shards
+        mc = build_model_config(cfg, rt.tokenizer.vocab_size)
+        init_sd = GPT(mc).state_dict() if rt.info.is_main else {}  # the same init as one process would make
+        with torch.device("meta"):
+            built = Built(GPT(mc), init_sd=init_sd)
+    else:
+        built = Built(GPT(build_model_config(cfg, rt.tokenizer.vocab_size)).to(rt.device))
+    built.model.tokenizer = rt.tokenizer
+    built.model.set_attention_backend(cfg.attention_backend)  # auto: flex_attention for banded layers on CUDA
+    return built
+
+
+def restore_model(rt: Runtime, resume_from: Path) -> Built:
+    """The checkpoint's model (a sharded one: built without storage, each rank reads its own slices once the
+    model is sharded) and its trainer_state.pt."""
+    import torch
+
+    from .checkpoint import check_shards, checkpoint_config, checkpoint_tokenizer, is_sharded, load_model
+    from .checkpoint import read_config_json
+    from .model import GPT
+
+    sharded = is_sharded(resume_from)
+    if sharded:
         check_shards(resume_from, read_config_json(resume_from))
         with torch.device("meta"):
             model = GPT(checkpoint_config(resume_from))
         model.tokenizer = checkpoint_tokenizer(resume_from)
-    elif resume_from is not None:
-        model = load_model(resume_from, map_location=device)
-    if resume_from is not None:
-        saved_tok = model.tokenizer
-        if saved_tok is None or saved_tok.vocab_size != tokenizer.vocab_size or saved_tok.kind != tokenizer.kind:
-            raise TrainError(f"the checkpoint's tokenizer does not match {data_dir}'s "
-                             f"({getattr(saved_tok, 'kind', None)}/{getattr(saved_tok, 'vocab_size', None)} vs "
-                             f"{tokenizer.kind}/{tokenizer.vocab_size})")
-        try:
-            state = torch.load(resume_from / TRAINER_STATE, map_location="cpu", weights_only=True)
-        except Exception as e:  # a cut or foreign file: torch's own message runs to many lines
-            why = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-            raise TrainError(f"{resume_from / TRAINER_STATE} cannot be read ({why[:200]}); resume from an earlier "
-                             f"checkpoint by removing this one") from None
     else:
-        if cfg.init_from:
-            model = load_model(cfg.init_from, map_location=device)
-            mc, asked = model.config, build_model_config(cfg, tokenizer.vocab_size)
-            changed = [n for n in ("n_layer", "n_head", "n_embd", "block_size", "bias") if getattr(cfg, n) is not None
-                       and getattr(asked, n) != getattr(mc, n)]
-            changed += ["dropout"] if cfg.dropout is not None and (asked.embd_pdrop, asked.attn_pdrop,
-                                                                  asked.resid_pdrop) != (mc.embd_pdrop, mc.attn_pdrop,
-                                                                                         mc.resid_pdrop) else []
-            if changed:
-                raise TrainError(f"--init-from {cfg.init_from}: the model's shape comes from the checkpoint; "
-                                 + ", ".join(f"--{n.replace('_', '-')}" for n in changed) + " cannot change it")
-            if model.tokenizer is not None and model.tokenizer.vocab_size != tokenizer.vocab_size:
-                raise TrainError(f"--init-from {cfg.init_from}: its tokenizer ({model.tokenizer.vocab_size} ids) "
-                                 f"does not match {data_dir}'s ({tokenizer.vocab_size})")
-        elif mode == "fsdp":  # only rank 0 builds the whole model (on CPU); the others get its weights in shards
-            mc = build_model_config(cfg, tokenizer.vocab_size)
-            init_sd = GPT(mc).state_dict() if info.is_main else {}  # the same init as one process would make
-            with torch.device("meta"):
-                model = GPT(mc)
-        else:
-            model = GPT(build_model_config(cfg, tokenizer.vocab_size)).to(device)
-        state = None
-    mcfg = model.config
-    model.tokenizer = tokenizer
-    model.set_attention_backend(cfg.attention_backend)  # auto: flex_attention for banded layers on CUDA
+        model = load_model(resume_from, map_location=rt.device)
+    saved_tok, tok = model.tokenizer, rt.tokenizer
+    if saved_tok is None or saved_tok.vocab_size != tok.vocab_size or saved_tok.kind != tok.kind:
+        raise TrainError(f"the checkpoint's tokenizer does not match {rt.data_dir}'s "
+                         f"({getattr(saved_tok, 'kind', None)}/{getattr(saved_tok, 'vocab_size', None)} vs "
+                         f"{tok.kind}/{tok.vocab_size})")
+    try:
+        saved = torch.load(resume_from / TRAINER_STATE, map_location="cpu", weights_only=True)
+    except Exception as e:  # a cut or foreign file: torch's own message runs to many lines
+        why = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise TrainError(f"{resume_from / TRAINER_STATE} cannot be read ({why[:200]}); resume from an earlier "
+                         f"checkpoint by removing this one") from None
+    return Built(model, saved=saved, sharded=sharded)
 
-    loader = BatchLoader(data_dir, cfg.batch_size, mcfg.block_size, seed=cfg.seed, device=device)
+
+def init_from(cfg: TrainConfig, rt: Runtime):
+    """--init-from: another checkpoint's weights, whose shape the model flags may not change."""
+    from .checkpoint import load_model
+
+    model = load_model(cfg.init_from, map_location=rt.device)
+    mc, asked = model.config, build_model_config(cfg, rt.tokenizer.vocab_size)
+    changed = [n for n in ("n_layer", "n_head", "n_embd", "block_size", "bias") if getattr(cfg, n) is not None
+               and getattr(asked, n) != getattr(mc, n)]
+    pdrops = ("embd_pdrop", "attn_pdrop", "resid_pdrop")
+    if cfg.dropout is not None and any(getattr(asked, n) != getattr(mc, n) for n in pdrops):
+        changed.append("dropout")
+    if changed:
+        raise TrainError(f"--init-from {cfg.init_from}: the model's shape comes from the checkpoint; "
+                         + ", ".join(f"--{n.replace('_', '-')}" for n in changed) + " cannot change it")
+    if model.tokenizer is not None and model.tokenizer.vocab_size != rt.tokenizer.vocab_size:
+        raise TrainError(f"--init-from {cfg.init_from}: its tokenizer ({model.tokenizer.vocab_size} ids) "
+                         f"does not match {rt.data_dir}'s ({rt.tokenizer.vocab_size})")
+    return model
+
+
+def open_data(cfg: TrainConfig, rt: Runtime, block_size: int):
+    """The batch loader and the splits that have tokens (train must)."""
+    from .data.loader import BatchLoader
+
+    loader = BatchLoader(rt.data_dir, cfg.batch_size, block_size, seed=cfg.seed, device=rt.device)
     splits = [s for s in ("train", "val") if len(loader.dataset(s)) > 0]
     for split in splits:
-        if len(loader.dataset(split)) < mcfg.block_size + 1:
-            raise TrainError(f"the {split} split of {data_dir} has {len(loader.dataset(split))} tokens, fewer "
-                             f"than the context ({mcfg.block_size}) + 1: use more text or a smaller --block-size")
+        if len(loader.dataset(split)) < block_size + 1:
+            raise TrainError(f"the {split} split of {rt.data_dir} has {len(loader.dataset(split))} tokens, fewer "
+                             f"than the context ({block_size}) + 1: use more text or a smaller --block-size")
     if "train" not in splits:
-        raise TrainError(f"{data_dir} has no training tokens")
+        raise TrainError(f"{rt.data_dir} has no training tokens")
+    return loader, splits
 
+
+def place_model(cfg: TrainConfig, rt: Runtime, built: Built):
+    """Activation checkpointing, the parallel wrapper (DDP, or FSDP2 shards), storage for a meta-built model
+    (uninitialised: shards or rank 0's broadcast fill it); returns the model the loop calls."""
+    import torch
+
+    from . import distributed as D
+
+    model = built.model
     if cfg.activation_checkpointing:
         D.checkpoint_blocks(model)
 
-    def materialize() -> None:  # storage for a meta-built model (uninitialised: the shards fill it)
-        model.to_empty(device=device)
+    def materialize() -> None:
+        model.to_empty(device=rt.device)
         model.reset_buffers_and_ties()
 
-    if sharded_resume and mode != "fsdp":
+    if built.sharded and rt.mode != "fsdp":
         materialize()
-    wrapped = D.parallelize(model, mode, device, ptdtype if ptdtype != torch.float32 else None) \
-        if mode != "none" else model
+    wrapped = model if rt.mode == "none" else \
+        D.parallelize(model, rt.mode, rt.device, rt.dtype if rt.dtype != torch.float32 else None)
     if model.transformer.wte.weight.is_meta:  # after sharding: each rank allocates only its own shards
         materialize()
-    if init_sd is not None:
-        D.load_full_from_rank0(model, init_sd)
-        del init_sd
-    # fused AdamW (one kernel for all parameters) on plain tensors; FSDP's DTensors take the foreach path
-    optimizer = adamw(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps, fused=mode != "fsdp")
-    if state is not None:
-        try:
-            if sharded_resume:
-                D.load_sharded(resume_from / SHARDS_DIR, model, optimizer)  # weights and optimizer, resharded
-            else:
-                D.load_optimizer_state(model, optimizer, state["optimizer"])
-        except (KeyError, ValueError, RuntimeError) as e:
-            raise TrainError(f"{resume_from / TRAINER_STATE}: the optimizer state does not fit this model "
-                             f"({type(e).__name__}: {e})") from None
-        rngs = state["rng"]
-        if len(rngs) == info.world_size:
-            set_rng_state(rngs[info.rank], device)
-        elif info.is_main:
-            set_rng_state(rngs[0], device)  # other ranks' dropout streams restart from the seed below
+    if built.init_sd is not None:
+        D.load_full_from_rank0(model, built.init_sd)
+        built.init_sd = None
+    return wrapped
+
+
+# --------------------------------------------------------------- phase: restore optimizer and RNG state
+def restore_state(cfg: TrainConfig, rt: Runtime, built: Built, optimizer, loader, resume_from: Path | None
+                  ) -> TrainState:
+    """Put the optimizer, the RNG streams and the data loader where the checkpoint left them (a fresh run: give
+    each rank its own dropout stream); the run's step, best val and token count."""
+    import torch
+
+    from . import distributed as D
+    from .checkpoint import SHARDS_DIR
+
+    info, saved = rt.info, built.saved
+    if saved is None:
+        if info.rank > 0:
+            torch.manual_seed(cfg.seed + 7919 * info.rank)  # each rank its own dropout masks
+        return TrainState()
+    try:
+        if built.sharded:
+            D.load_sharded(resume_from / SHARDS_DIR, built.model, optimizer)  # weights and optimizer, resharded
         else:
-            torch.manual_seed(cfg.seed + 7919 * info.rank + trainer["step"])
-        loader.load_state_dict(state["loader"])  # refuses a resume on other data
-        trainer.update({k: state[k] for k in trainer if k in state})
-    elif info.rank > 0:
-        torch.manual_seed(cfg.seed + 7919 * info.rank)  # each rank its own dropout masks
-    metrics_path = run_dir / "metrics.jsonl"
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if resume_from is None:
+            D.load_optimizer_state(built.model, optimizer, saved["optimizer"])
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise TrainError(f"{resume_from / TRAINER_STATE}: the optimizer state does not fit this model "
+                         f"({type(e).__name__}: {e})") from None
+    rngs = saved["rng"]
+    if len(rngs) == info.world_size:
+        set_rng_state(rngs[info.rank], rt.device)
+    elif info.is_main:
+        set_rng_state(rngs[0], rt.device)
+    else:  # saved by another number of processes: the other ranks' dropout streams restart from their seeds
+        torch.manual_seed(cfg.seed + 7919 * info.rank)
+    loader.load_state_dict(saved["loader"])  # refuses a resume on other data
+    return TrainState.from_saved(saved)
+
+
+def open_run_dir(cfg: TrainConfig, rt: Runtime, resumed: bool, step: int) -> Path:
+    """Rank 0 makes the run directory, drops metric lines past the checkpoint resumed from (logged before a
+    kill), and writes the resolved options; returns metrics.jsonl's path."""
+    from .io import atomic_write_text
+
+    metrics_path = rt.run_dir / "metrics.jsonl"
+    if rt.info.is_main:
+        rt.run_dir.mkdir(parents=True, exist_ok=True)
+        if resumed:
+            truncate_metrics(metrics_path, step)
+        else:
             metrics_path.unlink(missing_ok=True)
-        else:
-            truncate_metrics(metrics_path, trainer["step"])
-        atomic_write_text(run_dir / "train_config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
+        atomic_write_text(rt.run_dir / "train_config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
+    return metrics_path
 
-    fwd_model = torch.compile(wrapped) if cfg.compile else wrapped
-    autocast = torch.autocast(device.type, dtype=ptdtype, enabled=ptdtype != torch.float32)
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * mcfg.block_size * info.world_size
-    peak = None
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        peak = gpu_peak_flops(name)
-        if peak is None and info.is_main:
-            print(f"gptkit: MFU not shown: {name} is not in the table of known GPU peaks", file=sys.stderr)
-        elif peak is not None:
-            peak *= info.world_size
-    flops_per_token = mcfg.flops_per_token(mcfg.block_size)
 
-    def loss_of(x, y):
-        with autocast:
-            logits = fwd_model(x)
+# --------------------------------------------------------------------- phases: step, evaluate, checkpoint
+class Trainer:
+    """One model's training pieces: an optimizer step, an evaluation, a checkpoint."""
+
+    def __init__(self, cfg: TrainConfig, rt: Runtime, model, wrapped, optimizer, loader, splits: list[str]):
+        import torch
+
+        self.cfg, self.rt, self.model, self.wrapped = cfg, rt, model, wrapped
+        self.optimizer, self.loader, self.splits = optimizer, loader, splits
+        self.fwd_model = torch.compile(wrapped) if cfg.compile else wrapped
+        self.autocast = torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.dtype != torch.float32)
+        self.ckpt_format = cfg.checkpoint_format if cfg.checkpoint_format != "auto" else \
+            ("sharded" if rt.mode == "fsdp" else "full")
+        mcfg = model.config
+        self.tokens_per_step = cfg.batch_size * cfg.grad_accum * mcfg.block_size * rt.info.world_size
+        self.flops_per_token = mcfg.flops_per_token(mcfg.block_size)
+        self.t_start = time.perf_counter()
+
+    def loss(self, x, y):
+        import torch.nn.functional as F
+
+        with self.autocast:
+            logits = self.fwd_model(x)
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
 
-    @torch.no_grad()
-    def evaluate() -> dict[str, float]:
-        # The fixed eval batches are shared out: rank r takes batches r, r + N, ...; every rank runs the same
-        # number of forward passes (FSDP needs all ranks in each), a rank short of one repeats a batch at weight 0.
-        wrapped.eval()
+    def step(self, step: int):
+        """One optimizer step over grad_accum micro-batches per rank; returns (lr, summed loss tensor)."""
+        import torch
+
+        from . import distributed as D
+
+        cfg, info = self.cfg, self.rt.info
+        lr = lr_at(step, cfg)
+        set_lr(self.optimizer, lr)
+        loss_sum = torch.zeros((), device=self.rt.device)
+        for micro in range(cfg.grad_accum):
+            x, y = self.loader.get_batch("train", step, info.rank * cfg.grad_accum + micro)
+            with D.no_grad_sync(self.wrapped, self.rt.mode, sync=micro == cfg.grad_accum - 1):
+                loss = self.loss(x, y) / cfg.grad_accum
+                loss.backward()
+            loss_sum += loss.detach()
+        optimizer_step(self.model, self.optimizer, cfg.grad_clip)
+        return lr, loss_sum
+
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss over eval_iters fixed batches of each split. They are shared out: rank r takes batches
+        r, r + N, ...; every rank runs the same number of forward passes (FSDP needs all ranks in each), a rank
+        short of one repeats a batch at weight 0."""
+        import torch
+
+        from . import distributed as D
+
+        info, n, device = self.rt.info, self.cfg.eval_iters, self.rt.device
+        self.wrapped.eval()
         out = {}
-        for split in splits:
-            total = torch.zeros(2, device=device)  # (sum of batch losses, batches)
-            for i in range(info.rank, -(-cfg.eval_iters // info.world_size) * info.world_size, info.world_size):
-                loss = loss_of(*loader.eval_batch(split, min(i, cfg.eval_iters - 1)))
-                if i < cfg.eval_iters:
-                    total += torch.stack([loss.detach(), torch.ones((), device=device)])
-            total = D.all_reduce_mean(total, info) * info.world_size
-            out[split] = (total[0] / total[1]).item()
-        wrapped.train()
+        with torch.no_grad():
+            for split in self.splits:
+                total = torch.zeros(2, device=device)  # (sum of batch losses, batches)
+                for i in range(info.rank, -(-n // info.world_size) * info.world_size, info.world_size):
+                    loss = self.loss(*self.loader.eval_batch(split, min(i, n - 1)))
+                    if i < n:
+                        total += torch.stack([loss.detach(), torch.ones((), device=device)])
+                total = D.all_reduce_mean(total, info) * info.world_size
+                out[split] = (total[0] / total[1]).item()
+        self.wrapped.train()
         return out
 
-    ckpt_format = cfg.checkpoint_format if cfg.checkpoint_format != "auto" else \
-        ("sharded" if mode == "fsdp" else "full")
+    def checkpoint(self, step: int, state: TrainState) -> None:
+        """Save RUN/checkpoints/step-N (every rank takes part), then prune old ones."""
+        from . import distributed as D
+        from .checkpoint import SHARDS_DIR
+        from .io import new_tmp_dir
 
-    def checkpoint(step: int) -> None:
-        rngs = D.all_gather_objects(rng_state(device), info)
+        info, run_dir = self.rt.info, self.rt.run_dir
+        rngs = D.all_gather_objects(rng_state(self.rt.device), info)
         tmp = None
-        if ckpt_format == "sharded":  # every rank writes its shards into rank 0's temporary directory
+        if self.ckpt_format == "sharded":  # every rank writes its shards into rank 0's temporary directory
             tmp = Path(D.all_gather_objects(str(new_tmp_dir(step_dir(run_dir, step))) if info.is_main else None,
                                             info)[0])
             try:
-                D.save_sharded(tmp / SHARDS_DIR, model, optimizer)
+                D.save_sharded(tmp / SHARDS_DIR, self.model, self.optimizer)
             except BaseException:
                 if info.is_main:
                     shutil.rmtree(tmp, ignore_errors=True)
@@ -448,104 +587,194 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             D.barrier(info)
             model_sd = optim_sd = None
         else:
-            model_sd, optim_sd = D.full_state_dicts(model, optimizer)  # collective under FSDP
+            model_sd, optim_sd = D.full_state_dicts(self.model, self.optimizer)  # collective under FSDP
         if info.is_main:
-            trainer.update(step=step, elapsed_s=time.perf_counter() - t_start)
-            save_checkpoint(run_dir, step, model, model_sd, optim_sd, tokenizer, cfg,
-                            {**trainer, "rng": rngs, "loader": loader.state_dict(), "world_size": info.world_size,
-                             "checkpoint_format": ckpt_format}, tmp=tmp)
-            prune_checkpoints(run_dir, cfg.keep_last, trainer["best_step"])
+            state.step, state.elapsed_s = step, time.perf_counter() - self.t_start
+            saved = {**dataclasses.asdict(state), "rng": rngs, "loader": self.loader.state_dict(),
+                     "world_size": info.world_size, "checkpoint_format": self.ckpt_format}
+            save_checkpoint(run_dir, step, self.model, model_sd, optim_sd, self.rt.tokenizer, self.cfg, saved,
+                            tmp=tmp)
+            prune_checkpoints(run_dir, self.cfg.keep_last, state.best_step)
         D.barrier(info)
 
-    display = Progress(quiet=cfg.quiet or not info.is_main)
-    bar = display.add_task("train", total=cfg.max_iters, completed=trainer["step"])
-    wrapped.train()
-    step = trainer["step"]
-    last_eval: dict[str, float] = {}
-    t_start = time.perf_counter() - trainer["elapsed_s"]
-    t_last, tokens_last = time.perf_counter(), 0
-    budget_at = time_budget_step(cfg) if cfg.max_minutes is not None and step < time_budget_step(cfg) else None
-    t_speed = None  # when the steps timed for --max-minutes began
-    if step >= cfg.max_iters and budget_at is None and info.is_main:
-        print(f"gptkit: {run_dir} is already at step {step} (--max-iters {cfg.max_iters}): nothing to train; pass a "
-              f"larger --max-iters to continue it", file=sys.stderr)
-    metrics = open(metrics_path, "a", buffering=1) if info.is_main else None
-    try:
-        while step < cfg.max_iters or (budget_at is not None and step < budget_at):
-            if budget_at is not None and t_speed is None and step >= min(TIME_BUDGET_FIRST_STEPS, budget_at - 1):
-                t_speed, step_speed = time.perf_counter(), step
-            lr = lr_at(step, cfg)
-            set_lr(optimizer, lr)
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(cfg.grad_accum):
-                x, y = loader.get_batch("train", step, info.rank * cfg.grad_accum + micro)
-                with D.no_grad_sync(wrapped, mode, sync=micro == cfg.grad_accum - 1):
-                    loss = loss_of(x, y) / cfg.grad_accum
-                    loss.backward()
-                loss_sum += loss.detach()
-            optimizer_step(model, optimizer, cfg.grad_clip)
-            step += 1
-            trainer["tokens"] += tokens_per_step
-            tokens_last += tokens_per_step
-            if step == budget_at:  # --max-minutes: now the speed is known, fix the run's length
-                now = time.perf_counter()
-                total = steps_in_budget(cfg, step, now - t_start, (now - t_speed) / (step - step_speed), len(splits))
-                total = D.all_gather_objects(total, info)[0]  # every rank stops at rank 0's choice
-                if cfg.lr_decay_iters == cfg.max_iters:
-                    cfg.lr_decay_iters = total
-                cfg.max_iters, budget_at = max(step, total), None
-                display.print(f"time budget {cfg.max_minutes:.1f} min (--max-minutes): training {cfg.max_iters} "
-                              f"steps")
-                display.update(bar, total=cfg.max_iters)
-                if info.is_main:
-                    atomic_write_text(run_dir / "train_config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
 
-            last = budget_at is None and step == cfg.max_iters
+# ----------------------------------------------------------------------------- phase: the time budget
+class TimeBudget:
+    """--max-minutes: the steps after the first few are timed up to time_budget_step(cfg); there the run's
+    length (max_iters, and the cosine's when it follows max_iters) is fixed from the measured speed."""
+
+    def __init__(self, cfg: TrainConfig, step: int) -> None:
+        at = time_budget_step(cfg)
+        self.at = at if cfg.max_minutes is not None and step < at else None  # None: the length is known
+        self.t_speed: float | None = None  # when the timed steps began
+        self.step_speed = 0
+
+    def before_step(self, step: int) -> None:
+        if self.at is not None and self.t_speed is None and step >= min(TIME_BUDGET_FIRST_STEPS, self.at - 1):
+            self.t_speed, self.step_speed = time.perf_counter(), step
+
+    def length(self, cfg: TrainConfig, step: int, t_start: float, n_splits: int, info) -> int | None:
+        """At the budget step: the run's total steps, rank 0's choice on every rank; otherwise None."""
+        from . import distributed as D
+
+        if step != self.at:
+            return None
+        now = time.perf_counter()
+        total = steps_in_budget(cfg, step, now - t_start, (now - self.t_speed) / (step - self.step_speed), n_splits)
+        self.at = None
+        return max(step, D.all_gather_objects(total, info)[0])
+
+
+def fix_length(cfg: TrainConfig, total: int, rt: Runtime, display: Progress, bar: int) -> None:
+    """Set the run's length found by the time budget, and record it in train_config.json."""
+    from .io import atomic_write_text
+
+    if cfg.lr_decay_iters == cfg.max_iters:
+        cfg.lr_decay_iters = total
+    cfg.max_iters = total
+    display.print(f"time budget {cfg.max_minutes:.1f} min (--max-minutes): training {total} steps")
+    display.update(bar, total=total)
+    if rt.info.is_main:
+        atomic_write_text(rt.run_dir / "train_config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
+
+
+# ------------------------------------------------------------------------------------------- logging
+class StepLog:
+    """metrics.jsonl (rank 0), the progress display, and the speed since the last logged step."""
+
+    def __init__(self, cfg: TrainConfig, rt: Runtime, t: Trainer, metrics_path: Path, step: int) -> None:
+        import torch
+
+        self.rt, self.t = rt, t
+        self.display = Progress(quiet=cfg.quiet or not rt.info.is_main)
+        self.bar = self.display.add_task("train", total=cfg.max_iters, completed=step)
+        self.peak = None
+        if rt.device.type == "cuda":
+            name = torch.cuda.get_device_name(rt.device)
+            self.peak = gpu_peak_flops(name)
+            if self.peak is None and rt.info.is_main:
+                print(f"gptkit: MFU not shown: {name} is not in the table of known GPU peaks", file=sys.stderr)
+            elif self.peak is not None:
+                self.peak *= rt.info.world_size
+        self.metrics = open(metrics_path, "a", buffering=1) if rt.info.is_main else None  # noqa: SIM115
+        self.t_last, self.tokens_last = time.perf_counter(), 0
+
+    def write(self, record: dict[str, Any], lr: float, val: float | None) -> None:
+        if self.metrics is not None:
+            self.metrics.write(json.dumps(record) + "\n")
+        mfu = self.t.flops_per_token * record["tokens_per_s"] / self.peak if self.peak else None
+        self.display.update(self.bar, record["step"], line=True,
+                            info=progress_info(record["train_loss"], lr, record["tokens_per_s"], val, mfu))
+        self.t_last, self.tokens_last = time.perf_counter(), 0  # eval time does not count against tokens/s
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+        self.display.close()
+
+
+# ---------------------------------------------------------------------------------------- the loop
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run (or resume) pre-training; returns a summary {steps, final train/val loss, best val, wall time}.
+
+    Under torchrun every process runs this function: rank r draws micro-batches r·grad_accum … (r+1)·grad_accum−1
+    of each step, so N processes × grad_accum k see exactly the batches of one process with grad_accum N·k.
+    """
+    rt = setup_runtime(cfg)
+    with hold_run_dir(rt):
+        cfg, resume_from = resume_or_start(cfg, rt)
+        built = build_or_restore_model(cfg, rt, resume_from)
+        loader, splits = open_data(cfg, rt, built.model.config.block_size)
+        wrapped = place_model(cfg, rt, built)
+        optimizer = adamw(built.model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps,
+                          fused=rt.mode != "fsdp")
+        state = restore_state(cfg, rt, built, optimizer, loader, resume_from)
+        metrics_path = open_run_dir(cfg, rt, resume_from is not None, state.step)
+        t = Trainer(cfg, rt, built.model, wrapped, optimizer, loader, splits)
+        last_eval = run_steps(cfg, rt, t, state, metrics_path)
+        if rt.info.is_main:
+            try:
+                plot_losses(metrics_path, rt.run_dir / "loss.png")
+            except Exception as e:  # a plot is a convenience; never lose a finished run over it
+                print(f"gptkit: warning: could not draw loss.png ({e})", file=sys.stderr)
+    return {"steps": state.step, "val_loss": last_eval.get("val"), "train_loss": last_eval.get("train"),
+            "best_val": state.best_val, "best_step": state.best_step, "elapsed_s": time.perf_counter() - t.t_start,
+            "run_dir": str(rt.run_dir), "world_size": rt.info.world_size, "parallel": rt.mode}
+
+
+def run_steps(cfg: TrainConfig, rt: Runtime, t: Trainer, state: TrainState, metrics_path: Path) -> dict[str, float]:
+    """Train from state.step to max_iters (or to the --max-minutes budget): step, log, evaluate, sample,
+    checkpoint. Returns the last evaluation."""
+    from . import distributed as D
+
+    t.wrapped.train()
+    step, last_eval = state.step, {}
+    t.t_start = time.perf_counter() - state.elapsed_s
+    budget = TimeBudget(cfg, step)
+    if step >= cfg.max_iters and budget.at is None and rt.info.is_main:
+        print(f"gptkit: {rt.run_dir} is already at step {step} (--max-iters {cfg.max_iters}): nothing to train; "
+              f"pass a larger --max-iters to continue it", file=sys.stderr)
+    log = StepLog(cfg, rt, t, metrics_path, step)
+    try:
+        while step < cfg.max_iters or budget.at is not None:
+            budget.before_step(step)
+            lr, loss_sum = t.step(step)
+            step += 1
+            state.tokens += t.tokens_per_step
+            log.tokens_last += t.tokens_per_step
+            total = budget.length(cfg, step, t.t_start, len(t.splits), rt.info)
+            if total is not None:  # --max-minutes: now the speed is known, fix the run's length
+                fix_length(cfg, total, rt, log.display, log.bar)
+            last = budget.at is None and step == cfg.max_iters
             eval_due = step % cfg.eval_interval == 0 or last
             save_due = step % cfg.save_interval == 0 or last
-            if eval_due or save_due or step % cfg.log_interval == 0:
-                train_loss = D.all_reduce_mean(loss_sum, info).item()  # the same on every rank
+            log_due = eval_due or step % cfg.log_interval == 0
+            if log_due or save_due:
+                train_loss = D.all_reduce_mean(loss_sum, rt.info).item()  # the same on every rank
                 if not math.isfinite(train_loss):  # never log on, or checkpoint, a diverged model
                     raise TrainError(f"training diverged at step {step}: the loss is {train_loss} (try a lower "
                                      f"--lr, a longer --warmup-iters, or --grad-clip 1); the checkpoints written "
                                      f"before are kept")
-            if eval_due or step % cfg.log_interval == 0:
+            if log_due:
                 now = time.perf_counter()
-                tok_s = tokens_last / max(now - t_last, 1e-9)
-                record = {"step": step, "train_loss": train_loss, "lr": lr, "elapsed_s": round(now - t_start, 3),
-                          "tokens": trainer["tokens"], "tokens_per_s": round(tok_s, 1)}
+                record = {"step": step, "train_loss": train_loss, "lr": lr, "elapsed_s": round(now - t.t_start, 3),
+                          "tokens": state.tokens,
+                          "tokens_per_s": round(log.tokens_last / max(now - log.t_last, 1e-9), 1)}
                 if eval_due:
-                    last_eval = evaluate()
-                    record["val_loss"] = last_eval.get("val")
-                    record["train_eval_loss"] = last_eval.get("train")
-                    display.print(f"eval step {step}: " + ", ".join(f"{k} loss {v:.4f}" for k, v in last_eval.items()))
-                    val = last_eval.get("val")
-                    if val is not None and (trainer["best_val"] is None or val < trainer["best_val"]):
-                        trainer["best_val"], trainer["best_step"] = val, step
-                if metrics is not None:
-                    metrics.write(json.dumps(record) + "\n")
-                mfu = flops_per_token * tok_s / peak if peak else None
-                display.update(bar, step, info=progress_info(train_loss, lr, tok_s, last_eval.get("val"), mfu),
-                               line=True)
-                t_last, tokens_last = time.perf_counter(), 0  # eval time does not count against tokens/s
-            if cfg.sample_every and step % cfg.sample_every == 0 and mode != "fsdp":
-                text = quick_sample(model, tokenizer, device)
-                display.print(f"[step {step}] {text!r}")
+                    last_eval = t.evaluate()
+                    record.update(val_loss=last_eval.get("val"), train_eval_loss=last_eval.get("train"))
+                    log.display.print(f"eval step {step}: "
+                                      + ", ".join(f"{k} loss {v:.4f}" for k, v in last_eval.items()))
+                    state.note_val(last_eval.get("val"), step)
+                log.write(record, lr, last_eval.get("val"))
+            if cfg.sample_every and step % cfg.sample_every == 0 and rt.mode != "fsdp":
+                log.display.print(f"[step {step}] {quick_sample(t.model, rt.tokenizer, rt.device)!r}")
             if save_due:
-                checkpoint(step)
+                t.checkpoint(step, state)
     finally:
-        if metrics is not None:
-            metrics.close()
-        display.close()
-    if info.is_main:
-        try:
-            plot_losses(metrics_path, run_dir / "loss.png")
-        except Exception as e:  # a plot is a convenience; never lose a finished run over it
-            print(f"gptkit: warning: could not draw loss.png ({e})", file=sys.stderr)
-    wall = time.perf_counter() - t_start
-    return {"steps": step, "val_loss": last_eval.get("val"), "train_loss": last_eval.get("train"),
-            "best_val": trainer["best_val"], "best_step": trainer["best_step"], "elapsed_s": wall,
-            "run_dir": str(run_dir), "world_size": info.world_size, "parallel": mode}
+        log.close()
+    state.step = step
+    return last_eval
+
+
+@contextlib.contextmanager
+def hold_run_dir(rt: Runtime) -> Iterator[None]:
+    """One writer per run directory (gptkit.runlock): rank 0 holds the lock for the whole run (a --nproc launcher
+    holds it for the processes it starts); every rank learns whether it was refused, and all stop if so."""
+    from . import distributed as D
+    from .runlock import RunLocked, run_lock
+
+    with contextlib.ExitStack() as stack:
+        refused = None
+        if rt.info.is_main:
+            try:
+                stack.enter_context(run_lock(rt.run_dir))
+            except RunLocked as e:
+                refused = str(e)
+        refused = D.all_gather_objects(refused, rt.info)[0]
+        if refused is not None:
+            raise RunLocked(refused)
+        yield
 
 
 def quick_sample(model, tokenizer, device, n: int = 80) -> str:

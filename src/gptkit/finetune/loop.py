@@ -344,9 +344,11 @@ def evaluate(model: FinetuneModel, encoded: list[Encoded], spec: TaskSpec, batch
 
 # ------------------------------------------------------------------------------------------ the loop
 def check_out_dir(out: Path, overwrite: bool) -> None:
+    from ..runlock import LOCK_NAME
+
     if out.exists() and not out.is_dir():
         raise TaskError(f"--out {out} is a file; give a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()) and not overwrite:
         raise TaskError(f"--out {out} already holds files; choose a new directory or pass --overwrite")
 
 
@@ -355,106 +357,135 @@ def _fmt_metrics(m: dict[str, Any]) -> str:
     return " ".join(f"{k} {m[k]:.4f}" for k in keys) or "(unlabelled)"
 
 
+@dataclass
+class FinetuneRun:
+    """Everything the loop needs, set up from the options: the model, the encoded data, the schedule."""
+
+    cfg: FinetuneConfig
+    spec: TaskSpec
+    model: FinetuneModel
+    tok: Tokenizer
+    device: torch.device
+    train: list[Encoded]
+    splits: dict[str, list[Encoded]]
+    total: int  # optimizer steps
+    warmup_steps: int
+    log_every: int  # steps between plain log lines (about ten an epoch)
+    optimizer: Any = None
+
+
+def setup_finetune(cfg: FinetuneConfig) -> FinetuneRun:
+    """Read the data, load and extend the model, encode, and size the schedule (GPT-1 §4.1: warmup over a share
+    of the steps)."""
+    from ..optim import adamw
+    from ..runtime import pick_device, set_threads
+
+    data = load_data(cfg)
+    device = pick_device(cfg.device)
+    set_threads(cfg.threads)
+    model, tok = prepare_model(cfg, data.spec, device)
+    enc_train = encode_examples(data.train, tok, data.spec)
+    enc_splits = {k: encode_examples(v, tok, data.spec) for k, v in data.splits.items()}
+    steps_per_epoch = math.ceil(len(enc_train) / cfg.batch_size)
+    total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    run = FinetuneRun(cfg, data.spec, model, tok, device, enc_train, enc_splits, total,
+                      warmup_steps=math.ceil(cfg.warmup * total), log_every=max(1, steps_per_epoch // 10))
+    run.optimizer = adamw(model, cfg.lr, cfg.weight_decay, (0.9, 0.999), 1e-8)
+    return run
+
+
+def train_epoch(run: FinetuneRun, epoch: int, step: int, rng: random.Random, progress, bar: int
+                ) -> tuple[int, dict[str, float]]:
+    """One pass over the shuffled training batches (stopping at run.total steps); returns the step reached and
+    the summed losses {loss, task_loss, lm_loss, n}."""
+    import torch
+
+    from ..optim import optimizer_step, set_lr, warmup_linear
+
+    cfg, spec = run.cfg, run.spec
+    use_lm = cfg.lm_coef > 0
+    sums = {"loss": 0.0, "task_loss": 0.0, "lm_loss": 0.0, "n": 0}
+    for batch in train_batches(run.train, cfg.batch_size, rng):
+        if step >= run.total:
+            break
+        lr = warmup_linear(step, run.total, run.warmup_steps, cfg.lr)
+        set_lr(run.optimizer, lr)
+        items = [run.train[i] for i in batch]
+        idx, lengths = collate(items, run.device)
+        target = torch.tensor([e.target for e in items],
+                              dtype=torch.float32 if spec.regression else torch.long, device=run.device)
+        out_t, lm = run.model(idx, lengths, lm_loss=use_lm)
+        l2 = task_loss(out_t, target, spec)
+        loss = l2 + cfg.lm_coef * lm if use_lm else l2  # L3 = L2 + λ·L1 (GPT-1 eq. 5)
+        loss.backward()
+        optimizer_step(run.model, run.optimizer, cfg.grad_clip)
+        step += 1
+        sums["loss"] += loss.item()
+        sums["task_loss"] += l2.item()
+        sums["lm_loss"] += lm.item() if use_lm else 0.0
+        sums["n"] += 1
+        progress.update(bar, step, info=f"epoch {epoch} loss {loss.item():.4f} lr {lr:.2e}",
+                        line=step % run.log_every == 0)
+    return step, sums
+
+
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
-    """Fine-tune a pre-trained GPT on one task (GPT-1 §3.2) and write the result to cfg.out.
+    """Fine-tune a pre-trained GPT on one task (GPT-1 §3.2) and write the result to cfg.out, holding the
+    directory's lock (gptkit.runlock) throughout.
 
     Returns {"metrics": {split: {...}}, "out": path, "wall_s": seconds, "steps": n, ...}.
     """
-    import torch
-
-    from ..io import new_tmp_dir, publish_dir
-    from ..optim import adamw, optimizer_step, set_lr, warmup_linear
-    from ..runtime import Progress, pick_device, set_threads
+    from ..runlock import run_lock
 
     t0 = time.perf_counter()
     cfg.validate()
     out = Path(cfg.out)
     check_out_dir(out, cfg.overwrite)
-    data = load_data(cfg)
-    spec = data.spec
-    device = pick_device(cfg.device)
-    set_threads(cfg.threads)
-    model, tok = prepare_model(cfg, spec, device)
-    enc_train = encode_examples(data.train, tok, spec)
-    enc_splits = {k: encode_examples(v, tok, spec) for k, v in data.splits.items()}
+    with run_lock(out):
+        check_out_dir(out, cfg.overwrite)  # again: a run that held the lock may have just published here
+        return _finetune(setup_finetune(cfg), out, t0)
 
-    steps_per_epoch = math.ceil(len(enc_train) / cfg.batch_size)
-    total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    warmup_steps = math.ceil(cfg.warmup * total)
-    eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
-    optimizer = adamw(model, cfg.lr, cfg.weight_decay, (0.9, 0.999), 1e-8)
+
+def _finetune(run: FinetuneRun, out: Path, t0: float) -> dict[str, Any]:
+    """The epochs (each evaluated on valid), the final evaluation, and the files, published at once."""
+    import torch
+
+    from ..io import new_tmp_dir, publish_dir
+    from ..runtime import Progress
+
+    cfg, spec = run.cfg, run.spec
     rng = random.Random(cfg.seed)
-    use_lm = cfg.lm_coef > 0
-
     tmp = new_tmp_dir(out)  # an ordinary directory (the usual umask mode), published by rename at the end
     progress = Progress(quiet=cfg.quiet)
-    bar = progress.add_task("finetune", total=total)
+    bar = progress.add_task("finetune", total=run.total)
     log = open(tmp / "log.jsonl", "w", buffering=1)  # noqa: SIM115 - closed below, before the directory is published
     try:
-        n_cut = sum(e.truncated for e in enc_train)
+        n_cut = sum(e.truncated for e in run.train)
         progress.print(f"fine-tuning {spec.task}{' (regression)' if spec.regression else ''} on "
-                       f"{len(enc_train)} examples ({n_cut} truncated to {spec.max_len} tokens), "
-                       f"{total} steps of {cfg.batch_size}, λ={cfg.lm_coef}, lr {cfg.lr:g}"
+                       f"{len(run.train)} examples ({n_cut} truncated to {spec.max_len} tokens), "
+                       f"{run.total} steps of {cfg.batch_size}, λ={cfg.lm_coef}, lr {cfg.lr:g}"
                        f"{', from scratch' if cfg.from_scratch else ''}")
-        model.train()
+        run.model.train()
         step, epoch = 0, 0
         last_valid: tuple[int, dict[str, Any], list[dict[str, Any]]] = (-1, {}, [])
-        log_every = max(1, steps_per_epoch // 10)
         t_train = time.perf_counter()
-        while step < total:
+        while step < run.total:
             epoch += 1
-            sums = {"loss": 0.0, "task_loss": 0.0, "lm_loss": 0.0, "n": 0}
-            for batch in train_batches(enc_train, cfg.batch_size, rng):
-                if step >= total:
-                    break
-                lr = warmup_linear(step, total, warmup_steps, cfg.lr)
-                set_lr(optimizer, lr)
-                items = [enc_train[i] for i in batch]
-                idx, lengths = collate(items, device)
-                target = torch.tensor([e.target for e in items],
-                                      dtype=torch.float32 if spec.regression else torch.long, device=device)
-                out_t, lm = model(idx, lengths, lm_loss=use_lm)
-                l2 = task_loss(out_t, target, spec)
-                loss = l2 + cfg.lm_coef * lm if use_lm else l2  # L3 = L2 + λ·L1 (GPT-1 eq. 5)
-                loss.backward()
-                optimizer_step(model, optimizer, cfg.grad_clip)
-                step += 1
-                sums["loss"] += loss.item()
-                sums["task_loss"] += l2.item()
-                sums["lm_loss"] += lm.item() if use_lm else 0.0
-                sums["n"] += 1
-                info = f"epoch {epoch} loss {loss.item():.4f} lr {lr:.2e}"
-                progress.update(bar, step, info=info, line=step % log_every == 0)
-            n = max(1, sums["n"])
-            valid_metrics, valid_records = evaluate(model, enc_splits["valid"], spec, eval_bs, device)
-            last_valid = (step, valid_metrics, valid_records)
-            record = {"epoch": epoch, "step": step, "train_loss": sums["loss"] / n,
-                      "train_task_loss": sums["task_loss"] / n,
-                      "train_lm_loss": sums["lm_loss"] / n if use_lm else None,
-                      "valid": valid_metrics, "elapsed_s": round(time.perf_counter() - t0, 2)}
+            step, sums = train_epoch(run, epoch, step, rng, progress, bar)
+            last_valid = (step, *run_eval(run, "valid"))
+            record = epoch_record(epoch, step, sums, last_valid[1], cfg.lm_coef > 0, t0)
             log.write(json.dumps(record) + "\n")
             progress.print(f"epoch {epoch}: train loss {record['train_loss']:.4f} (task {record['train_task_loss']:.4f}"
-                           + (f", lm {record['train_lm_loss']:.4f}" if use_lm else "") + f"); valid "
-                           f"{_fmt_metrics(valid_metrics)}")
+                           + (f", lm {record['train_lm_loss']:.4f}" if cfg.lm_coef > 0 else "") + f"); valid "
+                           f"{_fmt_metrics(last_valid[1])}")
         train_s = time.perf_counter() - t_train
-        results: dict[str, dict[str, Any]] = {}
-        (tmp / "predictions").mkdir()
-        for split, enc in enc_splits.items():
-            if split == "valid" and last_valid[0] == step:  # the last epoch's evaluation is of this very model
-                m, records = last_valid[1:]
-            else:
-                m, records = evaluate(model, enc, spec, eval_bs, device)
-            results[split] = m
-            with open(tmp / "predictions" / f"{split}.jsonl", "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(r) + "\n" for r in records)
-            progress.print(f"{split}: {_fmt_metrics(m)} ({m['n']} examples)")
-        wall = time.perf_counter() - t0
-        summary = {"summary": True, "steps": step, "epochs": cfg.epochs, "train_examples": len(enc_train),
-                   "train_truncated": n_cut, "train_s": round(train_s, 2), "wall_s": round(wall, 2),
-                   "threads": torch.get_num_threads(), "device": str(device)}
+        results = final_eval(run, tmp, step, last_valid, progress)
+        summary = {"summary": True, "steps": step, "epochs": cfg.epochs, "train_examples": len(run.train),
+                   "train_truncated": n_cut, "train_s": round(train_s, 2), "wall_s": round(time.perf_counter() - t0, 2),
+                   "threads": torch.get_num_threads(), "device": str(run.device)}
         log.write(json.dumps(summary) + "\n")
         log.close()
-        save_finetuned(tmp, model, tok, spec, cfg.head_dropout)
+        save_finetuned(tmp, run.model, run.tok, spec, cfg.head_dropout)
         (tmp / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
         (tmp / "finetune_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
         publish_dir(tmp, out)
@@ -465,6 +496,37 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         log.close()
         progress.close()
     return {"metrics": results, "out": str(out), **{k: v for k, v in summary.items() if k != "summary"}}
+
+
+def run_eval(run: FinetuneRun, split: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    return evaluate(run.model, run.splits[split], run.spec, run.cfg.eval_batch_size or 2 * run.cfg.batch_size,
+                    run.device)
+
+
+def epoch_record(epoch: int, step: int, sums: dict[str, float], valid: dict[str, Any], use_lm: bool,
+                 t0: float) -> dict[str, Any]:
+    """One log.jsonl line: the epoch's mean losses and its validation metrics."""
+    n = max(1, sums["n"])
+    return {"epoch": epoch, "step": step, "train_loss": sums["loss"] / n, "train_task_loss": sums["task_loss"] / n,
+            "train_lm_loss": sums["lm_loss"] / n if use_lm else None, "valid": valid,
+            "elapsed_s": round(time.perf_counter() - t0, 2)}
+
+
+def final_eval(run: FinetuneRun, tmp: Path, step: int, last_valid: tuple, progress) -> dict[str, dict[str, Any]]:
+    """Metrics of every split and predictions/{split}.jsonl (the last epoch's validation when it is of this very
+    model)."""
+    results: dict[str, dict[str, Any]] = {}
+    (tmp / "predictions").mkdir()
+    for split in run.splits:
+        if split == "valid" and last_valid[0] == step:
+            m, records = last_valid[1:]
+        else:
+            m, records = run_eval(run, split)
+        results[split] = m
+        with open(tmp / "predictions" / f"{split}.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        progress.print(f"{split}: {_fmt_metrics(m)} ({m['n']} examples)")
+    return results
 
 
 # ------------------------------------------------------------------------------------ save / load / predict
