@@ -155,6 +155,22 @@ def test_nproc_user_mistake_is_one_line(tmp_path: Path) -> None:
     assert "data directory not found" in proc.stderr
 
 
+def test_a_held_run_directory_stops_every_launch(char_data: Path, tmp_path: Path) -> None:
+    """One writer per run directory: the --nproc launcher takes the lock before starting anything (its processes
+    then run under it: the tests above); under a bare torchrun rank 0 takes it and every rank stops with it."""
+    from gptkit.runlock import LOCK_NAME, RunLock
+
+    run = tmp_path / "run"
+    with RunLock(run):
+        proc = gptkit_train("--data", str(char_data), "--out", str(run), "--nproc", "2", *COMMON, rc=2)
+        assert proc.stderr.count("\n") == 1 and f"{run} is being written by process {os.getpid()}" in proc.stderr
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                               "-m", "gptkit", "train", "--data", str(char_data), "--out", str(run), "--max-iters",
+                               "2", *COMMON], env=ENV, capture_output=True, text=True, timeout=600)
+        assert proc.returncode != 0 and proc.stderr.count(f"is being written by process {os.getpid()}") == 2
+        assert [p.name for p in run.iterdir()] == [LOCK_NAME]  # nothing written
+
+
 @pytest.mark.parametrize("attention", ["dense", "alternating"])
 def test_compile_has_no_graph_breaks(attention: str) -> None:
     from gptkit import GPT

@@ -72,8 +72,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     pick_device(cfg.device)  # an unknown or absent device: one line before anything is read or launched
     if cfg.nproc and cfg.nproc > 1 and not D.launched_by_torchrun():
-        preflight(cfg, cfg.nproc)
-        return launch_torchrun(cfg.nproc, args.argv, cfg.threads)
+        from ..runlock import INHERITED, RunLock
+
+        with RunLock(cfg.out) as lock:  # held here for the processes it starts (they do not take it again)
+            os.environ[INHERITED] = str(lock.path.resolve())
+            preflight(cfg, cfg.nproc)
+            return launch_torchrun(cfg.nproc, args.argv, cfg.threads)
     try:
         summary = train(cfg)
     finally:
