@@ -7,6 +7,12 @@ losses and bitwise the same weights on CPU as one that never stopped. That holds
 is a function of saved state: the batches are a pure function of (seed, step, micro-step, rank), and the
 torch RNG states (dropout) are saved with the optimizer.
 
+`train()` is a short sequence of named phases: set up the runtime (`setup_runtime`), take the run directory's
+lock (`hold_run_dir`), decide between resuming and starting (`resume_or_start`), build or restore the model
+(`build_or_restore_model`), open the data, place the model on its devices (`place_model`), restore the optimizer
+and RNG state (`restore_state`), then `run_steps`: `Trainer.step`, `Trainer.evaluate`, `Trainer.checkpoint` and
+the `--max-minutes` `TimeBudget`. What the loop carries is a `TrainState`.
+
 Run layout:
 
     RUN/train_config.json          the resolved TrainConfig (defaults < --config file < command line)
@@ -15,6 +21,7 @@ Run layout:
                                    a sharded run (--checkpoint-format sharded) keeps weights and optimizer in
                                    shards/, one file per process (see gptkit.distributed)
     RUN/loss.png                   the loss curves, drawn at the end
+    RUN/.gptkit.lock               while a run writes here: its process id, under an OS lock (gptkit.runlock)
 """
 
 from __future__ import annotations
