@@ -92,3 +92,15 @@ def test_schedules() -> None:
     assert warmup_cosine(0, 1e-3, 1e-4, 10, 110) == pytest.approx(1e-3 / 11)
     assert warmup_cosine(0, 1e-3, 1e-4, 0, 110) == 1e-3  # no warmup: the peak at once
     assert warmup_linear(0, 10, 0, 1.0) == 1.0 and warmup_linear(5, 10, 0, 1.0) == 0.5
+
+
+def test_the_live_display_tracks_each_bar() -> None:
+    from gptkit.evaluate.runner import _tracker
+
+    with Progress(live=False) as p:
+        assert _tracker(p, "lambada (0-shot)") is None  # nothing shown: no callback to pay for
+    with Progress(live=True) as p:  # rich, even off a terminal (what `gptkit eval` asks for unless --quiet)
+        track = _tracker(p, "lambada (0-shot)")
+        track(3, 10)
+        [task] = p.bar.tasks
+        assert (task.description, task.completed, task.total) == ("lambada (0-shot)", 3, 10)

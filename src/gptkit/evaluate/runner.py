@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from ..runtime import Progress
 from .icl import (Encoder, Overflow, Prompt, argmax, build_prompts, fit_to_context, mean_stderr,
                   sample_demonstrations, score_requests)
 from .perplexity import perplexity_metrics, rolling_loglikelihood
@@ -48,38 +49,17 @@ class _Job:
     demos: list[list[int]]
 
 
-class _Progress:
-    """A rich progress bar on stderr, one line per (task, K); silent when disabled."""
+def _tracker(bar: Progress, label: str) -> Callable[[int, int], None] | None:
+    """A bar of the shared display (gptkit.runtime) for one (task, K), as a callback (done, total); None when
+    nothing is shown."""
+    if not bar.live:
+        return None
+    tid = bar.add_task(label)
 
-    def __init__(self, enabled: bool) -> None:
-        self.bar = None
-        if enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    def update(n: int, total: int) -> None:
+        bar.update(tid, completed=n, total=total)
 
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), console=Console(stderr=True), transient=False)
-
-    def __enter__(self) -> _Progress:
-        if self.bar is not None:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-
-    def tracker(self, label: str) -> Callable[[int, int], None] | None:
-        if self.bar is None:
-            return None
-        tid = self.bar.add_task(label, total=None)
-        done = [0]
-
-        def update(n: int, total: int) -> None:
-            done[0] = n
-            self.bar.update(tid, completed=n, total=total)
-
-        return update
+    return update
 
 
 def _prepare(task_names: Sequence[str | Task], shots: Sequence[int], data_dir: str | Path | None,
@@ -150,11 +130,11 @@ def evaluate(model: GPT, tasks: Sequence[str | Task], shots: Sequence[int] = (0,
         warnings.append(msg)
         log(msg)
 
-    with _Progress(progress) as bar:
+    with Progress(live=progress) as bar:
         for job in jobs:
             t0 = time.perf_counter()
             label = f"{job.key} ({job.shots}-shot)" if job.task.kind != "perplexity" else job.key
-            track = bar.tracker(label)
+            track = _tracker(bar, label)
             if job.task.kind == "perplexity":
                 metrics, recs = _run_perplexity(model, job, encode, stride, batch_size, track)
             else:
