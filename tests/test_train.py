@@ -100,6 +100,27 @@ def test_lr_schedule() -> None:
     assert lr_at(110, cfg) == pytest.approx(1e-4) and lr_at(150, cfg) == pytest.approx(1e-4)
 
 
+def test_default_warmup_is_a_share_of_the_schedule(char_data: Path, tmp_path: Path, capsys) -> None:
+    def warmup(**kw) -> int:
+        return TrainConfig(**kw).resolved().warmup_iters
+
+    assert warmup(max_iters=2000) == 100 and warmup(max_iters=100) == 5 and warmup(max_iters=30) == 2
+    assert warmup(max_iters=10_000_000) == 2000  # capped at GPT-1's warmup
+    assert warmup(max_iters=10, lr_decay_iters=20) == warmup(max_iters=20) == 1  # a share of the cosine's length
+    assert warmup(max_iters=100, warmup_iters=7) == 7 and warmup(max_iters=100, warmup_fraction=0.0) == 0
+    assert warmup(max_minutes=1.0) == 100  # fixed before the time budget knows the length: of --max-iters as given
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(char_data), "--out", str(run), "--max-iters", "40", "--lr", "3e-3",
+                 *TINY]) == 0
+    saved = json.loads((run / "train_config.json").read_text())
+    assert saved["warmup_iters"] == 2 and saved["warmup_fraction"] == 0.05  # the resolved value, with the run
+    lrs = {r["step"]: r["lr"] for r in metric_lines(run)}  # the lr of the step that ends at `step`
+    assert lrs[5] == pytest.approx(lr_at(4, TrainConfig(**saved))) and lrs[5] > 0.95 * 3e-3  # past warmup
+    assert lrs[40] == pytest.approx(lr_at(39, TrainConfig(**saved))) and lrs[40] < 0.35e-3  # near min_lr at the end
+    rc = main(["train", "--data", str(char_data), "--out", str(tmp_path / "r2"), "--warmup-fraction", "1.5"])
+    assert_one_line_error(rc, capsys.readouterr().err, "--warmup-fraction must be in [0, 1]")
+
+
 def _train_cmd(data: Path, out: Path, max_iters: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "gptkit", "train", "--data", str(data), "--out", str(out),
             "--max-iters", str(max_iters), "--save-interval", "2", "--keep-last", "2", *TINY, *extra]

@@ -135,8 +135,9 @@ def _run(args: QuickstartOptions) -> int:
     if not prompt_ids:
         raise GptkitError("--prompt encodes to no tokens")
     params = dict(DEFAULTS)
-    if args.max_iters is not None:
+    if args.max_iters is not None:  # a fixed length: the default warmup, a share of it (--warmup-fraction)
         params["max_iters"] = args.max_iters
+        del params["warmup_iters"]
     else:  # what is left of the budget after start-up and preparing the corpus goes to training
         left = args.minutes * 60 - (time.perf_counter() - t0) - SAMPLE_S
         params["max_minutes"] = max(left, 30.0) / 60

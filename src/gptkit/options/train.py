@@ -13,6 +13,10 @@ from .generator import check_types as _check_types
 from .generator import load_yaml_options, opt
 
 
+WARMUP_CAP = 2000
+"""The most warmup steps the default warmup (--warmup-fraction) gives: GPT-1's 2,000 (§4.1)."""
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run needs. Field names follow nanoGPT; each is a `--flag` of `gptkit train`."""
@@ -36,7 +40,10 @@ class TrainConfig:
                                          "--max-iters (and the cosine's length) is set from the measured speed")
     lr: float = opt(6e-4, "peak learning rate")
     min_lr: float | None = opt(None, "final learning rate of the cosine decay (default lr/10, as GPT-3)")
-    warmup_iters: int = opt(100, "linear warmup steps")
+    warmup_iters: int | None = opt(None, "linear warmup steps (default: --warmup-fraction of the cosine's length, "
+                                         "at most 2000)")
+    warmup_fraction: float = opt(0.05, "default warmup as a share of the cosine's length (--lr-decay-iters, default "
+                                       "--max-iters; with --max-minutes, of --max-iters as given)")
     lr_decay_iters: int | None = opt(None, "steps over which the cosine decays (default max_iters)")
     weight_decay: float = opt(0.1, "AdamW weight decay on matrices (not biases, gains)")
     beta1: float = opt(0.9, "AdamW beta1")
@@ -72,6 +79,8 @@ class TrainConfig:
             c.min_lr = c.lr / 10
         if c.lr_decay_iters is None:
             c.lr_decay_iters = c.max_iters
+        if c.warmup_iters is None:  # a share of the schedule, as Hugging Face's warmup_ratio; GPT-1 warmed up 2000
+            c.warmup_iters = min(WARMUP_CAP, math.ceil(round(c.warmup_fraction * c.lr_decay_iters, 6)))
         if c.save_interval is None:
             c.save_interval = c.eval_interval
         return c
@@ -87,7 +96,7 @@ class TrainConfig:
             if v is not None and v <= 0:
                 raise TrainError(f"--{name.replace('_', '-')} must be positive, got {v}")
         for name in ("warmup_iters", "sample_every"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise TrainError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
 
         def bad(v: float | None, lo: float, hi: float = math.inf, lo_open: bool = False) -> bool:
@@ -98,7 +107,7 @@ class TrainConfig:
                 ("min_lr", 0, 1, False, "in [0, 1]"), ("weight_decay", 0, math.inf, False, "finite and >= 0"),
                 ("beta1", 0, 0.999999, False, "in [0, 1)"), ("beta2", 0, 0.999999, False, "in [0, 1)"),
                 ("eps", 0, 1, True, "in (0, 1]"), ("grad_clip", 0, math.inf, False, "finite and >= 0 (0: off)"),
-                ("dropout", 0, 0.999999, False, "in [0, 1)")):
+                ("dropout", 0, 0.999999, False, "in [0, 1)"), ("warmup_fraction", 0, 1, False, "in [0, 1]")):
             if bad(getattr(self, name), lo, hi, lo_open):
                 raise TrainError(f"--{name.replace('_', '-')} must be {want}, got {getattr(self, name)}")
         if self.min_lr is not None and self.min_lr > self.lr:
