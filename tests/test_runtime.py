@@ -104,3 +104,14 @@ def test_the_live_display_tracks_each_bar() -> None:
         track(3, 10)
         [task] = p.bar.tasks
         assert (task.description, task.completed, task.total) == ("lambada (0-shot)", 3, 10)
+
+
+def test_prepare_reports_through_the_shared_display(tmp_path, capsys) -> None:
+    from gptkit.data.prepare import prepare
+
+    (tmp_path / "a.txt").write_text("to be or not to be\n" * 200)
+    prepare([str(tmp_path / "a.txt")], tmp_path / "out", tokenizer="char", progress=True, num_workers=1)
+    err = capsys.readouterr().err
+    assert "reading characters" in err and "tokenizing" in err  # its bars, drawn by gptkit.runtime.Progress
+    prepare([str(tmp_path / "a.txt")], tmp_path / "out2", tokenizer="char", progress=False, num_workers=1)
+    assert capsys.readouterr().err == ""

@@ -76,6 +76,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import new_tmp_dir, publish_dir
+from ..runtime import Progress
 from ..tokenizer import split_at_word_boundaries
 from .shards import HEADER_BYTES, VERSION, DataError, ShardWriter, dtype_for_vocab
 from .sources import Corpus, is_prepared_dir
@@ -217,39 +218,6 @@ def _check_out_dir(out: Path) -> None:
     if out.is_dir() and any(out.iterdir()) and not is_prepared_dir(out):
         raise DataError(f"--out {out} is a non-empty directory that is not a `gptkit prepare` output; "
                         "choose another directory or empty it")
-
-
-class _NoProgress:
-    def add_task(self, *a, **k) -> int:
-        return 0
-
-    def update(self, *a, **k) -> None:
-        pass
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a) -> None:
-        pass
-
-
-def _progress(enabled: bool | None):
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
-        return _NoProgress()
-    from rich.console import Console
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn, TransferSpeedColumn)
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=False)
 
 
 def _warn(msg: str) -> None:
@@ -566,7 +534,7 @@ def prepare(inputs: list[str] | None, out_dir: str | os.PathLike, tokenizer: str
     tmp = new_tmp_dir(req.out)  # renamed to `out` when complete (replacing an empty dir or an earlier output)
     try:
         with contextlib.ExitStack() as stack:
-            bar = stack.enter_context(_progress(progress))
+            bar = stack.enter_context(Progress(live=progress, bytes=True))  # off a terminal: nothing
             tok = build_tokenizer(req.tokenizer, corpus, req.vocab, req.vocab_size, bar)
             tok.save(tmp / TOKENIZER_DIR)
             dtype = dtype_for_vocab(int(tok.vocab_size))
