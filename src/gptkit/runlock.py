@@ -52,11 +52,16 @@ class RunLock:
     def __init__(self, directory: str | os.PathLike, what: str = "--out") -> None:
         self.directory = Path(directory)
         self.path = lock_path(directory)
+        self.fd: int | None = None
         self.made_dir = not self.directory.exists()
         if self.directory.exists() and not self.directory.is_dir():
-            raise RunLocked(f"{what} {self.directory} is a file; give a directory")
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.fd = self._acquire()
+            raise GptkitError(f"{what} {self.directory} is a file; give a directory")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self.fd = self._acquire()
+        except OSError as e:  # a read-only or forbidden place: one line, not a traceback
+            raise GptkitError(f"{what} {self.directory} cannot be written ({e.strerror or type(e).__name__})") \
+                from None
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
 
@@ -68,7 +73,7 @@ class RunLock:
             except OSError as e:
                 who = _holder(fd)
                 os.close(fd)
-                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                     raise
                 raise RunLocked(f"{self.directory} is being written by {who} (another gptkit command on the "
                                 f"same --out); wait for it to end or choose another directory") from None
