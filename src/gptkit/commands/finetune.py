@@ -23,7 +23,7 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from ..finetune.loop import finetune
-    from ..train import pick_device
+    from ..runtime import pick_device
 
     cfg = from_args(FinetuneConfig, args)
     pick_device(cfg.device)  # an unknown or absent device: one line before anything is read
@@ -44,7 +44,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..finetune.loop import predict
-    from ..train import pick_device
+    from ..runtime import pick_device
 
     opts = from_args(PredictOptions, args)
     device = str(pick_device(opts.device))  # an unknown or absent device: one line before the model loads

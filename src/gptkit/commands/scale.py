@@ -35,7 +35,7 @@ def check_scale(opts: ScaleOptions) -> None:
 
 def cmd_scale(args: argparse.Namespace) -> int:
     from ..scaling.study import run_study
-    from ..train import pick_device
+    from ..runtime import pick_device
 
     opts = from_args(ScaleOptions, args)
     check_scale(opts)

@@ -67,7 +67,8 @@ def launch_torchrun(nproc: int, argv: list[str], threads: int | None = None) -> 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .. import distributed as D
-    from ..train import pick_device, preflight, train
+    from ..runtime import pick_device
+    from ..train import preflight, train
 
     cfg = config_from_args(args)
     pick_device(cfg.device)  # an unknown or absent device: one line before anything is read or launched
