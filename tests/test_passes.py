@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gptkit.data.passes import FilterPass, batched
-from gptkit.data.prepare import _NoProgress
+from gptkit.runtime import Progress
 from gptkit.data.records import Record
 from gptkit.data.shards import DataError
 from gptkit.data.workers import ordered_map, worker_pool
@@ -103,9 +103,9 @@ def _square_all(xs: list[int]) -> list[int]:
 def test_ordered_map_keeps_input_order_with_workers():
     jobs = [(i, ([i, i + 1],)) for i in range(40)]
     here = list(ordered_map(_square_all, jobs, None, 1))
-    with worker_pool(2, _NoProgress()) as pool:
+    with worker_pool(2, Progress(live=False)) as pool:
         assert pool is not None
         there = list(ordered_map(_square_all, jobs, pool, 2))
     assert here == there == [(i, [i * i, (i + 1) ** 2]) for i in range(40)]
-    with worker_pool(1, _NoProgress()) as pool:
+    with worker_pool(1, Progress(live=False)) as pool:
         assert pool is None  # one worker: the work runs in the caller

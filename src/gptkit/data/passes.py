@@ -116,13 +116,13 @@ class FilterPass:
         """Open `--out` (and `other`, when given) and a progress display named `label` over the input bytes.
         When the block ends normally the files are renamed into place, unless no document was read: then, as when
         the block raises, they are deleted and the one-line empty-input error is raised."""
-        from .prepare import _progress
+        from ..runtime import Progress
 
         with contextlib.ExitStack() as stack:
             kept = stack.enter_context(AtomicFile(self.out))
             extra = (stack.enter_context(AtomicFile(Path(other).expanduser().absolute()))
                      if other is not None else None)
-            bar = stack.enter_context(_progress(progress))
+            bar = stack.enter_context(Progress(live=progress, bytes=True))
             total = self.reader.total_bytes
             w = PassOutput(kept, extra, self.reader, bar, bar.add_task(label, total=total))
             yield w
