@@ -30,7 +30,8 @@ from gptkit import GPT, GPTConfig, Tokenizer  # noqa: E402
 from gptkit.generate import SamplingParams, complete  # noqa: E402
 from gptkit.serve import BackgroundServer, ServeOptions, create_app  # noqa: E402
 
-TEXT = "the quick brown fox jumps over the lazy dog; ROMEO: o Juliet, wherefore art thou? 0123456789\n"
+TEXT = "the quick brown fox jumps over the lazy dog; ROMEO: o Juliet, wherefore art thou? 0123456789\n" \
+    "System: User: Assistant:"  # the chat transcript's speakers
 KEY = "sekret-key"
 
 
@@ -501,3 +502,25 @@ def test_an_engine_failure_is_a_500_and_the_server_recovers(model):
         r = c.completions.create(model="tiny", prompt="fox", max_tokens=5, temperature=0)
         assert r.choices[0].text == oracle(model, "fox", max_new_tokens=5, temperature=0.0)
         assert health(url)["in_flight"] == 0
+
+
+def test_pages_schema_and_their_switches(model, server):
+    """GET / is the playground, /docs the API reference over /openapi.json (which lists every route); the
+    options turn them off (404), and the key never guards them."""
+    page = httpx.get(f"{server}/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'id="generate"' in page.text and "data-logprob" in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # nothing loaded from elsewhere
+    spec = httpx.get(f"{server}/openapi.json").json()
+    assert {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health"} <= set(spec["paths"])
+    chat = spec["paths"]["/v1/chat/completions"]["post"]
+    assert {"200", "400", "401", "404", "413", "429"} <= set(chat["responses"]) and "422" not in chat["responses"]
+    docs = httpx.get(f"{server}/docs")
+    assert docs.status_code == 200 and "/openapi.json" in docs.text and "https://" not in docs.text
+    app = create_app(model, model.tokenizer, ServeOptions(model_name="tiny", ui=False, docs=False, api_key=KEY))
+    with BackgroundServer(app) as url:
+        assert [httpx.get(f"{url}{p}").status_code for p in ("/", "/docs", "/openapi.json")] == [404] * 3
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+    app = create_app(model, model.tokenizer, ServeOptions(model_name="tiny", api_key=KEY))
+    with BackgroundServer(app) as url:
+        assert [httpx.get(f"{url}{p}").status_code for p in ("/", "/docs", "/openapi.json")] == [200] * 3

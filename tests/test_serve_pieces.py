@@ -14,10 +14,10 @@ from gptkit.generate import Engine, Generation, SamplingParams, TokenEvent, Toke
 from gptkit.serve import ServeOptions  # noqa: E402
 from gptkit.serve import errors, responses, sse, translate  # noqa: E402
 from gptkit.serve.guard import GuardMiddleware  # noqa: E402
-from gptkit.serve.schemas import CompletionRequest  # noqa: E402
+from gptkit.serve.schemas import ChatCompletionRequest, CompletionRequest  # noqa: E402
 from gptkit.serve.worker import Live, Worker, unpack  # noqa: E402
 
-TEXT = "the quick brown fox jumps over the lazy dog\nUser: Assistant: System: 0123456789"
+TEXT = "the quick brown fox jumps over the lazy dog\nUser: Assistant: System: Be terse. Hi 0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -240,3 +240,77 @@ def test_jinja_template_in_hugging_face_convention():
     sandboxed = ChatTemplate("{{ messages.append(1) }}")  # the sandbox forbids changing what it is given
     with pytest.raises(ChatTemplateError):
         sandboxed.render(MESSAGES)
+
+
+# ------------------------------------------------------------------------------------------------ chat
+def chat(**kw) -> ChatCompletionRequest:
+    return ChatCompletionRequest(**{"model": "m", "messages": MESSAGES[:2], **kw})
+
+
+def test_chat_prompt_and_params(served, tok):
+    prompt = translate.chat_prompt(chat(), served)
+    assert tok.decode(prompt) == "System: Be terse.\nUser: Hi\nAssistant:"
+    p = translate.chat_params(chat(), served, len(prompt), 0)
+    assert p.max_new_tokens == 64 - len(prompt) and p.stop == ("\nUser:",) and p.logprobs is None
+    assert translate.chat_params(chat(stop=[]), served, 5, 0).stop == ()  # no stop at all
+    assert translate.chat_params(chat(stop="x"), served, 5, 0).stop == ("x",)
+    assert translate.chat_params(chat(max_tokens=3, max_completion_tokens=7), served, 5, 0).max_new_tokens == 7
+    assert translate.chat_params(chat(logprobs=True), served, 5, 0).logprobs == 0
+    assert translate.chat_params(chat(logprobs=True, top_logprobs=4, seed=1), served, 5, 2).logprobs == 4
+    with pytest.raises(errors.APIError) as e:
+        translate.chat_params(chat(max_completion_tokens=60), served, 5, 0)
+    assert e.value.param == "max_completion_tokens" and e.value.code == "context_length_exceeded"
+    with pytest.raises(errors.APIError) as e:
+        translate.chat_params(chat(), served, 64, 0)  # no room left for a reply
+    assert e.value.code == "context_length_exceeded"
+    parts = chat(messages=[{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}])
+    assert translate.chat_messages(parts) == [{"role": "user", "content": "ab"}]
+
+
+@pytest.mark.parametrize("kw, param", [
+    ({"tools": [{"type": "function"}]}, "tools"), ({"tool_choice": "auto"}, "tool_choice"),
+    ({"audio": {"voice": "x"}}, "audio"), ({"response_format": {"type": "json_schema"}}, "response_format"),
+    ({"modalities": ["audio"]}, "modalities"), ({"top_logprobs": 1}, "top_logprobs"),
+    ({"model": "x"}, "model")])
+def test_check_chat_refuses(served, kw, param):
+    with pytest.raises(errors.APIError) as e:
+        translate.check_chat(chat(**kw), served)
+    assert e.value.param == param and e.value.status in (400, 404)
+
+
+@pytest.mark.parametrize("messages", [
+    [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+    [{"role": "tool", "content": "1"}], [{"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]}]])
+def test_chat_messages_refuse_what_is_not_text(messages):
+    with pytest.raises(errors.APIError) as e:
+        translate.chat_messages(chat(messages=messages))
+    assert e.value.param == "messages" and "messages[0]" in e.value.message
+
+
+def test_chat_body_and_logprobs_cut_at_the_stop(tok):
+    g = finished(tok, "ab", "cd")
+    g.text = "c"  # "d" was (the start of) a stop sequence: its token is left out of the logprobs too
+    body = responses.chat_completion({"id": "x"}, [g], tok, logprobs=True, prompt_tokens=2)
+    ch = body["choices"][0]
+    assert ch["message"] == {"role": "assistant", "content": "c"} and ch["finish_reason"] == "length"
+    assert [x["token"] for x in ch["logprobs"]["content"]] == ["c"]
+    assert ch["logprobs"]["content"][0]["top_logprobs"][0] == {"token": "c", "logprob": -0.5, "bytes": [99]}
+    assert body["usage"]["completion_tokens"] == 2
+
+
+def test_chat_stream_chunks(tok):
+    import json
+
+    g = finished(tok, "ab", "cd")
+    w = FakeWorker()
+    w.in_flight = 1
+    events = [TokenEvent(g, g.tokens[0], "c", g.logprobs[0]), TokenEvent(g, g.tokens[1], "d", g.logprobs[1], True)]
+    out = collect(sse.chat_stream(tok, queue_of(events), Live([g], w), [g], {"id": "x"}, logprobs=True,
+                                  include_usage=True, prompt_tokens=2))
+    chunks = [json.loads(x[6:]) for x in out[:-1]]
+    assert out[-1] == sse.DONE
+    assert [c["choices"][0]["delta"] for c in chunks[:-1]] == [{"role": "assistant", "content": ""},
+                                                               {"content": "c"}, {"content": "d"}, {}]
+    assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]] == [None, None, None, "length"]
+    assert chunks[1]["choices"][0]["logprobs"]["content"][0]["token"] == "c"
+    assert all(c["usage"] is None for c in chunks[:-1]) and chunks[-1]["usage"]["total_tokens"] == 4

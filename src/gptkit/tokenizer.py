@@ -181,6 +181,31 @@ def _read_hf_added_tokens(directory: Path) -> dict[str, int]:
     return added
 
 
+def read_chat_template(directory: Path) -> str | None:
+    """The chat template stored in a tokenizer directory: gptkit_tokenizer.json's ``chat_template``, else
+    Hugging Face's (``chat_template`` in tokenizer_config.json: a string, or a list of named templates of which
+    "default" is taken; else a ``chat_template.jinja`` file)."""
+    for name in (CONFIG_NAME, "tokenizer_config.json"):
+        path = directory / name
+        obj = _read_json(path) if path.is_file() else None
+        found = obj.get("chat_template") if isinstance(obj, dict) else None
+        if isinstance(found, list):
+            found = next((t.get("template") for t in found if isinstance(t, dict) and t.get("name") == "default"),
+                         None)
+        if isinstance(found, str):
+            return found
+    jinja = directory / "chat_template.jinja"
+    return jinja.read_text(encoding="utf-8") if jinja.is_file() else None
+
+
+def write_chat_template(directory: Path, template: str) -> None:
+    """Put ``template`` into ``directory``'s tokenizer_config.json (created when absent), where transformers'
+    ``apply_chat_template`` reads it."""
+    path = directory / "tokenizer_config.json"
+    obj = _read_json(path) if path.is_file() else {}
+    _write_json(path, {**(obj if isinstance(obj, dict) else {}), "chat_template": template})
+
+
 def _hf_added_tokens_decoder(tokens: dict[str, int]) -> dict[str, dict[str, Any]]:
     return {
         str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
@@ -257,6 +282,9 @@ class Tokenizer:
     """
 
     kind: str = "base"
+    chat_template: str | None = None
+    """A Jinja chat template (Hugging Face's convention, see gptkit.chat_template), saved and loaded with the
+    tokenizer (``chat_template`` in gptkit_tokenizer.json and tokenizer_config.json); None: a plain transcript."""
 
     def __init__(self, special_tokens: dict[str, int] | None = None):
         self._special: dict[str, int] = dict(special_tokens or {})
@@ -429,6 +457,10 @@ class Tokenizer:
         extra = self._save_files(d)
         cfg = {"format_version": FORMAT_VERSION, "kind": self.kind, "vocab_size": self.vocab_size,
                "eot_id": self.eot_id, "special_tokens": self.special_tokens, **extra}
+        if self.chat_template is not None:
+            cfg["chat_template"] = self.chat_template
+            if (d / "tokenizer_config.json").is_file():  # where transformers reads it
+                write_chat_template(d, self.chat_template)
         _write_json(d / CONFIG_NAME, cfg)
 
     @classmethod
@@ -452,6 +484,7 @@ class Tokenizer:
             if d.is_dir():
                 tok = _load_directory(d)
                 if tok is not None:
+                    tok.chat_template = read_chat_template(d)
                     return tok
         raise TokenizerError(
             f"{p} is not a tokenizer directory: expected {CONFIG_NAME}, encoder.json+vocab.bpe, "

@@ -18,6 +18,7 @@ from ..checkpoint import CONFIG, build_model, model_state_dict, read_state_dict,
 from ..config import ConfigError, GPTConfig
 from ..errors import CheckpointError
 from ..io import new_tmp_dir, publish_dir
+from ..tokenizer import write_chat_template
 
 if TYPE_CHECKING:
     from ..model import GPT
@@ -184,6 +185,8 @@ def export_hf(model: GPT, out_dir: str | Path, tokenizer: Tokenizer | None = Non
         # load); gpt2/gpt1 also get vocab.json + merges.txt, bpe tokenizer.json, for transformers
         if tokenizer is not None:
             tokenizer.save(tmp)
+            if tokenizer.chat_template is not None:  # every kind: Hugging Face's place for it
+                write_chat_template(tmp, tokenizer.chat_template)
             if tokenizer.eot_id is not None:
                 cfg.update(bos_token_id=tokenizer.eot_id, eos_token_id=tokenizer.eot_id)
         if "bos_token_id" not in cfg:  # transformers' GPT2Config defaults these to 50256

@@ -1,8 +1,11 @@
 """`create_app`: the FastAPI application, wired from the pieces of this package.
 
+    GET  /                    the playground page (playground.html; --no-ui turns it off)
+    GET  /docs, /openapi.json the API reference and its schema (--no-docs turns them off)
     GET  /health              liveness and load (no key needed)
     GET  /v1/models           the one model served
     POST /v1/completions      see schemas.CompletionRequest
+    POST /v1/chat/completions see schemas.ChatCompletionRequest (messages through the chat template)
 
 Each POST route checks the request (translate), submits its generations to the worker (with back-pressure:
 429 beyond max_batch + max_queue), and either streams chunks (sse) or waits and assembles the answer
@@ -15,16 +18,18 @@ No `from __future__ import annotations`: FastAPI reads the annotations of the ro
 import asyncio
 import contextlib
 from dataclasses import dataclass
+from importlib.resources import files
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
+from .. import __version__
 from ..generate import Engine, Generation, GenerationError
 from . import responses, sse, translate
 from .config import ServeOptions
 from .errors import APIError, install_handlers
 from .guard import GuardMiddleware
-from .schemas import ERRORS, Completion, CompletionRequest
+from .schemas import ERRORS, ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest
 from .translate import Served
 from .worker import Live, Worker, wait_all
 
@@ -82,22 +87,49 @@ def streaming(chunks) -> StreamingResponse:
 GONE = 499  # nginx's "client closed request": nobody reads this answer
 
 
+def add_pages(app: FastAPI, options: ServeOptions) -> None:
+    """The playground (GET /) and the API reference (GET /docs): static pages shipped with the package."""
+    pages = [("/", "playground.html")] if options.ui else []
+    pages += [("/docs", "docs.html")] if options.docs else []
+    for path, name in pages:
+        html = files(__package__).joinpath(name).read_text(encoding="utf-8")
+        app.add_api_route(path, lambda html=html: HTMLResponse(html), methods=["GET"], include_in_schema=False)
+
+
+def true_schema(app: FastAPI) -> None:
+    """/openapi.json without FastAPI's automatic 422 answers: invalid requests get 400 here, as from OpenAI."""
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            spec = FastAPI.openapi(app)
+            for ops in spec["paths"].values():
+                for op in ops.values():
+                    op.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                spec.get("components", {}).get("schemas", {}).pop(name, None)
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
 def add_routes(app: FastAPI, served: Served) -> None:
     options, tokenizer = served.options, served.tokenizer
 
     @app.get("/health")
     async def health(request: Request):
+        """Liveness and load: generations running, waiting, in flight; totals since the start."""
         w: Worker = request.app.state.worker
         return {"status": "ok", "model": options.model_name, "running": len(w.engine.rows),
                 "waiting": len(w.engine.waiting), "in_flight": w.in_flight, **w.stats}
 
     @app.get("/v1/models")
     async def models():
+        """The one model this server serves (its id is what requests send as `model`)."""
         return {"object": "list", "data": [{"id": options.model_name, "object": "model", "created": 0,
                                             "owned_by": "gptkit", "max_model_len": served.block_size}]}
 
     @app.post("/v1/completions", response_model=None, responses={200: {"model": Completion}, **ERRORS})
     async def completions(req: CompletionRequest, request: Request):
+        """Continue each prompt (OpenAI's legacy completions API; lm-eval's `local-completions` uses it)."""
         translate.check_completion(req, served)
         prompts = translate.prompts_of(req, served)
         job = submit(request, served, prompts, req.n,
@@ -112,6 +144,23 @@ def add_routes(app: FastAPI, served: Served) -> None:
         if not await finish(request, job):
             return JSONResponse({}, status_code=GONE)
         return responses.completion(top, job.gens, tokenizer, req.echo, logprobs, job.prompt_tokens)
+
+    @app.post("/v1/chat/completions", response_model=None, responses={200: {"model": ChatCompletion}, **ERRORS})
+    async def chat_completions(req: ChatCompletionRequest, request: Request):
+        """Answer a conversation: the messages are rendered through the chat template into one prompt."""
+        translate.check_chat(req, served)
+        prompt = translate.chat_prompt(req, served)
+        job = submit(request, served, [prompt], req.n,
+                     lambda length, choice: translate.chat_params(req, served, length, choice))
+        if req.stream:
+            top = responses.head("chat.completion.chunk", options.model_name)
+            include_usage = req.stream_options is not None and req.stream_options.include_usage
+            return streaming(sse.chat_stream(tokenizer, job.q, job.live, job.gens, top, logprobs=req.logprobs,
+                                             include_usage=include_usage, prompt_tokens=job.prompt_tokens))
+        if not await finish(request, job):
+            return JSONResponse({}, status_code=GONE)
+        top = responses.head("chat.completion", options.model_name)
+        return responses.chat_completion(top, job.gens, tokenizer, req.logprobs, job.prompt_tokens)
 
 
 def create_app(model, tokenizer, options: ServeOptions):
@@ -137,9 +186,12 @@ def create_app(model, tokenizer, options: ServeOptions):
         finally:
             app.state.worker.stop()
 
-    app = FastAPI(title="gptkit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="gptkit", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json" if options.docs else None)
     install_handlers(app)
     add_routes(app, served)
+    add_pages(app, options)
+    true_schema(app)
     return GuardMiddleware(app, options.api_key, options.max_body_bytes)
 
 

@@ -24,3 +24,7 @@ class ServeOptions:
     """Most generations (n × prompts) one request may ask for."""
     max_prefill_tokens: int = 2048
     """Prompt tokens prefilled in one step (bounds how long running streams pause for newcomers)."""
+    ui: bool = True
+    """Serve the playground page at GET /."""
+    docs: bool = True
+    """Serve /openapi.json and an API reference at /docs."""

@@ -62,3 +62,39 @@ def completion(top: dict, gens: list[Generation], tokenizer: Tokenizer, echo: bo
     """The answer to a non-streamed completions request whose generations have all finished."""
     choices = [completion_choice(g, tokenizer, echo, logprobs) for g in by_choice(gens)]
     return {**top, "choices": choices, "usage": usage(prompt_tokens, gens)}
+
+
+# -------------------------------------------------------------------------------------------------- chat
+def chat_token(tokenizer: Tokenizer, lp: TokenLogprob) -> dict:
+    """One entry of a chat `logprobs.content` list: the token, its log-prob, its UTF-8 bytes, alternatives."""
+    def entry(t: int, logprob: float) -> dict:
+        s = tokenizer.decode([t])
+        return {"token": s, "logprob": logprob, "bytes": list(s.encode())}
+
+    return {**entry(lp.token, lp.logprob), "top_logprobs": [entry(t, v) for t, v in lp.top]}
+
+
+def chat_logprobs(tokenizer: Tokenizer, lps: list[TokenLogprob], limit: int | None = None) -> dict:
+    """Chat `logprobs` ({"content": [...]}) of generated tokens, up to text length `limit` (a stop sequence's
+    tokens, cut from the text, are left out too)."""
+    content, length = [], 0
+    for lp in lps:
+        if limit is not None and length >= limit:
+            break
+        item = chat_token(tokenizer, lp)
+        content.append(item)
+        length += len(item["token"])
+    return {"content": content}
+
+
+def chat_choice(g: Generation, tokenizer: Tokenizer, logprobs: bool) -> dict:
+    lp = chat_logprobs(tokenizer, g.logprobs, limit=len(g.text)) if logprobs else None
+    return {"index": g.tag[1], "message": {"role": "assistant", "content": g.text}, "logprobs": lp,
+            "finish_reason": g.finish_reason}
+
+
+def chat_completion(top: dict, gens: list[Generation], tokenizer: Tokenizer, logprobs: bool,
+                    prompt_tokens: int) -> dict:
+    """The answer to a non-streamed chat request whose generations have all finished."""
+    choices = [chat_choice(g, tokenizer, logprobs) for g in by_choice(gens)]
+    return {**top, "choices": choices, "usage": usage(prompt_tokens, gens)}

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from ..tokenizer import Tokenizer
 from .errors import APIError
-from .responses import logprobs_block, prompt_entries, usage
+from .responses import chat_token, logprobs_block, prompt_entries, usage
 from .worker import Live, unpack
 
 DONE = "data: [DONE]\n\n"
@@ -52,6 +52,36 @@ async def completion_stream(tokenizer: Tokenizer, q: asyncio.Queue, live: Live, 
                 lp = logprobs_block(tokenizer, [(ev.logprob.token, ev.logprob)], offsets[i])
             offsets[i] += len(ev.text)
             yield sse(completion_chunk(top, i, ev.text, lp, g.finish_reason if ev.finished else None))
+        if include_usage:
+            yield sse({**top, "choices": [], "usage": usage(prompt_tokens, gens)})
+        yield DONE
+    except APIError as e:
+        yield sse(e.body())
+    finally:  # also when the client goes away mid-stream: free the rows
+        live.abandon()
+
+
+def chat_chunk(top: dict, i: int, delta: dict, lp: dict | None = None, finish_reason: str | None = None) -> dict:
+    return {**top, "choices": [{"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish_reason}]}
+
+
+async def chat_stream(tokenizer: Tokenizer, q: asyncio.Queue, live: Live, gens: list, top: dict, *,
+                      logprobs: bool, include_usage: bool, prompt_tokens: int) -> AsyncIterator[str]:
+    """A chat stream (`chat.completion.chunk`s): per choice a first delta with the role, one content delta per
+    token event, an empty delta with the finish reason; with include_usage, a last chunk with usage only (and
+    `usage: null` in the others, as OpenAI sends them)."""
+    if include_usage:
+        top = {**top, "usage": None}
+    try:
+        for g in sorted(gens, key=lambda g: g.tag[1]):
+            yield sse(chat_chunk(top, g.tag[1], {"role": "assistant", "content": ""}))
+        async for ev in events(q, live):
+            i = ev.generation.tag[1]
+            if ev.text or ev.logprob is not None:
+                lp = {"content": [chat_token(tokenizer, ev.logprob)]} if logprobs and ev.logprob else None
+                yield sse(chat_chunk(top, i, {"content": ev.text}, lp))
+            if ev.finished:
+                yield sse(chat_chunk(top, i, {}, None, ev.generation.finish_reason))
         if include_usage:
             yield sse({**top, "choices": [], "usage": usage(prompt_tokens, gens)})
         yield DONE

@@ -124,3 +124,73 @@ def completion_params(req: CompletionRequest, served: Served, prompt_len: int, c
     check_context(prompt_len, max_tokens, served)
     return sampling(req, served, max_tokens, stops_of(req.stop), choice, req.logprobs,
                     prompt_logprobs=req.echo and req.logprobs is not None)
+
+
+# -------------------------------------------------------------------------------------------------- chat
+UNSUPPORTED = {"tools": "tools (function calling)", "functions": "functions (function calling)",
+               "tool_choice": "tool_choice (function calling)", "function_call": "function_call (function calling)",
+               "audio": "audio output"}
+
+
+def check_chat(req: ChatCompletionRequest, served: Served) -> None:
+    """Refuse, with OpenAI's 400, what a plain language model cannot do: tools, audio, images, JSON modes."""
+    check_common(req, served)
+    for name, what in UNSUPPORTED.items():
+        if getattr(req, name) not in (None, [], "none"):
+            raise APIError(400, f"{what} is not supported by this server", param=name)
+    if req.response_format and req.response_format.get("type", "text") != "text":
+        raise APIError(400, "only response_format {'type': 'text'} is supported", param="response_format")
+    if req.modalities and set(req.modalities) != {"text"}:
+        raise APIError(400, "only the 'text' modality is supported", param="modalities")
+    if req.top_logprobs is not None and not req.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+
+
+def chat_messages(req: ChatCompletionRequest) -> list[dict[str, str]]:
+    """The messages as {"role", "content"} with text content: text parts are joined; anything else (images,
+    audio, tool calls and tool results) is a 400."""
+    out = []
+    for i, m in enumerate(req.messages):
+        where = f"messages[{i}]"
+        if m.role in ("tool", "function") or (m.model_extra or {}).get("tool_calls"):
+            raise APIError(400, f"{where}: tool calls and tool results are not supported by this server",
+                           param="messages")
+        content = m.content
+        if isinstance(content, list):
+            other = [p.type for p in content if p.type != "text"]
+            if other:
+                raise APIError(400, f"{where}: only text content is supported, got a {other[0]!r} part",
+                               param="messages")
+            content = "".join(p.text or "" for p in content)
+        out.append({"role": m.role, "content": content or ""})
+    return out
+
+
+def chat_prompt(req: ChatCompletionRequest, served: Served) -> list[int]:
+    """The messages rendered through the chat template, as token ids. A stored template may write special
+    tokens (its end-of-turn marks) as text, so they are encoded as special; the plain transcript's are not, so
+    a message cannot inject a document boundary."""
+    from ..chat_template import ChatTemplateError
+
+    try:
+        text = served.template.render(chat_messages(req))
+    except ChatTemplateError as e:
+        raise APIError(400, str(e), param="messages") from None
+    if served.template.source is None:
+        return encode(text, served, "messages")
+    try:
+        return served.tokenizer.encode(text, allowed_special="all")
+    except GptkitError as e:
+        raise APIError(400, f"cannot tokenize the messages: {e}", param="messages") from None
+
+
+def chat_params(req: ChatCompletionRequest, served: Served, prompt_len: int, choice: int) -> SamplingParams:
+    """max_completion_tokens (or its older name max_tokens; default the rest of the context), stop (default the
+    template's turn separator; [] for none), top_logprobs alternatives when logprobs is on."""
+    param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    if max_tokens is None:
+        max_tokens = max(served.block_size - prompt_len, 1)  # 1: an over-long prompt is refused just below
+    check_context(prompt_len, max_tokens, served, param)
+    stop = served.template.stop if req.stop is None else stops_of(req.stop)
+    return sampling(req, served, max_tokens, stop, choice, (req.top_logprobs or 0) if req.logprobs else None)
