@@ -2,8 +2,10 @@
 
 The server is the real command (`python -m gptkit serve`, its own process) serving the GPT-2-small shape
 (124M parameters, random weights) with GPT-2's tokenizer from ../shared/data. Clients are asyncio tasks in this
-process, each sending one completion request after another (every other one streamed, as server-sent events):
-a prompt of about 16 tokens cut from tinyshakespeare, `max_tokens` 32, temperature 0.8.
+process, each sending one request after another (every other one streamed, as server-sent events): a prompt of
+about 16 tokens cut from tinyshakespeare, `max_tokens` 32, temperature 0.8. With `--api mixed` (the default) the
+requests alternate between /v1/completions and /v1/chat/completions (the prompt as one user message, rendered
+through the chat template); `--api completions` or `--api chat` sends only one kind.
 
 Reported per phase: requests, completion tokens/s, latency p50 / p99 (time to the last byte), time to the first
 streamed chunk, and every failure: a 5xx, another status, or a dropped request (connection error, timeout,
@@ -12,6 +14,7 @@ at least --min-ratio (default 4) times the one-client throughput.
 
     python benchmarks/serve_load.py                       # 1 client × 60 s, then 16 clients × 60 s
     python benchmarks/serve_load.py --seconds 20 --clients 16
+    python benchmarks/serve_load.py --seconds 5 --preset gpt-nano --min-ratio 0   # a smoke run: does it work
 """
 
 from __future__ import annotations
@@ -70,30 +73,38 @@ def prompts_from(corpus: Path, n: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(lines).split()[:10]) for _ in range(n)]
 
 
+def request(api: str, i: int, model: str, prompt: str, max_tokens: int, stream: bool) -> tuple[str, dict]:
+    """The path and body of request number i: a completion, or (chat, or every other one when mixed) a chat
+    turn. Both answers carry `usage`, and their streams end with a usage chunk and [DONE]."""
+    body = {"model": model, "max_tokens": max_tokens, "temperature": 0.8, "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    if api == "chat" or (api == "mixed" and (i // 2) % 2 == 1):
+        return "/v1/chat/completions", {**body, "messages": [{"role": "user", "content": prompt}]}
+    return "/v1/completions", {**body, "prompt": prompt}
+
+
 async def client_loop(http, url: str, model: str, prompts: list[str], phase: Phase, deadline: float,
-                      first_streams: bool, max_tokens: int, key: str) -> None:
+                      first_streams: bool, max_tokens: int, key: str, api: str) -> None:
     import httpx
 
     i = 0
     headers = {"authorization": f"Bearer {key}"}
     while time.monotonic() < deadline:
         stream = (i % 2 == 0) == first_streams  # every client alternates plain and streamed requests
-        body = {"model": model, "prompt": prompts[i % len(prompts)], "max_tokens": max_tokens,
-                "temperature": 0.8, "stream": stream}
-        if stream:
-            body["stream_options"] = {"include_usage": True}
+        path, body = request(api, i, model, prompts[i % len(prompts)], max_tokens, stream)
         i += 1
         t0 = time.monotonic()
         try:
             if not stream:
-                r = await http.post(f"{url}/v1/completions", json=body, headers=headers)
+                r = await http.post(f"{url}{path}", json=body, headers=headers)
                 phase.status[r.status_code] = phase.status.get(r.status_code, 0) + 1
                 if r.status_code == 200:
                     phase.tokens += r.json()["usage"]["completion_tokens"]
                     phase.ok += 1
                     phase.latencies.append(time.monotonic() - t0)
                 continue
-            async with http.stream("POST", f"{url}/v1/completions", json=body, headers=headers) as r:
+            async with http.stream("POST", f"{url}{path}", json=body, headers=headers) as r:
                 phase.status[r.status_code] = phase.status.get(r.status_code, 0) + 1
                 if r.status_code != 200:
                     await r.aread()
@@ -125,7 +136,7 @@ async def client_loop(http, url: str, model: str, prompts: list[str], phase: Pha
 
 
 async def run_phase(url: str, model: str, prompts: list[str], clients: int, seconds: float, max_tokens: int,
-                    key: str) -> Phase:
+                    key: str, api: str) -> Phase:
     import httpx
 
     phase = Phase(clients, seconds)
@@ -134,7 +145,7 @@ async def run_phase(url: str, model: str, prompts: list[str], clients: int, seco
         t0 = time.monotonic()
         deadline = t0 + seconds
         await asyncio.gather(*(client_loop(http, url, model, prompts[c::clients] or prompts, phase, deadline,
-                                           first_streams=c % 2 == 1, max_tokens=max_tokens, key=key)
+                                           first_streams=c % 2 == 1, max_tokens=max_tokens, key=key, api=api)
                                for c in range(clients)))
         phase.wall = time.monotonic() - t0  # includes finishing the requests begun before the deadline
     return phase
@@ -153,8 +164,9 @@ def write_checkpoint(directory: Path, preset: str) -> None:
     from gptkit import GPT, Tokenizer
 
     torch.manual_seed(0)
-    model = GPT.from_preset(preset, embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
-    model.tokenizer = Tokenizer.from_pretrained(SHARED / "gpt2-bpe-vocab")
+    tok = Tokenizer.from_pretrained(SHARED / "gpt2-bpe-vocab")
+    model = GPT.from_preset(preset, vocab_size=tok.vocab_size, embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
+    model.tokenizer = tok
     model.save_pretrained(directory)
 
 
@@ -167,6 +179,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads in the server")
     ap.add_argument("--blas", choices=["numpy", "torch"], default="numpy", help="the server's --blas")
     ap.add_argument("--min-ratio", type=float, default=4.0)
+    ap.add_argument("--api", choices=["mixed", "completions", "chat"], default="mixed",
+                    help="which endpoint the clients call (mixed: they alternate)")
     args = ap.parse_args()
     if not (SHARED / "gpt2-bpe-vocab").is_dir():
         print(f"needs {SHARED}/gpt2-bpe-vocab and tinyshakespeare", file=sys.stderr)
@@ -196,11 +210,12 @@ def main() -> int:
                         return 1
                     time.sleep(0.3)
             print(f"load average before: {os.getloadavg()[0]:.2f} (2 cores shared with other work)")
-            asyncio.run(run_phase(url, "gpt2-random", prompts, 2, 5.0, args.max_tokens, key))  # warm up
-            one = asyncio.run(run_phase(url, "gpt2-random", prompts, 1, args.seconds, args.max_tokens, key))
+            asyncio.run(run_phase(url, "gpt2-random", prompts, 2, 5.0, args.max_tokens, key, args.api))  # warm up
+            one = asyncio.run(run_phase(url, "gpt2-random", prompts, 1, args.seconds, args.max_tokens, key,
+                                       args.api))
             print(one.summary(), flush=True)
             many = asyncio.run(run_phase(url, "gpt2-random", prompts, args.clients, args.seconds, args.max_tokens,
-                                         key))
+                                         key, args.api))
             print(many.summary(), flush=True)
             stats = httpx.get(f"{url}/health").json()
         finally:

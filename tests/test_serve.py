@@ -355,7 +355,7 @@ def test_disconnect_while_waiting_for_a_plain_completion_frees_the_row(model):
     cancelled within about a second, although the engine reports a token every step."""
     app = create_app(model, model.tokenizer, ServeOptions(model_name="tiny"))
     with BackgroundServer(app) as url:
-        worker = app.app.state.worker
+        worker = app.state.worker
         step = worker.engine.step
 
         def slow_step():  # 500 tokens now take more than 10 s
@@ -478,7 +478,7 @@ def test_the_worker_thread_ends_with_the_server(model):
     running would keep decoding, and holding the model, after the server is gone)."""
     app = create_app(model, model.tokenizer, ServeOptions(model_name="tiny"))
     with BackgroundServer(app) as url:
-        worker = app.app.state.worker
+        worker = app.state.worker
         assert worker.thread.is_alive() and worker.thread in threading.enumerate()
         assert health(url)["status"] == "ok"
     assert not worker.thread.is_alive() and worker.thread not in threading.enumerate()
@@ -489,7 +489,7 @@ def test_an_engine_failure_is_a_500_and_the_server_recovers(model):
     shape, and the worker starts a fresh engine: the next request is served."""
     app = create_app(model, model.tokenizer, ServeOptions(model_name="tiny"))
     with BackgroundServer(app) as url:
-        worker = app.app.state.worker
+        worker = app.state.worker
 
         def boom():
             raise RuntimeError("simulated bug")
@@ -524,3 +524,25 @@ def test_pages_schema_and_their_switches(model, server):
     app = create_app(model, model.tokenizer, ServeOptions(model_name="tiny", api_key=KEY))
     with BackgroundServer(app) as url:
         assert [httpx.get(f"{url}{p}").status_code for p in ("/", "/docs", "/openapi.json")] == [200] * 3
+
+
+def test_one_log_line_per_request(client, server, caplog):
+    """method, path, status, prompt and completion tokens, latency — streams counted when they end, and
+    refusals made before FastAPI (here 401 would be; 404 for an unknown route) logged too."""
+    with caplog.at_level("INFO", logger="gptkit.serve"):
+        client.completions.create(model="tiny", prompt="fox", max_tokens=7, temperature=0)
+        list(client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "fox"}],
+                                            max_tokens=5, temperature=0, stream=True, stop=[]))
+        httpx.get(f"{server}/nothing")
+        deadline = time.monotonic() + 5
+        while len([r for r in caplog.records if r.name == "gptkit.serve"]) < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    lines = [r.getMessage() for r in caplog.records if r.name == "gptkit.serve"]
+    import re
+
+    pattern = r'127\.0\.0\.1 "(\w+) (\S+)" (\d+)(?: prompt=(\d+) completion=(\d+))? (\d+\.\d+)s'
+    parsed = [re.fullmatch(pattern, line).groups() for line in lines]
+    assert parsed[0][:5] == ("POST", "/v1/completions", "200", "3", "7")
+    assert parsed[1][:5] == ("POST", "/v1/chat/completions", "200", str(len("User: fox\nAssistant:")), "5")
+    assert parsed[2][:5] == ("GET", "/nothing", "404", None, None)

@@ -54,16 +54,16 @@ def browser(tmp_path):
 
 
 @pytest.fixture
-def served(model, monkeypatch):
-    ckpt = os.environ.get("GPTKIT_PLAYGROUND_CKPT")
+def served(model):
+    ckpt, name = os.environ.get("GPTKIT_PLAYGROUND_CKPT"), "tiny"
     if ckpt:
         from gptkit.checkpoint import load_model
         from gptkit.generate import prepare_for_inference
 
-        model = prepare_for_inference(load_model(ckpt))
-    app = create_app(model, model.tokenizer, ServeOptions(model_name="tiny"))
+        model, name = prepare_for_inference(load_model(ckpt)), os.path.basename(os.path.normpath(ckpt))
+    app = create_app(model, model.tokenizer, ServeOptions(model_name=name))
     with BackgroundServer(app) as url:
-        worker = app.app.state.worker
+        worker = app.state.worker
         step = worker.engine.step
 
         def slow_step():
@@ -71,7 +71,7 @@ def served(model, monkeypatch):
             return step()
 
         worker.engine.step = slow_step
-        yield url
+        yield url, name
 
 
 def set_field(driver, id: str, value) -> None:
@@ -92,9 +92,17 @@ new MutationObserver((ms) => { for (const m of ms) for (const n of m.addedNodes)
   .observe(document.getElementById('output'), {childList: true});"""
 
 
+def open_page(browser, served, path="/") -> str:
+    url, name = served
+    browser.get(url + path)
+    if path == "/":
+        WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "model").text.startswith(name + " "))
+    return url
+
+
 def test_playground_streams_tokens_with_their_probabilities(browser, served, tmp_path):
-    browser.get(served + "/")
-    WebDriverWait(browser, 30).until(lambda d: "tiny" in d.find_element(By.ID, "model").text)
+    url, name = served
+    open_page(browser, served)
     prompt, n = "ROMEO: ", 40
     set_field(browser, "max_tokens", n)
     set_field(browser, "seed", 3)
@@ -108,8 +116,8 @@ def test_playground_streams_tokens_with_their_probabilities(browser, served, tmp
     arrivals = browser.execute_script("return window.arrivals")
     assert len(arrivals) == n and arrivals[-1] - arrivals[0] > 0.5 * n * STEP_S * 1000  # one by one
     # the page shows what the API answers to the same request
-    api = httpx.post(f"{served}/v1/completions", timeout=60, json={
-        "model": "tiny", "prompt": prompt, "max_tokens": n, "temperature": 0.8, "top_p": 1, "seed": 3,
+    api = httpx.post(f"{url}/v1/completions", timeout=60, json={
+        "model": name, "prompt": prompt, "max_tokens": n, "temperature": 0.8, "top_p": 1, "seed": 3,
         "logprobs": 5, "frequency_penalty": 0, "presence_penalty": 0}).json()["choices"][0]
     assert browser.find_element(By.ID, "output").text == prompt + api["text"]
     assert logprobs == pytest.approx(api["logprobs"]["token_logprobs"], abs=1e-6)
@@ -128,8 +136,7 @@ def test_playground_streams_tokens_with_their_probabilities(browser, served, tmp
 
 
 def test_playground_chat_mode(browser, served):
-    browser.get(served + "/")
-    WebDriverWait(browser, 30).until(lambda d: "tiny" in d.find_element(By.ID, "model").text)
+    open_page(browser, served)
     browser.find_element(By.ID, "mode-chat").click()
     set_field(browser, "max_tokens", 12)
     browser.find_element(By.ID, "user").send_keys("o Juliet")
@@ -159,11 +166,11 @@ def test_playground_asks_for_the_key(browser, model):
 def test_api_reference_page_works_offline(browser, served):
     """/docs renders every endpoint and its fields from /openapi.json; neither page fetches anything from
     another origin (FastAPI's Swagger UI would fetch its files from a CDN)."""
-    browser.get(served + "/docs")
+    url = open_page(browser, served, "/docs")
     WebDriverWait(browser, 30).until(lambda d: "/v1/chat/completions" in d.find_element(By.ID, "api").text)
     text = browser.find_element(By.ID, "api").text
     assert "max_completion_tokens" in text and "top_logprobs" in text and "/v1/completions" in text
     for path in ("/docs", "/"):
-        browser.get(served + path)
+        open_page(browser, served, path)
         urls = browser.execute_script("return performance.getEntriesByType('resource').map((e) => e.name)")
-        assert all(u.startswith(served) for u in urls), urls
+        assert all(u.startswith(url) for u in urls), urls

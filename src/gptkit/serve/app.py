@@ -29,6 +29,7 @@ from . import responses, sse, translate
 from .config import ServeOptions
 from .errors import APIError, install_handlers
 from .guard import GuardMiddleware
+from .log import RequestLog
 from .schemas import ERRORS, ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest
 from .translate import Served
 from .worker import Live, Worker, wait_all
@@ -68,7 +69,9 @@ def submit(request: Request, served: Served, prompts: list[list[int]], n: int, p
     except GenerationError as e:
         raise APIError(400, str(e)) from None
     worker.submit(gens)
-    return Submitted(gens, q, Live(gens, worker), sum(len(p) for p in prompts))
+    job = Submitted(gens, q, Live(gens, worker), sum(len(p) for p in prompts))
+    request.state.gens, request.state.prompt_tokens = gens, job.prompt_tokens  # for the request log
+    return job
 
 
 async def finish(request: Request, job: Submitted) -> bool:
@@ -165,8 +168,8 @@ def add_routes(app: FastAPI, served: Served) -> None:
 
 def create_app(model, tokenizer, options: ServeOptions):
     """The ASGI application serving `model` (a GPT, put in eval mode; `gptkit serve` first readies it with
-    `prepare_for_inference`) with `tokenizer`: FastAPI behind GuardMiddleware. Start it with uvicorn; its worker
-    thread starts and stops with the app (lifespan)."""
+    `prepare_for_inference`) with `tokenizer`: FastAPI behind GuardMiddleware behind RequestLog. Start it with
+    uvicorn; its worker thread (`.state.worker`) starts and stops with the app (lifespan)."""
     from ..chat_template import ChatTemplate
 
     model.eval()
@@ -192,7 +195,9 @@ def create_app(model, tokenizer, options: ServeOptions):
     add_routes(app, served)
     add_pages(app, options)
     true_schema(app)
-    return GuardMiddleware(app, options.api_key, options.max_body_bytes)
+    asgi = RequestLog(GuardMiddleware(app, options.api_key, options.max_body_bytes))
+    asgi.state = app.state  # the FastAPI app's state (its `worker`, once started), for tests and tools
+    return asgi
 
 
 __all__ = ["create_app"]
