@@ -4,7 +4,7 @@ the client goes away mid-stream, the generator is closed and the request's gener
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from ..tokenizer import Tokenizer
 from .errors import APIError
@@ -19,73 +19,89 @@ def sse(obj) -> str:
 
 
 async def events(q: asyncio.Queue, live: Live) -> AsyncIterator:
-    """The worker's events for one request until its generations end; an error ends the stream with one
-    error chunk (OpenAI's shape) instead of [DONE]."""
+    """The worker's events for one request until its generations end (an error is raised as an APIError)."""
     while live:
         yield unpack(await q.get(), live)
+
+
+async def framed(chunks: AsyncIterator[dict], live: Live,
+                 tail: Callable[[], dict] | None = None) -> AsyncIterator[str]:
+    """The events of a stream: each chunk, then (with include_usage) the usage chunk, then [DONE]. An error ends
+    the stream with one error chunk (OpenAI's shape) instead; when the stream ends early (the client went away),
+    the request's generations are cancelled and their rows freed. `tail` makes the usage chunk."""
+    try:
+        async for chunk in chunks:
+            yield sse(chunk)
+        if tail is not None:
+            yield sse(tail())  # made now that the generations have ended
+        yield DONE
+    except APIError as e:
+        yield sse(e.body())
+    finally:
+        live.abandon()
 
 
 def completion_chunk(top: dict, i: int, text: str, lp: dict | None, finish_reason: str | None) -> dict:
     return {**top, "choices": [{"text": text, "index": i, "logprobs": lp, "finish_reason": finish_reason}]}
 
 
-async def completion_stream(tokenizer: Tokenizer, q: asyncio.Queue, live: Live, gens: list, top: dict, *,
-                            echo: bool, logprobs: bool, include_usage: bool,
-                            prompt_tokens: int) -> AsyncIterator[str]:
+def usage_tail(top: dict, gens: list, prompt_tokens: int) -> Callable[[], dict]:
+    """What makes the last chunk with include_usage: no choices, the usage."""
+    return lambda: {**top, "choices": [], "usage": usage(prompt_tokens, gens)}
+
+
+def completion_stream(tokenizer: Tokenizer, q: asyncio.Queue, live: Live, gens: list, top: dict, *, echo: bool,
+                      logprobs: bool, include_usage: bool, prompt_tokens: int) -> AsyncIterator[str]:
     """A completions stream: per choice, with echo its prompt first, then one chunk per token event."""
+    tail = usage_tail(top, gens, prompt_tokens) if include_usage else None
+    return framed(completion_chunks(tokenizer, events(q, live), gens, top, echo, logprobs), live, tail)
+
+
+async def completion_chunks(tokenizer: Tokenizer, evs: AsyncIterator, gens: list, top: dict, echo: bool,
+                            logprobs: bool) -> AsyncIterator[dict]:
     offsets = {g.tag[1]: 0 for g in gens}  # text offsets for the logprobs blocks
     echoed: set[int] = set()
-    try:
-        async for ev in events(q, live):
-            g = ev.generation
-            i = g.tag[1]
-            if echo and i not in echoed:  # the prompt first (scored by now, when logprobs are asked)
-                echoed.add(i)
-                text = tokenizer.decode(g.prompt)
-                lp = logprobs_block(tokenizer, prompt_entries(g), 0) if logprobs else None
-                offsets[i] = len(text)
-                yield sse(completion_chunk(top, i, text, lp, None))
-            if not ev.text and ev.logprob is None and not ev.finished:
-                continue
-            lp = None
-            if logprobs and ev.logprob is not None:
-                lp = logprobs_block(tokenizer, [(ev.logprob.token, ev.logprob)], offsets[i])
-            offsets[i] += len(ev.text)
-            yield sse(completion_chunk(top, i, ev.text, lp, g.finish_reason if ev.finished else None))
-        if include_usage:
-            yield sse({**top, "choices": [], "usage": usage(prompt_tokens, gens)})
-        yield DONE
-    except APIError as e:
-        yield sse(e.body())
-    finally:  # also when the client goes away mid-stream: free the rows
-        live.abandon()
+    async for ev in evs:
+        g = ev.generation
+        i = g.tag[1]
+        if echo and i not in echoed:  # the prompt first (scored by now, when logprobs are asked)
+            echoed.add(i)
+            text = tokenizer.decode(g.prompt)
+            lp = logprobs_block(tokenizer, prompt_entries(g), 0) if logprobs else None
+            offsets[i] = len(text)
+            yield completion_chunk(top, i, text, lp, None)
+        if not ev.text and ev.logprob is None and not ev.finished:
+            continue
+        lp = None
+        if logprobs and ev.logprob is not None:
+            lp = logprobs_block(tokenizer, [(ev.logprob.token, ev.logprob)], offsets[i])
+        offsets[i] += len(ev.text)
+        yield completion_chunk(top, i, ev.text, lp, g.finish_reason if ev.finished else None)
 
 
 def chat_chunk(top: dict, i: int, delta: dict, lp: dict | None = None, finish_reason: str | None = None) -> dict:
     return {**top, "choices": [{"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish_reason}]}
 
 
-async def chat_stream(tokenizer: Tokenizer, q: asyncio.Queue, live: Live, gens: list, top: dict, *,
-                      logprobs: bool, include_usage: bool, prompt_tokens: int) -> AsyncIterator[str]:
+def chat_stream(tokenizer: Tokenizer, q: asyncio.Queue, live: Live, gens: list, top: dict, *, logprobs: bool,
+                include_usage: bool, prompt_tokens: int) -> AsyncIterator[str]:
     """A chat stream (`chat.completion.chunk`s): per choice a first delta with the role, one content delta per
     token event, an empty delta with the finish reason; with include_usage, a last chunk with usage only (and
     `usage: null` in the others, as OpenAI sends them)."""
     if include_usage:
         top = {**top, "usage": None}
-    try:
-        for g in sorted(gens, key=lambda g: g.tag[1]):
-            yield sse(chat_chunk(top, g.tag[1], {"role": "assistant", "content": ""}))
-        async for ev in events(q, live):
-            i = ev.generation.tag[1]
-            if ev.text or ev.logprob is not None:
-                lp = {"content": [chat_token(tokenizer, ev.logprob)]} if logprobs and ev.logprob else None
-                yield sse(chat_chunk(top, i, {"content": ev.text}, lp))
-            if ev.finished:
-                yield sse(chat_chunk(top, i, {}, None, ev.generation.finish_reason))
-        if include_usage:
-            yield sse({**top, "choices": [], "usage": usage(prompt_tokens, gens)})
-        yield DONE
-    except APIError as e:
-        yield sse(e.body())
-    finally:  # also when the client goes away mid-stream: free the rows
-        live.abandon()
+    tail = usage_tail(top, gens, prompt_tokens) if include_usage else None
+    return framed(chat_chunks(tokenizer, events(q, live), gens, top, logprobs), live, tail)
+
+
+async def chat_chunks(tokenizer: Tokenizer, evs: AsyncIterator, gens: list, top: dict,
+                      logprobs: bool) -> AsyncIterator[dict]:
+    for g in sorted(gens, key=lambda g: g.tag[1]):
+        yield chat_chunk(top, g.tag[1], {"role": "assistant", "content": ""})
+    async for ev in evs:
+        i = ev.generation.tag[1]
+        if ev.text or ev.logprob is not None:
+            lp = {"content": [chat_token(tokenizer, ev.logprob)]} if logprobs and ev.logprob else None
+            yield chat_chunk(top, i, {"content": ev.text}, lp)
+        if ev.finished:
+            yield chat_chunk(top, i, {}, None, ev.generation.finish_reason)
