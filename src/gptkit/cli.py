@@ -16,6 +16,7 @@ import sys
 from typing import Callable
 
 from . import __version__
+from .commands.chat import add_chat
 from .commands.data import add_data, add_prepare
 from .commands.evaluate import add_eval
 from .commands.finetune import add_finetune, add_predict
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_quickstart, add_info, add_prepare, add_data, add_train, add_sample, add_export_hf, add_finetune,
-    add_predict, add_eval, add_serve, add_scale]
+    add_predict, add_eval, add_serve, add_scale, add_chat]
 
 
 USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENOSPC, errno.EROFS,
