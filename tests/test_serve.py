@@ -381,12 +381,14 @@ def free_port() -> int:
 
 
 def test_gptkit_serve_command(model, tmp_path):
-    ckpt = tmp_path / "ckpt"
+    ckpt = tmp_path / "runs" / "tinyfox" / "checkpoints" / "step-00000010"
     model.save_pretrained(ckpt)
+    (tmp_path / "t.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
     port = free_port()
     env = {**os.environ, "GPTKIT_API_KEY": "", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "gptkit", "serve", "--ckpt", str(ckpt), "--port", str(port),
-                             "--threads", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "--threads", "1", "--no-docs", "--chat-template", str(tmp_path / "t.jinja")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -397,10 +399,13 @@ def test_gptkit_serve_command(model, tmp_path):
                 assert proc.poll() is None, proc.stdout.read()
                 assert time.monotonic() < deadline, "server did not start"
                 time.sleep(0.2)
-        assert r.json()["model"] == "ckpt"
+        assert r.json()["model"] == "tinyfox"  # the run's name, by default
         c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
-        assert c.completions.create(model="ckpt", prompt="fox", max_tokens=5, temperature=0).choices[0].text == \
+        assert c.completions.create(model="tinyfox", prompt="fox", max_tokens=5, temperature=0).choices[0].text == \
             oracle(model, "fox", max_new_tokens=5, temperature=0.0)
+        chat = c.chat.completions.create(model="tinyfox", messages=[{"role": "user", "content": "fox"}], max_tokens=4)
+        assert chat.usage.prompt_tokens == 3  # the --chat-template file rendered the prompt: just the content
+        assert [httpx.get(f"http://127.0.0.1:{port}{p}").status_code for p in ("/", "/docs")] == [200, 404]
         # bound to loopback only, by default
         with open("/proc/net/tcp") as f:
             table = f.read().splitlines()[1:]
@@ -410,6 +415,20 @@ def test_gptkit_serve_command(model, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    out = proc.stdout.read()
+    assert '"POST /v1/completions" 200 prompt=3 completion=5 ' in out, out  # the request log, by default
+    assert '"POST /v1/chat/completions" 200 prompt=3 completion=4 ' in out, out
+
+
+def test_gptkit_serve_bad_chat_template_is_one_line(model, tmp_path, capsys):
+    from gptkit.cli import main
+
+    model.save_pretrained(tmp_path / "ckpt")
+    (tmp_path / "bad.jinja").write_text("{% for m in messages %}")
+    for path, fragment in ((tmp_path / "bad.jinja", "not valid Jinja"), (tmp_path / "none.jinja", "cannot read")):
+        assert main(["serve", "--ckpt", str(tmp_path / "ckpt"), "--chat-template", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("gptkit: error:") and err.count("\n") == 1 and fragment in err, err
 
 
 def test_gptkit_serve_bad_arguments(tmp_path, capsys):

@@ -314,3 +314,13 @@ def test_chat_stream_chunks(tok):
     assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]] == [None, None, None, "length"]
     assert chunks[1]["choices"][0]["logprobs"]["content"][0]["token"] == "c"
     assert all(c["usage"] is None for c in chunks[:-1]) and chunks[-1]["usage"]["total_tokens"] == 4
+
+
+@pytest.mark.parametrize("path, name", [
+    ("runs/shakespeare", "shakespeare"), ("runs/shakespeare/", "shakespeare"), ("runs/quickstart/run", "quickstart"),
+    ("runs/x/checkpoints/step-00000500", "x"), ("runs/x/checkpoints", "x"), ("hf/gpt2", "gpt2"),
+    ("/models/gpt2-medium/hf", "gpt2-medium")])
+def test_model_name_of_a_checkpoint_path(path, name):
+    from gptkit.serve.config import model_name_of
+
+    assert model_name_of(path) == name

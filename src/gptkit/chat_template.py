@@ -53,6 +53,19 @@ class ChatTemplate:
         """The default stop sequences: the plain transcript's turn separator; none for a stored template."""
         return (TURN_SEPARATOR,) if self.source is None else ()
 
+    def check(self) -> ChatTemplate:
+        """Raise ChatTemplateError when a stored template is not valid Jinja; return self."""
+        if self.source is not None:
+            import jinja2
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+            try:
+                ImmutableSandboxedEnvironment().parse(self.source)
+            except jinja2.TemplateSyntaxError as e:
+                raise ChatTemplateError(f"the chat template is not valid Jinja: {e.message} (line {e.lineno})") \
+                    from None
+        return self
+
     def render(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True) -> str:
         """The prompt for `messages` ({"role", "content"} each); with add_generation_prompt it ends where the
         assistant's reply begins."""

@@ -11,7 +11,7 @@ from . import add_command
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
     add_command(sub, "serve", ServeCommandOptions, cmd_serve,
-                help="serve a model over HTTP with an OpenAI-compatible completions API")
+                help="serve a model over HTTP: OpenAI-compatible completions and chat, a playground page")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

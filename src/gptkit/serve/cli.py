@@ -6,7 +6,7 @@ import sys
 
 from ..errors import GptkitError
 from ..options.serve import ServeCommandOptions
-from .config import ServeOptions
+from .config import ServeOptions, model_name_of
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
 
@@ -26,7 +26,7 @@ def serve(args: ServeCommandOptions) -> int:
     from ..checkpoint import load_model
     from ..errors import CheckpointError
     from .app import create_app
-    from .running import bind_socket
+    from .running import bind_socket, log_requests, read_chat_template_file
 
     need_serve_extra()
     if not 0 <= args.port <= 65535:
@@ -58,11 +58,14 @@ def serve(args: ServeCommandOptions) -> int:
     from ..generate import prepare_for_inference
 
     model = prepare_for_inference(model, args.weights, args.blas, rows=args.max_batch)  # the server only decodes
-    name = args.model_name or os.path.basename(os.path.normpath(args.ckpt))
+    if args.chat_template:
+        tokenizer.chat_template = read_chat_template_file(args.chat_template)
+    name = args.model_name or model_name_of(args.ckpt)
     api_key = args.api_key if args.api_key is not None else os.environ.get("GPTKIT_API_KEY") or None
     opts = ServeOptions(model_name=name, api_key=api_key, max_batch=args.max_batch, max_queue=args.max_queue,
-                        max_body_bytes=args.max_body_bytes)
+                        max_body_bytes=args.max_body_bytes, ui=args.ui, docs=args.docs)
     app = create_app(model, tokenizer, opts)
+    uvicorn_level = log_requests(args.log_level)
     import uvicorn
 
     if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
@@ -73,8 +76,8 @@ def serve(args: ServeCommandOptions) -> int:
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"gptkit: serving {name!r} ({model.num_params / 1e6:.1f}M parameters, context "
           f"{model.config.block_size}) on http://{host}:{port}/v1", file=sys.stderr)
-    config = uvicorn.Config(app, host=args.host, port=port, log_level=args.log_level, lifespan="on",
-                            limit_concurrency=args.max_connections, timeout_keep_alive=30)
+    config = uvicorn.Config(app, host=args.host, port=port, log_level=uvicorn_level, access_log=False,
+                            lifespan="on", limit_concurrency=args.max_connections, timeout_keep_alive=30)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:

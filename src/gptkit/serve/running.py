@@ -1,5 +1,8 @@
-"""Running the app: uvicorn in a background thread (tests, benchmarks), and binding the listening socket."""
+"""Running the app: uvicorn in a background thread (tests, benchmarks), binding the listening socket, the
+request log's output, a chat template from a file."""
 
+import logging
+import sys
 import threading
 import time
 
@@ -51,3 +54,28 @@ def bind_socket(host: str, port: int):
         raise GptkitError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     sock.set_inheritable(True)
     return sock
+
+
+def log_requests(level: str) -> str:
+    """Send the request log (gptkit.serve, one line per request at info) to stderr at `level` (uvicorn's names);
+    return the level for uvicorn's own loggers: warning, unless debug or trace is asked."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    logger = logging.getLogger("gptkit.serve")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG if level == "trace" else level.upper())
+    return level if level in ("debug", "trace") else "warning"
+
+
+def read_chat_template_file(path: str) -> str:
+    """The text of a chat template file, checked to be valid Jinja, or a one-line GptkitError."""
+    from ..chat_template import ChatTemplate
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise GptkitError(f"cannot read the chat template {path}: {getattr(e, 'strerror', None) or e}") from None
+    ChatTemplate(text).check()
+    return text
