@@ -30,14 +30,18 @@ from gptkit import GPT, GPTConfig, Tokenizer  # noqa: E402
 from gptkit.generate import SamplingParams, complete  # noqa: E402
 from gptkit.serve import BackgroundServer, ServeOptions, create_app  # noqa: E402
 
-TEXT = "the quick brown fox jumps over the lazy dog; ROMEO: o Juliet, wherefore art thou? 0123456789\n" \
-    "System: User: Assistant:"  # the chat transcript's speakers
+TEXT = "the quick brown fox jumps over the lazy dog; ROMEO: o Juliet, wherefore art thou? 0123456789\n"
 KEY = "sekret-key"
 
 
 @pytest.fixture(scope="module")
 def model() -> GPT:
-    tok = Tokenizer.train_char(TEXT)
+    return tiny_model(TEXT)
+
+
+def tiny_model(text: str) -> GPT:
+    """A random GPT over the characters of `text`, readied for decoding as `gptkit serve` readies it."""
+    tok = Tokenizer.train_char(text)
     torch.manual_seed(0)
     m = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=512, n_layer=2, n_head=2, n_embd=32)).eval()
     with torch.no_grad():  # larger weights than the init: less uniform distributions, more varied text
@@ -403,7 +407,8 @@ def test_gptkit_serve_command(model, tmp_path):
         c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
         assert c.completions.create(model="tinyfox", prompt="fox", max_tokens=5, temperature=0).choices[0].text == \
             oracle(model, "fox", max_new_tokens=5, temperature=0.0)
-        chat = c.chat.completions.create(model="tinyfox", messages=[{"role": "user", "content": "fox"}], max_tokens=4)
+        chat = c.chat.completions.create(model="tinyfox", messages=[{"role": "user", "content": "fox"}], max_tokens=4,
+                                         temperature=0)
         assert chat.usage.prompt_tokens == 3  # the --chat-template file rendered the prompt: just the content
         assert [httpx.get(f"http://127.0.0.1:{port}{p}").status_code for p in ("/", "/docs")] == [200, 404]
         # bound to loopback only, by default
@@ -550,8 +555,7 @@ def test_one_log_line_per_request(client, server, caplog):
     refusals made before FastAPI (here 401 would be; 404 for an unknown route) logged too."""
     with caplog.at_level("INFO", logger="gptkit.serve"):
         client.completions.create(model="tiny", prompt="fox", max_tokens=7, temperature=0)
-        list(client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "fox"}],
-                                            max_tokens=5, temperature=0, stream=True, stop=[]))
+        list(client.completions.create(model="tiny", prompt="o dog", max_tokens=5, temperature=0, stream=True))
         httpx.get(f"{server}/nothing")
         deadline = time.monotonic() + 5
         while len([r for r in caplog.records if r.name == "gptkit.serve"]) < 3:
@@ -563,5 +567,5 @@ def test_one_log_line_per_request(client, server, caplog):
     pattern = r'127\.0\.0\.1 "(\w+) (\S+)" (\d+)(?: prompt=(\d+) completion=(\d+))? (\d+\.\d+)s'
     parsed = [re.fullmatch(pattern, line).groups() for line in lines]
     assert parsed[0][:5] == ("POST", "/v1/completions", "200", "3", "7")
-    assert parsed[1][:5] == ("POST", "/v1/chat/completions", "200", str(len("User: fox\nAssistant:")), "5")
+    assert parsed[1][:5] == ("POST", "/v1/completions", "200", "5", "5")  # a stream: counted when it ends
     assert parsed[2][:5] == ("GET", "/nothing", "404", None, None)

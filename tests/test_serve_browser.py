@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from test_serve import model  # noqa: F401 (fixture)
+from test_serve_chat import model  # noqa: F401 (fixture: a vocabulary with the chat transcript's speakers)
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install 'gptkit[test]')")
 httpx = pytest.importorskip("httpx")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from test_serve import KEY, client, error_of, model, oracle, server, strict_server  # noqa: F401 (fixtures)
+from test_serve import TEXT, KEY, client, error_of, server, strict_server, tiny_model  # noqa: F401 (fixtures)
 
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
@@ -14,6 +14,13 @@ httpx = pytest.importorskip("httpx")
 from gptkit.chat_template import ChatTemplate  # noqa: E402
 from gptkit.generate import SamplingParams, complete  # noqa: E402
 from gptkit.serve import BackgroundServer, ServeOptions, create_app  # noqa: E402
+
+@pytest.fixture(scope="module")
+def model():
+    """test_serve's model over a vocabulary that also has the transcript's speakers (the servers imported from
+    test_serve serve this one here)."""
+    return tiny_model(TEXT + "System: User: Assistant:")
+
 
 MESSAGES = [{"role": "system", "content": "the fox"}, {"role": "user", "content": "o Juliet"}]
 TURN = ChatTemplate().stop
@@ -76,8 +83,8 @@ def test_async_client_concurrent_plain_and_streamed(server, model):
     async def run():
         c = openai.AsyncOpenAI(base_url=f"{server}/v1", api_key="x", max_retries=0, timeout=60)
         convs = [[{"role": "user", "content": w}] for w in ("fox", "dog", "o Juliet")]
-        plain = [c.chat.completions.create(model="tiny", messages=m, max_tokens=20, temperature=0) for m in convs]
-        stream = await c.chat.completions.create(model="tiny", messages=convs[0], max_tokens=20, temperature=0,
+        plain = [c.chat.completions.create(model="tiny", messages=m, max_tokens=12, temperature=0) for m in convs]
+        stream = await c.chat.completions.create(model="tiny", messages=convs[0], max_tokens=12, temperature=0,
                                                  stream=True)
         got = await asyncio.gather(*plain)
         streamed = "".join([ch.choices[0].delta.content or "" async for ch in stream if ch.choices])
@@ -86,7 +93,7 @@ def test_async_client_concurrent_plain_and_streamed(server, model):
 
     convs, texts, streamed = asyncio.run(run())
     for m, text in zip(convs, texts):
-        assert text == chat_oracle(model, m, max_new_tokens=20, temperature=0.0).text
+        assert text == chat_oracle(model, m, max_new_tokens=12, temperature=0.0).text
     assert streamed == texts[0]
 
 
@@ -173,7 +180,7 @@ def test_chat_errors_through_the_client(client, strict_server):
         openai.OpenAI(base_url=f"{strict_server}/v1", api_key="bad", max_retries=0).chat.completions.create(
             model="tiny", messages=MESSAGES)
     ok = openai.OpenAI(base_url=f"{strict_server}/v1", api_key=KEY, max_retries=0)
-    assert ok.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2).choices[0].message.content
+    assert ok.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2).choices[0].message.content is not None
 
 
 JINJA = ("{% for m in messages %}{{ m['role'][0] }}:{{ m['content'] }}{{ eos_token }}{% endfor %}"

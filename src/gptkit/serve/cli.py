@@ -65,7 +65,6 @@ def serve(args: ServeCommandOptions) -> int:
     opts = ServeOptions(model_name=name, api_key=api_key, max_batch=args.max_batch, max_queue=args.max_queue,
                         max_body_bytes=args.max_body_bytes, ui=args.ui, docs=args.docs)
     app = create_app(model, tokenizer, opts)
-    uvicorn_level = log_requests(args.log_level)
     import uvicorn
 
     if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
@@ -76,10 +75,11 @@ def serve(args: ServeCommandOptions) -> int:
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"gptkit: serving {name!r} ({model.num_params / 1e6:.1f}M parameters, context "
           f"{model.config.block_size}) on http://{host}:{port}/v1", file=sys.stderr)
-    config = uvicorn.Config(app, host=args.host, port=port, log_level=uvicorn_level, access_log=False,
-                            lifespan="on", limit_concurrency=args.max_connections, timeout_keep_alive=30)
-    try:
-        uvicorn.Server(config).run(sockets=[sock])
-    finally:
-        sock.close()
+    with log_requests(args.log_level) as uvicorn_level:
+        config = uvicorn.Config(app, host=args.host, port=port, log_level=uvicorn_level, access_log=False,
+                                lifespan="on", limit_concurrency=args.max_connections, timeout_keep_alive=30)
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        finally:
+            sock.close()
     return 0

@@ -1,10 +1,12 @@
 """Running the app: uvicorn in a background thread (tests, benchmarks), binding the listening socket, the
 request log's output, a chat template from a file."""
 
+import contextlib
 import logging
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 from ..errors import GptkitError
 from .config import DEFAULT_HOST
@@ -56,16 +58,23 @@ def bind_socket(host: str, port: int):
     return sock
 
 
-def log_requests(level: str) -> str:
-    """Send the request log (gptkit.serve, one line per request at info) to stderr at `level` (uvicorn's names);
-    return the level for uvicorn's own loggers: warning, unless debug or trace is asked."""
+@contextlib.contextmanager
+def log_requests(level: str) -> Iterator[str]:
+    """While the server runs, send the request log (gptkit.serve, one line per request at info) to stderr at
+    `level` (uvicorn's names); yields the level for uvicorn's own loggers: warning, unless debug or trace."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     logger = logging.getLogger("gptkit.serve")
-    logger.handlers[:] = [handler]
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
     logger.propagate = False
     logger.setLevel(logging.DEBUG if level == "trace" else level.upper())
-    return level if level in ("debug", "trace") else "warning"
+    try:
+        yield level if level in ("debug", "trace") else "warning"
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 def read_chat_template_file(path: str) -> str:
