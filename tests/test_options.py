@@ -25,7 +25,7 @@ from gptkit.options.generator import _shown, field_default, flag_name
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {("quickstart",), ("info",), ("prepare",), ("data", "quality", "train"), ("data", "quality", "filter"),
             ("data", "dedup"), ("train",), ("sample",), ("export-hf",), ("finetune",), ("predict",), ("eval",),
-            ("serve",), ("scale",), ("scale", "fit")}
+            ("serve",), ("scale",), ("scale", "fit"), ("chat",)}
 
 
 def leaf_parsers(parser: argparse.ArgumentParser, prefix: tuple = ()):
@@ -208,12 +208,12 @@ def device_argv(cmd: str, tmp_path: Path, ckpt: Path) -> list[str]:
                          "--valid-from-train", "0.1", "--out", tmp_path / "ft"],
             "predict": ["--ckpt", ckpt, "--input", tmp_path / "x.jsonl", "--out", tmp_path / "p.jsonl"],
             "eval": ["--ckpt", ckpt, "--task", "sst2", "--out", tmp_path / "res.json"],
-            "sample": ["--ckpt", ckpt], "serve": ["--ckpt", ckpt, "--port", "0"],
+            "sample": ["--ckpt", ckpt], "serve": ["--ckpt", ckpt, "--port", "0"], "chat": ["--ckpt", ckpt],
             "quickstart": ["--out", tmp_path / "qs"],
             "scale": ["--data", tmp_path / "data", "--out", tmp_path / "study", "--budget-minutes", "1"]}[cmd]
 
 
-DEVICE_COMMANDS = ["train", "finetune", "predict", "eval", "sample", "serve", "quickstart", "scale"]
+DEVICE_COMMANDS = ["train", "finetune", "predict", "eval", "sample", "serve", "quickstart", "scale", "chat"]
 
 
 def test_device_commands_are_all_tested():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import common
 from .generator import opt
 from .sample import blas, weights
 
@@ -12,7 +13,7 @@ from .sample import blas, weights
 class ChatOptions:
     """Chat with a model in the terminal, through the chat template of the server's /v1/chat/completions."""
 
-    ckpt: str = opt(None, "checkpoint, training run, or Hugging Face directory", required=True)
+    ckpt: str = common.ckpt()
     prompt: str | None = opt(None, "one message: print the reply and exit (for scripts)")
     system: str | None = opt(None, "a system message that opens the conversation")
     max_new_tokens: int = opt(200, "most tokens per reply (fewer when the context is nearly full)")
@@ -22,4 +23,4 @@ class ChatOptions:
     seed: int | None = opt(None, "make the replies reproducible (default: unseeded)", metavar="N")
     weights: str = weights()
     blas: str = blas()
-    device: str = opt("auto", "cpu, cuda or auto")
+    device: str = common.device()
