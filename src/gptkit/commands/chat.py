@@ -14,7 +14,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from ..chat import ChatSession, run
     from ..checkpoint import load_model
     from ..generate import GenerationError, SamplingParams, prepare_for_inference
-    from ..train import pick_device
+    from ..runtime import pick_device
 
     opts = from_args(ChatOptions, args)
     params = SamplingParams(max_new_tokens=opts.max_new_tokens, temperature=opts.temperature, top_k=opts.top_k,
