@@ -56,12 +56,8 @@ class RunLock:
         self.made_dir = not self.directory.exists()
         if self.directory.exists() and not self.directory.is_dir():
             raise GptkitError(f"{what} {self.directory} is a file; give a directory")
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self.fd = self._acquire()
-        except OSError as e:  # a read-only or forbidden place: one line, not a traceback
-            raise GptkitError(f"{what} {self.directory} cannot be written ({e.strerror or type(e).__name__})") \
-                from None
+        self.directory.mkdir(parents=True, exist_ok=True)  # an OSError here is the CLI's one line with its reason
+        self.fd = self._acquire()
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
 
