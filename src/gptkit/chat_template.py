@@ -20,6 +20,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
 from .errors import GptkitError
 
 if TYPE_CHECKING:
@@ -79,9 +82,6 @@ class ChatTemplate:
         return self._render_jinja(messages, add_generation_prompt)
 
     def _render_jinja(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool) -> str:
-        import jinja2
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
         def raise_exception(message: str) -> None:
             raise ChatTemplateError(f"the chat template refused the messages: {message}")
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 from functools import lru_cache
 
 import torch
+from torch.nn.attention.flex_attention import create_block_mask
+from torch.nn.attention.flex_attention import flex_attention as torch_flex_attention
 
 
 def _band(offset: int, window: int):
@@ -35,8 +37,6 @@ def _band(offset: int, window: int):
 
 
 def _build_block_mask(q_len: int, kv_len: int, window: int, device: str):
-    from torch.nn.attention.flex_attention import create_block_mask
-
     return create_block_mask(_band(kv_len - q_len, window), B=None, H=None, Q_LEN=q_len, KV_LEN=kv_len,
                              device=device)
 
@@ -55,9 +55,7 @@ def banded_block_mask(q_len: int, kv_len: int, window: int, device: str | torch.
 
 @lru_cache(maxsize=1)
 def _compiled_flex():
-    from torch.nn.attention.flex_attention import flex_attention
-
-    return torch.compile(flex_attention, dynamic=False)
+    return torch.compile(torch_flex_attention, dynamic=False)
 
 
 def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask) -> torch.Tensor:
@@ -65,9 +63,8 @@ def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask
 
     Eager on CUDA this runs the compiled kernel (eager flex_attention there is a slow reference that
     materialises the scores); inside a compiled model the plain call is traced into the model's graph."""
-    from torch.nn.attention.flex_attention import flex_attention as flex
 
-    fn = _compiled_flex() if q.is_cuda and not torch.compiler.is_compiling() else flex
+    fn = _compiled_flex() if q.is_cuda and not torch.compiler.is_compiling() else torch_flex_attention
     return fn(q, k, v, block_mask=block_mask)
 
 

@@ -18,14 +18,19 @@ position, everything under torch.inference_mode).
 
 from __future__ import annotations
 
+import copy
 import math
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import torch
+import torch.nn as nn
+from torch.ao.quantization import float16_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 
+from . import autotune
 from .errors import GptkitError
 
 if TYPE_CHECKING:
@@ -199,6 +204,20 @@ class Detokenizer:
         self.prefix = self.read = len(self.ids)
         self.prefix_text = ""
         return delta
+
+
+def stream_text(tokenizer, token_iter, ids_so_far: list[int]):
+    """Yield printable text pieces as token ids arrive. Byte-level BPE tokens can split a UTF-8 character,
+    so text is held back while the decoded tail is an incomplete character (see Detokenizer)."""
+    detok = Detokenizer(tokenizer, ids_so_far)
+    for tok in token_iter:
+        ids_so_far.append(tok)
+        piece = detok.push(tok)
+        if piece:
+            yield piece
+    tail = detok.flush()
+    if tail:
+        yield tail
 
 
 # ------------------------------------------------------------------------------------------------ generations
@@ -644,14 +663,12 @@ def inference_layout_(model: GPT) -> GPT:
     the model. Shapes, values and results stay the same; only the memory order changes.
 
     Decoding one token is a chain of matrix-vector products whose speed is memory bandwidth, and on CPU
-    (MKL) a product reads a matrix markedly faster when its long side is the contiguous one: measured here at
-    batch 1 the tied 50257×768 output head streams at ~21 GB/s instead of ~12, the 3072×768 MLP input at ~20
-    instead of ~15 (benchmarks/generate.py, docs/benchmarks.md). nn.Linear keeps (out, in) row-major, so the
-    wide matrices (output head, c_attn, c_fc) are the ones to flip; F.linear then multiplies by a contiguous
-    (in, out) matrix. For inference on CPU: training such a model works but is slower (the embedding rows
-    become strided). No-op on other devices.
+    (MKL) a product can read a matrix faster when its long side is the contiguous one (how much depends on the
+    CPU: benchmarks/generate.py measures it, docs/benchmarks.md records it). nn.Linear keeps (out, in)
+    row-major, so the wide matrices (output head, c_attn, c_fc) are the ones to flip; F.linear then multiplies
+    by a contiguous (in, out) matrix. For inference on CPU: training such a model works but is slower (the
+    embedding rows become strided). No-op on other devices.
     """
-    import torch.nn as nn
 
     with torch.no_grad():
         for mod in model.modules():
@@ -671,11 +688,7 @@ def quantize_weights(model: GPT, kind: Literal["int8", "fp16"] = "int8") -> GPT:
     The token embedding stays fp32. Inference only: the copy cannot be trained or saved as a gptkit
     checkpoint. Measured speed and quality cost: docs/benchmarks.md.
     """
-    import copy
-    import warnings
 
-    import torch.nn as nn
-    from torch.ao.quantization import float16_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 
     if kind not in ("int8", "fp16"):
         raise GenerationError(f"weights must be 'int8' or 'fp16', got {kind!r}")
@@ -695,11 +708,11 @@ class NumpyBlasLinear(torch.nn.Module):
     """A linear layer whose inference on CPU multiplies through numpy's BLAS (OpenBLAS, in numpy's wheels).
 
     Decoding is a chain of matrix-vector products bound by how fast the weights stream from memory, and the BLAS
-    library is what sets that speed: on this project's 2-core AMD EPYC, OpenBLAS's products read GPT-2's matrices
-    1.2–1.5× faster than the MKL inside PyTorch's CPU build, and its 16-row products (batched serving) run ~1.45×
-    faster (docs/benchmarks.md). The layer holds the very `weight` and `bias` Parameters of the nn.Linear it
-    replaces, so names, the tied output head and state_dict are unchanged, and the weights stay in nn.Linear's
-    (out, in) row-major order, which OpenBLAS reads fastest. With autograd on, off the CPU, or in another dtype it
+    library is what sets that speed: which of OpenBLAS and the MKL inside PyTorch's CPU build streams a shape
+    faster differs between CPUs, so `choose_blas` measures it (records: docs/benchmarks.md). The layer holds the
+    very `weight` and `bias` Parameters of the nn.Linear it replaces, so names, the tied output head and
+    state_dict are unchanged, and the weights stay in nn.Linear's (out, in) row-major order, which OpenBLAS reads
+    fastest. With autograd on, off the CPU, or in another dtype it
     is exactly F.linear. Two thread pools (torch's OpenMP and OpenBLAS's) must not spin against each other: the
     Engine runs its steps with one torch thread while such layers are in the model.
     """
@@ -781,9 +794,7 @@ def _blas_workloads(n_embd: int, vocab_size: int, rows: int) -> dict:
 
 def choose_blas(model: GPT, rows: int = 1) -> str:
     """"torch" or "numpy" for decoding this model's shape on this CPU, measured once and remembered
-    (gptkit.autotune): which BLAS streams the weights faster depends on the CPU (OpenBLAS won on an AMD EPYC,
-    MKL on an Intel Xeon; docs/benchmarks.md)."""
-    from . import autotune
+    (gptkit.autotune): which BLAS streams the weights faster depends on the CPU (docs/benchmarks.md)."""
 
     c = model.config
     names = {"torch": "PyTorch's BLAS", "numpy": "numpy's BLAS (OpenBLAS)"}

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
+
 
 def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
     """Decay every matrix (linear weights, embeddings); not biases or LayerNorm gains (GPT-1 §4.1)."""
@@ -26,7 +28,6 @@ def set_lr(optimizer, lr: float) -> None:
 
 def optimizer_step(model, optimizer, grad_clip: float) -> None:
     """Clip the gradient norm to `grad_clip` (0: no clipping), step, and drop the gradients."""
-    import torch
 
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -54,7 +55,6 @@ def warmup_linear(step: int, total: int, warmup: int, lr: float) -> float:
 def adamw(model, lr: float, weight_decay: float, betas: tuple[float, float], eps: float, fused: bool = True):
     """AdamW over `param_groups`; fused (one kernel for all parameters) on plain tensors, the foreach path where
     the parameters are DTensors (FSDP)."""
-    import torch
 
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, fused=fused,
                              foreach=False if fused else None)

@@ -18,8 +18,7 @@ from .errors import GptkitError
 from .options.quickstart import QuickstartOptions
 
 # The model and optimiser of the main job. Its length is a time budget (`--minutes`): `gptkit train --max-minutes`
-# sets the step count at the end of warmup from the speed it measures. On a 2-core AMD EPYC 962 steps fit in
-# 5 minutes (val loss 1.79); 1,500 steps reach 1.70 in 7.9 minutes (docs/pretraining.md).
+# sets the step count at the end of warmup from the speed it measures (what it reaches: docs/pretraining.md).
 DEFAULTS = dict(preset="gpt-micro", n_layer=4, n_head=4, n_embd=192, block_size=128, batch_size=16,
                 max_iters=1500, lr=2e-3, min_lr=2e-4, warmup_iters=100, beta2=0.99, weight_decay=0.1,
                 dropout=0.0, eval_interval=250, eval_iters=10, log_interval=50)
@@ -99,7 +98,6 @@ def run(args: QuickstartOptions) -> int:
 
 def _run(args: QuickstartOptions) -> int:
     """Prepare the corpus, train, and print a sample (run() has checked the flags and holds --out's lock)."""
-    from .commands.sample import stream_text
     from .data.prepare import prepare
     from .train import TrainConfig, train
 
@@ -150,7 +148,7 @@ def _run(args: QuickstartOptions) -> int:
     import torch
 
     from .checkpoint import load_model
-    from .generate import stream
+    from .generate import stream, stream_text
 
     model = load_model(out / "run")
     model.eval()

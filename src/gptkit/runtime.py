@@ -12,6 +12,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+import torch
+
 from .errors import GptkitError
 
 
@@ -26,7 +28,6 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 def pick_device(name: str):
     """The torch device a `--device` flag names (cpu, cuda, cuda:N or auto: CUDA when there is a GPU); an unknown
     or absent device is a one-line DeviceError."""
-    import torch
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -46,7 +47,6 @@ def pick_device(name: str):
 
 def pick_dtype(name: str, device):
     """The autocast dtype a `--dtype` flag names; auto is bfloat16 on a GPU that has it, else float32."""
-    import torch
 
     if name == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
@@ -64,7 +64,6 @@ def set_threads(n: int | None) -> None:
         return
     if n < 1:
         raise DeviceError(f"--threads must be positive, got {n}")
-    import torch
 
     torch.set_num_threads(n)
 
@@ -101,8 +100,16 @@ class Progress:
         self.tasks: dict[int, dict[str, Any]] = {}
         if self.live:
             from rich.console import Console
-            from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn)
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
 
             count = (DownloadColumn(), TransferSpeedColumn()) if bytes else (MofNCompleteColumn(),)
             self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), *count,

@@ -38,11 +38,32 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+
+from . import distributed as D
+from .checkpoint import (
+    SHARDS_DIR,
+    check_shards,
+    checkpoint_config,
+    checkpoint_tokenizer,
+    is_sharded,
+    list_checkpoints,
+    load_model,
+    read_config_json,
+    shard_manifest,
+    write_config_files,
+    write_model_files,
+)
+from .config import GPTConfig
+from .data.loader import BatchLoader, load_tokenizer
 from .errors import TrainError
+from .io import atomic_path, atomic_write_text, new_tmp_dir, publish_dir
+from .model import GPT
 from .optim import adamw, optimizer_step, set_lr, warmup_cosine
 from .options.train import TrainConfig, check_types, load_yaml_config  # noqa: F401 (re-exported)
+from .runlock import RunLocked, run_lock
 from .runtime import Progress, gpu_peak_flops, pick_device, pick_dtype, set_threads
-
 
 RESUME_OVERRIDABLE = ("device", "quiet", "threads", "max_iters", "log_interval", "eval_interval", "save_interval",
                       "keep_last", "sample_every", "compile", "parallel", "nproc", "activation_checkpointing",
@@ -78,8 +99,6 @@ TRAINER_STATE = "trainer_state.pt"
 
 
 def rng_state(device) -> dict[str, Any]:
-    import torch
-
     state = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
@@ -87,8 +106,6 @@ def rng_state(device) -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any], device) -> None:
-    import torch
-
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
@@ -103,10 +120,7 @@ def save_checkpoint(run_dir: Path, step: int, model, model_sd: dict | None, opti
     """Write RUN/checkpoints/step-N atomically: a complete gptkit checkpoint plus trainer_state.pt (every rank's
     RNG state, step, best val, data-loader state, and, in the full format, the name-keyed full optimizer state).
     Sharded: `tmp` already holds shards/ (written by every rank), and this adds the rest and publishes it."""
-    import torch
 
-    from .checkpoint import shard_manifest, write_config_files, write_model_files
-    from .io import new_tmp_dir, publish_dir
 
     final = step_dir(run_dir, step)
     extra = {"train": dataclasses.asdict(cfg), "step": step}
@@ -126,8 +140,6 @@ def save_checkpoint(run_dir: Path, step: int, model, model_sd: dict | None, opti
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int, best_step: int | None) -> None:
-    from .checkpoint import list_checkpoints
-
     ckpts = list_checkpoints(run_dir)
     for p in ckpts[:-keep_last]:
         if best_step is None or p.name != f"step-{best_step:08d}":
@@ -154,7 +166,6 @@ def truncate_metrics(path: Path, step: int) -> None:
                 keep.append(line)
         except (json.JSONDecodeError, KeyError, TypeError):
             continue  # a line cut by a kill -9 mid-write
-    from .io import atomic_write_text
 
     atomic_write_text(path, "".join(line + "\n" for line in keep))
 
@@ -179,7 +190,6 @@ def plot_losses(metrics_path: Path, out_png: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    from .io import atomic_path
 
     try:
         with atomic_path(out_png, ".tmp.png") as tmp:  # ".png" lets matplotlib infer the format
@@ -191,7 +201,6 @@ def plot_losses(metrics_path: Path, out_png: Path) -> None:
 # ------------------------------------------------------------------------------------------ the run
 def resolve_run(cfg: TrainConfig) -> tuple[TrainConfig, Path | None]:
     """The settings the run goes on with, and the checkpoint it resumes from (None for a fresh run)."""
-    from .checkpoint import list_checkpoints, read_config_json
 
     run_dir = Path(cfg.out)
     if not cfg.resume:
@@ -234,9 +243,7 @@ def check_backend(cfg: TrainConfig, device) -> None:
 def preflight(cfg: TrainConfig, nproc: int) -> None:
     """Find the mistakes every one of `nproc` processes would make before torchrun starts them, so that the
     user reads one line instead of N copies and a launcher's traceback."""
-    import torch
 
-    from .data.loader import load_tokenizer
 
     cfg.validate()
     load_tokenizer(Path(cfg.data))
@@ -248,8 +255,6 @@ def preflight(cfg: TrainConfig, nproc: int) -> None:
 
 
 def build_model_config(cfg: TrainConfig, vocab_size: int):
-    from .config import GPTConfig
-
     base = GPTConfig.from_preset(cfg.preset)
     over: dict[str, Any] = {"vocab_size": vocab_size}
     for name in ("n_layer", "n_head", "n_embd", "block_size", "bias"):
@@ -307,10 +312,7 @@ class Built:
 # ------------------------------------------------------------------------------ phase: the runtime
 def setup_runtime(cfg: TrainConfig) -> Runtime:
     """Check the options, read the data's tokenizer, join the process group, pick device, threads and dtype."""
-    import torch
 
-    from . import distributed as D
-    from .data.loader import load_tokenizer
 
     cfg.validate()
     tokenizer = load_tokenizer(Path(cfg.data))  # DataError when it is not a `gptkit prepare` output
@@ -327,7 +329,6 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
 
 def resume_or_start(cfg: TrainConfig, rt: Runtime) -> tuple[TrainConfig, Path | None]:
     """The settings the run goes on with and the checkpoint it resumes from (None: a fresh run)."""
-    from . import distributed as D
 
     if cfg.resume:
         if rt.info.is_main:
@@ -342,9 +343,7 @@ def resume_or_start(cfg: TrainConfig, rt: Runtime) -> tuple[TrainConfig, Path | 
 def build_or_restore_model(cfg: TrainConfig, rt: Runtime, resume_from: Path | None) -> Built:
     """The model, five ways: restored from a full or a sharded checkpoint (--resume), the weights of another
     checkpoint (--init-from), or fresh: built whole, or under FSDP on the meta device with rank 0's init."""
-    import torch
 
-    from .model import GPT
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     if resume_from is not None:
@@ -366,11 +365,7 @@ def build_or_restore_model(cfg: TrainConfig, rt: Runtime, resume_from: Path | No
 def restore_model(rt: Runtime, resume_from: Path) -> Built:
     """The checkpoint's model (a sharded one: built without storage, each rank reads its own slices once the
     model is sharded) and its trainer_state.pt."""
-    import torch
 
-    from .checkpoint import check_shards, checkpoint_config, checkpoint_tokenizer, is_sharded, load_model
-    from .checkpoint import read_config_json
-    from .model import GPT
 
     sharded = is_sharded(resume_from)
     if sharded:
@@ -396,7 +391,6 @@ def restore_model(rt: Runtime, resume_from: Path) -> Built:
 
 def init_from(cfg: TrainConfig, rt: Runtime):
     """--init-from: another checkpoint's weights, whose shape the model flags may not change."""
-    from .checkpoint import load_model
 
     model = load_model(cfg.init_from, map_location=rt.device)
     mc, asked = model.config, build_model_config(cfg, rt.tokenizer.vocab_size)
@@ -416,7 +410,6 @@ def init_from(cfg: TrainConfig, rt: Runtime):
 
 def open_data(cfg: TrainConfig, rt: Runtime, block_size: int):
     """The batch loader and the splits that have tokens (train must)."""
-    from .data.loader import BatchLoader
 
     loader = BatchLoader(rt.data_dir, cfg.batch_size, block_size, seed=cfg.seed, device=rt.device)
     splits = [s for s in ("train", "val") if len(loader.dataset(s)) > 0]
@@ -432,9 +425,7 @@ def open_data(cfg: TrainConfig, rt: Runtime, block_size: int):
 def place_model(cfg: TrainConfig, rt: Runtime, built: Built):
     """Activation checkpointing, the parallel wrapper (DDP, or FSDP2 shards), storage for a meta-built model
     (uninitialised: shards or rank 0's broadcast fill it); returns the model the loop calls."""
-    import torch
 
-    from . import distributed as D
 
     model = built.model
     if cfg.activation_checkpointing:
@@ -461,10 +452,7 @@ def restore_state(cfg: TrainConfig, rt: Runtime, built: Built, optimizer, loader
                   ) -> TrainState:
     """Put the optimizer, the RNG streams and the data loader where the checkpoint left them (a fresh run: give
     each rank its own dropout stream); the run's step, best val and token count."""
-    import torch
 
-    from . import distributed as D
-    from .checkpoint import SHARDS_DIR
 
     info, saved = rt.info, built.saved
     if saved is None:
@@ -493,7 +481,6 @@ def restore_state(cfg: TrainConfig, rt: Runtime, built: Built, optimizer, loader
 def open_run_dir(cfg: TrainConfig, rt: Runtime, resumed: bool, step: int) -> Path:
     """Rank 0 makes the run directory, drops metric lines past the checkpoint resumed from (logged before a
     kill), and writes the resolved options; returns metrics.jsonl's path."""
-    from .io import atomic_write_text
 
     metrics_path = rt.run_dir / "metrics.jsonl"
     if rt.info.is_main:
@@ -511,8 +498,6 @@ class Trainer:
     """One model's training pieces: an optimizer step, an evaluation, a checkpoint."""
 
     def __init__(self, cfg: TrainConfig, rt: Runtime, model, wrapped, optimizer, loader, splits: list[str]):
-        import torch
-
         self.cfg, self.rt, self.model, self.wrapped = cfg, rt, model, wrapped
         self.optimizer, self.loader, self.splits = optimizer, loader, splits
         self.fwd_model = torch.compile(wrapped) if cfg.compile else wrapped
@@ -525,17 +510,13 @@ class Trainer:
         self.t_start = time.perf_counter()
 
     def loss(self, x, y):
-        import torch.nn.functional as F
-
         with self.autocast:
             logits = self.fwd_model(x)
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
 
     def step(self, step: int):
         """One optimizer step over grad_accum micro-batches per rank; returns (lr, summed loss tensor)."""
-        import torch
 
-        from . import distributed as D
 
         cfg, info = self.cfg, self.rt.info
         lr = lr_at(step, cfg)
@@ -554,9 +535,7 @@ class Trainer:
         """Mean loss over eval_iters fixed batches of each split. They are shared out: rank r takes batches
         r, r + N, ...; every rank runs the same number of forward passes (FSDP needs all ranks in each), a rank
         short of one repeats a batch at weight 0."""
-        import torch
 
-        from . import distributed as D
 
         info, n, device = self.rt.info, self.cfg.eval_iters, self.rt.device
         self.wrapped.eval()
@@ -575,9 +554,6 @@ class Trainer:
 
     def checkpoint(self, step: int, state: TrainState) -> None:
         """Save RUN/checkpoints/step-N (every rank takes part), then prune old ones."""
-        from . import distributed as D
-        from .checkpoint import SHARDS_DIR
-        from .io import new_tmp_dir
 
         info, run_dir = self.rt.info, self.rt.run_dir
         rngs = D.all_gather_objects(rng_state(self.rt.device), info)
@@ -622,7 +598,6 @@ class TimeBudget:
 
     def length(self, cfg: TrainConfig, step: int, t_start: float, n_splits: int, info) -> int | None:
         """At the budget step: the run's total steps, rank 0's choice on every rank; otherwise None."""
-        from . import distributed as D
 
         if step != self.at:
             return None
@@ -634,7 +609,6 @@ class TimeBudget:
 
 def fix_length(cfg: TrainConfig, total: int, rt: Runtime, display: Progress, bar: int) -> None:
     """Set the run's length found by the time budget, and record it in train_config.json."""
-    from .io import atomic_write_text
 
     if cfg.lr_decay_iters == cfg.max_iters:
         cfg.lr_decay_iters = total
@@ -650,8 +624,6 @@ class StepLog:
     """metrics.jsonl (rank 0), the progress display, and the speed since the last logged step."""
 
     def __init__(self, cfg: TrainConfig, rt: Runtime, t: Trainer, metrics_path: Path, step: int) -> None:
-        import torch
-
         self.rt, self.t = rt, t
         self.display = Progress(quiet=cfg.quiet or not rt.info.is_main)
         self.bar = self.display.add_task("train", total=cfg.max_iters, completed=step)
@@ -712,7 +684,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 def run_steps(cfg: TrainConfig, rt: Runtime, t: Trainer, state: TrainState, metrics_path: Path) -> dict[str, float]:
     """Train from state.step to max_iters (or to the --max-minutes budget): step, log, evaluate, sample,
     checkpoint. Returns the last evaluation."""
-    from . import distributed as D
 
     t.wrapped.train()
     step, last_eval = state.step, {}
@@ -768,8 +739,6 @@ def run_steps(cfg: TrainConfig, rt: Runtime, t: Trainer, state: TrainState, metr
 def hold_run_dir(rt: Runtime) -> Iterator[None]:
     """One writer per run directory (gptkit.runlock): rank 0 holds the lock for the whole run (a --nproc launcher
     holds it for the processes it starts); every rank learns whether it was refused, and all stop if so."""
-    from . import distributed as D
-    from .runlock import RunLocked, run_lock
 
     with contextlib.ExitStack() as stack:
         refused = None
@@ -785,8 +754,6 @@ def hold_run_dir(rt: Runtime) -> Iterator[None]:
 
 
 def quick_sample(model, tokenizer, device, n: int = 80) -> str:
-    import torch
-
     start = torch.tensor([[tokenizer.eot_id if tokenizer.eot_id is not None else 0]], device=device)
     g = torch.Generator(device=device).manual_seed(0)
     out = model.generate(start, n, temperature=0.8, top_k=200, generator=g)

@@ -11,22 +11,6 @@ from ..options.sample import SampleOptions
 from . import add_command
 
 
-def stream_text(tokenizer, token_iter, ids_so_far: list[int]):
-    """Yield printable text pieces as token ids arrive. Byte-level BPE tokens can split a UTF-8 character,
-    so text is held back while the decoded tail is an incomplete character (see generate.Detokenizer)."""
-    from ..generate import Detokenizer
-
-    detok = Detokenizer(tokenizer, ids_so_far)
-    for tok in token_iter:
-        ids_so_far.append(tok)
-        piece = detok.push(tok)
-        if piece:
-            yield piece
-    tail = detok.flush()
-    if tail:
-        yield tail
-
-
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 

@@ -3,7 +3,6 @@
 Losses measured with different tokenizers (characters, a BPE of 8k ids, GPT-2's 50k) are per *different* units;
 per byte of the text they describe they are comparable (the convention of GPT-2 §3.1 and of Kaplan et al. 2020 when
 they compare across data sets):
-
     bits/byte = loss_nats_per_token × tokens / (bytes × ln 2)
 
 `tokens / bytes` is measured on the validation split of a prepared directory: its tokens are decoded document by
@@ -20,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .loader import TokenDataset, load_tokenizer, read_manifest
 from .shards import DataError
+
 
 def val_bytes_per_token(data_dir: str | Path) -> dict:
     """{"tokens", "bytes", "bytes_per_token", "exact"} of the validation split of `data_dir`."""
-    from .loader import TokenDataset, load_tokenizer, read_manifest
 
     data_dir = Path(data_dir)
     manifest = read_manifest(data_dir)

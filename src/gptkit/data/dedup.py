@@ -51,6 +51,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from datasketch import MinHash
 
 from .passes import FilterPass, batched
 from .records import Record
@@ -135,8 +136,6 @@ class Signer:
     """MinHash signatures (datasketch, scheme "affine32": uint32 values) of n-gram hash sets, one reusable sketch."""
 
     def __init__(self, num_perm: int = 128, ngram: int = 5, seed: int = 1):
-        from datasketch import MinHash
-
         self.ngram = ngram
         # The n-gram hashes are already uniform 32-bit values: datasketch only needs to permute them.
         self._mh = MinHash(num_perm=num_perm, seed=seed, hashfunc=_identity, scheme="affine32")

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .shards import DataError, open_shard, sha256_file
+from ..tokenizer import Tokenizer
+from .shards import FORMAT, FORMAT_VERSION, MANIFEST, DataError, open_shard, sha256_file
 
 SPLIT_CODES = {"train": 0, "val": 1}
 EVAL_SEED = 20_240_601  # fixed: eval windows do not depend on the training seed
@@ -32,7 +33,6 @@ STATE_VERSION = 1
 
 def read_manifest(data_dir: str | Path) -> dict:
     """The manifest of a prepared data directory (DataError when `data_dir` is not one)."""
-    from .prepare import FORMAT, FORMAT_VERSION, MANIFEST
 
     path = Path(data_dir) / MANIFEST
     if Path(data_dir).is_file():
@@ -56,7 +56,6 @@ def read_manifest(data_dir: str | Path) -> dict:
 
 def load_tokenizer(data_dir: str | Path):
     """The tokenizer a prepared data directory was made with."""
-    from ..tokenizer import Tokenizer
 
     manifest = read_manifest(data_dir)
     return Tokenizer.from_pretrained(Path(data_dir) / manifest["tokenizer"]["dir"])

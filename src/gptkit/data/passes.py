@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from ..io import AtomicFile, atomic_write_json
+from ..runtime import Progress
 from .outputs import check_distinct_outputs, check_output_file
 from .records import Record, RecordReader
 from .shards import DataError
@@ -116,7 +117,6 @@ class FilterPass:
         """Open `--out` (and `other`, when given) and a progress display named `label` over the input bytes.
         When the block ends normally the files are renamed into place, unless no document was read: then, as when
         the block raises, they are deleted and the one-line empty-input error is raised."""
-        from ..runtime import Progress
 
         with contextlib.ExitStack() as stack:
             kept = stack.enter_context(AtomicFile(self.out))

@@ -70,23 +70,21 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import NamedTuple
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
+from .. import __version__
 from ..io import new_tmp_dir, publish_dir
 from ..runtime import Progress
-from ..tokenizer import split_at_word_boundaries
-from .shards import HEADER_BYTES, VERSION, DataError, ShardWriter, dtype_for_vocab
+from ..tokenizer import Tokenizer, split_at_word_boundaries
+from .shards import FORMAT, FORMAT_VERSION, HEADER_BYTES, MANIFEST, VERSION, DataError, ShardWriter, dtype_for_vocab
 from .sources import Corpus, is_prepared_dir
 from .workers import default_workers, ordered_map, worker_pool
 
 TOKENIZERS = ("char", "bpe", "gpt2", "gpt1")
-MANIFEST = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
-FORMAT = "gptkit-prepared"
-FORMAT_VERSION = 1
 EOT = "<|endoftext|>"
 PIECE_CHARS = 1 << 18  # longer documents are tokenized in pieces of about this many characters
 BATCH_CHARS = 1 << 18  # pieces go to the workers in batches of about this many characters ...
@@ -102,7 +100,6 @@ _WORKER_TOKENIZER = None
 
 def _init_worker(tokenizer_dir: str) -> None:
     global _WORKER_TOKENIZER
-    from ..tokenizer import Tokenizer
 
     _WORKER_TOKENIZER = Tokenizer.from_pretrained(tokenizer_dir)
 
@@ -173,7 +170,6 @@ class _Encoder:
 def build_tokenizer(kind: str, corpus: Corpus, vocab: str | None, vocab_size: int, progress) -> object:
     """The tokenizer for `kind`, trained on the corpus for char/bpe, loaded from `vocab` for gpt2/gpt1, with an
     end-of-text token."""
-    from ..tokenizer import Tokenizer
 
     if kind == "char":
         chars: set[str] = set()
@@ -664,6 +660,4 @@ def _write_json(path: Path, obj: dict) -> None:
 
 
 def _version() -> str:
-    from .. import __version__
-
     return __version__

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
 from ..io import atomic_path
 from .passes import FilterPass, batched, output_path, sibling_path
@@ -91,7 +93,6 @@ class QualityModel:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the model as one safetensors file (atomically: a temporary sibling, then os.replace)."""
-        from safetensors.numpy import save_file
 
         path = Path(path)
         nz = np.flatnonzero(self.coef)
@@ -107,7 +108,6 @@ class QualityModel:
     @classmethod
     def load(cls, path: str | os.PathLike) -> QualityModel:
         """Read a model written by `save`; anything else is a one-line DataError."""
-        from safetensors import SafetensorError, safe_open
 
         path = Path(path)
         if not path.is_file():

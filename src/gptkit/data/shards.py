@@ -34,6 +34,11 @@ HEADER_BYTES = 256
 _HEADER = struct.Struct("<8sIIQQ")  # magic, version, dtype code, count, vocab size (32 bytes)
 _DTYPES = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
 
+MANIFEST = "manifest.json"
+"""A prepared data directory's index of its shards and tokenizer (written by `gptkit prepare`)."""
+FORMAT = "gptkit-prepared"
+FORMAT_VERSION = 1
+
 
 class DataError(GptkitError):
     """A problem with the user's data: a missing input, an empty corpus, a corrupt shard or data directory."""

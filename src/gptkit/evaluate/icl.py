@@ -1,7 +1,6 @@
 """In-context learning: few-shot prompts (GPT-3 §2) and batched log-likelihood scoring.
 
 Prompt of one example with K demonstrations (GPT-3 Fig. 2.1; the same layout as lm-eval's plain-text prompts):
-
     [description + fewshot_delimiter]
     demo_1.query + target_delimiter + demo_1.answer + fewshot_delimiter
     ...
@@ -27,6 +26,10 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Literal, Sequence
 
+import torch
+import torch.nn.functional as F
+
+from ..model import GPT, Block
 from .tasks import Doc, EvalError, Task
 
 if TYPE_CHECKING:
@@ -180,7 +183,6 @@ def fit_to_context(context: Sequence[int], continuation: Sequence[int], block_si
 
 def _check_model(model: GPT) -> None:
     # packed_hidden_states re-plays the blocks of gptkit.model with its own masks: refuse anything else.
-    from ..model import GPT, Block
 
     if not isinstance(model, GPT) or not all(type(b) is Block for b in model.transformer.h):
         raise EvalError("batched scoring needs a gptkit GPT model")
@@ -197,8 +199,6 @@ def packed_hidden_states(model: GPT, idx: torch.Tensor, pos: torch.Tensor,
     them. Equality with the public forward is tested for every architecture switch (pre/post-LN, final LN,
     learned/sinusoidal positions, dense/banded attention).
     """
-    import torch
-    import torch.nn.functional as F
 
     tr = model.transformer
     cfg = model.config
@@ -267,7 +267,6 @@ def score_requests(model: GPT, requests: Sequence[tuple[Sequence[int], Sequence[
     when every continuation token is the arg-max given what precedes it, i.e. greedy decoding reproduces it.
     ``progress(done, total)`` is called after each batch with the number of packed rows done and in all.
     """
-    import torch
 
     _check_model(model)
     if batch_size < 1:
@@ -330,7 +329,6 @@ def score_requests(model: GPT, requests: Sequence[tuple[Sequence[int], Sequence[
 
 def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
     """bf16/fp16 logits are promoted before log_softmax; float64 stays float64 (for exact checks)."""
-    import torch
 
     return t.to(torch.promote_types(t.dtype, torch.float32))
 

@@ -26,6 +26,12 @@ from typing import Any, Sequence
 
 import torch
 
+import gptkit.evaluate.lm_eval_adapter as adapter
+
+from ..checkpoint import load_model
+from ..errors import GptkitError
+from ..generate import stream
+from ..tokenizer import Tokenizer
 from .lm_eval_tasks import export_lm_eval_tasks  # noqa: F401  (re-exported: the bridge's other half)
 from .tasks import EvalError
 
@@ -48,8 +54,6 @@ class GptkitLM(TemplateLM):
         if unknown:
             raise EvalError(f"unknown --model_args for gptkit: {', '.join(sorted(unknown))} "
                             f"(known: checkpoint, tokenizer, batch_size, device)")
-        from ..checkpoint import load_model
-        from ..tokenizer import Tokenizer
 
         # lm-eval's command line passes --device (default "cuda:0") whether or not there is a GPU
         if not device or (str(device).startswith("cuda") and not torch.cuda.is_available()):
@@ -126,7 +130,6 @@ class GptkitLM(TemplateLM):
 
     def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
         """Greedy (or sampled, when asked) continuation up to the first stop string or max_gen_toks tokens."""
-        from ..generate import stream
 
         out = []
         for req in requests:
@@ -167,10 +170,8 @@ if __name__ != "__main__":
 
 def main(argv: Sequence[str] | None = None) -> None:
     """lm-eval's own command line, with the gptkit model registered first."""
-    import gptkit.evaluate.lm_eval_adapter as adapter  # the importable module registers (not this __main__ copy)
     from lm_eval.__main__ import cli_evaluate
 
-    from ..errors import GptkitError
 
     adapter.register()
     if argv is not None:

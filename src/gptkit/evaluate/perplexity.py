@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Callable, Sequence
 
+import torch
+
 from .icl import _at_least_fp32
 from .tasks import EvalError
 
@@ -41,7 +43,6 @@ def rolling_loglikelihood(model: GPT, docs: Sequence[Sequence[int]], *, stride: 
                           bos: int | None = None, batch_size: int = 32,
                           progress: Callable[[int, int], None] | None = None) -> list[tuple[float, int]]:
     """(sum of log-probabilities, number of tokens scored) of each token sequence, through sliding windows."""
-    import torch
 
     L = model.config.block_size
     stride = L // 2 if stride is None else stride

@@ -14,9 +14,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from .. import __version__
 from ..runtime import Progress
-from .icl import (Encoder, Overflow, Prompt, argmax, build_prompts, fit_to_context, mean_stderr,
-                  sample_demonstrations, score_requests)
+from .icl import (
+    Encoder,
+    Overflow,
+    Prompt,
+    argmax,
+    build_prompts,
+    fit_to_context,
+    mean_stderr,
+    sample_demonstrations,
+    score_requests,
+)
 from .perplexity import perplexity_metrics, rolling_loglikelihood
 from .tasks import BUILTIN_TASKS, Doc, EvalError, Task, get_task, load_splits, resolve_data_dir
 
@@ -160,7 +170,6 @@ def evaluate(model: GPT, tasks: Sequence[str | Task], shots: Sequence[int] = (0,
             if keep_samples:
                 samples += [{"task": job.task.name, "shots": job.shots, **r} for r in recs]
 
-    from .. import __version__
 
     config = {
         "tasks": [j.task.name for j in jobs], "shots": list(shots), "limit": limit, "seed": seed,

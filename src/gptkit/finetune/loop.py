@@ -34,8 +34,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from ..checkpoint import (
+    build_model,
+    load_model,
+    model_state_dict,
+    read_state_dict,
+    resolve_checkpoint,
+    write_model_files,
+)
+from ..data.outputs import check_output_file, positive_int
 from ..errors import CheckpointError
+from ..io import atomic_write_text, new_tmp_dir, publish_dir
+from ..model import GPT
+from ..optim import adamw, optimizer_step, set_lr, warmup_linear
 from ..options.finetune import FinetuneConfig
+from ..runlock import LOCK_NAME, run_lock
+from ..runtime import Progress, pick_device, set_threads
+from . import metrics as M
+from .heads import FinetuneModel, build_head
 from .tasks import (
     FORMAT_TASKS,
     SPECIAL_TOKENS,
@@ -154,9 +174,7 @@ def grow_vocab(model: GPT, vocab_size: int, new_ids: list[int], generator: torch
     """A copy of `model` with `vocab_size` embedding rows; the rows of `new_ids` (added tokens) are drawn from
     N(0, init_std) like every other weight at initialisation (GPT-1 §4.1). The tied LM head follows the
     embedding; an untied one grows the same way."""
-    import torch
 
-    from ..checkpoint import model_state_dict
 
     cfg = model.config
     new_cfg = dataclasses.replace(cfg, vocab_size=max(vocab_size, cfg.vocab_size))
@@ -177,7 +195,6 @@ def grow_vocab(model: GPT, vocab_size: int, new_ids: list[int], generator: torch
 
 def rebuild(model: GPT, config, state_dict: dict[str, torch.Tensor] | None = None) -> GPT:
     """A GPT of `config` holding `state_dict` (default: model's weights), keeping model's tokenizer and device."""
-    from ..checkpoint import build_model, model_state_dict
 
     device = model.transformer.wte.weight.device
     sd = state_dict if state_dict is not None else model_state_dict(model)
@@ -189,11 +206,7 @@ def rebuild(model: GPT, config, state_dict: dict[str, torch.Tensor] | None = Non
 def prepare_model(cfg: FinetuneConfig, spec: TaskSpec, device: torch.device) -> tuple[FinetuneModel, Tokenizer]:
     """Load the pre-trained model (or its architecture, randomly initialised), add the task's special tokens to
     its tokenizer and embedding, and put the task head on it. Fills spec.special_ids and spec.max_len."""
-    import torch
 
-    from ..checkpoint import load_model
-    from ..model import GPT
-    from .heads import FinetuneModel, build_head
 
     gpt = load_model(cfg.ckpt, map_location=device)
     tok = gpt.tokenizer
@@ -226,7 +239,6 @@ def prepare_model(cfg: FinetuneConfig, spec: TaskSpec, device: torch.device) -> 
 # ------------------------------------------------------------------------------------------ batching
 def collate(items: list[Encoded], device: torch.device, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad a batch into idx (B, K, T) and lengths (B, K); a missing answer has length 0."""
-    import torch
 
     K = max(len(e.seqs) for e in items)
     T = max(len(s) for e in items for s in e.seqs)
@@ -259,7 +271,6 @@ def train_batches(n_items: list[Encoded], batch_size: int, rng: random.Random) -
 
 def task_loss(out: torch.Tensor, target: torch.Tensor, spec: TaskSpec) -> torch.Tensor:
     """L2: cross-entropy over the classes / answers, or mean squared error for a regression."""
-    import torch.nn.functional as F
 
     if spec.regression:
         return F.mse_loss(out.float(), target.float())
@@ -269,7 +280,6 @@ def task_loss(out: torch.Tensor, target: torch.Tensor, spec: TaskSpec) -> torch.
 # ------------------------------------------------------------------------------------------ evaluation
 def run_model(model: FinetuneModel, encoded: list[Encoded], batch_size: int, device: torch.device) -> list[Any]:
     """Task outputs (logits rows or scores) for every encoded example, in order; batches sorted by length."""
-    import torch
 
     was_training = model.training
     model.eval()
@@ -288,9 +298,7 @@ def run_model(model: FinetuneModel, encoded: list[Encoded], batch_size: int, dev
 
 def score(outs: list[Any], encoded: list[Encoded], spec: TaskSpec) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Metrics (when every example has a label) and one prediction record per example."""
-    import torch
 
-    from . import metrics as M
 
     records: list[dict[str, Any]] = []
     preds: list[Any] = []
@@ -337,15 +345,12 @@ def score(outs: list[Any], encoded: list[Encoded], spec: TaskSpec) -> tuple[dict
 def evaluate(model: FinetuneModel, encoded: list[Encoded], spec: TaskSpec, batch_size: int = 64,
              device: torch.device | str = "cpu") -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Metrics and per-example predictions of a fine-tuned model on encoded examples."""
-    import torch
 
     return score(run_model(model, encoded, batch_size, torch.device(device)), encoded, spec)
 
 
 # ------------------------------------------------------------------------------------------ the loop
 def check_out_dir(out: Path, overwrite: bool) -> None:
-    from ..runlock import LOCK_NAME
-
     if out.exists() and not out.is_dir():
         raise TaskError(f"--out {out} is a file; give a directory")
     if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()) and not overwrite:
@@ -377,8 +382,6 @@ class FinetuneRun:
 def setup_finetune(cfg: FinetuneConfig) -> FinetuneRun:
     """Read the data, load and extend the model, encode, and size the schedule (GPT-1 §4.1: warmup over a share
     of the steps)."""
-    from ..optim import adamw
-    from ..runtime import pick_device, set_threads
 
     data = load_data(cfg)
     device = pick_device(cfg.device)
@@ -398,9 +401,7 @@ def train_epoch(run: FinetuneRun, epoch: int, step: int, rng: random.Random, pro
                 ) -> tuple[int, dict[str, float]]:
     """One pass over the shuffled training batches (stopping at run.total steps); returns the step reached and
     the summed losses {loss, task_loss, lm_loss, n}."""
-    import torch
 
-    from ..optim import optimizer_step, set_lr, warmup_linear
 
     cfg, spec = run.cfg, run.spec
     use_lm = cfg.lm_coef > 0
@@ -435,7 +436,6 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 
     Returns {"metrics": {split: {...}}, "out": path, "wall_s": seconds, "steps": n, ...}.
     """
-    from ..runlock import run_lock
 
     t0 = time.perf_counter()
     cfg.validate()
@@ -448,10 +448,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 
 def _finetune(run: FinetuneRun, out: Path, t0: float) -> dict[str, Any]:
     """The epochs (each evaluated on valid), the final evaluation, and the files, published at once."""
-    import torch
 
-    from ..io import new_tmp_dir, publish_dir
-    from ..runtime import Progress
 
     cfg, spec = run.cfg, run.spec
     rng = random.Random(cfg.seed)
@@ -533,9 +530,7 @@ def final_eval(run: FinetuneRun, tmp: Path, step: int, last_valid: tuple, progre
 def save_finetuned(directory: Path, model: FinetuneModel, tokenizer: Tokenizer, spec: TaskSpec,
                    head_dropout: float) -> None:
     """Write the files of a fine-tuned model into `directory` (the caller makes it atomic)."""
-    from safetensors.torch import save_file
 
-    from ..checkpoint import write_model_files
 
     write_model_files(directory, model.gpt, tokenizer, extra={"finetune": {"task": spec.task, "head": HEAD_WEIGHTS,
                                                                            "spec": TASK_JSON}})
@@ -547,8 +542,6 @@ def save_finetuned(directory: Path, model: FinetuneModel, tokenizer: Tokenizer, 
 def load_finetuned(path: str | Path, map_location: str | torch.device = "cpu"
                    ) -> tuple[FinetuneModel, TaskSpec, Tokenizer]:
     """Load a directory written by `gptkit finetune`: (model in eval mode, task spec, tokenizer)."""
-    from ..checkpoint import load_model, read_state_dict, resolve_checkpoint
-    from .heads import FinetuneModel, build_head
 
     p = resolve_checkpoint(path)
     if not (p / TASK_JSON).is_file() or not (p / HEAD_WEIGHTS).is_file():
@@ -579,10 +572,7 @@ def predict(ckpt: str | Path, input: str | Path, out: str | Path, fmt: str | Non
             max_examples: int | None = None) -> dict[str, Any]:
     """`gptkit predict`: one JSON line per input example (prediction + probabilities, or score) in `out`;
     returns the metrics when the input has labels."""
-    import torch
 
-    from ..data.outputs import check_output_file, positive_int
-    from ..io import atomic_write_text
 
     positive_int(batch_size, "--batch-size", TaskError, allow_none=False)
     positive_int(max_examples, "--max-examples", TaskError)

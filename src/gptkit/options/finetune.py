@@ -38,7 +38,8 @@ class FinetuneConfig:
     lr: float = opt(6.25e-5, "peak learning rate")
     batch_size: int = opt(32, "examples per step")
     epochs: float = opt(3.0, "passes over the training set (a fraction stops part-way through the last)")
-    warmup: float = opt(0.002, "linear warmup over this share of the steps, then linear decay to 0")
+    warmup: float = opt(0.002, "linear warmup over this share of the steps, then linear decay to 0",
+                        flag="--warmup-fraction", old={"--warmup": None})
     weight_decay: float = opt(0.01, "AdamW weight decay on weights (not biases or gains)")
     grad_clip: float = opt(1.0, "clip the gradient norm to this (0: off)")
     head_dropout: float = opt(0.1, "dropout before the task head W_y")

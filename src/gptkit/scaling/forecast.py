@@ -13,7 +13,7 @@ import math
 from typing import Callable
 
 from .fit import Law
-from .plan import PlanSpec, Point, ScaleError, ratio_depth, make_point, model_config, shape_of_depth
+from .plan import PlanSpec, Point, ScaleError, make_point, model_config, ratio_depth, shape_of_depth
 
 TARGET_FACTOR = 10.0
 """The default target: this many times the largest fitted run's compute (GPT-4's forecasts reached 10,000×)."""

@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ..checkpoint import list_checkpoints
 from ..errors import TrainError
+from ..io import atomic_write_json
+from ..options.train import TrainConfig
 from .plan import BASE_PRESET, Point
 
 RESULTS = "results.json"
@@ -38,7 +41,6 @@ class RunContext:
 
 def train_config(point: Point, ctx: RunContext, resume: bool = False):
     """The TrainConfig of a point: the ladder's shape and rules, one evaluation (on eval_tokens) at the end."""
-    from ..options.train import TrainConfig
 
     eval_iters = max(1, math.ceil(ctx.eval_tokens / (point.batch_size * ctx.block_size)))
     return TrainConfig(data=ctx.data, out=str(ctx.runs_dir / point.name), preset=BASE_PRESET,
@@ -77,7 +79,6 @@ def result_of(point: Point, val_loss: float | None, ctx: RunContext, status: str
 
 def train_point(point: Point, ctx: RunContext, trainer: Callable[[Any], dict] | None = None) -> dict:
     """Train (or resume, or just read) one point; returns its result."""
-    from ..checkpoint import list_checkpoints
 
     run_dir = ctx.runs_dir / point.name
     done = final_record(run_dir, point.steps)
@@ -107,7 +108,6 @@ def read_results(out: Path) -> dict[str, dict]:
 def run_ladder(points: list[Point], ctx: RunContext, out: Path, trainer: Callable | None = None,
                quiet: bool = False) -> list[dict]:
     """Train every point not yet finished (smallest first), with one progress display for the whole ladder."""
-    from ..io import atomic_write_json
 
     results = read_results(out)
     total = sum(p.flops for p in points)

@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 
 from ..config import GPTConfig
+from ..options.train import TrainConfig
+from ..train import train
 from .plan import BASE_PRESET
 
 PROBE_STEPS = 6
@@ -35,9 +37,6 @@ class MeasuredSpeed:
         return self.cache[key]
 
     def _probe(self, cfg: GPTConfig, batch_size: int) -> float:
-        from ..options.train import TrainConfig
-        from ..train import train
-
         half = PROBE_STEPS // 2
         with tempfile.TemporaryDirectory(prefix="gptkit-speed-") as tmp:
             run = Path(tmp) / "probe"

@@ -18,19 +18,22 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..checkpoint import checkpoint_config, list_checkpoints
+from ..data.bytes import val_bytes_per_token
+from ..data.loader import read_manifest
+from ..io import atomic_write_json
 from .fit import collinear, compute_envelope, compute_groups, fit_law, isoflop_minima, optimal_exponents
 from .forecast import forecast, target_flops, verified
 from .plan import MIN_POINTS, PlanSpec, Point, ScaleError, check_data, plan_ladder
 from .report import fit_lines, plan_table, plot_isoflop, plot_scaling
 from .runner import RunContext, final_record, run_ladder, train_point
+from .speed import MeasuredSpeed
 
 UNITS = ("nats", "bpb")
 
 
 def data_facts(data_dir: str) -> dict:
     """What the plan needs from a prepared directory: vocabulary, split sizes, the val bytes per token."""
-    from ..data.bytes import val_bytes_per_token
-    from ..data.loader import read_manifest
 
     m = read_manifest(data_dir)
     val = int(m["splits"]["val"]["tokens"])
@@ -52,7 +55,6 @@ def spec_of(opts: Any, facts: dict) -> PlanSpec:
 def plan_study(opts: Any, speed: Callable, say: Callable[[str], None], warn: Callable[[str], None]
                ) -> tuple[PlanSpec, list[Point], dict]:
     """The study's plan: OUT/plan.json's when it exists (a resumed study), else a new one written there."""
-    from ..io import atomic_write_json
 
     out = Path(opts.out)
     saved = out / "plan.json"
@@ -126,8 +128,6 @@ def fit_results(results: list[dict], unit: str, bootstrap: int, seed: int) -> tu
 
 
 def write_fit(out: Path, results: list[dict], fits: dict, laws: dict, fc: dict | None, unit: str) -> None:
-    from ..io import atomic_write_json
-
     a = _arrays(results, unit)
     atomic_write_json(out / "fit.json", fits)
     if fc is not None:
@@ -140,7 +140,6 @@ def write_fit(out: Path, results: list[dict], fits: dict, laws: dict, fc: dict |
 def run_study(opts: Any, speed: Callable | None = None, trainer: Callable | None = None,
               say: Callable[[str], None] = print, warn: Callable[[str], None] = print) -> dict:
     """`gptkit scale`: returns {"plan": points, "results", "fit", "forecast"} (what it wrote to OUT)."""
-    from .speed import MeasuredSpeed
 
     if opts.unit not in UNITS:
         raise ScaleError(f"--unit must be one of {', '.join(UNITS)}, got {opts.unit!r}")
@@ -187,7 +186,6 @@ def forecast_line(fc: dict) -> str:
 
 def run_record(run_dir: Path, bytes_per_token: float | None) -> dict:
     """A finished `gptkit train` run as a result: its shape, tokens, FLOPs (gptkit info's accounting), val loss."""
-    from ..checkpoint import checkpoint_config, list_checkpoints
 
     ckpts = list_checkpoints(run_dir)
     last = final_record(run_dir)
@@ -206,7 +204,6 @@ def run_record(run_dir: Path, bytes_per_token: float | None) -> dict:
 
 def fit_runs(opts: Any, say: Callable[[str], None] = print, warn: Callable[[str], None] = print) -> dict:
     """`gptkit scale fit RUN...`: the laws fitted to finished runs (bits per byte from each run's data)."""
-    from ..data.bytes import val_bytes_per_token
 
     if opts.unit not in UNITS:
         raise ScaleError(f"--unit must be one of {', '.join(UNITS)}, got {opts.unit!r}")

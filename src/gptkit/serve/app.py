@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from .. import __version__
+from ..chat_template import ChatTemplate
 from ..generate import Engine, Generation, GenerationError
 from . import responses, sse, translate
 from .config import ServeOptions
@@ -170,7 +171,6 @@ def create_app(model, tokenizer, options: ServeOptions):
     """The ASGI application serving `model` (a GPT, put in eval mode; `gptkit serve` first readies it with
     `prepare_for_inference`) with `tokenizer`: FastAPI behind GuardMiddleware behind RequestLog. Start it with
     uvicorn; its worker thread (`.state.worker`) starts and stops with the app (lifespan)."""
-    from ..chat_template import ChatTemplate
 
     model.eval()
     block = model.config.block_size

@@ -4,9 +4,16 @@ gptkit.commands.serve). Light at import: the command's imports are inside it."""
 import os
 import sys
 
-from ..errors import GptkitError
+import torch
+
+from ..checkpoint import load_model
+from ..errors import CheckpointError, GptkitError
+from ..generate import prepare_for_inference
 from ..options.serve import ServeCommandOptions
+from ..runtime import pick_device
+from .app import create_app
 from .config import ServeOptions, model_name_of
+from .running import bind_socket, log_requests, read_chat_template_file
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
 
@@ -21,12 +28,7 @@ def need_serve_extra() -> None:
 
 
 def serve(args: ServeCommandOptions) -> int:
-    import torch
 
-    from ..checkpoint import load_model
-    from ..errors import CheckpointError
-    from .app import create_app
-    from .running import bind_socket, log_requests, read_chat_template_file
 
     need_serve_extra()
     if not 0 <= args.port <= 65535:
@@ -41,7 +43,6 @@ def serve(args: ServeCommandOptions) -> int:
         raise GptkitError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {args.log_level!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    from ..runtime import pick_device
 
     device = pick_device(args.device)
     model = load_model(args.ckpt, map_location=device)
@@ -55,7 +56,6 @@ def serve(args: ServeCommandOptions) -> int:
     if tokenizer.vocab_size > model.config.vocab_size:
         raise CheckpointError(f"the tokenizer has {tokenizer.vocab_size} ids but the model only "
                               f"{model.config.vocab_size}")
-    from ..generate import prepare_for_inference
 
     model = prepare_for_inference(model, args.weights, args.blas, rows=args.max_batch)  # the server only decodes
     if args.chat_template:

@@ -6,6 +6,8 @@ import json
 import traceback
 from typing import Any
 
+from starlette.exceptions import HTTPException
+
 
 class APIError(Exception):
     """An error answered to the client in OpenAI's JSON shape."""
@@ -52,7 +54,6 @@ def install_handlers(app) -> None:
     """Answer every error of `app` (a FastAPI) in OpenAI's shape."""
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
-    from starlette.exceptions import HTTPException
 
     def answer(err: APIError) -> JSONResponse:
         return JSONResponse(err.body(), status_code=err.status, headers=err.headers)

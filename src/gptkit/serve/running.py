@@ -3,11 +3,13 @@ request log's output, a chat template from a file."""
 
 import contextlib
 import logging
+import socket
 import sys
 import threading
 import time
 from collections.abc import Iterator
 
+from ..chat_template import ChatTemplate
 from ..errors import GptkitError
 from .config import DEFAULT_HOST
 
@@ -41,7 +43,6 @@ class BackgroundServer:
 def bind_socket(host: str, port: int):
     """A TCP socket bound to host:port (as uvicorn binds one), or a one-line GptkitError: a port in use, an
     address this machine does not have."""
-    import socket
 
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
@@ -79,7 +80,6 @@ def log_requests(level: str) -> Iterator[str]:
 
 def read_chat_template_file(path: str) -> str:
     """The text of a chat template file, checked to be valid Jinja, or a one-line GptkitError."""
-    from ..chat_template import ChatTemplate
 
     try:
         with open(path, encoding="utf-8") as f:

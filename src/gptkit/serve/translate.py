@@ -3,7 +3,7 @@ the request and the served model (no HTTP), raising APIError for what the schema
 
 from dataclasses import dataclass
 
-from ..chat_template import ChatTemplate
+from ..chat_template import ChatTemplate, ChatTemplateError
 from ..errors import GptkitError
 from ..generate import SamplingParams
 from ..tokenizer import Tokenizer
@@ -170,7 +170,6 @@ def chat_prompt(req: ChatCompletionRequest, served: Served) -> list[int]:
     """The messages rendered through the chat template, as token ids. A stored template may write special
     tokens (its end-of-turn marks) as text, so they are encoded as special; the plain transcript's are not, so
     a message cannot inject a document boundary."""
-    from ..chat_template import ChatTemplateError
 
     try:
         text = served.template.render(chat_messages(req))

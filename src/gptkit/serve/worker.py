@@ -12,6 +12,8 @@ import threading
 import traceback
 from collections.abc import Awaitable, Callable
 
+import torch
+
 from ..errors import GptkitError
 from .config import CHECK_S
 from .errors import APIError, internal
@@ -50,8 +52,6 @@ class Worker:
             pass
 
     def _run(self) -> None:
-        import torch
-
         torch.set_grad_enabled(False)
         while not self.stopping.is_set():
             try:
