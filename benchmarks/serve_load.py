@@ -177,7 +177,7 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--preset", default="gpt2", help="model shape (random weights)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads in the server")
-    ap.add_argument("--blas", choices=["numpy", "torch"], default="numpy", help="the server's --blas")
+    ap.add_argument("--blas", choices=["auto", "numpy", "torch"], default="auto", help="the server's --blas")
     ap.add_argument("--min-ratio", type=float, default=4.0)
     ap.add_argument("--api", choices=["mixed", "completions", "chat"], default="mixed",
                     help="which endpoint the clients call (mixed: they alternate)")

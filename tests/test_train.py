@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -81,15 +82,56 @@ def test_prepare_train_sample(char_data: Path, tmp_path: Path, capsys) -> None:
     assert model.tokenizer is not None and model.config.vocab_size == model.tokenizer.vocab_size
 
 
-def test_resume_is_exact(char_data: Path, tmp_path: Path) -> None:
-    """2N steps straight == N steps, then --resume to 2N: identical weights and losses (dropout on)."""
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_resume_is_exact(char_data: Path, tmp_path: Path, dtype: str) -> None:
+    """2N steps straight == N steps, then --resume to 2N: identical weights and losses (dropout on), in float32
+    and under bf16 autocast (the resume keeps the run's dtype without being told)."""
     straight, split = tmp_path / "straight", tmp_path / "split"
-    common = ["train", "--data", str(char_data), *TINY]
+    common = ["train", "--data", str(char_data), *TINY, "--dtype", dtype]
     assert main([*common, "--out", str(straight), "--max-iters", "20"]) == 0
     assert main([*common, "--out", str(split), "--max-iters", "10", "--lr-decay-iters", "20"]) == 0
-    assert main([*common, "--out", str(split), "--max-iters", "20", "--resume"]) == 0
+    assert main(["train", "--data", str(char_data), "--out", str(split), "--max-iters", "20", "--resume",
+                 "--quiet"]) == 0
     assert_same_weights(straight, split)
     assert losses(straight) == losses(split)
+    assert json.loads((split / "train_config.json").read_text())["dtype"] == dtype
+
+
+def test_dtype_auto_is_settled_once_and_kept(char_data: Path, tmp_path: Path, monkeypatch) -> None:
+    """--dtype auto on a CPU takes the measured choice, writes its name with the run, and a resume computes in it
+    without measuring again; the measurement leaves the run's random stream alone."""
+    import gptkit.train as T
+
+    asked = []
+    monkeypatch.setattr(T, "cpu_train_dtype", lambda config, batch: asked.append(batch) or "bfloat16")
+    run, ref = tmp_path / "auto", tmp_path / "bf16"
+    common = ["train", "--data", str(char_data), *TINY, "--max-iters", "10"]
+    assert main([*common, "--out", str(run)]) == 0 and asked == [4]
+    assert json.loads((run / "train_config.json").read_text())["dtype"] == "bfloat16"
+    assert main([*common, "--out", str(ref), "--dtype", "bfloat16"]) == 0
+    assert_same_weights(run, ref)  # the same run as asking for bf16: nothing random was drawn to decide
+    monkeypatch.setattr(T, "cpu_train_dtype", lambda config, batch: pytest.fail("a resume measured again"))
+    assert main(["train", "--data", str(char_data), "--out", str(run), "--max-iters", "15", "--resume",
+                 "--quiet"]) == 0
+
+
+def test_the_dtype_measurement_draws_nothing_from_the_run(monkeypatch) -> None:
+    from gptkit import autotune
+    from gptkit.config import GPTConfig
+    import gptkit.train as T
+
+    monkeypatch.setenv("GPTKIT_AUTOTUNE", "on")
+    monkeypatch.setattr(autotune, "has_native_bf16", lambda flags=None: True)
+    config = GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=50)
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    choice = T.cpu_train_dtype(config, batch_size=2)
+    assert choice in ("float32", "bfloat16") and torch.equal(torch.get_rng_state(), before)
+    key = autotune.decision_key("train autocast", {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 16,
+                                                   "vocab": 50, "batch": 2, "threads": torch.get_num_threads()})
+    assert json.loads(autotune.cache_path().read_text())["decisions"][key]["choice"] == choice  # remembered
+    monkeypatch.setattr(autotune, "has_native_bf16", lambda flags=None: False)
+    assert T.cpu_train_dtype(config, batch_size=2) == "float32"  # no bf16 units: nothing to measure
 
 
 def test_lr_schedule() -> None:
@@ -316,6 +358,7 @@ def test_max_minutes_sets_the_length_from_the_measured_speed(char_data: Path, tm
         return 35  # what a real budget would give depends on the machine's speed: fixed here
 
     monkeypatch.setattr(T, "steps_in_budget", steps_in_budget)
+    monkeypatch.setattr(T.TimeBudget, "replan", lambda *a: None)  # re-planning: the next test
     run = tmp_path / "run"
     assert main(["train", "--data", str(char_data), "--out", str(run), "--max-minutes", "0.2", *TINY,
                  "--warmup-iters", "20", "--keep-last", "9"]) == 0
@@ -333,6 +376,48 @@ def test_max_minutes_sets_the_length_from_the_measured_speed(char_data: Path, tm
     assert [p.name for p in list_checkpoints(run)] == ["step-00000010"]
     assert main(["train", "--data", str(char_data), "--out", str(run), "--resume", "--quiet"]) == 0
     assert len(asked) == 2 and asked[1][0] == 20 and list_checkpoints(run)[-1].name == "step-00000035"
+
+
+def test_a_replanned_cosine_is_continuous_and_ends_at_min_lr() -> None:
+    cfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_iters=10, max_iters=200).resolved()
+    before = [lr_at(s, cfg) for s in range(201)]
+    from gptkit.train import cosine_progress
+
+    replanned = TrainConfig(**{**cfg.__dict__, "replanned_at": [80, cosine_progress(80, cfg)], "lr_decay_iters": 120,
+                               "max_iters": 120})
+    after = [lr_at(s, replanned) for s in range(121)]
+    assert after[:10] == before[:10] and after[80] == pytest.approx(before[80])  # the same warmup; no jump at 80
+    assert all(a >= b for a, b in zip(after[80:], after[81:]))  # then down, faster, with no jump
+    assert after[120] == pytest.approx(1e-4) and after[81] < before[81]
+
+
+def test_max_minutes_replans_when_the_machine_slows_down(char_data: Path, tmp_path: Path, monkeypatch,
+                                                        capsys) -> None:
+    """A competing process halfway (here: every step after step 60 takes 30 ms longer) moves the end closer:
+    re-planned at the evaluations, recorded with the run, the learning rate continuous down to min_lr."""
+    import gptkit.train as T
+
+    step = T.Trainer.step
+
+    def slowed(self, i):
+        if i >= 60:
+            time.sleep(0.03)
+        return step(self, i)
+
+    monkeypatch.setattr(T.Trainer, "step", slowed)
+    run = tmp_path / "run"
+    loud = [a for a in TINY if a != "--quiet"]  # the plans are said on stderr
+    assert main(["train", "--data", str(char_data), "--out", str(run), "--max-minutes", "0.1", *loud,
+                 "--warmup-iters", "20"]) == 0
+    err = capsys.readouterr().err
+    first = int(re.search(r"training (\d+) steps", err).group(1))
+    saved = json.loads((run / "train_config.json").read_text())
+    assert "re-planned at step" in err and saved["max_iters"] < first and saved["replanned_at"][0] > 60
+    rows = metric_lines(run)
+    assert rows[-1]["step"] == saved["max_iters"] == saved["lr_decay_iters"]
+    lrs = [r["lr"] for r in rows if r["step"] > 20]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # no jump back up at a re-plan
+    assert lr_at(saved["max_iters"], TrainConfig(**saved)) == pytest.approx(saved["min_lr"])
 
 
 def test_quickstart_on_a_named_corpus(shared_data: Path, tmp_path: Path, capsys) -> None:

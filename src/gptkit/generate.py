@@ -689,7 +689,6 @@ def quantize_weights(model: GPT, kind: Literal["int8", "fp16"] = "int8") -> GPT:
     checkpoint. Measured speed and quality cost: docs/benchmarks.md.
     """
 
-
     if kind not in ("int8", "fp16"):
         raise GenerationError(f"weights must be 'int8' or 'fp16', got {kind!r}")
     if model.transformer.wte.weight.device.type != "cpu":

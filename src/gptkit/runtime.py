@@ -2,9 +2,8 @@
 that every long command (train, finetune, eval, prepare) shows.
 
 Every command with a `--device`, `--dtype` or `--threads` flag resolves it here, so a bad value reads the same
-everywhere (a one-line DeviceError) and no command imports the pre-training loop to pick a device. torch is
-imported inside the functions and rich only when a live display is shown: `gptkit data` and the option parsers
-import this module and stay light.
+everywhere (a one-line DeviceError) and no command imports the pre-training loop to pick a device. rich is
+imported only when a live display is shown.
 """
 
 from __future__ import annotations

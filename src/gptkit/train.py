@@ -41,6 +41,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from . import autotune
 from . import distributed as D
 from .checkpoint import (
     SHARDS_DIR,
@@ -72,8 +73,21 @@ RESUME_OVERRIDABLE = ("device", "quiet", "threads", "max_iters", "log_interval",
 
 # ------------------------------------------------------------------------------------------ schedule
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """The run's learning rate at `step`: warmup, then cosine decay to min_lr (gptkit.optim.warmup_cosine)."""
-    return warmup_cosine(step, cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
+    """The run's learning rate at `step`: warmup, then cosine decay to min_lr (gptkit.optim.warmup_cosine).
+    After a --max-minutes re-plan at step s0 (cfg.replanned_at), the cosine goes on from the progress p0 it had
+    reached there to its end at the new lr_decay_iters: the rate stays continuous and still ends at min_lr.
+    (Between warmup and s0 the rate followed earlier plans: metrics.jsonl has the rate of every logged step.)"""
+    if cfg.replanned_at is None or step < cfg.replanned_at[0]:
+        return warmup_cosine(step, cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * cosine_progress(step, cfg))) * (cfg.lr - cfg.min_lr)
+
+
+def cosine_progress(step: int, cfg: TrainConfig) -> float:
+    """How far along its cosine (0: its start, 1: min_lr) the run's schedule is at `step`."""
+    if cfg.replanned_at is not None and step >= cfg.replanned_at[0]:
+        s0, p0 = cfg.replanned_at
+        return min(1.0, p0 + (1 - p0) * (step - s0) / max(1, cfg.lr_decay_iters - s0))
+    return min(1.0, max(0.0, (step - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)))
 
 
 TIME_BUDGET_FIRST_STEPS = 5
@@ -92,6 +106,54 @@ def steps_in_budget(cfg: TrainConfig, step: int, elapsed_s: float, s_per_step: f
     eval_share = n_splits * cfg.eval_iters / 3 / (cfg.eval_interval * cfg.grad_accum)
     left = max(0.0, cfg.max_minutes * 60 - elapsed_s)
     return step + int(left / (s_per_step * (1 + eval_share)))
+
+
+# ------------------------------------------------------------------------------------------- dtype
+def _train_step_workloads(config: GPTConfig, batch_size: int) -> dict[str, Any]:
+    """One forward and backward pass at the run's shape, in float32 and under bf16 autocast, on a throwaway
+    model (the global RNG is left as it was: the run's own weights and dropout do not depend on measuring)."""
+    with torch.random.fork_rng(devices=[]):
+        model = GPT(config)
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randint(config.vocab_size, (batch_size, config.block_size), generator=gen)
+
+    def run(dtype):
+        def once():
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+                logits = model(x)
+            F.cross_entropy(logits.float().view(-1, logits.size(-1)), x.view(-1)).backward()
+            model.zero_grad(set_to_none=True)
+        return once
+
+    return {"float32": run(torch.float32), "bfloat16": run(torch.bfloat16)}
+
+
+def cpu_train_dtype(config: GPTConfig, batch_size: int) -> str:
+    """--dtype auto on a CPU: "bfloat16" autocast where the CPU has native bf16 units (AMX, AVX512-BF16) and a
+    training step at this shape was measured faster with it, else "float32" (gptkit.autotune: measured once
+    per CPU, shape, thread count and torch version, then remembered)."""
+    if not autotune.has_native_bf16():
+        return "float32"
+    shape = {"n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd,
+             "block_size": config.block_size, "vocab": config.vocab_size, "batch": batch_size,
+             "threads": torch.get_num_threads()}
+    return autotune.choose("train autocast", shape, ("float32", "bfloat16"),
+                           lambda: _train_step_workloads(config, batch_size), rounds=3,
+                           describe=lambda d: f"training computes in {d} on this CPU (--dtype {d})")
+
+
+def settle_dtype(cfg: TrainConfig, rt: Runtime, config: GPTConfig, resumed: bool) -> None:
+    """The run's autocast dtype. `--dtype auto` is resolved once, when the run starts, and the name is written
+    into its settings (train_config.json, every checkpoint), so a resume computes in the same dtype. On a CPU
+    it is measured (cpu_train_dtype), except under torchrun, where the processes share the cores and must
+    agree: there, and for runs saved as "auto" before this was decided, float32."""
+    if cfg.dtype == "auto" and not resumed:
+        if rt.device.type == "cpu" and not rt.info.enabled:
+            cfg.dtype = cpu_train_dtype(config, cfg.batch_size)
+        else:
+            cfg.dtype = {torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(
+                pick_dtype("auto", rt.device), "float32")
+    rt.dtype = pick_dtype(cfg.dtype, rt.device)
 
 
 # ------------------------------------------------------------------------------------- checkpoints
@@ -120,7 +182,6 @@ def save_checkpoint(run_dir: Path, step: int, model, model_sd: dict | None, opti
     """Write RUN/checkpoints/step-N atomically: a complete gptkit checkpoint plus trainer_state.pt (every rank's
     RNG state, step, best val, data-loader state, and, in the full format, the name-keyed full optimizer state).
     Sharded: `tmp` already holds shards/ (written by every rank), and this adds the rest and publishes it."""
-
 
     final = step_dir(run_dir, step)
     extra = {"train": dataclasses.asdict(cfg), "step": step}
@@ -244,7 +305,6 @@ def preflight(cfg: TrainConfig, nproc: int) -> None:
     """Find the mistakes every one of `nproc` processes would make before torchrun starts them, so that the
     user reads one line instead of N copies and a launcher's traceback."""
 
-
     cfg.validate()
     load_tokenizer(Path(cfg.data))
     device = pick_device(cfg.device)
@@ -313,7 +373,6 @@ class Built:
 def setup_runtime(cfg: TrainConfig) -> Runtime:
     """Check the options, read the data's tokenizer, join the process group, pick device, threads and dtype."""
 
-
     cfg.validate()
     tokenizer = load_tokenizer(Path(cfg.data))  # DataError when it is not a `gptkit prepare` output
     device = pick_device(cfg.device)
@@ -344,7 +403,6 @@ def build_or_restore_model(cfg: TrainConfig, rt: Runtime, resume_from: Path | No
     """The model, five ways: restored from a full or a sharded checkpoint (--resume), the weights of another
     checkpoint (--init-from), or fresh: built whole, or under FSDP on the meta device with rank 0's init."""
 
-
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     if resume_from is not None:
         built = restore_model(rt, resume_from)
@@ -365,7 +423,6 @@ def build_or_restore_model(cfg: TrainConfig, rt: Runtime, resume_from: Path | No
 def restore_model(rt: Runtime, resume_from: Path) -> Built:
     """The checkpoint's model (a sharded one: built without storage, each rank reads its own slices once the
     model is sharded) and its trainer_state.pt."""
-
 
     sharded = is_sharded(resume_from)
     if sharded:
@@ -426,7 +483,6 @@ def place_model(cfg: TrainConfig, rt: Runtime, built: Built):
     """Activation checkpointing, the parallel wrapper (DDP, or FSDP2 shards), storage for a meta-built model
     (uninitialised: shards or rank 0's broadcast fill it); returns the model the loop calls."""
 
-
     model = built.model
     if cfg.activation_checkpointing:
         D.checkpoint_blocks(model)
@@ -452,7 +508,6 @@ def restore_state(cfg: TrainConfig, rt: Runtime, built: Built, optimizer, loader
                   ) -> TrainState:
     """Put the optimizer, the RNG streams and the data loader where the checkpoint left them (a fresh run: give
     each rank its own dropout stream); the run's step, best val and token count."""
-
 
     info, saved = rt.info, built.saved
     if saved is None:
@@ -517,7 +572,6 @@ class Trainer:
     def step(self, step: int):
         """One optimizer step over grad_accum micro-batches per rank; returns (lr, summed loss tensor)."""
 
-
         cfg, info = self.cfg, self.rt.info
         lr = lr_at(step, cfg)
         set_lr(self.optimizer, lr)
@@ -535,7 +589,6 @@ class Trainer:
         """Mean loss over eval_iters fixed batches of each split. They are shared out: rank r takes batches
         r, r + N, ...; every rank runs the same number of forward passes (FSDP needs all ranks in each), a rank
         short of one repeats a batch at weight 0."""
-
 
         info, n, device = self.rt.info, self.cfg.eval_iters, self.rt.device
         self.wrapped.eval()
@@ -584,13 +637,20 @@ class Trainer:
 # ----------------------------------------------------------------------------- phase: the time budget
 class TimeBudget:
     """--max-minutes: the steps after the first few are timed up to time_budget_step(cfg); there the run's
-    length (max_iters, and the cosine's when it follows max_iters) is fixed from the measured speed."""
+    length (max_iters, and the cosine's when it follows max_iters) is set from the measured speed. Then, at each
+    evaluation, it is re-planned from the speed since the last plan (evaluations included), so that a machine
+    whose load changes still ends the run on time."""
+
+    REPLAN_MIN_CHANGE = 0.01
+    """A re-plan that moves the end by less than this share of the run keeps the plan."""
 
     def __init__(self, cfg: TrainConfig, step: int) -> None:
         at = time_budget_step(cfg)
-        self.at = at if cfg.max_minutes is not None and step < at else None  # None: the length is known
+        self.on = cfg.max_minutes is not None
+        self.at = at if self.on and step < at else None  # None: the length is known
         self.t_speed: float | None = None  # when the timed steps began
         self.step_speed = 0
+        self.since: tuple[float, int] | None = None  # (time, step) the next re-plan measures the speed from
 
     def before_step(self, step: int) -> None:
         if self.at is not None and self.t_speed is None and step >= min(TIME_BUDGET_FIRST_STEPS, self.at - 1):
@@ -598,22 +658,41 @@ class TimeBudget:
 
     def length(self, cfg: TrainConfig, step: int, t_start: float, n_splits: int, info) -> int | None:
         """At the budget step: the run's total steps, rank 0's choice on every rank; otherwise None."""
-
         if step != self.at:
             return None
         now = time.perf_counter()
         total = steps_in_budget(cfg, step, now - t_start, (now - self.t_speed) / (step - self.step_speed), n_splits)
-        self.at = None
+        self.at, self.since = None, (now, step)
         return max(step, D.all_gather_objects(total, info)[0])
 
+    def replan(self, cfg: TrainConfig, step: int, t_start: float, info) -> int | None:
+        """At an evaluation step once the length is set: the total steps that end on time at the speed since the
+        last plan, when it moves the end by more than REPLAN_MIN_CHANGE (rank 0's on every rank); else None."""
+        if not self.on or self.at is not None or step % cfg.eval_interval or step >= cfg.max_iters:
+            return None
+        now = time.perf_counter()
+        if self.since is None or step - self.since[1] < 2:  # resumed: the speed is measured from here
+            self.since = (now, step) if self.since is None else self.since
+            return None
+        s_per_step = (now - self.since[0]) / (step - self.since[1])
+        total = step + int(max(0.0, cfg.max_minutes * 60 - (now - t_start)) / s_per_step)
+        total = D.all_gather_objects(total, info)[0]
+        self.since = (now, step)
+        return None if abs(total - cfg.max_iters) <= self.REPLAN_MIN_CHANGE * cfg.max_iters else max(step, total)
 
-def fix_length(cfg: TrainConfig, total: int, rt: Runtime, display: Progress, bar: int) -> None:
-    """Set the run's length found by the time budget, and record it in train_config.json."""
 
+def set_length(cfg: TrainConfig, total: int, step: int, rt: Runtime, display: Progress, bar: int,
+               replanned: bool) -> None:
+    """The run's length as the time budget planned it at `step`. When the cosine follows max_iters it goes on from
+    where it is to the new end (cfg.replanned_at), so the learning rate stays continuous. Recorded in
+    train_config.json and, through cfg, in every later checkpoint: a resume continues the same schedule."""
     if cfg.lr_decay_iters == cfg.max_iters:
+        cfg.replanned_at = [step, cosine_progress(step, cfg)]
         cfg.lr_decay_iters = total
+    display.print(f"time budget {cfg.max_minutes:g} min (--max-minutes): "
+                  + (f"re-planned at step {step}: {total} steps (was {cfg.max_iters}) at the speed since the last "
+                     f"plan" if replanned else f"training {total} steps"))
     cfg.max_iters = total
-    display.print(f"time budget {cfg.max_minutes:.1f} min (--max-minutes): training {total} steps")
     display.update(bar, total=total)
     if rt.info.is_main:
         atomic_write_text(rt.run_dir / "train_config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
@@ -663,6 +742,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     with hold_run_dir(rt):
         cfg, resume_from = resume_or_start(cfg, rt)
         built = build_or_restore_model(cfg, rt, resume_from)
+        settle_dtype(cfg, rt, built.model.config, resumed=resume_from is not None)
         loader, splits = open_data(cfg, rt, built.model.config.block_size)
         wrapped = place_model(cfg, rt, built)
         optimizer = adamw(built.model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps,
@@ -700,9 +780,10 @@ def run_steps(cfg: TrainConfig, rt: Runtime, t: Trainer, state: TrainState, metr
             step += 1
             state.tokens += t.tokens_per_step
             log.tokens_last += t.tokens_per_step
-            total = budget.length(cfg, step, t.t_start, len(t.splits), rt.info)
-            if total is not None:  # --max-minutes: now the speed is known, fix the run's length
-                fix_length(cfg, total, rt, log.display, log.bar)
+            total = budget.length(cfg, step, t.t_start, len(t.splits), rt.info)  # --max-minutes: the speed is known
+            replanned = total is None and (total := budget.replan(cfg, step, t.t_start, rt.info)) is not None
+            if total is not None:
+                set_length(cfg, total, step, rt, log.display, log.bar, replanned)
             last = budget.at is None and step == cfg.max_iters
             eval_due = step % cfg.eval_interval == 0 or last
             save_due = step % cfg.save_interval == 0 or last

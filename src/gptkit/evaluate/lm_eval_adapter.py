@@ -172,7 +172,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     """lm-eval's own command line, with the gptkit model registered first."""
     from lm_eval.__main__ import cli_evaluate
 
-
     adapter.register()
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]

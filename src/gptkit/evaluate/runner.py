@@ -170,7 +170,6 @@ def evaluate(model: GPT, tasks: Sequence[str | Task], shots: Sequence[int] = (0,
             if keep_samples:
                 samples += [{"task": job.task.name, "shots": job.shots, **r} for r in recs]
 
-
     config = {
         "tasks": [j.task.name for j in jobs], "shots": list(shots), "limit": limit, "seed": seed,
         "batch_size": batch_size, "description": description, "unconditional": unconditional,

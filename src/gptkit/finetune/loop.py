@@ -175,7 +175,6 @@ def grow_vocab(model: GPT, vocab_size: int, new_ids: list[int], generator: torch
     N(0, init_std) like every other weight at initialisation (GPT-1 §4.1). The tied LM head follows the
     embedding; an untied one grows the same way."""
 
-
     cfg = model.config
     new_cfg = dataclasses.replace(cfg, vocab_size=max(vocab_size, cfg.vocab_size))
     sd = model_state_dict(model)
@@ -206,7 +205,6 @@ def rebuild(model: GPT, config, state_dict: dict[str, torch.Tensor] | None = Non
 def prepare_model(cfg: FinetuneConfig, spec: TaskSpec, device: torch.device) -> tuple[FinetuneModel, Tokenizer]:
     """Load the pre-trained model (or its architecture, randomly initialised), add the task's special tokens to
     its tokenizer and embedding, and put the task head on it. Fills spec.special_ids and spec.max_len."""
-
 
     gpt = load_model(cfg.ckpt, map_location=device)
     tok = gpt.tokenizer
@@ -298,7 +296,6 @@ def run_model(model: FinetuneModel, encoded: list[Encoded], batch_size: int, dev
 
 def score(outs: list[Any], encoded: list[Encoded], spec: TaskSpec) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Metrics (when every example has a label) and one prediction record per example."""
-
 
     records: list[dict[str, Any]] = []
     preds: list[Any] = []
@@ -402,7 +399,6 @@ def train_epoch(run: FinetuneRun, epoch: int, step: int, rng: random.Random, pro
     """One pass over the shuffled training batches (stopping at run.total steps); returns the step reached and
     the summed losses {loss, task_loss, lm_loss, n}."""
 
-
     cfg, spec = run.cfg, run.spec
     use_lm = cfg.lm_coef > 0
     sums = {"loss": 0.0, "task_loss": 0.0, "lm_loss": 0.0, "n": 0}
@@ -448,7 +444,6 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 
 def _finetune(run: FinetuneRun, out: Path, t0: float) -> dict[str, Any]:
     """The epochs (each evaluated on valid), the final evaluation, and the files, published at once."""
-
 
     cfg, spec = run.cfg, run.spec
     rng = random.Random(cfg.seed)
@@ -531,7 +526,6 @@ def save_finetuned(directory: Path, model: FinetuneModel, tokenizer: Tokenizer, 
                    head_dropout: float) -> None:
     """Write the files of a fine-tuned model into `directory` (the caller makes it atomic)."""
 
-
     write_model_files(directory, model.gpt, tokenizer, extra={"finetune": {"task": spec.task, "head": HEAD_WEIGHTS,
                                                                            "spec": TASK_JSON}})
     save_file({k: v.detach().contiguous() for k, v in model.head.state_dict().items()}, str(directory / HEAD_WEIGHTS),
@@ -572,7 +566,6 @@ def predict(ckpt: str | Path, input: str | Path, out: str | Path, fmt: str | Non
             max_examples: int | None = None) -> dict[str, Any]:
     """`gptkit predict`: one JSON line per input example (prediction + probabilities, or score) in `out`;
     returns the metrics when the input has labels."""
-
 
     positive_int(batch_size, "--batch-size", TaskError, allow_none=False)
     positive_int(max_examples, "--max-examples", TaskError)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
+import sys
 from dataclasses import field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -141,17 +143,41 @@ def from_args(cls: type[T], args: argparse.Namespace, error: type[GptkitError] =
         v = getattr(args, f.name, None)
         if v is not None:
             values[f.name] = v
+    explicit = frozenset(values)
     try:
-        opts = cls(**values)
+        opts = cls(**{**values, **quick_caps(cls, values)})
     except TypeError as e:
         raise error(str(e)) from None
-    opts.explicit = frozenset(values)  # type: ignore[attr-defined]
+    opts.explicit = explicit  # type: ignore[attr-defined]
     return opts
+
+
+QUICK_ENV = "GPTKIT_QUICK"
+"""Set to 1, a command whose options class has QUICK caps (train, quickstart, sample) brings its budgets (steps,
+minutes, tokens) down to them: a smoke run of a documented command in seconds. tests/test_readme.py runs the
+README's commands this way."""
+
+
+def quick_caps(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Under GPTKIT_QUICK=1, the fields of `values` (or their defaults) above the options class's `QUICK` caps,
+    brought down to them, and those named in its `QUICK_FILL` set to their cap when unset (None); one line on
+    stderr says what changed. {} otherwise."""
+    caps = getattr(cls, "QUICK", None)
+    if not caps or os.environ.get(QUICK_ENV, "") in ("", "0"):
+        return {}
+    now = {f.name: values.get(f.name, field_default(f)) for f in fields(cls)}
+    fill = getattr(cls, "QUICK_FILL", ())
+    capped = {name: cap for name, cap in caps.items()
+              if (now[name] is None and name in fill) or (isinstance(now[name], (int, float)) and now[name] > cap)}
+    if capped:
+        shown = ", ".join(f"{n} {now[n]} -> {c}" for n, c in capped.items())
+        print(f"gptkit: {QUICK_ENV}=1: {shown}", file=sys.stderr)
+    return capped
 
 
 def check_types(cls: type, values: dict[str, Any], where: str, error: type[GptkitError] = GptkitError) -> None:
     """Each option has its field's type (a YAML file can say `max_iters: 2.5` or `compile: "no"`)."""
-    kinds = {f.name: flag_type(f) for f in fields(cls)}
+    kinds = {f.name: flag_type(f) for f in fields(cls) if "help" in f.metadata}  # not flags: set by the command
     for name, v in values.items():
         kind = kinds.get(name)
         if v is None or kind is None:
@@ -178,7 +204,7 @@ def load_yaml_options(cls: type, path: str | Path, error: type[GptkitError] = Gp
         raise error(f"config file {path} is not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise error(f"config file {path} must hold a mapping of option: value")
-    known = {f.name for f in fields(cls)}
+    known = {f.name for f in fields(cls) if "help" in f.metadata}
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
     unknown = sorted(set(data) - known)
     if unknown:

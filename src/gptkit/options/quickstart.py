@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from . import common
 from .generator import opt
@@ -11,6 +12,9 @@ from .generator import opt
 @dataclass
 class QuickstartOptions:
     """Train a small GPT on Shakespeare for about five minutes on a CPU, then print a sample."""
+
+    QUICK: ClassVar[dict[str, float]] = {"minutes": 0.5, "max_iters": 20, "max_new_tokens": 200}
+    QUICK_FILL: ClassVar[tuple[str, ...]] = ("max_iters",)  # a fixed short run, not a time budget
 
     corpus: list[str] | None = opt(None, "your own text instead (files, directories, JSONL, .gz)", nargs="+")
     out: str = common.out_dir("working directory: the corpus, its shards and the run", default="runs/quickstart")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from . import common
 from .generator import opt
@@ -25,6 +25,8 @@ def blas() -> Any:
 @dataclass
 class SampleOptions:
     """Generate text from a checkpoint, streaming to stdout."""
+
+    QUICK: ClassVar[dict[str, float]] = {"max_new_tokens": 100}
 
     ckpt: str = common.ckpt()
     prompt: str | None = opt(None, "text to continue (default: start from <|endoftext|>)")

@@ -5,13 +5,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import TrainError
 from . import common
 from .generator import check_types as _check_types
 from .generator import load_yaml_options, opt
-
 
 WARMUP_CAP = 2000
 """The most warmup steps the default warmup (--warmup-fraction) gives: GPT-1's 2,000 (§4.1)."""
@@ -20,6 +19,8 @@ WARMUP_CAP = 2000
 @dataclass
 class TrainConfig:
     """Everything a training run needs. Field names follow nanoGPT; each is a `--flag` of `gptkit train`."""
+
+    QUICK: ClassVar[dict[str, float]] = {"max_iters": 20, "max_minutes": 0.25, "eval_interval": 10, "eval_iters": 2}
 
     data: str | None = opt(None, "prepared data directory (from `gptkit prepare`)")
     out: str = common.out_dir("run directory for checkpoints, metrics and plots", default="runs/gpt")
@@ -37,7 +38,8 @@ class TrainConfig:
     grad_accum: int = opt(1, "micro-batches per optimizer step")
     max_iters: int = opt(2000, "optimizer steps")
     max_minutes: float | None = opt(None, "train for about this many minutes instead: at the end of warmup, "
-                                         "--max-iters (and the cosine's length) is set from the measured speed")
+                                         "--max-iters (and the cosine's length) is set from the measured speed, "
+                                         "and re-planned at each evaluation from the speed since the last one")
     lr: float = opt(6e-4, "peak learning rate")
     min_lr: float | None = opt(None, "final learning rate of the cosine decay (default lr/10, as GPT-3)")
     warmup_iters: int | None = opt(None, "linear warmup steps (default: --warmup-fraction of the cosine's length, "
@@ -59,7 +61,8 @@ class TrainConfig:
     # system
     seed: int = common.seed("init, dropout, batches")
     device: str = common.device()
-    dtype: str = opt("auto", "float32, bfloat16 or float16 autocast; auto: bfloat16 on GPUs that have it, else float32")
+    dtype: str = opt("auto", "float32, bfloat16 or float16 autocast; auto: bfloat16 on GPUs that have it and on CPUs "
+                             "with bf16 units where it was measured faster at this shape, else float32")
     compile: bool = opt(False, "torch.compile the model")
     attention_backend: str = opt("auto", "kernel of the banded attention layers: sdpa (masked), flex "
                                 "(flex_attention block masks, GPU) or auto (flex on CUDA, else sdpa)")
@@ -72,6 +75,8 @@ class TrainConfig:
     resume: bool = opt(False, "continue the run in --out from its latest checkpoint")
     sample_every: int = opt(0, "print a short sample every N steps (0: never)")
     quiet: bool = common.quiet(old={"--no-quiet": None})
+    # set by the run, not a flag: where --max-minutes last re-planned the cosine, [step, progress reached there]
+    replanned_at: list | None = None
 
     def resolved(self) -> TrainConfig:
         c = dataclasses.replace(self)

@@ -29,7 +29,6 @@ def need_serve_extra() -> None:
 
 def serve(args: ServeCommandOptions) -> int:
 
-
     need_serve_extra()
     if not 0 <= args.port <= 65535:
         raise GptkitError(f"--port must be in 0..65535, got {args.port}")

@@ -1,0 +1,89 @@
+"""float32 vs bf16 autocast for CPU training, side by side, and what `--dtype auto` chooses.
+
+Runs the real command (`python -m gptkit train`) at one shape in alternating pairs (float32, bfloat16, float32,
+bfloat16, ...) on the same prepared data, and prints per pair the training speed (median tokens/s over the logged
+steps after the first) and the validation loss at the last step, then the median speed ratio. Last, one run with
+`--dtype auto` and a fresh decision cache shows what gptkit decides on this CPU (and says so on stderr).
+
+    python benchmarks/train_dtype.py                      # 6 × 384, context 256, BPE-8k on tinyshakespeare, batch 8
+    python benchmarks/train_dtype.py --n-layer 4 --n-embd 128 --block-size 64 --batch-size 12 --tokenizer char
+    python benchmarks/train_dtype.py --steps 10 --pairs 1   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+
+
+def prepare(work: Path, tokenizer: str, vocab_size: int) -> Path:
+    out = work / f"data-{tokenizer}-{vocab_size}"
+    if not (out / "manifest.json").exists():
+        cmd = [sys.executable, "-m", "gptkit", "prepare", "--input", str(TEXT), "--tokenizer-kind", tokenizer,
+               "--out", str(out)]
+        if tokenizer == "bpe":
+            cmd += ["--vocab-size", str(vocab_size)]
+        subprocess.run(cmd, check=True)
+    return out
+
+
+def train(data: Path, out: Path, dtype: str, a: argparse.Namespace, env: dict) -> dict:
+    cmd = [sys.executable, "-m", "gptkit", "train", "--data", str(data), "--out", str(out), "--preset", "gpt-micro",
+           "--n-layer", str(a.n_layer), "--n-head", str(a.n_head), "--n-embd", str(a.n_embd),
+           "--block-size", str(a.block_size), "--batch-size", str(a.batch_size), "--max-iters", str(a.steps),
+           "--eval-interval", str(a.steps), "--eval-iters", "10", "--log-interval", "5", "--dropout", "0",
+           "--dtype", dtype, "--quiet"]
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if res.returncode:
+        sys.exit(f"train failed ({dtype}):\n{res.stderr}")
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    speed = statistics.median(r["tokens_per_s"] for r in rows[1:]) if len(rows) > 1 else rows[0]["tokens_per_s"]
+    chosen = json.loads((out / "train_config.json").read_text())["dtype"]
+    return {"tok_s": speed, "val": rows[-1].get("val_loss"), "wall": wall, "dtype": chosen, "stderr": res.stderr}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n-layer", type=int, default=6)
+    ap.add_argument("--n-head", type=int, default=6)
+    ap.add_argument("--n-embd", type=int, default=384)
+    ap.add_argument("--block-size", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--tokenizer", choices=["bpe", "char"], default="bpe")
+    ap.add_argument("--vocab-size", type=int, default=8192)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--pairs", type=int, default=2)
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "gptkit-bench-dtype"))
+    a = ap.parse_args()
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    data = prepare(work, a.tokenizer, a.vocab_size)
+    cache = tempfile.mkdtemp(prefix="gptkit-cache-")
+    env = {**os.environ, "GPTKIT_AUTOTUNE": "off", "GPTKIT_CACHE_DIR": cache}
+    ratios = []
+    for p in range(a.pairs):
+        got = {d: train(data, Path(tempfile.mkdtemp(dir=work)) / "run", d, a, env) for d in ("float32", "bfloat16")}
+        ratios.append(got["bfloat16"]["tok_s"] / got["float32"]["tok_s"])
+        print(f"pair {p + 1}: float32 {got['float32']['tok_s']:,.0f} tok/s (val {got['float32']['val']:.4f}), "
+              f"bfloat16 {got['bfloat16']['tok_s']:,.0f} tok/s (val {got['bfloat16']['val']:.4f}): "
+              f"bf16 / fp32 = {ratios[-1]:.2f}×", flush=True)
+    print(f"median bf16 / fp32 tokens/s: {statistics.median(ratios):.2f}× over {a.pairs} pair(s)")
+    auto = train(data, Path(tempfile.mkdtemp(dir=work)) / "run", "auto", a, {**env, "GPTKIT_AUTOTUNE": "on"})
+    said = [line for line in auto["stderr"].splitlines() if "measured once" in line]
+    print(f"--dtype auto chose {auto['dtype']} ({auto['tok_s']:,.0f} tok/s){': ' + said[0] if said else ''}")
+
+
+if __name__ == "__main__":
+    main()
