@@ -6,7 +6,7 @@ steps after the first) and the validation loss at the last step, then the median
 `--dtype auto` and a fresh decision cache shows what gptkit decides on this CPU (and says so on stderr).
 
     python benchmarks/train_dtype.py                      # 6 × 384, context 256, BPE-8k on tinyshakespeare, batch 8
-    python benchmarks/train_dtype.py --n-layer 4 --n-embd 128 --block-size 64 --batch-size 12 --tokenizer char
+    python benchmarks/train_dtype.py --n-layer 4 --n-embd 128 --block-size 64 --batch-size 12 --tokenizer-kind char
     python benchmarks/train_dtype.py --steps 10 --pairs 1   # a smoke run
 """
 
@@ -61,7 +61,7 @@ def main() -> None:
     ap.add_argument("--n-embd", type=int, default=384)
     ap.add_argument("--block-size", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--tokenizer", choices=["bpe", "char"], default="bpe")
+    ap.add_argument("--tokenizer-kind", choices=["bpe", "char"], default="bpe")
     ap.add_argument("--vocab-size", type=int, default=8192)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--pairs", type=int, default=2)
@@ -69,7 +69,7 @@ def main() -> None:
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    data = prepare(work, a.tokenizer, a.vocab_size)
+    data = prepare(work, a.tokenizer_kind, a.vocab_size)
     cache = tempfile.mkdtemp(prefix="gptkit-cache-")
     env = {**os.environ, "GPTKIT_AUTOTUNE": "off", "GPTKIT_CACHE_DIR": cache}
     ratios = []

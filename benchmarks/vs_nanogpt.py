@@ -137,7 +137,7 @@ def main() -> None:
         ngpt = setup_nanogpt(scratch)
         data = scratch / "gptkit-data"
         subprocess.run([*gptkit, "prepare", "--input", str(SHARED / "data/tinyshakespeare/input.txt"),
-                        "--tokenizer", "char", "--out", str(data)], check=True, stdout=subprocess.DEVNULL)
+                        "--tokenizer-kind", "char", "--out", str(data)], check=True, stdout=subprocess.DEVNULL)
         rows = []
         for pair in range(a.pairs):
             run = scratch / f"gptkit-run-{pair}"

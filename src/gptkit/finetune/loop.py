@@ -107,7 +107,7 @@ def columns_from_flags(fmt: str, task: str, text_field: str | None = None, pair_
                        index_base: int | None = None) -> Columns:
     """The format's default column mapping with the user's --*-field flags applied."""
     cols = default_columns(fmt, task)
-    given = [f for f, v in (("--text-field", text_field), ("--pair-field", pair_field),
+    given = [f for f, v in (("--text-fields", text_field), ("--pair-field", pair_field),
                             ("--choice-fields", choice_fields), ("--label-field", label_field)) if v]
     if fmt in POSITIONAL_FORMATS and given:
         raise TaskError(f"{', '.join(given)} cannot be used with --format {fmt}, whose columns are fixed; use "
@@ -568,7 +568,7 @@ def predict(ckpt: str | Path, input: str | Path, out: str | Path, fmt: str | Non
     returns the metrics when the input has labels."""
 
     positive_int(batch_size, "--batch-size", TaskError, allow_none=False)
-    positive_int(max_examples, "--max-examples", TaskError)
+    positive_int(max_examples, "--limit", TaskError)
     check_output_file(out, "--out", [input], TaskError, create_parent=True)
     model, spec, tok = load_finetuned(ckpt, map_location=device)
     fmt = fmt or spec.format
