@@ -111,9 +111,10 @@ def steps_in_budget(cfg: TrainConfig, step: int, elapsed_s: float, s_per_step: f
 # ------------------------------------------------------------------------------------------- dtype
 def _train_step_workloads(config: GPTConfig, batch_size: int) -> dict[str, Any]:
     """One forward and backward pass at the run's shape, in float32 and under bf16 autocast, on a throwaway
-    model (the global RNG is left as it was: the run's own weights and dropout do not depend on measuring)."""
+    model of at most two of its blocks (the ratio is the blocks' and the head's; a deep model would cost minutes
+    and its memory twice). The global RNG is left as it was: the run's weights and dropout do not depend on it."""
     with torch.random.fork_rng(devices=[]):
-        model = GPT(config)
+        model = GPT(dataclasses.replace(config, n_layer=min(config.n_layer, 2)))
         gen = torch.Generator().manual_seed(0)
         x = torch.randint(config.vocab_size, (batch_size, config.block_size), generator=gen)
 
