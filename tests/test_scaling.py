@@ -221,3 +221,26 @@ def test_bad_input(tiny_char: Path, tmp_path: Path, capsys) -> None:
     assert len(warned) == 1 and "r2" in warned[0] and "left out" in warned[0]
     with pytest.raises(ScaleError, match="only 4 runs"):
         usable(runs[1:], "nats", warned.append)
+
+
+def test_forecast_caveats_and_the_verify_refusal():
+    """A forecast run that would repeat the data past 40 epochs is not verified (fit.json and forecast.json are
+    still written by the caller); one past 4 epochs, or outside the fitted sizes, is said and recorded."""
+    from gptkit.scaling.forecast import caveats, check_verifiable
+    from gptkit.scaling.plan import ScaleError
+
+    said = []
+    fc = {"point": {"tokens": 1_000_000_000, "non_embedding_params": 100_000}}
+    got = caveats(fc, [12_800, 100_000, 793_000], train_tokens=4_740_912, warn=said.append)
+    assert got["epochs"] == pytest.approx(1e9 / 4_740_912) and got["size_inside_ladder"] is True
+    assert len(said) == 1 and "211 times" in said[0]
+    with pytest.raises(ScaleError, match="211 times"):
+        check_verifiable({**fc, **got})
+    said.clear()
+    fc = {"point": {"tokens": 3_000_000, "non_embedding_params": 5_000}}
+    got = caveats(fc, [12_800, 100_000], train_tokens=4_740_912, warn=said.append)
+    assert got == {"epochs": pytest.approx(3e6 / 4_740_912), "size_inside_ladder": False}
+    assert len(said) == 1 and "not inside the fitted runs'" in said[0]
+    assert caveats({"point": {"tokens": 1, "non_embedding_params": 12_800}}, [12_800, 100_000], 10,
+                   said.append)["size_inside_ladder"] is False  # at the smallest fitted size: not bracketed
+    check_verifiable({**fc, **got})  # under 40 epochs: verifiable

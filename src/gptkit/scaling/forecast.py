@@ -13,7 +13,17 @@ import math
 from typing import Callable
 
 from .fit import Law
-from .plan import PlanSpec, Point, ScaleError, make_point, model_config, ratio_depth, shape_of_depth
+from .plan import (
+    EPOCHS_MAX,
+    EPOCHS_WARN,
+    PlanSpec,
+    Point,
+    ScaleError,
+    make_point,
+    model_config,
+    ratio_depth,
+    shape_of_depth,
+)
 
 TARGET_FACTOR = 10.0
 """The default target: this many times the largest fitted run's compute (GPT-4's forecasts reached 10,000×)."""
@@ -71,6 +81,33 @@ def forecast(target: float, largest: float, spec: PlanSpec, laws: dict[str, Law 
         out["predicted_interval"] = out.get("predicted_interval_compute_law")
         out["law"] = "compute"
     return out
+
+
+def caveats(fc: dict, fitted_params: list[int], train_tokens: int, warn: Callable[[str], None]) -> dict:
+    """What makes a forecast less than a forecast, recorded in forecast.json and said once: the chosen run
+    repeats the training data past EPOCHS_WARN times (the laws were fitted on fresher data), or its size is not
+    strictly inside the fitted runs' sizes (the optimum is not bracketed: the law is extrapolated in N too)."""
+    point = fc["point"]
+    epochs = point["tokens"] / max(1, train_tokens)
+    n = point["non_embedding_params"]
+    inside = min(fitted_params) < n < max(fitted_params)
+    if epochs > EPOCHS_WARN:
+        warn(f"the forecast run would read the training data {epochs:.0f} times (more than {EPOCHS_WARN:.0f} "
+             f"epochs): its loss will be worse than the laws, fitted on fresher data, predict")
+    if not inside:
+        warn(f"the forecast's compute-optimal size ({n:,} non-embedding parameters) is not inside the fitted runs' "
+             f"({min(fitted_params):,} to {max(fitted_params):,}, ends excluded): the ladder does not bracket the "
+             f"optimum (when one end's size wins at every compute level, extend the ladder past it)")
+    return {"epochs": epochs, "size_inside_ladder": inside}
+
+
+def check_verifiable(fc: dict) -> None:
+    """--verify trains the forecast run: refused, as the ladder is, past EPOCHS_MAX epochs of the data."""
+    if fc["epochs"] > EPOCHS_MAX:
+        raise ScaleError(f"--verify: the forecast run would read the training data {fc['epochs']:.0f} times (more "
+                         f"than {EPOCHS_MAX:.0f} epochs), so its loss would say little about the forecast; use "
+                         f"more data or a smaller target (--target-flops, --target-minutes). fit.json and "
+                         f"forecast.json are written")
 
 
 def verified(fc: dict, val_loss: float | None) -> dict:

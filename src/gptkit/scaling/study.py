@@ -23,7 +23,7 @@ from ..data.bytes import val_bytes_per_token
 from ..data.loader import read_manifest
 from ..io import atomic_write_json
 from .fit import collinear, compute_envelope, compute_groups, fit_law, isoflop_minima, optimal_exponents
-from .forecast import forecast, target_flops, verified
+from .forecast import caveats, check_verifiable, forecast, target_flops, verified
 from .plan import MIN_POINTS, PlanSpec, Point, ScaleError, check_data, plan_ladder
 from .report import fit_lines, plan_table, plot_isoflop, plot_scaling
 from .runner import RunContext, final_record, run_ladder, train_point
@@ -163,7 +163,13 @@ def run_study(opts: Any, speed: Callable | None = None, trainer: Callable | None
     target = target_flops(largest, opts.target_flops, opts.target_minutes, spec, laws["size_data"], speed)
     fc = forecast(target, largest, spec, laws, opts.unit)
     fc["bytes_per_token"] = ctx.bytes_per_token
+    fc.update(caveats(fc, [r["non_embedding_params"] for r in results], facts["train_tokens"], warn))
     if opts.verify:
+        try:
+            check_verifiable(fc)
+        except ScaleError:
+            write_fit(out, results, fits, laws, fc, opts.unit)
+            raise
         r = train_point(Point.from_dict(fc["point"]), ctx, trainer)
         fc = verified(fc, r["val_loss"] if opts.unit == "nats" else r["val_bpb"])
     write_fit(out, results, fits, laws, fc, opts.unit)
