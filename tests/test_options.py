@@ -24,7 +24,7 @@ from gptkit.options.generator import _shown, field_default, flag_name
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {("quickstart",), ("info",), ("prepare",), ("data", "quality", "train"), ("data", "quality", "filter"),
-            ("data", "dedup"), ("train",), ("sample",), ("export-hf",), ("finetune",), ("predict",), ("eval",),
+            ("data", "dedup"), ("data", "clean"), ("train",), ("sample",), ("export-hf",), ("finetune",), ("predict",), ("eval",),
             ("serve",), ("scale",), ("scale", "fit"), ("chat",)}
 
 

@@ -1,5 +1,6 @@
 """The data commands: `gptkit prepare` (text → token shards) and the GPT-3 data pipeline's `gptkit data ...`:
 
+    gptkit data clean          --input PATH... --out FILE [--strip gutenberg|none]
     gptkit data quality train  --positive PATH... --negative PATH... --out MODEL
     gptkit data quality filter --model MODEL --input PATH... --out FILE [--alpha 9 | --min-score S]
     gptkit data dedup          --input PATH... --out FILE [--min-jaccard 0.8] [--num-perm 128] [--ngram 5]
@@ -13,7 +14,7 @@ import argparse
 import sys
 
 from ..options import from_args
-from ..options.data import DedupOptions, PrepareOptions, QualityFilterOptions, QualityTrainOptions
+from ..options.data import CleanOptions, DedupOptions, PrepareOptions, QualityFilterOptions, QualityTrainOptions
 from . import add_command
 
 
@@ -36,10 +37,18 @@ def _group(sub: argparse._SubParsersAction, name: str, help: str, description: s
 
 def add_data(sub: argparse._SubParsersAction) -> None:
     """Add `gptkit data` with its subcommands to the `gptkit` parser."""
-    dsub = _group(sub, "data", "GPT-3 data pipeline: quality classifier and filter, de-duplication",
-                  "The GPT-3 data pipeline (GPT-3 §2.2, Appendix A): a logistic-regression quality classifier and "
-                  "its Pareto filter, and exact + MinHash LSH de-duplication. Weighted mixtures of sources are "
-                  "made by `gptkit prepare --source NAME=PATH:WEIGHT`.")
+    dsub = _group(sub, "data", "GPT-3 data pipeline: cleaning, quality classifier and filter, de-duplication",
+                  "The GPT-3 data pipeline (GPT-3 §2.2, Appendix A): cleaning (newlines, Project Gutenberg's "
+                  "boilerplate), a logistic-regression quality classifier and its Pareto filter, and exact + "
+                  "MinHash LSH de-duplication. Weighted mixtures of sources are made by `gptkit prepare --source "
+                  "NAME=PATH:WEIGHT`.")
+    add_command(dsub, "clean", CleanOptions, cmd_clean,
+                help="normalize newlines and remove Project Gutenberg's header and licence footer",
+                description="Write each document with CRLF/CR newlines as LF and, with --strip gutenberg (the "
+                            "default), without Project Gutenberg's header (up to its START marker or the end of "
+                            "the old small print) and footer (from its 'End of (the) Project Gutenberg' line or "
+                            "END marker). Documents without markers are kept whole and counted; a JSON report says "
+                            "what each step removed.")
     qsub = _group(dsub, "quality", "train or apply the quality classifier")
     add_command(qsub, "train", QualityTrainOptions, cmd_quality_train,
                 help="train the classifier: reference text (positive) vs raw text (negative)",
@@ -99,6 +108,22 @@ def _bad_input_line(bad: dict) -> str:
         ("documents_with_undecodable_bytes", "document(s) with undecodable bytes (kept, U+FFFD)"),
         ("skipped_non_text_files", "non-text file(s)")) if bad[k]]
     return "bad input: " + (", ".join(parts) if parts else "none")
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from ..data.clean import clean
+
+    opts = from_args(CleanOptions, args)
+    r = clean(opts.input, opts.out, strip=opts.strip, text_field=opts.text_field, report=opts.report)
+    gone = r["characters_in"] - r["characters_out"]
+    print(f"kept {r['kept']:,} of {r['documents_in']:,} document(s) ({r['empty_after_cleaning']:,} empty after "
+          f"cleaning); removed {gone:,} of {r['characters_in']:,} characters ({100 * r['removed_fraction']:.2f}%): "
+          f"header {r['header_characters']:,}, footer {r['footer_characters']:,}, carriage returns "
+          f"{r['carriage_returns']:,}; markers: both {r['both_markers']:,}, start only {r['only_start']:,}, end "
+          f"only {r['only_end']:,}, none {r['no_markers']:,}; wrote {opts.out}")
+    print(_bad_input_line(r["bad_input"]))
+    print(f"report {opts.report or _sibling(opts.out, '.report.json')}", file=sys.stdout)
+    return 0
 
 
 def cmd_quality_train(args: argparse.Namespace) -> int:

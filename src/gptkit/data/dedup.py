@@ -492,7 +492,7 @@ def dedup(inputs: list[str | os.PathLike], out: str | os.PathLike, threshold: fl
     _check_parameters(threshold, num_perm, ngram, verify)
     run = FilterPass(inputs, out, text_field=text_field, report=report, others={"--removed": removed}, warn=warn)
     if workers is not None and int(workers) < 1:
-        raise DataError(f"--workers must be at least 1, got {workers}")
+        raise DataError(f"--threads must be at least 1, got {workers}")
     workers = default_workers(run.reader.total_bytes) if workers is None else int(workers)
     sign = functools.partial(sign_batch, num_perm=num_perm, ngram=ngram, seed=seed, with_sets=verify == "exact")
     index = DedupIndex(threshold, num_perm, verify, run.out.parent)

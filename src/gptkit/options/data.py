@@ -1,4 +1,5 @@
-"""Options of the data commands: `gptkit prepare`, `gptkit data quality train|filter`, `gptkit data dedup`."""
+"""Options of the data commands: `gptkit prepare`, `gptkit data clean`, `gptkit data quality train|filter`,
+`gptkit data dedup`."""
 
 from __future__ import annotations
 
@@ -94,3 +95,15 @@ class DedupOptions:
     report: str | None = opt(None, "JSON report (default OUT.report.json)", metavar="FILE")
     removed: str | None = opt(None, "also write one JSONL line per removed document (which kept document it "
                               "duplicates)", metavar="FILE")
+
+
+@dataclass
+class CleanOptions:
+    """Newlines to LF and Project Gutenberg's header and licence footer removed, before dedup and prepare."""
+
+    input: list[str] = opt(None, INPUTS_HELP, nargs="+", required=True, metavar="PATH")
+    out: str = common.out_file("the cleaned documents, JSONL (.gz to compress); the report goes beside it")
+    strip: str = opt("gutenberg", "boilerplate to remove: gutenberg (Project Gutenberg's header and licence "
+                     "footer, found by their markers) or none (newlines only)", choices=("gutenberg", "none"))
+    text_field: str = opt("text", TEXT_FIELD_HELP, metavar="NAME")
+    report: str | None = opt(None, "JSON report (default OUT.report.json)", metavar="FILE")
