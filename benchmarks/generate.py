@@ -3,9 +3,9 @@
 The GPT-2-small shape (124M parameters) with random weights, saved as a transformers GPT2LMHeadModel
 directory and loaded by gptkit through its Hugging Face import path (GPT.from_pretrained). A 16-token prompt,
 128 new tokens, batch 1, fp32, greedy, 2 threads; both sides use their KV cache. gptkit is timed as `gptkit
-sample` runs it (`prepare_for_inference`: its linear layers through numpy's BLAS), through PyTorch's BLAS
-(`--blas torch`) and as the plain model. Rounds alternate between the sides so that load from other processes
-hits them alike; the ratio is taken per round, and the median reported.
+sample` runs it (`prepare_for_inference` with `--blas auto`: the BLAS this CPU was measured to decode the
+shape faster with), with the other BLAS, and as the plain model. Rounds alternate between the sides so that load
+from other processes hits them alike; the ratio is taken per round, and the median reported.
 
 Also printed: the memory-bandwidth roofline (every weight read once per token: bytes / measured read speed),
 measured here with a large mat-vec, and optionally (--low-precision fp16 int8 bf16) gptkit with lower-precision
@@ -180,16 +180,22 @@ def main() -> int:
     roof = bw * 1e9 / nbytes
     print(f"weights read per token {nbytes / 1e6:.0f} MB; measured read bandwidth {bw:.1f} GB/s "
           f"-> roofline {roof:.1f} tok/s")
-    from gptkit.generate import prepare_for_inference
+    from gptkit.generate import choose_blas, prepare_for_inference
 
-    # what `gptkit sample` and `gptkit serve` run: numpy's BLAS (default), or torch's after inference_layout_
-    fast = prepare_for_inference(copy.deepcopy(model), "fp32", blas="numpy")
-    laid = prepare_for_inference(copy.deepcopy(model), "fp32", blas="torch")
+    # what `gptkit sample` runs: --blas auto, which of numpy's BLAS and torch's (after inference_layout_) this
+    # CPU decodes this shape faster with, measured once and remembered (gptkit.autotune); both are timed here
+    chosen = choose_blas(model)
+    print(f"--blas auto chose {chosen} for this shape on this CPU")
+    numpy_path = prepare_for_inference(copy.deepcopy(model), "fp32", blas="numpy")
+    torch_path = prepare_for_inference(copy.deepcopy(model), "fp32", blas="torch")
+    fast = {"numpy": numpy_path, "torch": torch_path}[chosen]
+    default = f"gptkit default (auto: {chosen})"
+    other = "torch" if chosen == "numpy" else "numpy"
     sides = {"HF generate": lambda: time_hf(hf, idx, n), "gptkit, plain model": lambda: time_gptkit(model, idx, n),
-             "gptkit --blas torch": lambda: time_gptkit(laid, idx, n),
-             "gptkit (default: --blas numpy)": lambda: time_gptkit(fast, idx, n)}
+             f"gptkit --blas {other}": lambda: time_gptkit({"numpy": numpy_path, "torch": torch_path}[other], idx, n),
+             default: lambda: time_gptkit(fast, idx, n)}
     time_hf(hf, idx, 8)  # warm up (allocator, BLAS libraries, thread pools)
-    for m in (model, laid, fast):
+    for m in (model, torch_path, numpy_path):
         time_gptkit(m, idx, 8)
     rows: dict[str, list[float]] = {k: [] for k in sides}
     for r in range(args.rounds):
@@ -206,7 +212,7 @@ def main() -> int:
         ratio = statistics.median([x / h for x, h in zip(v, rows["HF generate"])])
         print(f"median {k:<31} {med:5.1f} tok/s  {med / roof:4.0%} of the roofline  {ratio:.2f}x HF  "
               f"(best {max(v):.1f})")
-    med = statistics.median(rows["gptkit (default: --blas numpy)"])
+    med = statistics.median(rows[default])
     for kind in args.low_precision:  # lowered from the plain model; compared with the default fp32 path
         lo = lower(model, kind)
         lo_bytes = bytes_per_token(lo) if kind == "bf16" else quantized_bytes(lo, 1 if kind == "int8" else 2)
