@@ -690,7 +690,7 @@ def set_length(cfg: TrainConfig, total: int, step: int, rt: Runtime, display: Pr
     if cfg.lr_decay_iters == cfg.max_iters:
         cfg.replanned_at = [step, cosine_progress(step, cfg)]
         cfg.lr_decay_iters = total
-    display.print(f"time budget {cfg.max_minutes:g} min (--max-minutes): "
+    display.print(f"time budget {cfg.max_minutes:.3g} min (--max-minutes): "
                   + (f"re-planned at step {step}: {total} steps (was {cfg.max_iters}) at the speed since the last "
                      f"plan" if replanned else f"training {total} steps"))
     cfg.max_iters = total
