@@ -18,7 +18,7 @@ from .errors import GptkitError
 from .options.quickstart import QuickstartOptions
 
 # The model and optimiser of the main job. Its length is a time budget (`--minutes`): `gptkit train --max-minutes`
-# sets the step count at the end of warmup from the speed it measures (what it reaches: docs/pretraining.md).
+# sets the step count from the speed it measures, re-planned at each evaluation (what it reaches: docs/pretraining.md).
 DEFAULTS = dict(preset="gpt-micro", n_layer=4, n_head=4, n_embd=192, block_size=128, batch_size=16,
                 max_iters=1500, lr=2e-3, min_lr=2e-4, warmup_iters=100, beta2=0.99, weight_decay=0.1,
                 dropout=0.0, eval_interval=250, eval_iters=10, log_interval=50)
