@@ -35,14 +35,18 @@ def optimizer_step(model, optimizer, grad_clip: float) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
+def cosine(progress: float, lr: float, min_lr: float) -> float:
+    """The cosine decay from `lr` (progress 0) to `min_lr` (progress 1)."""
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
 def warmup_cosine(step: int, lr: float, min_lr: float, warmup: int, decay_steps: int) -> float:
     """Linear warmup to `lr` over `warmup` steps, then cosine decay to `min_lr` at `decay_steps` (GPT-3 §B)."""
     if step < warmup:
         return lr * (step + 1) / (warmup + 1)
     if step >= decay_steps:
         return min_lr
-    ratio = (step - warmup) / max(1, decay_steps - warmup)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+    return cosine((step - warmup) / max(1, decay_steps - warmup), lr, min_lr)
 
 
 def warmup_linear(step: int, total: int, warmup: int, lr: float) -> float:

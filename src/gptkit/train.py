@@ -61,7 +61,7 @@ from .data.loader import BatchLoader, load_tokenizer
 from .errors import TrainError
 from .io import atomic_path, atomic_write_text, new_tmp_dir, publish_dir
 from .model import GPT
-from .optim import adamw, optimizer_step, set_lr, warmup_cosine
+from .optim import adamw, cosine, optimizer_step, set_lr, warmup_cosine
 from .options.train import TrainConfig, check_types, load_yaml_config  # noqa: F401 (re-exported)
 from .runlock import RunLocked, run_lock
 from .runtime import Progress, gpu_peak_flops, pick_device, pick_dtype, set_threads
@@ -79,7 +79,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     (Between warmup and s0 the rate followed earlier plans: metrics.jsonl has the rate of every logged step.)"""
     if cfg.replanned_at is None or step < cfg.replanned_at[0]:
         return warmup_cosine(step, cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * cosine_progress(step, cfg))) * (cfg.lr - cfg.min_lr)
+    return cosine(cosine_progress(step, cfg), cfg.lr, cfg.min_lr)
 
 
 def cosine_progress(step: int, cfg: TrainConfig) -> float:
@@ -164,8 +164,7 @@ def settle_dtype(cfg: TrainConfig, rt: Runtime, config: GPTConfig, resumed: bool
         if rt.device.type == "cpu" and not rt.info.enabled:
             cfg.dtype = cpu_train_dtype(config, cfg.batch_size)
         else:
-            cfg.dtype = {torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(
-                pick_dtype("auto", rt.device), "float32")
+            cfg.dtype = str(pick_dtype("auto", rt.device)).removeprefix("torch.")
     rt.dtype = pick_dtype(cfg.dtype, rt.device)
 
 
@@ -684,8 +683,10 @@ class TimeBudget:
         if not self.on or self.at is not None or step % cfg.eval_interval or step >= cfg.max_iters:
             return None
         now = time.perf_counter()
-        if self.since is None or step - self.since[1] < 2:  # resumed: the speed is measured from here
-            self.since = (now, step) if self.since is None else self.since
+        if self.since is None:  # resumed past the budget step: the speed is measured from here
+            self.since = (now, step)
+            return None
+        if step - self.since[1] < 2:
             return None
         s_per_step = (now - self.since[0]) / (step - self.since[1])
         total = step + int(max(0.0, cfg.max_minutes * 60 - (now - t_start)) / s_per_step)

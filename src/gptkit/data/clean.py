@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 from .passes import FilterPass
 from .shards import DataError
+from .sources import MAX_SKIPPED_EXAMPLES
 
 STRIP_CHOICES = ("gutenberg", "none")
-MAX_EXAMPLES = 10
 
 _START = re.compile(r"^[ \t]*\*{3}[ \t]*START OF (?:THE |THIS )?PROJECT GUTENBERG E(?:BOOK|TEXT)\b.*$", re.I | re.M)
 _SMALL_PRINT_END = re.compile(r"^[ \t]*\**[ \t]*END\*?[ \t]*THE SMALL PRINT!.*$", re.I | re.M)
@@ -113,7 +113,7 @@ class _Tally:
         kind = {(True, True): "both_markers", (True, False): "only_start", (False, True): "only_end",
                 (False, False): "no_markers"}[(c.found_start, c.found_end)]
         t[kind] += 1
-        if kind == "no_markers" and len(self.no_marker_examples) < MAX_EXAMPLES:
+        if kind == "no_markers" and len(self.no_marker_examples) < MAX_SKIPPED_EXAMPLES:
             self.no_marker_examples.append(where)
         if c.text:
             t["kept"] += 1
