@@ -14,8 +14,20 @@ import pytest
 from gptkit.cli import main
 from gptkit.data import prepare
 from gptkit.options.scale import ScaleOptions
-from gptkit.scaling.fit import fit_law
-from gptkit.scaling.plan import PlanSpec, ScaleError, Shape, check_data, make_point, model_config, plan_ladder
+from gptkit.scaling.fit import compute_envelope, fit_envelope, fit_law
+from gptkit.scaling.plan import (
+    PlanSpec,
+    ScaleError,
+    Shape,
+    batch_rule,
+    check_data,
+    estimate,
+    isoflop_ladder,
+    lr_rule,
+    make_point,
+    model_config,
+    plan_ladder,
+)
 from gptkit.scaling.study import run_study, usable
 
 
@@ -57,6 +69,36 @@ def test_compute_fit_recovers_the_law_and_forecasts_10x() -> None:
     assert exact.interval(1e17) is None and exact.predict(c[1]) == pytest.approx(loss[1], rel=1e-3)
 
 
+def test_envelope_bootstrap_resamples_all_runs() -> None:
+    """An isoflop ladder of 4 levels × 3 sizes: L(C) passes through the 4 envelope points' law, and its bootstrap,
+    which takes the envelope again from resampled runs, has a spread (4 points alone would give none), whose
+    interval at 10× holds the prediction; the full fit is the fit of the envelope."""
+    rng = np.random.default_rng(5)
+    c = np.repeat(np.geomspace(1e12, 6.4e13, 4), 3)
+    # three sizes per level: the middle one best, the others 1-4% worse; the best follow L∞ + (C₀/C)^α
+    best = 1.6 + (1e11 / c) ** 0.2
+    loss = best * np.tile([1.02, 1.0, 1.04], 4) * np.exp(rng.normal(0, 0.002, len(c)))
+    law = fit_envelope(c, loss, bootstrap=50, seed=0)
+    env = compute_envelope(c, loss)
+    assert law.params == fit_law("compute", [c[env]], loss[env]).params
+    assert len(law.draws) > 25
+    lo, hi = law.interval(6.4e14)
+    assert hi - lo > 1e-4 and lo <= law.predict(6.4e14) <= hi
+
+
+def test_optimiser_rules() -> None:
+    """lr = 0.5/width (capped at 1e-2) sits within 40% of GPT-3's Table 2.1 from 125M to 13B parameters; the batch
+    is a power of two of sequences that grows with compute and is halved to keep `min_steps` steps."""
+    gpt3 = {768: 6e-4, 1024: 3e-4, 1536: 2.5e-4, 2048: 2e-4, 2560: 1.6e-4, 4096: 1.2e-4, 5140: 1e-4}
+    for width, lr in gpt3.items():
+        assert 0.6 < lr_rule(width) / lr < 1.7, width
+    assert lr_rule(16) == 1e-2 and lr_rule(128) == pytest.approx(3.906e-3, rel=1e-3)
+    sizes = [batch_rule(c, 256, 1e12, min_steps=1) for c in (1e12, 1e14, 1e16, 1e18)]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+    assert all(b & (b - 1) == 0 for b in sizes)  # powers of two
+    assert batch_rule(1e18, 256, tokens=256 * 1000, min_steps=500) <= 2  # at most 2 sequences: 500 steps
+
+
 # ------------------------------------------------------------------------------------------ the planner
 @pytest.mark.parametrize("preset", ["gpt-nano", "gpt-micro", "gpt-mini", "gpt-small-cpu"])
 def test_planner_flops_equal_gptkit_info(preset: str, capsys) -> None:
@@ -82,6 +124,10 @@ def test_budget_decides_the_ladder_and_bad_budgets() -> None:
     assert max(p.flops for p in big) > max(p.flops for p in small)
     assert [p.shape.n_layer for p in small] == sorted({p.shape.n_layer for p in small})  # distinct, growing
     iso = plan_ladder(dataclasses.replace(spec, ladder="isoflop", points=9, levels=3), speed)
+    # the top compute grows in 1.25× steps, not by whole layers: the ladder one step bigger would not fit
+    iso_spec = dataclasses.replace(spec, ladder="isoflop", points=9, levels=3)
+    assert sum(p.minutes for p in iso) <= 100
+    assert estimate(isoflop_ladder(iso_spec, 1.25 * max(p.flops for p in iso)), iso_spec, speed) > 100
     levels = {p.level for p in iso}
     assert len(levels) == 3 and all(sum(p.level == lv for p in iso) == 3 for lv in levels)
     for lv in levels:  # one compute per level (within the rounding to whole steps)

@@ -11,7 +11,7 @@ operations:
 Uncertainty: the fit is repeated on bootstrap resamples of the runs (Efron), and an interval is the 5th–95th
 percentile of the resampled parameters or predictions. L(C) is fitted to the lowest loss among runs of about the
 same compute (within COMPUTE_GROUP of each other: one isoflop level, or one run), the envelope Kaplan et al. (2020,
-§6.1) fit. Approach 2's parabola minima per compute level are reported too where a level has three or more runs.
+§6.1) fit; its bootstrap resamples all runs and takes the envelope again (`fit_envelope`). Approach 2's parabola minima per compute level are reported too where a level has three or more runs.
 """
 
 from __future__ import annotations
@@ -179,6 +179,30 @@ def compute_groups(flops: np.ndarray) -> list[list[int]]:
 def compute_envelope(flops: np.ndarray, loss: np.ndarray) -> np.ndarray:
     """Indices of the lowest-loss run of each compute level."""
     return np.array([min(gr, key=lambda j: loss[j]) for gr in compute_groups(flops)], dtype=int)
+
+
+def fit_envelope(flops: np.ndarray, loss: np.ndarray, bootstrap: int = 0, seed: int = 0) -> Law:
+    """L(C) fitted to the compute envelope, its uncertainty by a bootstrap over *all* runs: each resample's
+    envelope is taken again (a level whose best run was not drawn offers its next best, a level with no run drawn
+    drops out), so with one envelope point per level the intervals still show how much the levels' best runs
+    decide the law. Resamples whose envelope has no more levels than the law has parameters are skipped."""
+    flops, loss = np.asarray(flops, dtype=float), np.asarray(loss, dtype=float)
+    env = compute_envelope(flops, loss)
+    law = fit_law("compute", [flops[env]], loss[env])
+    if len(env) <= len(law.theta):
+        return law
+    rng = np.random.default_rng(seed)
+    for _ in range(bootstrap):
+        idx = rng.integers(0, len(loss), size=len(loss))
+        e = idx[compute_envelope(flops[idx], loss[idx])]
+        if len(e) <= len(law.theta):
+            continue
+        try:
+            law.draws.append(_minimise("compute", _design("compute", [flops[e]], law.ref), np.log(loss[e]),
+                                       [law.theta])[0])
+        except ValueError:
+            continue
+    return law
 
 
 def isoflop_minima(flops: np.ndarray, n: np.ndarray, loss: np.ndarray) -> list[dict]:

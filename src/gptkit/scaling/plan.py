@@ -11,9 +11,12 @@ embeddings excluded the laws hold down to small sizes); compute C is `GPTConfig.
 accounting of `gptkit info` (6 per weight and token, including the tied vocabulary projection, plus attention).
 
 Optimiser rules, functions of the size (docs/scaling.md states them):
-- peak learning rate lr(N) = 0.003239 − 0.0001395 · ln N (Kaplan et al. 2020, App. D.6, eq. D.1, Adam);
-- batch in tokens B(C) = 0.292 · C^0.3271 (DeepSeek LLM 2024, §3.1, eq. 1), as a power of two of sequences of the
-  context, halved until the run has at least `min_steps` steps;
+- peak learning rate lr(d) = min(LR_MAX, LR_WIDTH / d) for width d: Adam's learning rate for hidden matrices falls
+  as 1/width (Yang et al. 2022, μP, Table 3), and 0.5/d is where GPT-3's own table sits (Brown et al. 2020, Table
+  2.1: 6e-4 at d = 768 is 0.46/d; 1.2e-4 at d = 4096 is 0.49/d);
+- batch in tokens B(C) = BATCH_FRACTION · 0.292 · C^0.3271 (DeepSeek LLM 2024, §3.1, eq. 1, fitted at 1e17-1e20
+  FLOPs, scaled down for the small runs here), as a power of two of sequences of the context, halved until the run
+  has at least `min_steps` steps;
 - warmup 5% of the steps, then cosine decay to lr/10 over exactly the run's length (GPT-3 App. B; Chinchilla §3
   found a cosine longer than the run overstates the loss), AdamW β = (0.9, 0.95), weight decay 0.1, no dropout.
 
@@ -37,6 +40,8 @@ MIN_POINTS = 5
 """A law with an irreducible term has 3 (L(C)) or 5 (L(N, D)) parameters: fewer runs than 5 cannot test it."""
 EPOCHS_WARN = 4.0
 """Muennighoff et al. (2023, §5): up to about 4 epochs, repeated tokens are worth almost as much as new ones."""
+ISOFLOP_GROWTH = 1.25
+"""The budget search grows an isoflop ladder's top compute by this factor until the next would not fit."""
 EPOCHS_MAX = 40.0
 """Muennighoff et al. (2023, §5): by about 40 epochs more repetition is worth nothing; a plan past it is refused."""
 
@@ -70,15 +75,26 @@ def model_config(shape: Shape, vocab_size: int, block_size: int) -> GPTConfig:
 
 
 # ------------------------------------------------------------------------------------------------- rules
-def lr_rule(non_embedding_params: int) -> float:
-    """Kaplan et al. (2020) eq. D.1: the peak Adam learning rate that worked across their sizes."""
-    return 0.003239 - 0.0001395 * math.log(non_embedding_params)
+LR_WIDTH = 0.5
+"""lr = LR_WIDTH / width. Measured on a 4 × 128 character model at 2e13 FLOPs (3.1 M tokens, batch 8 × 256): peak
+lr 4e-3 (≈ 0.5/128) reached val 1.847, Kaplan et al.'s eq. D.1 (1.34e-3 at this N) 2.040 (docs/scaling.md)."""
+LR_MAX = 1e-2
+"""The cap for the narrowest models (0.5/d would pass 1e-2 below width 50)."""
+BATCH_FRACTION = 0.25
+"""DeepSeek's optimal batch extrapolated down to 1e11-1e14 FLOPs is too large for these runs, which are short of
+steps, not of tokens: the same 4 × 128 run at lr 4e-3 reached val 1.847 at batch 8 × 256 (1,508 steps) and 2.151 at
+DeepSeek's batch, 32 × 256 (377 steps). A quarter of it gives 8 there."""
+
+
+def lr_rule(n_embd: int) -> float:
+    """The peak AdamW learning rate of a model of width `n_embd` (see LR_WIDTH)."""
+    return min(LR_MAX, LR_WIDTH / n_embd)
 
 
 def batch_rule(flops: float, block_size: int, tokens: float, min_steps: int) -> int:
-    """Sequences per step: DeepSeek LLM's B(C) = 0.292 · C^0.3271 tokens as a power of two of sequences, halved
-    while the run would take fewer than `min_steps` steps."""
-    seqs = 2 ** max(0, round(math.log2(max(1.0, 0.292 * flops ** 0.3271 / block_size))))
+    """Sequences per step: BATCH_FRACTION of DeepSeek LLM's B(C) = 0.292 · C^0.3271 tokens as a power of two of
+    sequences, halved while the run would take fewer than `min_steps` steps."""
+    seqs = 2 ** max(0, round(math.log2(max(1.0, BATCH_FRACTION * 0.292 * flops ** 0.3271 / block_size))))
     while seqs > 1 and tokens / (seqs * block_size) < min_steps:
         seqs //= 2
     return seqs
@@ -121,7 +137,7 @@ def make_point(shape: Shape, tokens: float, vocab_size: int, block_size: int, mi
     used = steps * batch * block_size
     name = f"{prefix}{shape.name}-{used / 1e6:.3g}Mtok".replace("+", "")
     return Point(name=name, shape=shape, batch_size=batch, steps=steps,
-                 lr=round(lr_rule(cfg.non_embedding_params), 6), warmup_iters=max(1, round(0.05 * steps)),
+                 lr=round(lr_rule(shape.n_embd), 6), warmup_iters=max(1, round(0.05 * steps)),
                  tokens=used, flops=float(fpt * used), params=cfg.num_params,
                  non_embedding_params=cfg.non_embedding_params, level=level)
 
@@ -149,8 +165,9 @@ Speed = Callable[[GPTConfig, int], float]
 """speed(model config, batch size) -> training tokens per second (measured, or a constant in tests)."""
 
 
-def ratio_ladder(spec: PlanSpec, top: int) -> list[Point]:
-    """`spec.points` depths spread geometrically up to `top` (N grows ~ depth³), each on tokens_per_param × N."""
+def ratio_ladder(spec: PlanSpec, top: float) -> list[Point]:
+    """`spec.points` depths spread geometrically up to depth `top` (N grows ~ depth³), each on tokens_per_param × N."""
+    top = int(top)
     bottom = max(1, min(top - spec.points + 1, round(top / 4)))
     depths: list[int] = []
     for i in range(spec.points):
@@ -164,14 +181,10 @@ def ratio_ladder(spec: PlanSpec, top: int) -> list[Point]:
     return out
 
 
-def isoflop_ladder(spec: PlanSpec, top: int) -> list[Point]:
-    """Chinchilla approach 2: `spec.levels` compute levels `level_factor` apart, the top one the compute of the
-    depth-`top` model at tokens_per_param; at each level the depths around the ratio-optimal one (as many as
-    `points` spread over the levels, at least 3)."""
+def isoflop_ladder(spec: PlanSpec, c_top: float) -> list[Point]:
+    """Chinchilla approach 2: `spec.levels` compute levels `level_factor` apart, the top one `c_top` FLOPs; at
+    each level the depths around the ratio-optimal one (as many as `points` spread over the levels, at least 3)."""
     per_level = max(3, math.ceil(spec.points / spec.levels))
-    shape = shape_of_depth(top, spec.aspect, spec.head_size)
-    cfg = model_config(shape, spec.vocab_size, spec.block_size)
-    c_top = cfg.flops_per_token() * spec.tokens_per_param * cfg.non_embedding_params
     out = []
     for level in range(spec.levels):
         c = c_top / spec.level_factor ** (spec.levels - 1 - level)
@@ -216,14 +229,20 @@ def plan_ladder(spec: PlanSpec, speed: Speed) -> list[Point]:
     if spec.ladder not in LADDERS:
         raise ScaleError(f"--ladder must be one of {', '.join(LADDERS)}, got {spec.ladder!r}")
     make = LADDERS[spec.ladder]
-    top = spec.points if spec.ladder == "ratio" else 2
+    if spec.ladder == "ratio":  # the deepest model grows one layer at a time
+        top: float = spec.points
+        grow: Callable[[float], float] = lambda t: t + 1
+    else:  # the top compute grows in steps of ISOFLOP_GROWTH, from the depth-1 model's at tokens_per_param
+        cfg = model_config(shape_of_depth(1, spec.aspect, spec.head_size), spec.vocab_size, spec.block_size)
+        top = cfg.flops_per_token() * spec.tokens_per_param * cfg.non_embedding_params
+        grow = lambda t: t * ISOFLOP_GROWTH  # noqa: E731
     best = None
     while True:
         ladder = make(spec, top)
         total = estimate(ladder, spec, speed)
         if total > spec.budget_minutes:
             break
-        best, top = ladder, top + 1
+        best, top = ladder, grow(top)
     if best is None:
         raise ScaleError(f"--budget-minutes {spec.budget_minutes:g} is too small for {spec.points} points: the "
                          f"smallest {spec.ladder} ladder needs about {total:.1f} minutes here")

@@ -22,7 +22,15 @@ from ..checkpoint import checkpoint_config, list_checkpoints
 from ..data.bytes import val_bytes_per_token
 from ..data.loader import read_manifest
 from ..io import atomic_write_json
-from .fit import collinear, compute_envelope, compute_groups, fit_law, isoflop_minima, optimal_exponents
+from .fit import (
+    collinear,
+    compute_envelope,
+    compute_groups,
+    fit_envelope,
+    fit_law,
+    isoflop_minima,
+    optimal_exponents,
+)
 from .forecast import caveats, check_verifiable, forecast, target_flops, verified
 from .plan import MIN_POINTS, PlanSpec, Point, ScaleError, check_data, plan_ladder
 from .report import fit_lines, plan_table, plot_isoflop, plot_scaling
@@ -108,7 +116,7 @@ def fit_results(results: list[dict], unit: str, bootstrap: int, seed: int) -> tu
     laws: dict[str, Any] = {"compute": None, "size_data": None}
     notes = []
     if len(env) >= 3:
-        laws["compute"] = fit_law("compute", [a["flops"][env]], a["loss"][env], bootstrap, seed)
+        laws["compute"] = fit_envelope(a["flops"], a["loss"], bootstrap, seed)
     else:
         notes.append(f"L(C) not fitted: the runs span only {len(env)} compute levels (3 are needed)")
     if collinear(a["n"], a["d"]):
