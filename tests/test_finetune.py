@@ -441,6 +441,36 @@ def test_lm_coef_zero_trains_on_the_task_loss_alone(tiny_ckpt, tmp_path, capsys)
     assert json.loads((out / "metrics.json").read_text())["valid"]["n"] == 8
 
 
+def test_recipe_sizes_lr_epochs_and_warmup_and_flags_win():
+    """lr = 0.048 / width (GPT-1's 6.25e-5 at 768), 3 epochs or enough for 500 steps (at most 20), warmup 6%."""
+    from gptkit.options.finetune import recipe
+
+    base = FinetuneConfig(ckpt="m", train="t", out="o", valid="v")
+    sst2, why = recipe(base, 768, 67_349)  # GPT-1's size on SST-2's training set: GPT-1's own values
+    assert (sst2.lr, sst2.epochs, sst2.warmup) == (pytest.approx(6.25e-5), 3.0, 0.06) and len(why) == 3
+    rte, _ = recipe(base, 192, 2_490)  # 78 steps an epoch: 7 epochs make 500 steps
+    assert rte.lr == pytest.approx(2.5e-4) and rte.epochs == 7.0
+    assert recipe(base, 192, 200)[0].epochs == 20.0  # 7 steps an epoch: capped
+    mine = FinetuneConfig(ckpt="m", train="t", out="o", valid="v", lr=1e-3, epochs=1.0, warmup=0.0)
+    kept, why = recipe(mine, 192, 2_490)
+    assert (kept.lr, kept.epochs, kept.warmup) == (1e-3, 1.0, 0.0) and why == []
+
+
+def test_recipe_defaults_are_used_and_recorded(tiny_ckpt, tmp_path, capsys):
+    _sentiment_file(tmp_path / "train.jsonl", 40, 0)
+    out = tmp_path / "run"
+    rc = main(["finetune", "--ckpt", str(tiny_ckpt), "--task", "classification", "--train",
+               str(tmp_path / "train.jsonl"), "--valid-from-train", "8", "--out", str(out), "--batch-size", "8"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    width = 32  # tiny_ckpt's n_embd
+    cfg = json.loads((out / "finetune_config.json").read_text())
+    assert cfg["lr"] == pytest.approx(0.048 / width) and cfg["epochs"] == 20.0 and cfg["warmup"] == 0.06
+    assert "fine-tuning recipe" in err and f"width {width}" in err
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["steps"] == 20 * 4  # 32 examples left after 8 held out: 4 steps of 8, 20 epochs
+
+
 @pytest.mark.parametrize("task,fmt", [("similarity", "stsb"), ("multiple-choice", "storycloze")])
 def test_regression_and_multiple_choice_runs_on_real_files(tiny_ckpt, tmp_path, shared_data, capsys, task, fmt):
     D = shared_data

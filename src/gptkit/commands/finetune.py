@@ -17,8 +17,10 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
         help="GPT-1 supervised fine-tuning: a linear head on the extract token, L2 + λ·L1",
         description="Fine-tune a pre-trained GPT on a labelled task (GPT-1 §3.2-3.3). Tasks: classification "
                     "(s text e), entailment (s premise $ hypothesis e), similarity (s A $ B e and s B $ A e, "
-                    "added), multiple-choice (s context $ answer_k e for each k). Defaults are GPT-1's: lr "
-                    "6.25e-5, batch 32, 3 epochs, warmup 0.2% then linear decay, head dropout 0.1, λ 0.5.")
+                    "added), multiple-choice (s context $ answer_k e for each k). Defaults follow GPT-1 "
+                    "(batch 32, linear warmup then decay, head dropout 0.1, λ 0.5), with lr, epochs and warmup sized "
+                    "to the model and data: lr 0.048 / width (GPT-1's 6.25e-5 at 768), 3 epochs or enough for 500 "
+                    "steps (at most 20), warmup 6%.")
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:

@@ -3,9 +3,10 @@
 GPT-1 §3.2: given a labelled dataset C of token sequences x¹..xᵐ with label y, the pre-trained model's final
 extract state h_l^m goes through the added linear layer W_y; L2 = Σ log P(y | x¹..xᵐ). Including language
 modelling as an auxiliary objective "improves generalization of the supervised model, and accelerates
-convergence": L3(C) = L2(C) + λ·L1(C), λ = 0.5. §4.1 gives the recipe this module defaults to: lr 6.25e-5,
-batch 32, 3 epochs, linear warmup over 0.2% of training then linear decay to 0, dropout 0.1 on the classifier,
-weight decay 0.01 on the weights (not biases or gains).
+convergence": L3(C) = L2(C) + λ·L1(C), λ = 0.5. §4.1 gives the recipe this module starts from: batch 32, linear
+warmup then linear decay to 0, dropout 0.1 on the classifier, weight decay 0.01 on the weights (not biases or
+gains); its lr 6.25e-5, 3 epochs and 0.2% warmup are for a model of width 768 and are scaled to the model and the
+data by gptkit.options.finetune.recipe unless given.
 
 A fine-tuned model directory (`--out`) is a gptkit checkpoint (the LM with its grown vocabulary, loadable by
 `GPT.from_pretrained`) plus the head and the task:
@@ -29,6 +30,7 @@ import json
 import math
 import random
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +53,7 @@ from ..errors import CheckpointError
 from ..io import atomic_write_text, new_tmp_dir, publish_dir
 from ..model import GPT
 from ..optim import adamw, optimizer_step, set_lr, warmup_linear
-from ..options.finetune import FinetuneConfig
+from ..options.finetune import FinetuneConfig, recipe
 from ..runlock import LOCK_NAME, run_lock
 from ..runtime import Progress, pick_device, set_threads
 from . import metrics as M
@@ -386,6 +388,9 @@ def setup_finetune(cfg: FinetuneConfig) -> FinetuneRun:
     model, tok = prepare_model(cfg, data.spec, device)
     enc_train = encode_examples(data.train, tok, data.spec)
     enc_splits = {k: encode_examples(v, tok, data.spec) for k, v in data.splits.items()}
+    cfg, chosen = recipe(cfg, model.gpt.config.n_embd, len(enc_train))
+    if chosen and not cfg.quiet:
+        print(f"gptkit: fine-tuning recipe for this model and data: {'; '.join(chosen)}", file=sys.stderr)
     steps_per_epoch = math.ceil(len(enc_train) / cfg.batch_size)
     total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
     run = FinetuneRun(cfg, data.spec, model, tok, device, enc_train, enc_splits, total,

@@ -1,18 +1,56 @@
-"""Options of `gptkit finetune` and `gptkit predict`. Defaults of fine-tuning are GPT-1's (§4.1)."""
+"""Options of `gptkit finetune` and `gptkit predict`, and the rule that sizes fine-tuning to the model and data.
+
+GPT-1's recipe (§4.1: lr 6.25e-5, 3 epochs, warmup 0.2%) is for a 117 M-parameter model of width 768 on tens of
+thousands of examples. `recipe` scales it: the learning rate with the model's width, the epochs with the data, the
+warmup with the run's length; each explicit flag wins.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from ..finetune.tasks import TASKS, TaskError
 from . import common
 from .generator import flag_name, opt
 
 
+FT_LR_WIDTH = 0.048
+"""lr = FT_LR_WIDTH / width: GPT-1's 6.25e-5 at width 768 (§4.1), a tenth of the pre-training rule 0.5/width that
+`gptkit scale` uses (GPT-3 Table 2.1), so a narrow model, whose pre-training lr was higher, moves as far."""
+FT_EPOCHS = 3.0
+"""GPT-1 §4.1: 3 epochs were enough for most tasks."""
+FT_MIN_STEPS = 500
+"""A small training set gets more epochs, up to this many optimizer steps (RTE's 2,490 examples at batch 32 make
+78 steps an epoch: 3 epochs are 234 steps, too few for a head and a model to settle)."""
+FT_MAX_EPOCHS = 20
+FT_WARMUP = 0.06
+"""Warmup over 6% of the steps (RoBERTa's GLUE recipe, Liu et al. 2019, App. C); GPT-1's 0.2% is a dozen steps of a
+6,000-step run but less than one step of a 200-step run."""
+
+
+def recipe(cfg: FinetuneConfig, width: int, train_examples: int) -> tuple[FinetuneConfig, list[str]]:
+    """The options with the unset lr, epochs and warmup filled in from the model's width and the training set's
+    size; and one line per value chosen, saying why."""
+    chosen, why = {}, []
+    if cfg.lr is None:
+        chosen["lr"] = FT_LR_WIDTH / width
+        why.append(f"lr {chosen['lr']:.3g} ({FT_LR_WIDTH:g} / width {width})")
+    if cfg.epochs is None:
+        steps_per_epoch = max(1, math.ceil(train_examples / cfg.batch_size))
+        chosen["epochs"] = float(min(FT_MAX_EPOCHS, max(FT_EPOCHS, math.ceil(FT_MIN_STEPS / steps_per_epoch))))
+        why.append(f"{chosen['epochs']:g} epochs ({train_examples:,} examples, {steps_per_epoch} steps an epoch; at "
+                   f"least {FT_EPOCHS:g} and {FT_MIN_STEPS} steps, at most {FT_MAX_EPOCHS})")
+    if cfg.warmup is None:
+        chosen["warmup"] = FT_WARMUP
+        why.append(f"warmup {FT_WARMUP:.0%} of the steps")
+    return replace(cfg, **chosen), why
+
+
 @dataclass
 class FinetuneConfig:
-    """Options of `gptkit finetune`; each field is a `--flag`. Defaults are GPT-1's (§4.1)."""
+    """Options of `gptkit finetune`; each field is a `--flag`. lr, epochs and warmup left unset are sized by
+    `recipe` once the model and the data are known; the others default to GPT-1's (§4.1)."""
 
     ckpt: str | None = common.ckpt("the pre-trained model: a gptkit checkpoint, a training run or a Hugging Face "
                                    "GPT directory", required=False)
@@ -35,11 +73,14 @@ class FinetuneConfig:
     index_base: int | None = opt(None, "multiple choice: the label of the first answer (default 0; storycloze 1)")
     positive_label: str | None = opt(None, "the class F1 is computed for (two-class tasks; default '1' if present)")
     lm_coef: float = opt(0.5, "λ, weight of the auxiliary language-modelling loss L1 (0 turns it off)")
-    lr: float = opt(6.25e-5, "peak learning rate")
+    lr: float | None = opt(None, f"peak learning rate (default: {FT_LR_WIDTH:g} / the model's width: GPT-1's "
+                                 "6.25e-5 at width 768, 2.6e-4 at 192)")
     batch_size: int = opt(32, "examples per step")
-    epochs: float = opt(3.0, "passes over the training set (a fraction stops part-way through the last)")
-    warmup: float = opt(0.002, "linear warmup over this share of the steps, then linear decay to 0",
-                        flag="--warmup-fraction", old={"--warmup": None})
+    epochs: float | None = opt(None, f"passes over the training set; a fraction stops part-way through the last "
+                                     f"(default: {FT_EPOCHS:g}, or as many as make {FT_MIN_STEPS} steps, at most "
+                                     f"{FT_MAX_EPOCHS})")
+    warmup: float | None = opt(None, f"linear warmup over this share of the steps, then linear decay to 0 "
+                                     f"(default: {FT_WARMUP:g})", flag="--warmup-fraction", old={"--warmup": None})
     weight_decay: float = opt(0.01, "AdamW weight decay on weights (not biases or gains)")
     grad_clip: float = opt(1.0, "clip the gradient norm to this (0: off)")
     head_dropout: float = opt(0.1, "dropout before the task head W_y")
@@ -77,13 +118,13 @@ class FinetuneConfig:
             v = getattr(self, name, None)
             if isinstance(v, float) and not math.isfinite(v):  # nan passes every comparison below
                 raise TaskError(f"--{name.replace('_', '-')} must be a finite number, got {v}")
-        if not self.epochs > 0:
+        if self.epochs is not None and not self.epochs > 0:
             raise TaskError(f"--epochs must be positive, got {self.epochs}")
-        if not self.lr > 0:
+        if self.lr is not None and not self.lr > 0:
             raise TaskError(f"--lr must be positive, got {self.lr}")
         if not self.lm_coef >= 0:
             raise TaskError(f"--lm-coef must be >= 0, got {self.lm_coef}")
-        if not 0 <= self.warmup < 1:
+        if self.warmup is not None and not 0 <= self.warmup < 1:
             raise TaskError(f"--warmup is a share of the steps in [0, 1), got {self.warmup}")
         for name in ("head_dropout", "dropout"):
             v = getattr(self, name)
