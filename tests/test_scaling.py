@@ -209,6 +209,8 @@ def test_interrupted_ladder_resumes_only_the_missing_points(tiny_char: Path, tmp
         assert key in fc, key
     assert fc["target_flops"] == pytest.approx(10 * max(r["flops"] for r in results))
     assert fc["relative_error"] == pytest.approx(fc["verified_val_loss"] / fc["predicted_val_loss"] - 1)
+    assert fc["relative_error_compute_law"] == pytest.approx(  # L(C) is fitted here too (3+ compute levels)
+        fc["verified_val_loss"] / fc["predicted_val_loss_compute_law"] - 1)
     assert res["fit"]["compute"]["params"]["alpha"] > 0
     for png in ("scaling.png", "isoflop.png"):
         assert (out / png).stat().st_size < 200_000

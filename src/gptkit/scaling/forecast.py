@@ -111,7 +111,11 @@ def check_verifiable(fc: dict) -> None:
 
 
 def verified(fc: dict, val_loss: float | None) -> dict:
-    """forecast.json after the forecast run was trained: its loss and the relative error verified / predicted − 1."""
+    """forecast.json after the forecast run was trained: its loss and the relative error verified / predicted − 1
+    (and L(C)'s, `relative_error_compute_law`, when it was fitted beside L(N, D))."""
     if val_loss is None or not math.isfinite(val_loss):
         return {**fc, "verified_val_loss": None, "relative_error": None}
-    return {**fc, "verified_val_loss": val_loss, "relative_error": val_loss / fc["predicted_val_loss"] - 1}
+    out = {**fc, "verified_val_loss": val_loss, "relative_error": val_loss / fc["predicted_val_loss"] - 1}
+    if fc.get("predicted_val_loss_compute_law") is not None:  # L(C)'s error too, when both laws were fitted
+        out["relative_error_compute_law"] = val_loss / fc["predicted_val_loss_compute_law"] - 1
+    return out

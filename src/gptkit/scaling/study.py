@@ -194,7 +194,10 @@ def forecast_line(fc: dict) -> str:
          f"fitted run): {p['shape']['n_layer']}×{p['shape']['n_embd']} on {p['tokens']:,} tokens, val loss "
          f"{fc['predicted_val_loss']:.4f} {fc['unit']}" + (f" [{iv[0]:.4f}, {iv[1]:.4f}]" if iv else ""))
     if fc.get("verified_val_loss") is not None:
-        s += f"; verified {fc['verified_val_loss']:.4f} (relative error {fc['relative_error']:+.2%})"
+        s += f"; verified {fc['verified_val_loss']:.4f} (relative error {fc['relative_error']:+.2%}"
+        if fc.get("relative_error_compute_law") is not None and fc["law"] != "compute":
+            s += f"; L(C) predicted {fc['predicted_val_loss_compute_law']:.4f}, {fc['relative_error_compute_law']:+.2%}"
+        s += ")"
     return s
 
 
