@@ -27,6 +27,7 @@ from gptkit.scaling.plan import (
     make_point,
     model_config,
     plan_ladder,
+    ratio_ladder,
 )
 from gptkit.scaling.study import run_study, usable
 
@@ -123,11 +124,16 @@ def test_budget_decides_the_ladder_and_bad_budgets() -> None:
     assert sum(p.minutes for p in small) <= 100 and sum(p.minutes for p in big) <= 1000
     assert max(p.flops for p in big) > max(p.flops for p in small)
     assert [p.shape.n_layer for p in small] == sorted({p.shape.n_layer for p in small})  # distinct, growing
+    # Kaplan Fig. 6: 1-layer models are off the trend, so the family starts at 2 layers unless told otherwise
+    assert [p.shape.n_layer for p in ratio_ladder(spec, 6)] == [2, 3, 4, 5, 6]
+    assert [p.shape.n_layer for p in ratio_ladder(dataclasses.replace(spec, min_depth=1), 5)] == [1, 2, 3, 4, 5]
     iso = plan_ladder(dataclasses.replace(spec, ladder="isoflop", points=9, levels=3), speed)
     # the top compute grows in 1.25× steps, not by whole layers: the ladder one step bigger would not fit
     iso_spec = dataclasses.replace(spec, ladder="isoflop", points=9, levels=3)
     assert sum(p.minutes for p in iso) <= 100
     assert estimate(isoflop_ladder(iso_spec, 1.25 * max(p.flops for p in iso)), iso_spec, speed) > 100
+    tiny_levels = isoflop_ladder(dataclasses.replace(spec, ladder="isoflop", points=9, levels=3), 1e9)
+    assert min(p.shape.n_layer for p in tiny_levels) == 2  # the optimum would be below: still no 1-layer run
     levels = {p.level for p in iso}
     assert len(levels) == 3 and all(sum(p.level == lv for p in iso) == 3 for lv in levels)
     for lv in levels:  # one compute per level (within the rounding to whole steps)
@@ -158,8 +164,8 @@ def tiny_char(tmp_path_factory, shared_data: Path) -> Path:
 def tiny_options(data: Path, out: Path, **kw) -> ScaleOptions:
     """Depths 1-5 of width 8·depth, context 16, 0.2 tokens per parameter: a ladder of seconds."""
     base = dict(data=str(data), out=str(out), budget_minutes=1.0, ladder="ratio", points=5, tokens_per_param=0.2,
-                aspect=8, head_size=8, block_size=16, min_steps=4, eval_tokens=2048, bootstrap=10, quiet=True,
-                threads=1)
+                aspect=8, head_size=8, min_depth=1, block_size=16, min_steps=4, eval_tokens=2048, bootstrap=10,
+                quiet=True, threads=1)
     return ScaleOptions(**{**base, **kw})
 
 

@@ -25,7 +25,8 @@ def check_scale(opts: ScaleOptions) -> None:
         v = getattr(opts, name)
         if v is not None and not (math.isfinite(v) and v > 0):
             raise ScaleError(f"--{name.replace('_', '-')} must be a positive number, got {v}")
-    for name in ("points", "levels", "aspect", "head_size", "block_size", "min_steps", "eval_tokens", "threads"):
+    for name in ("points", "levels", "aspect", "head_size", "block_size", "min_steps", "min_depth", "eval_tokens",
+                 "threads"):
         v = getattr(opts, name)
         if v is not None and v <= 0:
             raise ScaleError(f"--{name.replace('_', '-')} must be positive, got {v}")

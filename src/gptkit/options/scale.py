@@ -30,6 +30,8 @@ class ScaleOptions:
     tokens_per_param: float = opt(20.0, "tokens per non-embedding parameter of a ratio run, and where an isoflop "
                                         "level is centred (Chinchilla: about 20)")
     aspect: int = opt(32, "model width per layer (width = aspect x depth)")
+    min_depth: int = opt(2, "the family's shallowest model (Kaplan et al. 2020, Fig. 6: models of fewer than 2 "
+                            "layers fall off the laws' trend)")
     head_size: int = opt(32, "attention head size (heads = width / head size)")
     block_size: int = opt(256, "context length of every run")
     min_steps: int = opt(100, "the batch is halved until a run has at least this many steps")

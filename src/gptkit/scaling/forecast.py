@@ -35,7 +35,7 @@ def optimal_point(spec: PlanSpec, flops: float, size_data: Law | None) -> Point:
         shape = shape_of_depth(ratio_depth(spec, flops), spec.aspect, spec.head_size)
     else:
         best = math.inf
-        for depth in range(1, 257):
+        for depth in range(spec.min_depth, 257):
             s = shape_of_depth(depth, spec.aspect, spec.head_size)
             cfg = model_config(s, spec.vocab_size, spec.block_size)
             loss = size_data.predict(cfg.non_embedding_params, flops / cfg.flops_per_token())

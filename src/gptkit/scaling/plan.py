@@ -1,8 +1,9 @@
 """The ladder: which model sizes to train on how many tokens, with which optimiser settings, in a time budget.
 
-Shapes. One knob, the depth L: width d = aspect · L rounded to a multiple of the head size, heads = d / head size,
-everything else GPT-2's pre-LN block (the `gpt-mini` preset's fields, exact GELU, no dropout). Kaplan et al. (2020,
-§3.1, Fig. 5) found the loss depends on the shape only weakly at a fixed parameter count, so one aspect serves.
+Shapes. One knob, the depth L ≥ `min_depth`: width d = aspect · L rounded to a multiple of the head size, heads =
+d / head size, everything else GPT-2's pre-LN block (the `gpt-mini` preset's fields, exact GELU, no dropout).
+Kaplan et al. (2020, §3.1, Figs. 5-6) found the loss depends on the shape only weakly at a fixed parameter count,
+except for models of fewer than 2 layers, which fall off the trend: the family starts at 2 layers by default.
 
 Token budgets. `ratio`: every size trained on `tokens_per_param` × N tokens (Chinchilla's ≈ 20 per parameter,
 Hoffmann et al. 2022 §3, Table 3), one point per size. `isoflop`: Chinchilla's approach 2 (§3.2): a few compute
@@ -158,6 +159,7 @@ class PlanSpec:
     head_size: int = 32
     min_steps: int = 100
     levels: int = 4
+    min_depth: int = 2
     level_factor: float = 4.0
 
 
@@ -168,7 +170,7 @@ Speed = Callable[[GPTConfig, int], float]
 def ratio_ladder(spec: PlanSpec, top: float) -> list[Point]:
     """`spec.points` depths spread geometrically up to depth `top` (N grows ~ depth³), each on tokens_per_param × N."""
     top = int(top)
-    bottom = max(1, min(top - spec.points + 1, round(top / 4)))
+    bottom = max(spec.min_depth, min(top - spec.points + 1, round(top / 4)))
     depths: list[int] = []
     for i in range(spec.points):
         d = round(bottom * (top / bottom) ** (i / max(1, spec.points - 1)))
@@ -189,7 +191,7 @@ def isoflop_ladder(spec: PlanSpec, c_top: float) -> list[Point]:
     for level in range(spec.levels):
         c = c_top / spec.level_factor ** (spec.levels - 1 - level)
         centre = ratio_depth(spec, c)
-        lo = max(1, centre - per_level // 2)
+        lo = max(spec.min_depth, centre - per_level // 2)
         for d in range(lo, lo + per_level):
             s = shape_of_depth(d, spec.aspect, spec.head_size)
             fpt = model_config(s, spec.vocab_size, spec.block_size).flops_per_token()
@@ -200,8 +202,8 @@ def isoflop_ladder(spec: PlanSpec, c_top: float) -> list[Point]:
 
 def ratio_depth(spec: PlanSpec, flops: float) -> int:
     """The depth whose tokens_per_param run costs closest to `flops` (in log)."""
-    best, best_gap = 1, math.inf
-    for d in range(1, 257):
+    best, best_gap = spec.min_depth, math.inf
+    for d in range(spec.min_depth, 257):
         cfg = model_config(shape_of_depth(d, spec.aspect, spec.head_size), spec.vocab_size, spec.block_size)
         gap = abs(math.log(cfg.flops_per_token() * spec.tokens_per_param * cfg.non_embedding_params / flops))
         if gap < best_gap:
@@ -230,10 +232,11 @@ def plan_ladder(spec: PlanSpec, speed: Speed) -> list[Point]:
         raise ScaleError(f"--ladder must be one of {', '.join(LADDERS)}, got {spec.ladder!r}")
     make = LADDERS[spec.ladder]
     if spec.ladder == "ratio":  # the deepest model grows one layer at a time
-        top: float = spec.points
+        top: float = spec.min_depth + spec.points - 1
         grow: Callable[[float], float] = lambda t: t + 1
-    else:  # the top compute grows in steps of ISOFLOP_GROWTH, from the depth-1 model's at tokens_per_param
-        cfg = model_config(shape_of_depth(1, spec.aspect, spec.head_size), spec.vocab_size, spec.block_size)
+    else:  # the top compute grows in steps of ISOFLOP_GROWTH, from the shallowest model's at tokens_per_param
+        cfg = model_config(shape_of_depth(spec.min_depth, spec.aspect, spec.head_size), spec.vocab_size,
+                           spec.block_size)
         top = cfg.flops_per_token() * spec.tokens_per_param * cfg.non_embedding_params
         grow = lambda t: t * ISOFLOP_GROWTH  # noqa: E731
     best = None

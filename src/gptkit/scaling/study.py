@@ -57,7 +57,7 @@ def spec_of(opts: Any, facts: dict) -> PlanSpec:
     return PlanSpec(vocab_size=facts["vocab_size"], block_size=opts.block_size, train_tokens=facts["train_tokens"],
                     budget_minutes=opts.budget_minutes, ladder=opts.ladder, points=opts.points,
                     tokens_per_param=opts.tokens_per_param, aspect=opts.aspect, head_size=opts.head_size,
-                    min_steps=opts.min_steps, levels=opts.levels)
+                    min_steps=opts.min_steps, levels=opts.levels, min_depth=opts.min_depth)
 
 
 def plan_study(opts: Any, speed: Callable, say: Callable[[str], None], warn: Callable[[str], None]
