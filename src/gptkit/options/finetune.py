@@ -74,7 +74,7 @@ class FinetuneConfig:
     positive_label: str | None = opt(None, "the class F1 is computed for (two-class tasks; default '1' if present)")
     lm_coef: float = opt(0.5, "λ, weight of the auxiliary language-modelling loss L1 (0 turns it off)")
     lr: float | None = opt(None, f"peak learning rate (default: {FT_LR_WIDTH:g} / the model's width: GPT-1's "
-                                 "6.25e-5 at width 768, 2.6e-4 at 192)")
+                                 "6.25e-5 at width 768, 2.5e-4 at 192)")
     batch_size: int = opt(32, "examples per step")
     epochs: float | None = opt(None, f"passes over the training set; a fraction stops part-way through the last "
                                      f"(default: {FT_EPOCHS:g}, or as many as make {FT_MIN_STEPS} steps, at most "

@@ -11,7 +11,8 @@ operations:
 Uncertainty: the fit is repeated on bootstrap resamples of the runs (Efron), and an interval is the 5th–95th
 percentile of the resampled parameters or predictions. L(C) is fitted to the lowest loss among runs of about the
 same compute (within COMPUTE_GROUP of each other: one isoflop level, or one run), the envelope Kaplan et al. (2020,
-§6.1) fit; its bootstrap resamples all runs and takes the envelope again (`fit_envelope`). Approach 2's parabola minima per compute level are reported too where a level has three or more runs.
+§6.1) fit; its bootstrap resamples all runs and takes the envelope again (`fit_envelope`). Approach 2's parabola
+minima per compute level are reported too where a level has three or more runs.
 """
 
 from __future__ import annotations

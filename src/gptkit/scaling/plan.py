@@ -13,7 +13,7 @@ accounting of `gptkit info` (6 per weight and token, including the tied vocabula
 
 Optimiser rules, functions of the size (docs/scaling.md states them):
 - peak learning rate lr(d) = min(LR_MAX, LR_WIDTH / d) for width d: Adam's learning rate for hidden matrices falls
-  as 1/width (Yang et al. 2022, μP, Table 3), and 0.5/d is where GPT-3's own table sits (Brown et al. 2020, Table
+  as 1/width (Yang et al. 2022, μP), and 0.5/d is where GPT-3's own table sits (Brown et al. 2020, Table
   2.1: 6e-4 at d = 768 is 0.46/d; 1.2e-4 at d = 4096 is 0.49/d);
 - batch in tokens B(C) = BATCH_FRACTION · 0.292 · C^0.3271 (DeepSeek LLM 2024, §3.1, eq. 1, fitted at 1e17-1e20
   FLOPs, scaled down for the small runs here), as a power of two of sequences of the context, halved until the run
@@ -77,14 +77,12 @@ def model_config(shape: Shape, vocab_size: int, block_size: int) -> GPTConfig:
 
 # ------------------------------------------------------------------------------------------------- rules
 LR_WIDTH = 0.5
-"""lr = LR_WIDTH / width. Measured on a 4 × 128 character model at 2e13 FLOPs (3.1 M tokens, batch 8 × 256): peak
-lr 4e-3 (≈ 0.5/128) reached val 1.847, Kaplan et al.'s eq. D.1 (1.34e-3 at this N) 2.040 (docs/scaling.md)."""
+"""lr = LR_WIDTH / width; at this scale it beat Kaplan et al.'s eq. D.1 (docs/scaling.md, "the optimiser rules")."""
 LR_MAX = 1e-2
 """The cap for the narrowest models (0.5/d would pass 1e-2 below width 50)."""
 BATCH_FRACTION = 0.25
 """DeepSeek's optimal batch extrapolated down to 1e11-1e14 FLOPs is too large for these runs, which are short of
-steps, not of tokens: the same 4 × 128 run at lr 4e-3 reached val 1.847 at batch 8 × 256 (1,508 steps) and 2.151 at
-DeepSeek's batch, 32 × 256 (377 steps). A quarter of it gives 8 there."""
+steps, not of tokens; a quarter of it won where it was tried (docs/scaling.md, "the optimiser rules")."""
 
 
 def lr_rule(n_embd: int) -> float:
@@ -168,7 +166,8 @@ Speed = Callable[[GPTConfig, int], float]
 
 
 def ratio_ladder(spec: PlanSpec, top: float) -> list[Point]:
-    """`spec.points` depths spread geometrically up to depth `top` (N grows ~ depth³), each on tokens_per_param × N."""
+    """`spec.points` depths spread geometrically up to depth `top` (N grows ~ depth³), each on tokens_per_param
+    × N."""
     top = int(top)
     bottom = max(spec.min_depth, min(top - spec.points + 1, round(top / 4)))
     depths: list[int] = []
