@@ -4,6 +4,7 @@
     gptkit data quality train  --positive PATH... --negative PATH... --out MODEL
     gptkit data quality filter --model MODEL --input PATH... --out FILE [--alpha 9 | --min-score S]
     gptkit data dedup          --input PATH... --out FILE [--min-jaccard 0.8] [--num-perm 128] [--ngram 5]
+                               [--unit document|passage] [--passage-words 200]
 
 The modules doing the work (numpy, scikit-learn, datasketch, matplotlib) are imported only when a command runs.
 """
@@ -65,7 +66,9 @@ def add_data(sub: argparse._SubParsersAction) -> None:
                 help="remove exact and near duplicates (content hash + MinHash LSH)",
                 description="Remove exact duplicates (content hash) and near duplicates (MinHash LSH over word "
                             "n-grams, confirmed by Jaccard similarity >= --min-jaccard), within and across all "
-                            "inputs, keeping the first document of each cluster. Writes the kept documents (JSONL, "
+                            "inputs, keeping the first document of each cluster. With --unit passage the same is "
+                            "done to passages of about --passage-words words, cut at paragraph breaks, and each "
+                            "document is written with the passages it keeps. Writes the kept documents (JSONL, "
                             "input fields preserved) and a JSON report.")
 
 
@@ -177,10 +180,17 @@ def cmd_dedup(args: argparse.Namespace) -> int:
 
     r = dedup(args.input, args.out, threshold=args.min_jaccard, num_perm=args.num_perm, ngram=args.ngram,
               text_field=args.text_field, workers=args.threads, seed=args.seed, verify=args.verify,
-              report=args.report, removed=args.removed)
-    print(f"kept {r['kept']:,} of {r['documents_in']:,} document(s): removed {r['exact_duplicates_removed']:,} "
-          f"exact and {r['near_duplicates_removed']:,} near duplicate(s) in {r['clusters']:,} cluster(s), "
-          f"{r['run']['seconds']:.1f}s with {r['run']['workers']} worker(s); wrote {args.out}")
+              report=args.report, removed=args.removed, unit=args.unit, passage_words=args.passage_words)
+    took = f"{r['run']['seconds']:.1f}s with {r['run']['workers']} worker(s); wrote {args.out}"
+    if args.unit == "passage":
+        print(f"removed {r['exact_passages_removed']:,} exact and {r['near_passages_removed']:,} near duplicate "
+              f"passage(s) of {r['passages_in']:,}: {r['text_bytes_removed']:,} of {r['text_bytes_in']:,} text "
+              f"bytes ({100 * r['removed_fraction']:.2f}%); {r['documents_changed']:,} of {r['documents_in']:,} "
+              f"document(s) changed, {r['documents_emptied']:,} emptied; {took}")
+    else:
+        print(f"kept {r['kept']:,} of {r['documents_in']:,} document(s): removed {r['exact_duplicates_removed']:,} "
+              f"exact and {r['near_duplicates_removed']:,} near duplicate(s) in {r['clusters']:,} cluster(s), "
+              f"{took}")
     print(_bad_input_line(r["bad_input"]))
     print(f"report {args.report or _sibling(args.out, '.report.json')}", file=sys.stdout)
     return 0

@@ -24,6 +24,13 @@ For each document, in input order:
 
 Documents with no word at all (only punctuation or symbols) get only the exact check, and are counted.
 
+With `unit="passage"` the unit is a passage instead of a document: each document is cut into passages of about
+`passage_words` words at its own paragraph breaks (gptkit.data.passages: the cuts depend on the text, not on where
+it sits, so two editions of a chapter are cut alike), every passage goes through steps 1-3 in input order, and a
+document is written with the passages it keeps, joined by its own separators, or not at all when it keeps none.
+So a chapter that a later book repeats (a complete volume after its parts, a letter quoted in two volumes, a
+publisher's catalogue at the end of many books) is removed from the later book, the rest of which stays.
+
 Memory is bounded by the number of documents, not by their text: texts stream from the inputs to the output, and
 the index holds 16 bytes per band per kept document (sorted numpy runs, merged like a log-structured merge tree)
 plus 24 bytes per document for the exact hashes. The kept documents' signatures and n-gram hash sets (4 bytes
@@ -41,24 +48,29 @@ from __future__ import annotations
 import collections
 import functools
 import hashlib
+import heapq
 import json
 import math
 import os
 import re
 import tempfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 from pathlib import Path
 
 import numpy as np
 from datasketch import MinHash
 
-from .passes import FilterPass, batched
+from .passages import Span, join_kept, passage_spans
+from .passes import FilterPass, PassOutput, batched
 from .records import Record
 from .shards import DataError
 from .workers import default_workers, ordered_map, worker_pool
 
 REPORT_FORMAT = "gptkit-dedup-report"
+UNITS = ("document", "passage")
+TOP_DOCUMENTS = 10  # documents listed in a passage run's report, most bytes removed first
 _WORD = re.compile(r"\w+")
 _CHUNK = 1 << 14  # n-gram hashes per MinHash.update_batch call: bounds the (chunk, num_perm) matrix to 8 MB
 BATCH_DOCS = 512  # documents per batch sent to a worker ...
@@ -179,6 +191,14 @@ def sign_batch(texts: list[str], num_perm: int, ngram: int, seed: int, with_sets
         if sets is not None:
             sets.append(np.unique(h))
     return content, sigs, has, sets
+
+
+def sign_passages(texts: list[str], passage_words: int, num_perm: int, ngram: int, seed: int,
+                  with_sets: bool = True) -> tuple[list[list[Span]], Signed]:
+    """Each text's passages (`gptkit.data.passages.passage_spans`) and `sign_batch` of all of them, in order."""
+    spans = [passage_spans(t, passage_words) for t in texts]
+    passages = [t[a:b] for t, sp in zip(texts, spans) for a, b in sp]
+    return spans, sign_batch(passages, num_perm, ngram, seed, with_sets)
 
 
 def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> float:
@@ -420,13 +440,18 @@ class DedupIndex:
 
 
 # ------------------------------------------------------------------------------------------ the pass
-def _check_parameters(threshold: float, num_perm: int, ngram: int, verify: str) -> None:
+def _check_parameters(threshold: float, num_perm: int, ngram: int, verify: str, unit: str,
+                      passage_words: int) -> None:
     if num_perm < 2:
         raise DataError(f"--num-perm must be at least 2, got {num_perm}")
     if ngram < 1:
         raise DataError(f"--ngram must be at least 1, got {ngram}")
     if verify not in ("exact", "minhash"):
         raise DataError(f"--verify must be exact or minhash, got {verify!r}")
+    if unit not in UNITS:
+        raise DataError(f"--unit must be document or passage, got {unit!r}")
+    if passage_words < 2:
+        raise DataError(f"--passage-words must be at least 2, got {passage_words}")
     lsh_params(threshold, num_perm)  # checks the threshold
 
 
@@ -465,10 +490,129 @@ class _Tally:
         }
 
 
+Results = Iterator[tuple[list[Record], Any]]  # (a batch's records, what the signing function returned)
+
+
+def _dedup_documents(results: Results, index: DedupIndex, w: PassOutput, text_field: str) -> dict:
+    """Decide every document (`unit="document"`); the report's fields."""
+    tally = _Tally()
+    for recs, (content, sigs, has, sets) in results:
+        base = index.documents
+        tally.counts["no_words"] += int(len(has) - has.sum())
+        for i, (rec, (kind, dup_of, jac)) in enumerate(zip(recs, index.decide(content, sigs, has, sets))):
+            tally.add(rec.path, kind, dup_of)
+            if kind == "keep":
+                w.keep(rec.to_json(text_field))
+            else:
+                w.drop(_removed_line({"document": base + i}, rec, kind, dup_of, jac) if w.writes_other else None)
+        w.advance()
+    return tally.fields(index.documents)
+
+
+class _PassageTally:
+    """What a passage run's report counts: passages and text bytes in and removed, documents changed and emptied,
+    per input file, and the documents that lost the most bytes."""
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter = collections.Counter()
+        self.by_file: dict[str, collections.Counter] = {}
+        self.top: list[tuple[int, int, dict]] = []  # a min-heap of (bytes removed, -document, its entry)
+        self.first_passage = np.zeros(1024, dtype=np.int64)  # document -> index of its first passage (8 B each)
+        self.started = 0  # documents in first_passage
+
+    def start_documents(self, base: int, counts: list[int]) -> None:
+        """Record where the next documents' passages start: `base` for the first, then `counts` passages each."""
+        d, need = self.started, self.started + len(counts)
+        if need > len(self.first_passage):
+            self.first_passage = np.resize(self.first_passage, max(need, 2 * len(self.first_passage)))
+        self.first_passage[d:need] = base + np.cumsum([0, *counts[:-1]], dtype=np.int64)
+        self.started = need
+
+    def document_of(self, passage: int) -> tuple[int, int]:
+        """(document, passage number within it) of a passage's index in the stream of all passages."""
+        d = int(np.searchsorted(self.first_passage[:self.started], passage, side="right")) - 1
+        return d, passage - int(self.first_passage[d])
+
+    def add(self, rec: Record, doc: int, kinds: list[str], bytes_in: int, bytes_out: int) -> None:
+        removed = sum(k != "keep" for k in kinds)
+        row = {"documents": 1, "passages": len(kinds), "passages_removed": removed,
+               "exact": kinds.count("exact"), "near": kinds.count("near"), "text_bytes": bytes_in,
+               "text_bytes_removed": bytes_in - bytes_out,
+               "changed": int(0 < removed < len(kinds)), "emptied": int(removed > 0 and removed == len(kinds))}
+        self.counts.update(row)
+        self.by_file.setdefault(rec.path, collections.Counter()).update(row)
+        if bytes_in > bytes_out:
+            entry = {"document": doc, "path": rec.path, "line": rec.line,
+                     **({"source": rec.fields["source"]} if rec.fields and "source" in rec.fields else {}),
+                     "text_bytes": bytes_in, "text_bytes_removed": bytes_in - bytes_out,
+                     "passages": len(kinds), "passages_removed": removed}
+            heapq.heappush(self.top, (bytes_in - bytes_out, -doc, entry))
+            if len(self.top) > TOP_DOCUMENTS:
+                heapq.heappop(self.top)
+
+    def fields(self, passages: int) -> dict:
+        c = self.counts
+        assert passages == c["passages"]  # every passage accounted for
+        return {
+            "documents_in": c["documents"],
+            "kept": c["documents"] - c["emptied"],
+            "documents_changed": c["changed"],
+            "documents_emptied": c["emptied"],
+            "passages_in": c["passages"],
+            "passages_kept": c["passages"] - c["passages_removed"],
+            "exact_passages_removed": c["exact"],
+            "near_passages_removed": c["near"],
+            "passages_without_words": c["no_words"],
+            "text_bytes_in": c["text_bytes"],
+            "text_bytes_removed": c["text_bytes_removed"],
+            "removed_fraction": c["text_bytes_removed"] / c["text_bytes"] if c["text_bytes"] else 0.0,
+            "top_documents": [e for _, _, e in sorted(self.top, key=lambda t: (-t[0], -t[1]))],
+            "by_file": {p: {k: f[k] for k in ("documents", "changed", "emptied", "passages", "passages_removed",
+                                              "text_bytes_removed")} for p, f in self.by_file.items()},
+        }
+
+
+def _dedup_passages(results: Results, index: DedupIndex, w: PassOutput, text_field: str) -> dict:
+    """Decide every passage of every document (`unit="passage"`) and write each document rewritten from its kept
+    passages (unchanged when all are kept, dropped when none is); the report's fields."""
+    tally = _PassageTally()
+    for recs, (spans, (content, sigs, has, sets)) in results:
+        base = index.documents
+        tally.counts["no_words"] += int(len(has) - has.sum())
+        decisions = index.decide(content, sigs, has, sets)
+        tally.start_documents(base, [len(sp) for sp in spans])
+        k = 0
+        for rec, sp in zip(recs, spans):
+            doc, mine = tally.counts["documents"], decisions[k:k + len(sp)]
+            keep = [kind == "keep" for kind, _, _ in mine]
+            changed = not all(keep)
+            text = join_kept(rec.text, sp, keep) if changed else rec.text
+            if w.writes_other:
+                for j, (kind, dup, jac) in enumerate(mine):
+                    if kind != "keep":
+                        dup_doc, dup_passage = tally.document_of(dup)
+                        where = {"document": doc, "passage": j, "start": sp[j][0], "end": sp[j][1]}
+                        w.other(_removed_line(where, rec, kind, dup_doc, jac, {"duplicate_of_passage": dup_passage}))
+            bytes_in = len(rec.text.encode("utf-8"))
+            bytes_out = len(text.encode("utf-8")) if changed else bytes_in
+            tally.add(rec, doc, [kind for kind, _, _ in mine], bytes_in, bytes_out)
+            if not changed:
+                w.keep(rec.to_json(text_field))
+            elif text:
+                fields = {**rec.fields, text_field: text} if rec.fields is not None else None
+                w.keep(Record(text, fields, rec.path, rec.line).to_json(text_field))
+            else:
+                w.drop()
+            k += len(sp)
+        w.advance()
+    return tally.fields(index.documents)
+
+
 def dedup(inputs: list[str | os.PathLike], out: str | os.PathLike, threshold: float = 0.8, num_perm: int = 128,
           ngram: int = 5, text_field: str = "text", workers: int | None = None, seed: int = 1, verify: str = "exact",
           report: str | os.PathLike | None = None, removed: str | os.PathLike | None = None,
-          progress: bool | None = None, warn: Callable[[str], None] | None = None) -> dict:
+          progress: bool | None = None, warn: Callable[[str], None] | None = None, unit: str = "document",
+          passage_words: int = 200) -> dict:
     """Remove exact and near duplicates from `inputs`, writing the kept documents to `out` (JSONL), and return
     the report (also written to `report`, default `OUT.report.json`).
 
@@ -476,7 +620,8 @@ def dedup(inputs: list[str | os.PathLike], out: str | os.PathLike, threshold: fl
         inputs: text files, directories, JSONL files and `.gz` of these (gptkit.data.records); all are deduplicated
             together, within and across inputs.
         out: JSONL of the kept documents in input order, each the input JSON object unchanged (a text file becomes
-            `{text_field: text, "source": path}`); gzip-compressed when the name ends in `.gz`.
+            `{text_field: text, "source": path}`) except, with `unit="passage"`, for its text; gzip-compressed when
+            the name ends in `.gz`.
         threshold: Jaccard similarity of word n-gram sets at or above which a document is a near duplicate.
         num_perm: MinHash permutations (signature length); the estimate's standard error is √(s(1−s)/num_perm).
         verify: "exact" checks each LSH candidate with the exact Jaccard of the n-gram hash sets (kept documents'
@@ -487,44 +632,42 @@ def dedup(inputs: list[str | os.PathLike], out: str | os.PathLike, threshold: fl
             8); the output does not depend on it.
         removed: optional JSONL with one line per removed document: its index in the input stream, path, line,
             kind ("exact" or "near"), the index of the kept document it duplicates, and the Jaccard similarity
-            (exact or estimated, as `verify` says).
+            (exact or estimated, as `verify` says). With `unit="passage"`, one line per removed passage, which also
+            gives its number in its document, its character span, and the number of the kept passage it
+            duplicates within that kept document (`duplicate_of_passage`).
+        unit: "document", or "passage": every document is cut into passages of about `passage_words` words at its
+            paragraph breaks (gptkit.data.passages), each passage is the unit that is kept or removed, exactly as
+            documents are (so a passage may duplicate one kept earlier in the same document), and a document is
+            written with its kept passages only, or not at all when none is kept.
     """
-    _check_parameters(threshold, num_perm, ngram, verify)
+    _check_parameters(threshold, num_perm, ngram, verify, unit, passage_words)
     run = FilterPass(inputs, out, text_field=text_field, report=report, others={"--removed": removed}, warn=warn)
     if workers is not None and int(workers) < 1:
         raise DataError(f"--threads must be at least 1, got {workers}")
     workers = default_workers(run.reader.total_bytes) if workers is None else int(workers)
-    sign = functools.partial(sign_batch, num_perm=num_perm, ngram=ngram, seed=seed, with_sets=verify == "exact")
+    params = {"num_perm": num_perm, "ngram": ngram, "seed": seed, "with_sets": verify == "exact"}
+    sign, decide_all = ((functools.partial(sign_batch, **params), _dedup_documents) if unit == "document" else
+                        (functools.partial(sign_passages, passage_words=passage_words, **params), _dedup_passages))
     index = DedupIndex(threshold, num_perm, verify, run.out.parent)
-    tally = _Tally()
     try:
         with run.writing(removed, progress, "dedup") as w:
             if workers > 1:
                 sign_batch([], num_perm, ngram, seed)  # import datasketch once, here: forked workers inherit it
             with worker_pool(workers, w.bar) as pool:
                 jobs = ((b, ([r.text for r in b],)) for b in batched(run.reader.records(), BATCH_DOCS, BATCH_CHARS))
-                for recs, (content, sigs, has, sets) in ordered_map(sign, jobs, pool, workers):
-                    base = index.documents
-                    tally.counts["no_words"] += int(len(has) - has.sum())
-                    decisions = index.decide(content, sigs, has, sets)
-                    for i, (rec, (kind, dup_of, jac)) in enumerate(zip(recs, decisions)):
-                        tally.add(rec.path, kind, dup_of)
-                        if kind == "keep":
-                            w.keep(rec.to_json(text_field))
-                        else:
-                            w.drop(_removed_line(base + i, rec, kind, dup_of, jac) if w.writes_other else None)
-                    w.advance()
+                fields = decide_all(ordered_map(sign, jobs, pool, workers), index, w, text_field)
     finally:
         index.close()
     b, r = index.bands, index.rows
-    parameters = {"threshold": threshold, "num_perm": num_perm, "ngram": ngram, "seed": seed, "verify": verify,
+    parameters = {"unit": unit, **({"passage_words": passage_words} if unit == "passage" else {}),
+                  "threshold": threshold, "num_perm": num_perm, "ngram": ngram, "seed": seed, "verify": verify,
                   "bands": b, "rows": r, "text_field": text_field,
                   "candidate_probability_at_threshold": round(candidate_probability(threshold, b, r), 4)}
-    fields = {**tally.fields(index.documents), "parameters": parameters}
     input_bytes = sum(s.bytes for s in run.reader.stats)
-    return run.finish(run.report(REPORT_FORMAT, fields, {"workers": workers, "input_bytes": input_bytes}))
+    return run.finish(run.report(REPORT_FORMAT, {**fields, "parameters": parameters},
+                                 {"workers": workers, "input_bytes": input_bytes}))
 
 
-def _removed_line(doc: int, rec: Record, kind: str, dup_of: int, jaccard: float) -> str:
-    return json.dumps({"document": doc, "path": rec.path, "line": rec.line, "kind": kind, "duplicate_of": dup_of,
-                       "jaccard": round(jaccard, 4)})
+def _removed_line(where: dict, rec: Record, kind: str, dup_of: int, jaccard: float, more: dict | None = None) -> str:
+    return json.dumps({**where, "path": rec.path, "line": rec.line, "kind": kind, "duplicate_of": dup_of,
+                       **(more or {}), "jaccard": round(jaccard, 4)})

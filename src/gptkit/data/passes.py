@@ -87,6 +87,12 @@ class PassOutput:
         if self._other is not None and line is not None:
             self._other.write((line + "\n").encode("utf-8"))
 
+    def other(self, line: str) -> None:
+        """A line for the other output (when there is one) that is not a document: what a document kept in part
+        lost (`dedup --unit passage --removed`)."""
+        if self._other is not None:
+            self._other.write((line + "\n").encode("utf-8"))
+
     def advance(self) -> None:
         """Move the progress display to the input bytes read so far."""
         self.bar.update(self.task, completed=self._reader.bytes_read)

@@ -86,6 +86,10 @@ class DedupOptions:
                              old={"--threshold": None})
     num_perm: int = opt(128, "MinHash permutations", metavar="N")
     ngram: int = opt(5, "words per shingle", metavar="N")
+    unit: str = opt("document", "what is compared and removed: whole documents, or passages of about "
+                    "--passage-words words cut at the documents' paragraph breaks (a document keeps its other "
+                    "passages)", choices=("document", "passage"))
+    passage_words: int = opt(200, "average words per passage with --unit passage", metavar="N")
     verify: str = opt("exact", "confirm LSH candidates with the exact Jaccard of their n-gram sets or with the "
                       "MinHash estimate (stores no n-gram sets)", choices=("exact", "minhash"))
     threads: int | None = common.threads("CPU cores to use: processes computing signatures (default: 1 below 8 MB "
@@ -93,8 +97,8 @@ class DedupOptions:
     seed: int = common.seed("the MinHash permutations")
     text_field: str = opt("text", TEXT_FIELD_HELP, metavar="NAME")
     report: str | None = opt(None, "JSON report (default OUT.report.json)", metavar="FILE")
-    removed: str | None = opt(None, "also write one JSONL line per removed document (which kept document it "
-                              "duplicates)", metavar="FILE")
+    removed: str | None = opt(None, "also write one JSONL line per removed document or passage (which kept one "
+                              "it duplicates)", metavar="FILE")
 
 
 @dataclass
