@@ -221,6 +221,11 @@ def test_idempotent_deterministic_and_fields_kept(planted, tmp_path):
         {"id": f"doc-{i}", "meta": {"i": i}} for i in range(3)]
     dedup([d / "in.jsonl"], tmp_path / "w2.jsonl", unit="passage", passage_words=N, workers=2, progress=False)
     assert (tmp_path / "w2.jsonl").read_bytes() == (tmp_path / "a.jsonl").read_bytes()
+    # --verify minhash: the same passages, decided by the signatures' estimate (no n-gram sets stored)
+    est = dedup([d / "in.jsonl"], tmp_path / "m.jsonl", unit="passage", passage_words=N, workers=1, verify="minhash",
+                progress=False)
+    assert (est["passages_in"], est["exact_passages_removed"]) == (rep["passages_in"], rep["exact_passages_removed"])
+    assert (tmp_path / "m.jsonl").read_bytes() == (tmp_path / "a.jsonl").read_bytes()
 
 
 def test_a_chapter_copied_into_another_book(books, tmp_path):
