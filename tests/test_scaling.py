@@ -88,7 +88,7 @@ def test_envelope_bootstrap_resamples_all_runs() -> None:
 
 
 def test_optimiser_rules() -> None:
-    """lr = 0.5/width (capped at 1e-2) sits within 40% of GPT-3's Table 2.1 from 125M to 13B parameters; the batch
+    """lr = 0.5/width (capped at 1e-2) is 0.6-1.7x GPT-3's Table 2.1 from 125M to 13B parameters; the batch
     is a power of two of sequences that grows with compute and is halved to keep `min_steps` steps."""
     gpt3 = {768: 6e-4, 1024: 3e-4, 1536: 2.5e-4, 2048: 2e-4, 2560: 1.6e-4, 4096: 1.2e-4, 5140: 1e-4}
     for width, lr in gpt3.items():
