@@ -52,7 +52,6 @@ import heapq
 import json
 import math
 import os
-import re
 import tempfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -62,7 +61,7 @@ from pathlib import Path
 import numpy as np
 from datasketch import MinHash
 
-from .passages import Span, join_kept, passage_spans
+from .passages import WORD, Span, join_kept, passage_spans
 from .passes import FilterPass, PassOutput, batched
 from .records import Record
 from .shards import DataError
@@ -71,7 +70,6 @@ from .workers import default_workers, ordered_map, worker_pool
 REPORT_FORMAT = "gptkit-dedup-report"
 UNITS = ("document", "passage")
 TOP_DOCUMENTS = 10  # documents listed in a passage run's report, most bytes removed first
-_WORD = re.compile(r"\w+")
 _CHUNK = 1 << 14  # n-gram hashes per MinHash.update_batch call: bounds the (chunk, num_perm) matrix to 8 MB
 BATCH_DOCS = 512  # documents per batch sent to a worker ...
 BATCH_CHARS = 1 << 20  # ... or this many characters
@@ -97,7 +95,7 @@ def ngram_hashes(text: str, ngram: int = 5) -> np.ndarray:
     every run, unlike Python's salted `hash`), and n consecutive word hashes are combined with a multiply-add
     chain and MurmurHash3's finaliser. A text of fewer than `ngram` words is one n-gram of all of its words.
     """
-    words = _WORD.findall(text.lower())
+    words = WORD.findall(text.lower())
     if not words:
         return np.empty(0, dtype=np.uint32)
     w = np.array([zlib.crc32(x.encode("utf-8")) for x in words], dtype=np.uint64)
@@ -117,7 +115,7 @@ def batch_ngram_hashes(texts: list[str], ngram: int = 5) -> tuple[np.ndarray, np
     the sums G_L for every start position are built up for L = 1..ngram over the whole batch, and each text takes
     G_ngram at its full n-gram starts, or G_len at its first word when it is shorter than `ngram`.
     """
-    words = [_WORD.findall(t.lower()) for t in texts]
+    words = [WORD.findall(t.lower()) for t in texts]
     counts = np.array([len(x) for x in words], dtype=np.int64)
     w = np.array([zlib.crc32(x.encode("utf-8")) for ws in words for x in ws], dtype=np.uint64)
     starts = np.concatenate([[0], np.cumsum(counts)])

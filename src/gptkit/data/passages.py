@@ -35,7 +35,8 @@ from __future__ import annotations
 import re
 import zlib
 
-_WORD = re.compile(r"\w+")
+WORD = re.compile(r"\w+")
+"""A word: a run of `\\w`, lower-cased by the caller. dedup's n-grams are made of the same words."""
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n|\n(?=[^\S\n]+\S)")  # a blank line, or a line break before an indented line
 _U32 = float(1 << 32)
 
@@ -64,7 +65,7 @@ def passage_spans(text: str, words: int = 200) -> list[Span]:
     start, w, end = -1, 0, 0  # the open passage's start (-1: none open) and words; the last paragraph's end
     for ps, end in _paragraphs(text):
         start = ps if start < 0 else start
-        para = _WORD.findall(text[ps:end].lower())
+        para = WORD.findall(text[ps:end].lower())
         w += len(para)
         if w >= half and zlib.crc32("".join(x + " " for x in para).encode("utf-8")) / _U32 < len(para) / half:
             spans.append((start, end))

@@ -84,11 +84,11 @@ class PassOutput:
     def drop(self, line: str | None = None) -> None:
         """A document not kept; `line` goes to the other output when there is one."""
         self.documents += 1
-        if self._other is not None and line is not None:
-            self._other.write((line + "\n").encode("utf-8"))
+        if line is not None:
+            self.other(line)
 
     def other(self, line: str) -> None:
-        """A line for the other output (when there is one) that is not a document: what a document kept in part
+        """A line for the other output (when there is one): a dropped document's, or what a document kept in part
         lost (`dedup --unit passage --removed`)."""
         if self._other is not None:
             self._other.write((line + "\n").encode("utf-8"))
