@@ -199,6 +199,9 @@ def test_interrupted_ladder_resumes_only_the_missing_points(tiny_char: Path, tmp
 
     def recorder(cfg):
         calls2.append((Path(cfg.out).name, cfg.resume))
+        if Path(cfg.out).name.startswith("forecast-"):  # the forecast is on disk before its run trains
+            before = json.loads((out / "forecast.json").read_text())
+            assert "predicted_val_loss" in before and "verified_val_loss" not in before
         return train(cfg)
 
     never = lambda cfg, batch: pytest.fail("a resumed study re-measured speed instead of reusing plan.json")  # noqa

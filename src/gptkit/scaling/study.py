@@ -172,18 +172,17 @@ def run_study(opts: Any, speed: Callable | None = None, trainer: Callable | None
     fc = forecast(target, largest, spec, laws, opts.unit)
     fc["bytes_per_token"] = ctx.bytes_per_token
     fc.update(caveats(fc, [r["non_embedding_params"] for r in results], facts["train_tokens"], warn))
-    if opts.verify:
-        try:
-            check_verifiable(fc)
-        except ScaleError:
-            write_fit(out, results, fits, laws, fc, opts.unit)
-            raise
-        r = train_point(Point.from_dict(fc["point"]), ctx, trainer)
-        fc = verified(fc, r["val_loss"] if opts.unit == "nats" else r["val_bpb"])
+    # the forecast is written and said before its run trains (GPT-4 §3: predicted first, then measured)
     write_fit(out, results, fits, laws, fc, opts.unit)
     for line in fit_lines(fits):
         say(line)
     say(forecast_line(fc))
+    if opts.verify:
+        check_verifiable(fc)
+        r = train_point(Point.from_dict(fc["point"]), ctx, trainer)
+        fc = verified(fc, r["val_loss"] if opts.unit == "nats" else r["val_bpb"])
+        write_fit(out, results, fits, laws, fc, opts.unit)
+        say(forecast_line(fc))
     return {"plan": points, "results": results, "fit": fits, "forecast": fc}
 
 
