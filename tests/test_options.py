@@ -288,12 +288,15 @@ def test_generator_precedence_defaults_file_flags(tmp_path):
         from_args(Toy, toy_parser().parse_args(["--config", str(cfg)]))
 
 
-@pytest.mark.parametrize("name", ["pretrain-small-bpe.yaml", "english-1h.yaml"])
-def test_shipped_training_configs_load(name):
+SHIPPED_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=[p.name for p in SHIPPED_CONFIGS])
+def test_shipped_training_configs_load(path):
     """The recipes in configs/ are valid `gptkit train --config` files: every key an option, every value typed."""
     from gptkit.options.train import TrainConfig, load_yaml_config
 
-    path = Path(__file__).resolve().parents[1] / "configs" / name
+    assert len(SHIPPED_CONFIGS) >= 2  # pretrain-small-bpe.yaml, english-1h.yaml
     values = load_yaml_config(str(path))
     cfg = dataclasses.replace(TrainConfig(), **values)
     assert values and all(getattr(cfg, k) == v for k, v in values.items())
