@@ -121,15 +121,16 @@ def bootstrap_se(run_dir: Path, split: str, metric: str, seed: int, resamples: i
     """Standard error of a run's metric: the spread of the metric over resamples of the split's examples."""
     from gptkit.finetune import metrics as M
 
-    recs = [json.loads(line) for line in (run_dir / "predictions" / f"{split}.jsonl").open()]
+    recs = [json.loads(line) for line in (run_dir / "predictions" / f"{split}.jsonl").read_text().splitlines()]
     if metric == "pearson":
-        pred, gold = np.array([r["score"] for r in recs]), np.array([r["label"] for r in recs])
-        fn = M.pearson
+        pred, gold, fn = [r["score"] for r in recs], [r["label"] for r in recs], M.pearson
+    elif metric == "f1":  # 1 for the positive label, 0 for any other
+        positive = str(json.loads((run_dir / "task.json").read_text())["positive_label"])
+        pred, gold = ([int(str(r[k]) == positive) for r in recs] for k in ("prediction", "label"))
+        fn = lambda p, g: M.f1_binary(p, g, 1)  # noqa: E731
     else:
-        positive = json.loads((run_dir / "task.json").read_text()).get("positive_label")
-        pred = np.array([str(r["prediction"]) == str(positive) if metric == "f1" else r["prediction"] for r in recs])
-        gold = np.array([str(r["label"]) == str(positive) if metric == "f1" else r["label"] for r in recs])
-        fn = (lambda p, g: M.f1_binary(p.astype(int), g.astype(int), 1)) if metric == "f1" else M.accuracy
+        pred, gold, fn = [r["prediction"] for r in recs], [r["label"] for r in recs], M.accuracy
+    pred, gold = np.array(pred), np.array(gold)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(recs), size=(resamples, len(recs)))
     return float(np.std([fn(pred[i], gold[i]) for i in idx], ddof=1))
