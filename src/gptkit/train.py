@@ -692,7 +692,8 @@ class TimeBudget:
         total = step + int(max(0.0, cfg.max_minutes * 60 - (now - t_start)) / s_per_step)
         total = D.all_gather_objects(total, info)[0]
         self.since = (now, step)
-        return None if abs(total - cfg.max_iters) <= self.REPLAN_MIN_CHANGE * cfg.max_iters else max(step, total)
+        # at least one step after the re-plan, so that the learning rate still ends at min_lr when time is up
+        return None if abs(total - cfg.max_iters) <= self.REPLAN_MIN_CHANGE * cfg.max_iters else max(step + 1, total)
 
 
 def set_length(cfg: TrainConfig, total: int, step: int, rt: Runtime, display: Progress, bar: int,
