@@ -6,7 +6,8 @@
 
 Each run is `gptkit finetune` (called in-process; the equivalent command line is printed and saved) on the whole
 training set with gptkit's defaults (lr, epochs and warmup sized to the model and the data) unless told otherwise,
-once per --seeds. Every run's metrics, standard error and wall time go to OUT/TASK/CONFIG-sSEED.json; the script
+once per --seeds. A run whose record exists is not trained again (a killed grid continues; --redo retrains).
+Every run's metrics, standard error and wall time go to OUT/TASK/CONFIG-sSEED.json; the script
 prints a markdown table beside GPT-1's numbers: each configuration's mean over the seeds ± its standard error, and
 how many standard errors (a) pre-trained is ahead of (b) from scratch.
 
@@ -61,6 +62,7 @@ def main() -> int:
     ap.add_argument("--max-eval", type=int, default=None, help="examples per valid/test split")
     ap.add_argument("--table-only", action="store_true", help="print the table of the runs found in --out")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--redo", action="store_true", help="train runs again whose record is already in --out")
     ap.add_argument("--keep-models", action="store_true", help="keep each run's fine-tuned model directory")
     args = ap.parse_args()
 
@@ -88,6 +90,9 @@ def run_one(args: argparse.Namespace, task: str, name: str, seed: int, out: Path
     from gptkit.finetune.loop import FinetuneConfig, finetune
 
     t, data, key = TASKS[task], Path(args.data), f"{task}/{name}-s{seed}"
+    if (out / task / f"{name}-s{seed}.json").is_file() and not args.redo:
+        print(f"[{key}] done before (its record is in {out / task}; --redo trains it again)", flush=True)
+        return
     opts = dict(ckpt=args.ckpt, format=t["format"], train=str(data / t["train"]),
                 valid=str(data / t["valid"]) if "valid" in t else None, valid_from_train=t.get("valid_from_train"),
                 test=str(data / t["test"]) if "test" in t else None, out=str(out / task / f"{name}-s{seed}"),

@@ -14,7 +14,7 @@ accounting of `gptkit info` (6 per weight and token, including the tied vocabula
 Optimiser rules, functions of the size (docs/scaling.md states them):
 - peak learning rate lr(d) = min(LR_MAX, LR_WIDTH / d) for width d: Adam's learning rate for hidden matrices falls
   as 1/width (Yang et al. 2022, μP), and 0.5/d is where GPT-3's own table sits (Brown et al. 2020, Table
-  2.1: 6e-4 at d = 768 is 0.46/d; 1.2e-4 at d = 4096 is 0.49/d);
+  2.1: 6e-4 at d = 768 is 0.46/d; 1.2e-4 at d = 4096 is 0.49/d); capped at LR_MAX = 7e-3 for narrow models;
 - batch in tokens B(C) = BATCH_FRACTION · 0.292 · C^0.3271 (DeepSeek LLM 2024, §3.1, eq. 1, fitted at 1e17-1e20
   FLOPs, scaled down for the small runs here), as a power of two of sequences of the context, halved until the run
   has at least `min_steps` steps;
@@ -78,8 +78,11 @@ def model_config(shape: Shape, vocab_size: int, block_size: int) -> GPTConfig:
 # ------------------------------------------------------------------------------------------------- rules
 LR_WIDTH = 0.5
 """lr = LR_WIDTH / width; at this scale it beat Kaplan et al.'s eq. D.1 (docs/scaling.md, "the optimiser rules")."""
-LR_MAX = 1e-2
-"""The cap for the narrowest models (0.5/d would pass 1e-2 below width 50)."""
+LR_MAX = 7e-3
+"""The cap for narrow models (0.5/d passes it below width 72). At width 32 the rule's 1.6e-2 is far too high, and
+a cap of 1e-2 made the longest run unstable: 2×32 on 23.7 M characters at batches of 1,024 ended at val 2.485 with
+1e-2, 1.817 with 7e-3, 1.787 with 4e-3, 1.811 with 2e-3; but 4e-3 was worse for 3×48 (1.817 vs 1.805 at 1e-2) and
+4×64 (1.955 vs 1.871 at 7.8e-3). 7e-3 is stable and within 0.03 of the best at all three (docs/scaling.md)."""
 BATCH_FRACTION = 0.25
 """DeepSeek's optimal batch extrapolated down to 1e11-1e14 FLOPs is too large for these runs, which are short of
 steps, not of tokens; a quarter of it won where it was tried (docs/scaling.md, "the optimiser rules")."""
