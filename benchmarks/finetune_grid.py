@@ -9,7 +9,8 @@ training set with gptkit's defaults (lr, epochs and warmup sized to the model an
 once per --seeds. A run whose record exists is not trained again (a killed grid continues; --redo retrains).
 Every run's metrics, standard error and wall time go to OUT/TASK/CONFIG-sSEED.json; the script
 prints a markdown table beside GPT-1's numbers: each configuration's mean over the seeds ± its standard error, and
-how many standard errors (a) pre-trained is ahead of (b) from scratch.
+(a) pre-trained's lead over (b) from scratch with a paired standard error (both scored on the same bootstrap
+resamples of the test examples).
 
 A run's standard error is a bootstrap over the reported split's examples (its predictions file); a mean over seeds
 on one test set keeps that sampling error whole and adds the seeds' spread: SE² = mean(SE_run²) + var(seeds) / k.
@@ -20,6 +21,7 @@ on one test set keeps that sampling error whole and adds the seeds' spread: SE²
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -72,7 +74,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     if args.table_only:
-        print(table(collect(out)))
+        print(table(collect(out), out))
         return 0
     out.mkdir(parents=True, exist_ok=True)
     t_grid = time.perf_counter()
@@ -81,13 +83,14 @@ def main() -> int:
             for seed in args.seeds:
                 run_one(args, task, name, seed, out)
     print(f"grid wall time {time.perf_counter() - t_grid:.0f} s\n")
-    print(table(collect(out)))
+    print(table(collect(out), out))
     return 0
 
 
 def run_one(args: argparse.Namespace, task: str, name: str, seed: int, out: Path) -> None:
     """Fine-tune one (task, configuration, seed) and write its record OUT/TASK/CONFIG-sSEED.json."""
     from gptkit.finetune.loop import FinetuneConfig, finetune
+    from gptkit.options.generator import flag_name
 
     t, data, key = TASKS[task], Path(args.data), f"{task}/{name}-s{seed}"
     if (out / task / f"{name}-s{seed}.json").is_file() and not args.redo:
@@ -99,11 +102,12 @@ def run_one(args: argparse.Namespace, task: str, name: str, seed: int, out: Path
                 lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, max_train_examples=args.max_train,
                 max_eval_examples=args.max_eval, seed=seed, threads=args.threads, overwrite=True, quiet=True,
                 **CONFIGS[name])
+    flags = {f.name: flag_name(f) for f in dataclasses.fields(FinetuneConfig)}  # the public spellings
     argv = ["gptkit", "finetune"]
     for k, v in opts.items():
         if v is None or v is False or k in ("quiet", "overwrite"):
             continue
-        argv += [f"--{k.replace('_', '-')}"] if v is True else [f"--{k.replace('_', '-')}", str(v)]
+        argv += [flags[k]] if v is True else [flags[k], str(v)]
     cmd = shlex.join(argv)
     print(f"[{key}] {cmd}", flush=True)
     t0 = time.perf_counter()
@@ -122,8 +126,8 @@ def run_one(args: argparse.Namespace, task: str, name: str, seed: int, out: Path
             (out / task / f"{name}-s{seed}" / f).unlink(missing_ok=True)
 
 
-def bootstrap_se(run_dir: Path, split: str, metric: str, seed: int, resamples: int = 1000) -> float:
-    """Standard error of a run's metric: the spread of the metric over resamples of the split's examples."""
+def scored(run_dir: Path, split: str, metric: str):
+    """A run's predictions and labels on `split` (its predictions file) and the function that scores them."""
     from gptkit.finetune import metrics as M
 
     recs = [json.loads(line) for line in (run_dir / "predictions" / f"{split}.jsonl").read_text().splitlines()]
@@ -135,10 +139,25 @@ def bootstrap_se(run_dir: Path, split: str, metric: str, seed: int, resamples: i
         fn = lambda p, g: M.f1_binary(p, g, 1)  # noqa: E731
     else:
         pred, gold, fn = [r["prediction"] for r in recs], [r["label"] for r in recs], M.accuracy
-    pred, gold = np.array(pred), np.array(gold)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(recs), size=(resamples, len(recs)))
+    return np.array(pred), np.array(gold), fn
+
+
+def bootstrap_se(run_dir: Path, split: str, metric: str, seed: int, resamples: int = 1000) -> float:
+    """Standard error of a run's metric: the spread of the metric over resamples of the split's examples."""
+    pred, gold, fn = scored(run_dir, split, metric)
+    idx = np.random.default_rng(seed).integers(0, len(gold), size=(resamples, len(gold)))
     return float(np.std([fn(pred[i], gold[i]) for i in idx], ddof=1))
+
+
+def paired_gap(a: Path, b: Path, split: str, metric: str, seed: int, resamples: int = 1000) -> tuple[float, float]:
+    """Run a's metric minus run b's on the same examples, and its standard error: both runs scored on the same
+    resamples of the examples (a paired bootstrap), so what the two get right or wrong together cancels."""
+    (pa, ga, fn), (pb, gb, _) = scored(a, split, metric), scored(b, split, metric)
+    if not np.array_equal(ga, gb):
+        raise SystemExit(f"{a} and {b} were not scored on the same examples")
+    idx = np.random.default_rng(seed).integers(0, len(ga), size=(resamples, len(ga)))
+    gaps = [fn(pa[i], ga[i]) - fn(pb[i], ga[i]) for i in idx]
+    return float(fn(pa, ga) - fn(pb, ga)), float(np.std(gaps, ddof=1))
 
 
 def collect(out: Path) -> dict[str, list[dict]]:
@@ -154,30 +173,40 @@ def combine(runs: list[dict]) -> tuple[float, float]:
     return float(values.mean()), float(np.sqrt(np.mean([r["se"] ** 2 for r in runs]) + seed_var))
 
 
-def table(results: dict[str, list[dict]]) -> str:
-    """Markdown: one row per task, one column per configuration (mean ± SE, seeds), GPT-1's number beside."""
+def gap_cell(out: Path, task: str, results: dict[str, list[dict]]) -> str:
+    """(a) − (b): the paired gap at each seed both ran, combined over seeds as `combine` does."""
+    a = {r["seed"] for r in results.get(f"{task}/pretrained", [])}
+    seeds = sorted(a & {r["seed"] for r in results.get(f"{task}/scratch", [])})
+    if not seeds:
+        return "–"
+    split, metric = TASKS[task]["report"]
+    gaps = [paired_gap(out / task / f"pretrained-s{s}", out / task / f"scratch-s{s}", split, metric, s)
+            for s in seeds]
+    m, se = combine([{"value": g, "se": e} for g, e in gaps])
+    return f"{100 * m:+.1f} ± {100 * se:.1f} ({m / max(se, 1e-12):+.1f} SE)"
+
+
+def table(results: dict[str, list[dict]], out: Path) -> str:
+    """Markdown: one row per task, one column per configuration (mean ± SE, seeds), GPT-1's number beside, and
+    pre-training's gap with its paired standard error."""
     header = ("| task (metric, split) | GPT-1 | (a) pre-trained, λ=0.5 | (b) from scratch, λ=0.5 "
-              "| (c) pre-trained, λ=0 | (a) − (b) in SE |")
+              "| (c) pre-trained, λ=0 | (a) − (b), paired |")
     lines = [header, "|---|---:|---:|---:|---:|---:|"]
     for task, t in TASKS.items():
-        cells, stats = [], {}
+        cells = []
         for name in CONFIGS:
             runs = results.get(f"{task}/{name}", [])
             if not runs:
                 cells.append("–")
                 continue
-            stats[name] = combine(runs)
-            m, se = stats[name]
+            m, se = combine(runs)
             wall = np.mean([r["wall_s"] for r in runs])
-            cells.append(f"{100 * m:.1f} ± {100 * se:.1f} ({len(runs)} seeds, {wall:.0f} s)")
-        gap = "–"
-        if "pretrained" in stats and "scratch" in stats:
-            (ma, sa), (mb, sb) = stats["pretrained"], stats["scratch"]
-            gap = f"{(ma - mb) / max(np.hypot(sa, sb), 1e-12):+.1f}"
+            seeds = f"{len(runs)} seed" + "s" * (len(runs) > 1)
+            cells.append(f"{100 * m:.1f} ± {100 * se:.1f} ({seeds}, {wall:.0f} s)")
         split, metric = t["report"]
-        lines.append(f"| {task} ({metric}, {split}) | {t['paper']} | " + " | ".join(cells) + f" | {gap} |")
+        lines.append(f"| {task} ({metric}, {split}) | {t['paper']} | " + " | ".join(cells)
+                     + f" | {gap_cell(out, task, results)} |")
     return "\n".join(lines)
-
 
 if __name__ == "__main__":
     sys.exit(main())
