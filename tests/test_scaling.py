@@ -218,8 +218,10 @@ def test_interrupted_ladder_resumes_only_the_missing_points(tiny_char: Path, tmp
         assert key in fc, key
     assert fc["target_flops"] == pytest.approx(10 * max(r["flops"] for r in results))
     assert fc["relative_error"] == pytest.approx(fc["verified_val_loss"] / fc["predicted_val_loss"] - 1)
-    assert fc["relative_error_compute_law"] == pytest.approx(  # L(C) is fitted here too (3+ compute levels)
-        fc["verified_val_loss"] / fc["predicted_val_loss_compute_law"] - 1)
+    assert fc["law"] == "compute" and "compute" in fc["predictions"]  # L(C) is fitted (3+ levels): it forecasts
+    assert fc["predicted_val_loss"] == fc["predictions"]["compute"]["val_loss"]
+    for law, p in fc["predictions"].items():
+        assert fc["relative_errors"][law] == pytest.approx(fc["verified_val_loss"] / p["val_loss"] - 1)
     assert res["fit"]["compute"]["params"]["alpha"] > 0
     for png in ("scaling.png", "isoflop.png"):
         assert (out / png).stat().st_size < 200_000
@@ -301,3 +303,26 @@ def test_forecast_caveats_and_the_verify_refusal():
     assert caveats({"point": {"tokens": 1, "non_embedding_params": 12_800}}, [12_800, 100_000], 10,
                    said.append)["size_inside_ladder"] is False  # at the smallest fitted size: not bracketed
     check_verifiable({**fc, **got})  # under 40 epochs: verifiable
+
+
+def test_the_forecast_is_l_of_c_and_keeps_both_laws():
+    """With both laws fitted, L(N, D) chooses the size and L(C) forecasts the loss (GPT-4 §3); each law's
+    prediction is kept, and `verified` scores each. Without L(C), L(N, D) forecasts."""
+    from gptkit.scaling.forecast import forecast, verified
+
+    spec = PlanSpec(vocab_size=65, block_size=64, train_tokens=10**9, budget_minutes=100, ladder="isoflop", points=9)
+    n, d = np.meshgrid(np.geomspace(1e4, 1e6, 4), np.geomspace(1e6, 1e8, 4))
+    n, d = n.ravel(), d.ravel()
+    size_data = fit_law("size_data", [n, d], 1.7 + 400 / n**0.34 + 410 / d**0.28)
+    c = np.geomspace(1e11, 1e14, 5)
+    compute = fit_law("compute", [c], 1.5 + (3e10 / c) ** 0.1)
+    fc = forecast(1e15, 1e14, spec, {"compute": compute, "size_data": size_data}, "nats")
+    n_opt, d_opt = fc["point"]["non_embedding_params"], fc["point"]["tokens"]
+    assert fc["law"] == "compute" and fc["predicted_val_loss"] == compute.predict(fc["run_flops"])
+    assert fc["predictions"]["size_data"]["val_loss"] == size_data.predict(n_opt, d_opt)
+    done = verified(fc, 2.0)
+    assert done["relative_error"] == done["relative_errors"]["compute"] == 2.0 / fc["predicted_val_loss"] - 1
+    assert done["relative_errors"]["size_data"] == 2.0 / fc["predictions"]["size_data"]["val_loss"] - 1
+    alone = forecast(1e15, 1e14, spec, {"compute": None, "size_data": size_data}, "nats")
+    assert alone["law"] == "size_data" and set(alone["predictions"]) == {"size_data"}
+    assert alone["predicted_val_loss"] == fc["predictions"]["size_data"]["val_loss"]

@@ -64,23 +64,23 @@ def target_flops(largest: float, flops: float | None, minutes: float | None, spe
 
 
 def forecast(target: float, largest: float, spec: PlanSpec, laws: dict[str, Law | None], unit: str) -> dict:
-    """forecast.json's content (before any verification)."""
+    """forecast.json's content (before any verification). L(N, D), when fitted, chooses the run's size; the loss
+    forecast is L(C)'s when it is fitted, as GPT-4 forecast its final loss from compute (OpenAI 2023, §3: L(C) =
+    aC^b + c), else L(N, D)'s. Both laws' predictions are kept under `predictions`."""
     point = optimal_point(spec, target, laws.get("size_data"))
     n, d = point.non_embedding_params, point.tokens
     sd, comp = laws.get("size_data"), laws.get("compute")
-    out = {"target_flops": target, "largest_fitted_flops": largest, "unit": unit, "point": point.to_dict(),
-           "run_flops": point.flops}
+    preds = {}
     if comp is not None:
-        out["predicted_val_loss_compute_law"] = comp.predict(point.flops)
-        out["predicted_interval_compute_law"] = comp.interval(point.flops)
+        preds["compute"] = {"val_loss": comp.predict(point.flops), "interval": comp.interval(point.flops)}
     if sd is not None:
-        out["predicted_val_loss"], out["predicted_interval"] = sd.predict(n, d), sd.interval(n, d)
-        out["law"] = "size_data"
-    else:
-        out["predicted_val_loss"] = out.get("predicted_val_loss_compute_law")
-        out["predicted_interval"] = out.get("predicted_interval_compute_law")
-        out["law"] = "compute"
-    return out
+        preds["size_data"] = {"val_loss": sd.predict(n, d), "interval": sd.interval(n, d)}
+    if not preds:
+        raise ScaleError("no law could be fitted to these runs, so there is nothing to forecast with")
+    law = "compute" if "compute" in preds else "size_data"
+    return {"target_flops": target, "largest_fitted_flops": largest, "unit": unit, "point": point.to_dict(),
+            "run_flops": point.flops, "law": law, "predicted_val_loss": preds[law]["val_loss"],
+            "predicted_interval": preds[law]["interval"], "predictions": preds}
 
 
 def caveats(fc: dict, fitted_params: list[int], train_tokens: int, warn: Callable[[str], None]) -> dict:
@@ -112,10 +112,8 @@ def check_verifiable(fc: dict) -> None:
 
 def verified(fc: dict, val_loss: float | None) -> dict:
     """forecast.json after the forecast run was trained: its loss and the relative error verified / predicted − 1
-    (and L(C)'s, `relative_error_compute_law`, when it was fitted beside L(N, D))."""
+    of the forecast, and of each law's prediction (`relative_errors`)."""
     if val_loss is None or not math.isfinite(val_loss):
         return {**fc, "verified_val_loss": None, "relative_error": None}
-    out = {**fc, "verified_val_loss": val_loss, "relative_error": val_loss / fc["predicted_val_loss"] - 1}
-    if fc.get("predicted_val_loss_compute_law") is not None:  # L(C)'s error too, when both laws were fitted
-        out["relative_error_compute_law"] = val_loss / fc["predicted_val_loss_compute_law"] - 1
-    return out
+    return {**fc, "verified_val_loss": val_loss, "relative_error": val_loss / fc["predicted_val_loss"] - 1,
+            "relative_errors": {k: val_loss / p["val_loss"] - 1 for k, p in fc["predictions"].items()}}

@@ -5,7 +5,8 @@ OUT/plan.json      the data's facts, the rules' inputs and every run (written be
 OUT/runs/NAME/     one `gptkit train` run per point (and forecast-* for --verify)
 OUT/results.json   each run's final validation loss (nats/token and bits/byte) or why it has none
 OUT/fit.json       the laws' parameters with bootstrap intervals, approach 2's minima, N_opt/D_opt exponents
-OUT/forecast.json  target_flops, largest_fitted_flops, predicted_val_loss, predicted_interval (+ verified_*)
+OUT/forecast.json  target_flops, largest_fitted_flops, predicted_val_loss, predicted_interval, each law's prediction
+                   (+ verified_val_loss, relative_error(s))
 OUT/scaling.png, OUT/isoflop.png
 """
 
@@ -186,17 +187,21 @@ def run_study(opts: Any, speed: Callable | None = None, trainer: Callable | None
     return {"plan": points, "results": results, "fit": fits, "forecast": fc}
 
 
+LAW_NAMES = {"compute": "L(C)", "size_data": "L(N, D)"}
+
+
 def forecast_line(fc: dict) -> str:
     iv = fc.get("predicted_interval")
     p = fc["point"]
     s = (f"forecast at {fc['run_flops']:.3g} FLOPs ({fc['run_flops'] / fc['largest_fitted_flops']:.1f}× the largest "
          f"fitted run): {p['shape']['n_layer']}×{p['shape']['n_embd']} on {p['tokens']:,} tokens, val loss "
-         f"{fc['predicted_val_loss']:.4f} {fc['unit']}" + (f" [{iv[0]:.4f}, {iv[1]:.4f}]" if iv else ""))
+         f"{fc['predicted_val_loss']:.4f} {fc['unit']}" + (f" [{iv[0]:.4f}, {iv[1]:.4f}]" if iv else "")
+         + f" by {LAW_NAMES[fc['law']]}")
+    others = [k for k in fc["predictions"] if k != fc["law"]]
+    s += "".join(f" ({LAW_NAMES[k]}: {fc['predictions'][k]['val_loss']:.4f})" for k in others)
     if fc.get("verified_val_loss") is not None:
         s += f"; verified {fc['verified_val_loss']:.4f} (relative error {fc['relative_error']:+.2%}"
-        if fc.get("relative_error_compute_law") is not None and fc["law"] != "compute":
-            s += f"; L(C) predicted {fc['predicted_val_loss_compute_law']:.4f}, {fc['relative_error_compute_law']:+.2%}"
-        s += ")"
+        s += "".join(f"; {LAW_NAMES[k]}'s {fc['relative_errors'][k]:+.2%}" for k in others) + ")"
     return s
 
 
