@@ -81,8 +81,9 @@ LR_WIDTH = 0.5
 LR_MAX = 7e-3
 """The cap for narrow models (0.5/d passes it below width 72). At width 32 the rule's 1.6e-2 is far too high, and
 a cap of 1e-2 made the longest run unstable: 2×32 on 23.7 M characters at batches of 1,024 ended at val 2.485 with
-1e-2, 1.817 with 7e-3, 1.787 with 4e-3, 1.811 with 2e-3; but 4e-3 was worse for 3×48 (1.817 vs 1.805 at 1e-2) and
-4×64 (1.955 vs 1.871 at 7.8e-3). 7e-3 is stable and within 0.03 of the best at all three (docs/scaling.md)."""
+1e-2, 1.817 with 7e-3, 1.787 with 4e-3, 1.811 with 2e-3; but 4e-3 was worse for 3×48 on 8.9 M (1.817; 1.812 at
+7e-3, 1.805 at 1e-2) and 4×64 on 4.3 M (1.955; 1.901 at 7e-3, 1.871 at 7.8e-3). The best rate falls with the run's
+length too; 7e-3 is stable and within 0.03 of the best of all three (docs/scaling.md, "study 2")."""
 BATCH_FRACTION = 0.25
 """DeepSeek's optimal batch extrapolated down to 1e11-1e14 FLOPs is too large for these runs, which are short of
 steps, not of tokens; a quarter of it won where it was tried (docs/scaling.md, "the optimiser rules")."""
