@@ -306,8 +306,8 @@ def test_forecast_caveats_and_the_verify_refusal():
 
 
 def test_the_forecast_is_l_of_c_and_keeps_both_laws():
-    """With both laws fitted, L(N, D) chooses the size and L(C) forecasts the loss (GPT-4 §3); each law's
-    prediction is kept, and `verified` scores each. Without L(C), L(N, D) forecasts."""
+    """With both laws fitted, L(N, D) chooses the size (no smaller than `floor` layers) and L(C) forecasts the loss
+    (GPT-4 §3); each law's prediction is kept, and `verified` scores each. Without L(C), L(N, D) forecasts."""
     from gptkit.scaling.forecast import forecast, verified
 
     spec = PlanSpec(vocab_size=65, block_size=64, train_tokens=10**9, budget_minutes=100, ladder="isoflop", points=9)
@@ -323,6 +323,10 @@ def test_the_forecast_is_l_of_c_and_keeps_both_laws():
     done = verified(fc, 2.0)
     assert done["relative_error"] == done["relative_errors"]["compute"] == 2.0 / fc["predicted_val_loss"] - 1
     assert done["relative_errors"]["size_data"] == 2.0 / fc["predictions"]["size_data"]["val_loss"] - 1
+    # never smaller than the ladder's top winner (`floor` layers): the optimal size grows with compute
+    depth = fc["point"]["shape"]["n_layer"]
+    deeper = forecast(1e15, 1e14, spec, {"compute": compute, "size_data": size_data}, "nats", floor=depth + 3)
+    assert deeper["point"]["shape"]["n_layer"] == depth + 3 and deeper["run_flops"] == pytest.approx(1e15, rel=0.01)
     alone = forecast(1e15, 1e14, spec, {"compute": None, "size_data": size_data}, "nats")
     assert alone["law"] == "size_data" and set(alone["predictions"]) == {"size_data"}
     assert alone["predicted_val_loss"] == fc["predictions"]["size_data"]["val_loss"]

@@ -29,13 +29,13 @@ TARGET_FACTOR = 10.0
 """The default target: this many times the largest fitted run's compute (GPT-4's forecasts reached 10,000×)."""
 
 
-def optimal_point(spec: PlanSpec, flops: float, size_data: Law | None) -> Point:
-    """The run the laws call compute-optimal at `flops` (see the module docstring)."""
+def optimal_point(spec: PlanSpec, flops: float, size_data: Law | None, floor: int = 1) -> Point:
+    """The run the laws call compute-optimal at `flops` (see the module docstring), at least `floor` layers deep."""
     if size_data is None:
-        shape = shape_of_depth(ratio_depth(spec, flops), spec.aspect, spec.head_size)
+        shape = shape_of_depth(max(floor, ratio_depth(spec, flops)), spec.aspect, spec.head_size)
     else:
         best = math.inf
-        for depth in range(spec.min_depth, 257):
+        for depth in range(max(floor, spec.min_depth), 257):
             s = shape_of_depth(depth, spec.aspect, spec.head_size)
             cfg = model_config(s, spec.vocab_size, spec.block_size)
             loss = size_data.predict(cfg.non_embedding_params, flops / cfg.flops_per_token())
@@ -46,7 +46,7 @@ def optimal_point(spec: PlanSpec, flops: float, size_data: Law | None) -> Point:
 
 
 def target_flops(largest: float, flops: float | None, minutes: float | None, spec: PlanSpec,
-                 size_data: Law | None, speed: Callable | None) -> float:
+                 size_data: Law | None, speed: Callable | None, floor: int = 1) -> float:
     """The target compute: given, or `minutes` of training here (the optimal size at a compute depends on the
     compute, its speed on the size: three rounds settle it), or TARGET_FACTOR × the largest fitted run."""
     if flops is None and minutes is None:
@@ -54,7 +54,7 @@ def target_flops(largest: float, flops: float | None, minutes: float | None, spe
     if flops is None:
         flops = TARGET_FACTOR * largest
         for _ in range(3):
-            p = optimal_point(spec, flops, size_data)
+            p = optimal_point(spec, flops, size_data, floor)
             tok_s = speed(model_config(p.shape, spec.vocab_size, spec.block_size), p.batch_size)
             flops = minutes * 60 * tok_s * p.flops / p.tokens
     if flops <= largest:
@@ -63,11 +63,14 @@ def target_flops(largest: float, flops: float | None, minutes: float | None, spe
     return flops
 
 
-def forecast(target: float, largest: float, spec: PlanSpec, laws: dict[str, Law | None], unit: str) -> dict:
-    """forecast.json's content (before any verification). L(N, D), when fitted, chooses the run's size; the loss
+def forecast(target: float, largest: float, spec: PlanSpec, laws: dict[str, Law | None], unit: str,
+             floor: int = 1) -> dict:
+    """forecast.json's content (before any verification). L(N, D), when fitted, chooses the run's size, no smaller
+    than `floor` layers (the depth that won the largest compute level: the optimal size grows with compute, Kaplan
+    §6.1, Chinchilla Fig. 3, so more compute never calls for a smaller model than the ladder's top winner). The loss
     forecast is L(C)'s when it is fitted, as GPT-4 forecast its final loss from compute (OpenAI 2023, §3: L(C) =
     aC^b + c), else L(N, D)'s. Both laws' predictions are kept under `predictions`."""
-    point = optimal_point(spec, target, laws.get("size_data"))
+    point = optimal_point(spec, target, laws.get("size_data"), floor)
     n, d = point.non_embedding_params, point.tokens
     sd, comp = laws.get("size_data"), laws.get("compute")
     preds = {}
