@@ -208,5 +208,6 @@ def table(results: dict[str, list[dict]], out: Path) -> str:
                      + f" | {gap_cell(out, task, results)} |")
     return "\n".join(lines)
 
+
 if __name__ == "__main__":
     sys.exit(main())
