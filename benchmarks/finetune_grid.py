@@ -6,7 +6,8 @@
 
 Each run is `gptkit finetune` (called in-process; the equivalent command line is printed and saved) on the whole
 training set with gptkit's defaults (lr, epochs and warmup sized to the model and the data) unless told otherwise,
-once per --seeds. A run whose record exists is not trained again (a killed grid continues; --redo retrains).
+once per --seeds. A run whose record exists, made by the same command, is not trained again (a killed grid
+continues; --redo retrains).
 Every run's metrics, standard error and wall time go to OUT/TASK/CONFIG-sSEED.json; the script
 prints a markdown table beside GPT-1's numbers: each configuration's mean over the seeds ± its standard error, and
 (a) pre-trained's lead over (b) from scratch with a paired standard error (both scored on the same bootstrap
@@ -93,9 +94,6 @@ def run_one(args: argparse.Namespace, task: str, name: str, seed: int, out: Path
     from gptkit.options.generator import flag_name
 
     t, data, key = TASKS[task], Path(args.data), f"{task}/{name}-s{seed}"
-    if (out / task / f"{name}-s{seed}.json").is_file() and not args.redo:
-        print(f"[{key}] done before (its record is in {out / task}; --redo trains it again)", flush=True)
-        return
     opts = dict(ckpt=args.ckpt, format=t["format"], train=str(data / t["train"]),
                 valid=str(data / t["valid"]) if "valid" in t else None, valid_from_train=t.get("valid_from_train"),
                 test=str(data / t["test"]) if "test" in t else None, out=str(out / task / f"{name}-s{seed}"),
@@ -109,6 +107,13 @@ def run_one(args: argparse.Namespace, task: str, name: str, seed: int, out: Path
             continue
         argv += [flags[k]] if v is True else [flags[k], str(v)]
     cmd = shlex.join(argv)
+    done = out / task / f"{name}-s{seed}.json"
+    if done.is_file() and not args.redo:
+        if json.loads(done.read_text())["command"] != cmd:
+            raise SystemExit(f"{done} was made by another command than this grid's ({cmd}): choose another --out, "
+                             f"or pass --redo to train it again")
+        print(f"[{key}] done before (its record is {done}; --redo trains it again)", flush=True)
+        return
     print(f"[{key}] {cmd}", flush=True)
     t0 = time.perf_counter()
     res = finetune(FinetuneConfig(**opts))
