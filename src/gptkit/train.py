@@ -675,7 +675,7 @@ class TimeBudget:
         now = time.perf_counter()
         total = steps_in_budget(cfg, step, now - t_start, (now - self.t_speed) / (step - self.step_speed), n_splits)
         self.at, self.since = None, (now, step)
-        return max(step, D.all_gather_objects(total, info)[0])
+        return D.all_gather_objects(total, info)[0]
 
     def replan(self, cfg: TrainConfig, step: int, t_start: float, info) -> int | None:
         """At an evaluation step once the length is set: the total steps that end on time at the speed since the
@@ -692,15 +692,16 @@ class TimeBudget:
         total = step + int(max(0.0, cfg.max_minutes * 60 - (now - t_start)) / s_per_step)
         total = D.all_gather_objects(total, info)[0]
         self.since = (now, step)
-        # at least one step after the re-plan, so that the learning rate still ends at min_lr when time is up
-        return None if abs(total - cfg.max_iters) <= self.REPLAN_MIN_CHANGE * cfg.max_iters else max(step + 1, total)
+        return None if abs(total - cfg.max_iters) <= self.REPLAN_MIN_CHANGE * cfg.max_iters else total
 
 
 def set_length(cfg: TrainConfig, total: int, step: int, rt: Runtime, display: Progress, bar: int,
                replanned: bool) -> None:
     """The run's length as the time budget planned it at `step`. When the cosine follows max_iters it goes on from
     where it is to the new end (cfg.replanned_at), so the learning rate stays continuous. Recorded in
-    train_config.json and, through cfg, in every later checkpoint: a resume continues the same schedule."""
+    train_config.json and, through cfg, in every later checkpoint: a resume continues the same schedule. At least
+    one step follows any plan, so that the learning rate still reaches min_lr when the time is already up."""
+    total = max(total, step + 1)
     if cfg.lr_decay_iters == cfg.max_iters:
         cfg.replanned_at = [step, cosine_progress(step, cfg)]
         cfg.lr_decay_iters = total
