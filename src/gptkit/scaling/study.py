@@ -136,12 +136,6 @@ def fit_results(results: list[dict], unit: str, bootstrap: int, seed: int) -> tu
     return fits, laws
 
 
-def top_winner(results: list[dict], unit: str) -> dict:
-    """The run with the lowest loss at the largest compute level."""
-    a = _arrays(results, unit)
-    return results[compute_envelope(a["flops"], a["loss"])[-1]]
-
-
 def write_fit(out: Path, results: list[dict], fits: dict, laws: dict, fc: dict | None, unit: str) -> None:
     a = _arrays(results, unit)
     atomic_write_json(out / "fit.json", fits)
@@ -175,7 +169,8 @@ def run_study(opts: Any, speed: Callable | None = None, trainer: Callable | None
     results = usable(run_ladder(points, ctx, out, trainer, opts.quiet), opts.unit, warn)
     fits, laws = fit_results(results, opts.unit, opts.bootstrap, opts.seed)
     largest = max(r["flops"] for r in results)
-    floor = top_winner(results, opts.unit)["shape"]["n_layer"]
+    top = next(r for r in results if r["name"] == fits["envelope"][-1])  # the largest level's best run
+    floor = top["shape"]["n_layer"]
     target = target_flops(largest, opts.target_flops, opts.target_minutes, spec, laws["size_data"], speed, floor)
     fc = forecast(target, largest, spec, laws, opts.unit, floor)
     fc["bytes_per_token"] = ctx.bytes_per_token
