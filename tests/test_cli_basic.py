@@ -84,16 +84,17 @@ def test_info_of_the_quickstart_run_says_where_it_differs_from_its_preset(tmp_pa
     rc, out, err = run(capsys, "info", "--ckpt", run_dir)
     assert rc == 0 and err == ""
     assert "preset              gpt-micro (from " in out and str(run_dir / "train_config.json") in out
-    assert "4 layers × 4 heads × 192 wide (head size 48), context 128, vocab 65" in out
-    assert "differs from preset n_embd 192 (preset 128), block_size 128 (preset 64), vocab_size 65 (preset " \
-           "50257)\n" in out
+    assert "2 layers × 4 heads × 160 wide (head size 40), context 128, vocab 65" in out
+    assert "differs from preset n_layer 2 (preset 4), n_embd 160 (preset 128), block_size 128 (preset 64), " \
+           "vocab_size 65 (preset 50257)\n" in out
     rc, out, _ = run(capsys, "info", "--ckpt", run_dir / "checkpoints" / "step-10", "--json")
     r = json.loads(out)
     assert r["params"] == config.num_params and r["checkpoint"].endswith("step-10")
-    assert r["differs_from_preset"] == {"n_embd": [192, 128], "block_size": [128, 64], "vocab_size": [65, 50257]}
+    assert r["differs_from_preset"] == {"n_layer": [2, 4], "n_embd": [160, 128], "block_size": [128, 64],
+                                       "vocab_size": [65, 50257]}
     # the preset alone says how the quickstart departs from it
     rc, out, _ = run(capsys, "info", "--preset", "gpt-micro")
-    assert "4 layers × 4 heads × 128 wide" in out and "quickstart` trains gpt-micro at 4×4×192, context 128" in out
+    assert "4 layers × 4 heads × 128 wide" in out and "quickstart` trains gpt-micro at 2×4×160, context 128" in out
 
 
 def test_info_of_a_checkpoint_without_a_run(tmp_path, capsys):

@@ -19,8 +19,11 @@ from .options.quickstart import QuickstartOptions
 
 # The model and optimiser of the main job. Its length is a time budget (`--minutes`): `gptkit train --max-minutes`
 # sets the step count from the speed it measures, re-planned at each evaluation (what it reaches: docs/pretraining.md).
-DEFAULTS = dict(preset="gpt-micro", n_layer=4, n_head=4, n_embd=192, block_size=128, batch_size=16,
-                max_iters=1500, lr=2e-3, min_lr=2e-4, warmup_iters=100, beta2=0.99, weight_decay=0.1,
+# The shape and lr are the best of a sweep of 5-minute runs on a 2-core CPU (benchmarks/quickstart_sweep.py,
+# docs/pretraining.md): at this budget a shallow model that takes more steps beats a deeper one, as in the scaling
+# studies, and 2 × 160 beat 2 × 128 and 2 × 192 at two threads.
+DEFAULTS = dict(preset="gpt-micro", n_layer=2, n_head=4, n_embd=160, block_size=128, batch_size=16,
+                max_iters=1500, lr=4e-3, min_lr=4e-4, warmup_iters=100, beta2=0.99, weight_decay=0.1,
                 dropout=0.0, eval_interval=250, eval_iters=10, log_interval=50)
 SAMPLE_S = 5.0
 """Seconds kept from --minutes for loading the trained model and sampling from it."""
