@@ -8,7 +8,7 @@ killed sweep continues. What it found is in docs/pretraining.md ("The recipe").
 
     gptkit quickstart --out runs/quickstart                 # writes the plays' corpus and data once
     python benchmarks/quickstart_sweep.py --data runs/quickstart/data --out runs/qs-sweep --threads 2 \\
-        "new=" "old=--n-layer 4 --n-embd 192 --lr 2e-3 --min-lr 2e-4" "2x160=--n-embd 160"
+        "new=" "old=--n-layer 4 --n-embd 192 --lr 2e-3 --min-lr 2e-4" "2x128=--n-embd 128"
 """
 
 from __future__ import annotations
