@@ -393,17 +393,29 @@ def test_a_replanned_cosine_is_continuous_and_ends_at_min_lr() -> None:
 
 def test_max_minutes_replans_when_the_machine_slows_down(char_data: Path, tmp_path: Path, monkeypatch,
                                                         capsys) -> None:
-    """A competing process halfway (here: every step after step 60 takes 30 ms longer) moves the end closer:
-    re-planned at the evaluations, recorded with the run, the learning rate continuous down to min_lr."""
+    """A competing process halfway (here: every step from step 60 on takes 3× as long) moves the end closer:
+    re-planned at the evaluations, recorded with the run, the learning rate continuous down to min_lr. The
+    trainer reads a fake clock that each step advances (50 ms, then 150 ms), so the machine's own load cannot
+    change the plans (with real sleeps, a loaded CI machine once planned fewer than 60 steps in all)."""
     import gptkit.train as T
 
+    class Clock:  # gptkit.train's `time`, with a perf_counter that only the steps advance
+        now = 0.0
+
+        def perf_counter(self) -> float:
+            return self.now
+
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+    clock = Clock()
     step = T.Trainer.step
 
     def slowed(self, i):
-        if i >= 60:
-            time.sleep(0.03)
+        clock.now += 0.05 if i < 60 else 0.15
         return step(self, i)
 
+    monkeypatch.setattr(T, "time", clock)
     monkeypatch.setattr(T.Trainer, "step", slowed)
     run = tmp_path / "run"
     loud = [a for a in TINY if a != "--quiet"]  # the plans are said on stderr
