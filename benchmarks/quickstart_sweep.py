@@ -14,6 +14,7 @@ killed sweep continues. What it found is in docs/pretraining.md ("The recipe").
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import subprocess
@@ -23,11 +24,15 @@ from pathlib import Path
 
 from vs_nanogpt import gptkit_val_loss
 
+from gptkit.options.generator import flag_name
 from gptkit.quickstart import DEFAULTS
+from gptkit.train import TrainConfig
 
 
 def flags_of(settings: dict) -> list[str]:
-    return [arg for k, v in settings.items() for arg in (f"--{k.replace('_', '-')}", str(v))]
+    """`gptkit train` flags for TrainConfig settings, in their public spellings."""
+    flags = {f.name: flag_name(f) for f in dataclasses.fields(TrainConfig)}
+    return [arg for k, v in settings.items() for arg in (flags[k], str(v))]
 
 
 def main() -> None:
