@@ -436,6 +436,31 @@ def test_numpy_blas_linears_give_the_same_results_over_the_same_parameters():
     assert torch.equal(layer.weight.grad, g)
 
 
+def test_numpy_blas_runs_on_the_threads_torch_was_given(monkeypatch):
+    """OpenBLAS starts one thread per core; beside another busy process those threads wait on each other (26 ->
+    3 tokens/s measured). Inside a decoding step numpy's BLAS gets torch's thread count (`--threads`), and its own
+    count comes back after the step."""
+    from threadpoolctl import threadpool_info
+
+    from gptkit.generate import Engine, prepare_for_inference
+
+    def blas_threads():
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    outside = blas_threads()
+    if not outside or os.cpu_count() < 2:
+        pytest.skip("needs numpy's BLAS with a pool of more than one thread (a machine with 2+ cores)")
+    model = prepare_for_inference(tiny(seed=5), blas="numpy")
+    seen = []
+    real_step = Engine._step
+    monkeypatch.setattr(Engine, "_step", lambda self: seen.append((blas_threads(), torch.get_num_threads()))
+                        or real_step(self))
+    assert torch.get_num_threads() == 1  # the suite's fixture
+    complete(model, [[3, 4]], greedy(2))
+    assert seen and all(s == ({1}, 1) for s in seen)
+    assert blas_threads() == outside
+
+
 def test_blas_auto_takes_the_measured_choice_and_remembers_it(tmp_path, monkeypatch, capsys):
     """--blas auto (the default) asks gptkit.autotune: the real workloads run once per machine and shape, the
     answer is remembered, and without measuring (GPTKIT_AUTOTUNE=off) the simpler torch path is kept."""

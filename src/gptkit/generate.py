@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn as nn
+from threadpoolctl import ThreadpoolController
 from torch.ao.quantization import float16_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 
 from . import autotune
@@ -354,7 +355,8 @@ class Engine:
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
             try:
-                return self._step()
+                with blas_threads(threads):
+                    return self._step()
             finally:
                 torch.set_num_threads(threads)
         return self._step()
@@ -737,6 +739,20 @@ class NumpyBlasLinear(torch.nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
+_BLAS_POOLS: ThreadpoolController | None = None
+
+
+def blas_threads(n: int):
+    """A context in which numpy's BLAS runs on at most `n` threads: the cores torch was given (`--threads`).
+    OpenBLAS otherwise starts one thread per core, and beside another busy process its threads wait on each other:
+    decoding through it fell from 26 to 3 tokens/s at `--threads 1` with a training run on the other core
+    (docs/benchmarks.md)."""
+    global _BLAS_POOLS
+    if _BLAS_POOLS is None:  # finding the loaded BLAS libraries takes ~0.5 ms; setting their limit, ~25 us
+        _BLAS_POOLS = ThreadpoolController()
+    return _BLAS_POOLS.limit(limits=n, user_api="blas")
+
+
 def use_numpy_blas_(model: GPT) -> GPT:
     """Replace, in place, every nn.Linear of the model by a NumpyBlasLinear over the same Parameters; return the
     model. Results are those of nn.Linear up to float32 rounding (a different summation order)."""
@@ -778,9 +794,10 @@ def _blas_workloads(n_embd: int, vocab_size: int, rows: int) -> dict:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            for w in nw:
-                x = xs[w.shape[1]].numpy()
-                w @ x[0] if rows == 1 else x @ w.T
+            with blas_threads(threads):
+                for w in nw:
+                    x = xs[w.shape[1]].numpy()
+                    w @ x[0] if rows == 1 else x @ w.T
         finally:
             torch.set_num_threads(threads)
 
@@ -797,7 +814,8 @@ def choose_blas(model: GPT, rows: int = 1) -> str:
 
     c = model.config
     names = {"torch": "PyTorch's BLAS", "numpy": "numpy's BLAS (OpenBLAS)"}
-    return autotune.choose("decoding blas", {"n_embd": c.n_embd, "vocab": c.vocab_size, "rows": rows},
+    return autotune.choose("decoding blas", {"n_embd": c.n_embd, "vocab": c.vocab_size, "rows": rows,
+                                             "threads": torch.get_num_threads()},
                            BLAS_CHOICES, lambda: _blas_workloads(c.n_embd, c.vocab_size, rows), rounds=5,
                            describe=lambda b: f"decoding multiplies through {names[b]} (--blas {b})")
 
