@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import GPTConfig
+from .lm_loss import lm_loss
 
 if TYPE_CHECKING:
     from torch.nn.attention.flex_attention import BlockMask
@@ -313,14 +314,20 @@ class GPT(nn.Module):
         save_model(self, directory, tokenizer=self.tokenizer)
 
     # -------------------------------------------------------------------------------------- forward
-    def forward(self, idx: torch.Tensor, pos: int | torch.Tensor = 0, start: torch.Tensor | None = None) -> torch.Tensor:
-        """idx (B, T) token ids → logits (B, T, vocab_size) for every position.
+    def forward(self, idx: torch.Tensor, pos: int | torch.Tensor = 0, start: torch.Tensor | None = None,
+                targets: torch.Tensor | None = None) -> torch.Tensor:
+        """idx (B, T) token ids → logits (B, T, vocab_size) for every position; with `targets` (B, T), the mean
+        next-token cross-entropy instead (float32), the output projection fused with it (gptkit.lm_loss) so that
+        the logits are never stored whole.
 
         With a KV cache set up (`setup_kv_cache`), `pos` is the cache index of idx[:, 0] and the keys/values of
         indices < pos come from the cache. `pos` (B,) and `start` (B,) as tensors serve batches of sequences of
         different lengths (see GPTBackbone.forward).
         """
-        return self.lm_head(self.transformer(idx, self.kv_caches, pos, start))
+        hidden = self.transformer(idx, self.kv_caches, pos, start)
+        if targets is not None:
+            return lm_loss(hidden, self.lm_head.weight, targets)
+        return self.lm_head(hidden)
 
     def set_attention_backend(self, backend: str) -> GPT:
         """Choose the banded layers' attention kernel at runtime (one of ATTENTION_BACKENDS); returns self.

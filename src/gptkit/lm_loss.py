@@ -1,0 +1,85 @@
+"""The language-model loss, its output projection and cross-entropy fused over chunks of rows.
+
+The plain way, `F.cross_entropy(lm_head(h).float(), y)`, writes a (B·T, vocab) float32 logits tensor, reads it
+back for the log-softmax, writes its gradient and reads that back for two matrix products: for a small model over
+a large vocabulary these passes over memory cost more than the model's blocks, and the tensors take gigabytes at
+GPT-2's 50,257 tokens. Here each chunk of rows is projected and turned into its loss and its logits' gradient
+((softmax − one-hot) / N) while it sits in cache; that gradient, kept in the matmul dtype, is multiplied back
+into the hidden states' and the weight's gradients in the forward pass, and the backward pass only scales them. The result is the plain loss, mean over
+all rows, and its gradients, to the rounding of the dtype (float32, float64), or of the matmul dtype under bf16 or
+fp16 autocast, where the products run in that dtype and the softmax in float32, as autocast runs the plain way. Speed, side by side with the plain way: benchmarks/lm_loss.py, docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+LOGITS_PER_CHUNK = 1 << 20
+"""Logits computed at once (rows × vocabulary): 4 MB of float32, 128 rows of an 8,192-token vocabulary; GPT-2's
+50,257 get the floor of 64 rows (the fastest of 32-512 rows measured at both, docs/benchmarks.md)."""
+
+
+def chunk_rows(vocab_size: int) -> int:
+    """Rows per chunk: the power of two at or below LOGITS_PER_CHUNK / vocab, between 64 and 1024."""
+    rows = max(1, LOGITS_PER_CHUNK // vocab_size)
+    return min(1024, max(64, 1 << (rows.bit_length() - 1)))
+
+
+def _loss_and_grads(hidden, weight, targets, dtype, rows, need_grad):
+    """The mean loss over the rows, and with need_grad its gradients for hidden and weight. The softmax runs
+    `rows` at a time; the logits' gradient is kept in the matmul dtype and multiplied back in two whole products
+    (per-chunk products into the weight's gradient would add a vocab × width matrix per chunk)."""
+    n = hidden.shape[0]
+    acc = torch.promote_types(dtype, torch.float32)  # softmax and sums: float32, or float64 for a float64 model
+    h, w = hidden.to(dtype), weight.to(dtype)
+    total = torch.zeros((), dtype=acc, device=hidden.device)
+    grad_logits = torch.empty(n, w.shape[0], dtype=dtype, device=h.device) if need_grad else None
+    for s in range(0, n, rows):
+        yc = targets[s:s + rows]
+        logits = (h[s:s + rows] @ w.t()).to(acc)
+        lse = torch.logsumexp(logits, dim=-1)
+        total += (lse - logits.gather(1, yc[:, None]).squeeze(1)).sum()
+        if need_grad:
+            g = logits.sub_(lse[:, None]).exp_()  # the softmax, in place of the logits
+            g[torch.arange(len(yc), device=g.device), yc] -= 1.0
+            grad_logits[s:s + rows] = g.div_(n)
+    if not need_grad:
+        return total / n, None, None
+    return total / n, (grad_logits @ w).to(hidden.dtype), (grad_logits.t() @ h).to(weight.dtype)
+
+
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    """The loss in forward; its gradients, computed there too, only scaled by the incoming gradient in backward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, dtype, rows):
+        loss, grad_h, grad_w = _loss_and_grads(hidden, weight, targets, dtype, rows, need_grad=True)
+        ctx.save_for_backward(grad_h, grad_w)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_out, grad_w * grad_out, None, None, None
+
+
+def lm_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+            rows_per_chunk: int | None = None) -> torch.Tensor:
+    """Mean cross-entropy of `hidden @ weight.T` against `targets`: hidden (..., C), weight (vocab, C), targets
+    (...) token ids. Under autocast the products run in its dtype; gradients reach `hidden` and `weight` (a tied
+    embedding gets its share) only when grad mode is on. Rows per chunk: `chunk_rows(vocab)` unless given."""
+    h, y = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    device = h.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+    rows = rows_per_chunk or chunk_rows(weight.shape[0])
+    with torch.autocast(device, enabled=False):
+        if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+            return _FusedLinearCrossEntropy.apply(h, weight, y, dtype, rows)
+        return _loss_and_grads(h, weight, y, dtype, rows, need_grad=False)[0]  # evaluation: no gradient work
+
+
+def plain_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The same loss the plain way (the oracle of the tests and the baseline of benchmarks/lm_loss.py)."""
+    logits = F.linear(hidden, weight)
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))

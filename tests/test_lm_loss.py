@@ -1,0 +1,91 @@
+"""gptkit.lm_loss: the output projection and cross-entropy fused in row chunks give the plain loss and gradients.
+
+The oracle is the plain computation in float64 (`F.linear` then `F.cross_entropy`), with every chunking from one
+row per chunk to one chunk; under bf16 autocast, the plain way under the same autocast. Through the model:
+`GPT.forward(idx, targets=...)` gives the loss of its logits, and trains to the same weights.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gptkit import GPT, GPTConfig
+from gptkit.lm_loss import chunk_rows, lm_loss, plain_lm_loss
+
+
+def oracle(h, w, y):
+    h64 = h.detach().double().requires_grad_()
+    w64 = w.detach().double().requires_grad_()
+    loss = F.cross_entropy(F.linear(h64, w64).reshape(-1, w.shape[0]), y.reshape(-1))
+    loss.backward()
+    return loss.detach(), h64.grad, w64.grad
+
+
+@pytest.mark.parametrize("rows", [1, 7, 64, None, 10_000])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_loss_and_gradients_equal_the_plain_ones(rows, dtype):
+    gen = torch.Generator().manual_seed(rows or 0)
+    h = torch.randn(3, 45, 16, generator=gen, dtype=dtype).requires_grad_()  # 135 rows: chunks end unevenly
+    w = torch.randn(301, 16, generator=gen, dtype=dtype).requires_grad_()
+    y = torch.randint(301, (3, 45), generator=gen)
+    loss = lm_loss(h, w, y, rows_per_chunk=rows)
+    (2.5 * loss).backward()  # the incoming gradient scales the saved ones
+    ref, gh, gw = oracle(h, w, y)
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    assert loss.dtype == dtype
+    torch.testing.assert_close(loss.double(), ref, rtol=tol, atol=tol)
+    torch.testing.assert_close(h.grad.double(), 2.5 * gh, rtol=tol, atol=tol)
+    torch.testing.assert_close(w.grad.double(), 2.5 * gw, rtol=tol, atol=tol)
+
+
+def test_under_bf16_autocast_it_is_the_plain_way_under_autocast():
+    gen = torch.Generator().manual_seed(1)
+    h = torch.randn(200, 32, generator=gen).requires_grad_()
+    w = (0.1 * torch.randn(500, 32, generator=gen)).requires_grad_()
+    y = torch.randint(500, (200,), generator=gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = lm_loss(h, w, y, rows_per_chunk=64)
+    fused.backward()
+    fh, fw = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = plain_lm_loss(h, w, y)
+    plain.backward()
+    assert fused.dtype == plain.dtype == torch.float32 and fh.dtype == fw.dtype == torch.float32
+    torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-6)  # the same bf16 products, softmax in float32
+    torch.testing.assert_close(fh, h.grad, rtol=0, atol=4e-3 * h.grad.abs().max().item())
+    torch.testing.assert_close(fw, w.grad, rtol=0, atol=4e-3 * w.grad.abs().max().item())
+    ref = oracle(h, w, y)[0]
+    assert abs(fused.item() - ref.item()) < 2e-2  # and bf16's rounding away from float64, not more
+
+
+def test_without_grad_mode_nothing_is_kept_for_backward():
+    h = torch.randn(10, 8, requires_grad=True)
+    w = torch.randn(40, 8, requires_grad=True)
+    y = torch.randint(40, (10,))
+    with torch.no_grad():
+        loss = lm_loss(h, w, y)
+    assert loss.grad_fn is None
+    torch.testing.assert_close(loss.double(), oracle(h, w, y)[0], rtol=1e-6, atol=1e-6)
+
+
+def test_chunk_rows_follow_the_vocabulary():
+    assert chunk_rows(65) == 1024 and chunk_rows(8192) == 128 and chunk_rows(50257) == 64
+    assert all(r & (r - 1) == 0 for r in map(chunk_rows, (100, 3000, 8192, 32000, 50257, 200_000)))
+
+
+def test_the_model_returns_its_logits_loss_and_trains_the_same():
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=97, block_size=16, n_layer=2, n_head=2, n_embd=24)
+    a, b = GPT(cfg).double(), GPT(cfg).double()
+    b.load_state_dict(a.state_dict())
+    assert a.lm_head.weight is a.transformer.wte.weight  # tied: the head's gradient reaches the embedding
+    x = torch.randint(97, (3, 16))
+    y = torch.randint(97, (3, 16))
+    fused = a(x, targets=y)
+    plain = F.cross_entropy(b(x).reshape(-1, 97), y.reshape(-1))
+    torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-12)
+    fused.backward()
+    plain.backward()
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-10, atol=1e-12, msg=name)
