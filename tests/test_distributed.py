@@ -182,6 +182,10 @@ def test_compile_has_no_graph_breaks(attention: str) -> None:
     explanation = torch._dynamo.explain(model)(idx)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+    torch._dynamo.reset()  # and as the trainer calls it: the loss fused with the output projection
+    explanation = torch._dynamo.explain(model)(idx, targets=idx)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
 
 
 def test_activation_checkpointing_gives_the_same_gradients() -> None:
