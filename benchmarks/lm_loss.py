@@ -6,7 +6,7 @@ Rounds alternate between the two ways; the ratio is taken per round and the medi
 relative difference of the gradients between them. `--rows-per-chunk` also times fixed chunk sizes (the default
 is gptkit.lm_loss.chunk_rows).
 
-    python benchmarks/lm_loss.py                      # 6 × 384 over BPE-8k (batch 8 × 256) and 4 × 768 over GPT-2's vocabulary
+    python benchmarks/lm_loss.py                      # the three shapes below, bf16 autocast and float32, 2 threads
     python benchmarks/lm_loss.py --threads 1 --rows-per-chunk 64 128 256 512
 """
 

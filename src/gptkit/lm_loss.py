@@ -1,13 +1,17 @@
 """The language-model loss, its output projection and cross-entropy fused over chunks of rows.
 
 The plain way, `F.cross_entropy(lm_head(h).float(), y)`, writes a (B·T, vocab) float32 logits tensor, reads it
-back for the log-softmax, writes its gradient and reads that back for two matrix products: for a small model over
-a large vocabulary these passes over memory cost more than the model's blocks, and the tensors take gigabytes at
-GPT-2's 50,257 tokens. Here each chunk of rows is projected and turned into its loss and its logits' gradient
-((softmax − one-hot) / N) while it sits in cache; that gradient, kept in the matmul dtype, is multiplied back
-into the hidden states' and the weight's gradients in the forward pass, and the backward pass only scales them. The result is the plain loss, mean over
-all rows, and its gradients, to the rounding of the dtype (float32, float64), or of the matmul dtype under bf16 or
-fp16 autocast, where the products run in that dtype and the softmax in float32, as autocast runs the plain way. Speed, side by side with the plain way: benchmarks/lm_loss.py, docs/benchmarks.md.
+back for the log-softmax, keeps that, writes the logits' gradient and reads it back for two matrix products: for
+a small model over a large vocabulary these passes over memory cost more than the model's blocks, and under bf16
+autocast they hold about 16 bytes per logit at once (GBs at GPT-2's 50,257 tokens). Here each chunk of rows is
+projected and turned into its loss and its logits' gradient ((softmax − one-hot) / N) while it sits in cache;
+only that gradient is kept, in the matmul dtype (2 bytes per logit under bf16), and it is multiplied back into
+the hidden states' and the weight's gradients in the forward pass, so the backward pass only scales them.
+
+The result is the plain loss (the mean over all rows) and its gradients, to the rounding of the dtype (float32,
+float64), or under bf16/fp16 autocast to the rounding of that dtype: the products run in it and the softmax in
+float32, as autocast runs the plain way. Speed side by side with the plain way: benchmarks/lm_loss.py,
+docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -317,8 +317,8 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor, pos: int | torch.Tensor = 0, start: torch.Tensor | None = None,
                 targets: torch.Tensor | None = None) -> torch.Tensor:
         """idx (B, T) token ids → logits (B, T, vocab_size) for every position; with `targets` (B, T), the mean
-        next-token cross-entropy instead (float32), the output projection fused with it (gptkit.lm_loss) so that
-        the logits are never stored whole.
+        cross-entropy against them instead (a scalar, float32 or wider), the output projection fused with it in
+        chunks of rows (gptkit.lm_loss) so that no float32 logits tensor is ever stored whole.
 
         With a KV cache set up (`setup_kv_cache`), `pos` is the cache index of idx[:, 0] and the keys/values of
         indices < pos come from the cache. `pos` (B,) and `start` (B,) as tensors serve batches of sequences of
