@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -115,3 +117,41 @@ def test_prepare_reports_through_the_shared_display(tmp_path, capsys) -> None:
     assert "reading characters" in err and "tokenizing" in err  # its bars, drawn by gptkit.runtime.Progress
     prepare([str(tmp_path / "a.txt")], tmp_path / "out2", tokenizer="char", progress=False, num_workers=1)
     assert capsys.readouterr().err == ""
+
+
+KEEP_FREED_CHILD = """
+import ctypes, sys
+import torch
+from gptkit.runtime import keep_freed_memory
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+applied = keep_freed_memory() if sys.argv[1] == "keep" else False
+before = libc.mallinfo2()
+x = torch.ones(16 * 2**20)  # 64 MB
+during = libc.mallinfo2()
+del x
+after = libc.mallinfo2()
+mapped = during.hblkhd - before.hblkhd >= 64 * 2**20  # its own mapping
+from_heap = during.arena - before.arena >= 64 * 2**20
+kept = after.arena >= during.arena  # the heap was not trimmed when it was freed
+print(applied, mapped, from_heap, kept)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc (Linux) only")
+def test_keep_freed_memory_serves_large_tensors_from_the_heap_and_keeps_them() -> None:
+    """glibc's default maps a 64 MB tensor with its own mmap (and unmaps it when freed); after
+    keep_freed_memory it comes from the heap, and freeing it leaves the heap as large (kept for the next step)."""
+
+    def child(mode: str) -> str:
+        return subprocess.run([sys.executable, "-c", KEEP_FREED_CHILD, mode], capture_output=True, text=True,
+                              check=True, timeout=120).stdout.split()
+
+    assert child("default")[:3] == ["False", "True", "False"]
+    assert child("keep") == ["True", "False", "True", "True"]

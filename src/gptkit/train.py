@@ -63,7 +63,7 @@ from .model import GPT
 from .optim import adamw, cosine, optimizer_step, set_lr, warmup_cosine
 from .options.train import TrainConfig, check_types, load_yaml_config  # noqa: F401 (re-exported)
 from .runlock import RunLocked, run_lock
-from .runtime import Progress, gpu_peak_flops, pick_device, pick_dtype, set_threads
+from .runtime import Progress, gpu_peak_flops, keep_freed_memory, pick_device, pick_dtype, set_threads
 
 RESUME_OVERRIDABLE = ("device", "quiet", "threads", "max_iters", "log_interval", "eval_interval", "save_interval",
                       "keep_last", "sample_every", "compile", "parallel", "nproc", "activation_checkpointing",
@@ -394,6 +394,8 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
     if mode != "none" and not info.enabled:
         mode = "none"  # one process: nothing to parallelise
     set_threads(cfg.threads)
+    if device.type == "cpu":
+        keep_freed_memory()
     return Runtime(info, device, pick_dtype(cfg.dtype, device), mode, Path(cfg.out), Path(cfg.data), tokenizer)
 
 

@@ -55,7 +55,7 @@ from ..model import GPT
 from ..optim import adamw, optimizer_step, set_lr, warmup_linear
 from ..options.finetune import FinetuneConfig, recipe
 from ..runlock import LOCK_NAME, run_lock
-from ..runtime import Progress, pick_device, set_threads
+from ..runtime import Progress, keep_freed_memory, pick_device, set_threads
 from . import metrics as M
 from .heads import FinetuneModel, build_head
 from .tasks import (
@@ -385,6 +385,8 @@ def setup_finetune(cfg: FinetuneConfig) -> FinetuneRun:
     data = load_data(cfg)
     device = pick_device(cfg.device)
     set_threads(cfg.threads)
+    if device.type == "cpu":
+        keep_freed_memory()
     model, tok = prepare_model(cfg, data.spec, device)
     enc_train = encode_examples(data.train, tok, data.spec)
     enc_splits = {k: encode_examples(v, tok, data.spec) for k, v in data.splits.items()}
