@@ -9,6 +9,7 @@ imported only when a live display is shown.
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 from typing import Any
 
@@ -77,8 +78,9 @@ def keep_freed_memory() -> bool:
     By default every step's large activations are mapped and unmapped again, and the kernel zeroes each new page:
     that was 3 s of system time in 20 s of a 3 × 192 bf16 run, which trained 1.2-1.3× faster without it
     (docs/benchmarks.md). The process keeps its peak memory until it exits. Only where glibc is the C library;
-    elsewhere nothing changes. Returns whether it applied."""
-    if not sys.platform.startswith("linux"):
+    elsewhere, or with GPTKIT_KEEP_FREED_MEMORY=0 (benchmarks/train_memory.py), nothing changes. Returns whether
+    it applied."""
+    if not sys.platform.startswith("linux") or os.environ.get("GPTKIT_KEEP_FREED_MEMORY") == "0":
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
