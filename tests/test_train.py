@@ -317,8 +317,9 @@ def test_bad_values_and_settings_that_cannot_change(char_data: Path, tmp_path: P
     # a loss that turns NaN stops the run before anything diverged is logged or saved
     import gptkit.model
 
-    loss = gptkit.model.lm_loss
-    monkeypatch.setattr(gptkit.model, "lm_loss", lambda *a, **k: loss(*a, **k) * float("nan"))
+    for name in ("lm_loss", "plain_lm_loss"):  # the loss under autocast and in float32
+        loss = getattr(gptkit.model, name)
+        monkeypatch.setattr(gptkit.model, name, lambda *a, _loss=loss, **k: _loss(*a, **k) * float("nan"))
     nan_run = tmp_path / "nan"
     assert_one_line_error(*run_cli(["train", *data, "--out", str(nan_run), "--max-iters", "4", *TINY], capsys),
                           "training diverged at step", "nan")

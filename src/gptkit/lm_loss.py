@@ -84,6 +84,8 @@ def lm_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
 
 
 def plain_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The same loss the plain way (the oracle of the tests and the baseline of benchmarks/lm_loss.py)."""
+    """The same loss the plain way: the whole logits, then cross-entropy in float32 (or float64). GPT.forward's
+    loss in float32, the oracle of the tests, the baseline of benchmarks/lm_loss.py."""
     logits = F.linear(hidden, weight)
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 → float32; float64 stays
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
