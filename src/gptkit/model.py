@@ -319,7 +319,7 @@ class GPT(nn.Module):
         """idx (B, T) token ids → logits (B, T, vocab_size) for every position; with `targets` (B, T), the mean
         cross-entropy against them instead (a scalar, float32 or wider). Under autocast the output projection is
         fused with it in chunks of rows (gptkit.lm_loss), so no float32 logits tensor is ever stored whole; in
-        float32 that measured no reliably faster than the plain way (docs/benchmarks.md), which it keeps.
+        float32 the fused way was not reliably faster (docs/benchmarks.md), and the plain way is kept.
 
         With a KV cache set up (`setup_kv_cache`), `pos` is the cache index of idx[:, 0] and the keys/values of
         indices < pos come from the cache. `pos` (B,) and `start` (B,) as tensors serve batches of sequences of

@@ -76,8 +76,8 @@ def keep_freed_memory() -> bool:
     """For training on a CPU: glibc serves large tensors from the heap, not from fresh mmap'd pages, and keeps what
     a step frees for the next step instead of returning it to the OS (mallopt M_MMAP_MAX 0, M_TRIM_THRESHOLD 2 GiB).
     By default every step's large activations are mapped and unmapped again, and the kernel zeroes each new page:
-    that was 3 s of system time in 20 s of a 3 × 192 bf16 run, which trained 1.2-1.3× faster without it
-    (docs/benchmarks.md). The process keeps its peak memory until it exits. Only where glibc is the C library;
+    that was 3.5 s of system time beside 23 s of user time in a 3 × 192 bf16 run, which these settings made 1.19×
+    faster (docs/benchmarks.md). The process keeps its peak memory until it exits. Only where glibc is the C library;
     elsewhere, or with GPTKIT_KEEP_FREED_MEMORY=0 (benchmarks/train_memory.py), nothing changes. Returns whether
     it applied."""
     if not sys.platform.startswith("linux") or os.environ.get("GPTKIT_KEEP_FREED_MEMORY") == "0":

@@ -578,7 +578,7 @@ class Trainer:
         self.t_start = time.perf_counter()
 
     def loss(self, x, y):
-        with self.autocast:  # the output projection and cross-entropy fused in row chunks (gptkit.lm_loss)
+        with self.autocast:  # the model's loss: under autocast fused with its output projection (gptkit.lm_loss)
             return self.fwd_model(x, targets=y)
 
     def step(self, step: int):
