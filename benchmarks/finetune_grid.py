@@ -65,6 +65,8 @@ def main() -> int:
     ap.add_argument("--max-eval", type=int, default=None, help="examples per valid/test split")
     ap.add_argument("--table-only", action="store_true", help="print the table of the runs found in --out")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                    help="autocast dtype of every run (default: gptkit finetune's, float32 on a CPU)")
     ap.add_argument("--redo", action="store_true", help="train runs again whose record is already in --out")
     ap.add_argument("--keep-models", action="store_true", help="keep each run's fine-tuned model directory")
     args = ap.parse_args()
@@ -99,7 +101,7 @@ def run_one(args: argparse.Namespace, task: str, name: str, seed: int, out: Path
                 test=str(data / t["test"]) if "test" in t else None, out=str(out / task / f"{name}-s{seed}"),
                 lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, max_train_examples=args.max_train,
                 max_eval_examples=args.max_eval, seed=seed, threads=args.threads, overwrite=True, quiet=True,
-                **CONFIGS[name])
+                **({"dtype": args.dtype} if args.dtype else {}), **CONFIGS[name])
     flags = {f.name: flag_name(f) for f in dataclasses.fields(FinetuneConfig)}  # the public spellings
     argv = ["gptkit", "finetune"]
     for k, v in opts.items():

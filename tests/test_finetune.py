@@ -265,6 +265,31 @@ def test_padding_and_batching_change_nothing():
     assert abs(lm.item() - total / count) < 1e-5
 
 
+def test_lm_loss_under_bf16_autocast_is_the_float32_loss_to_bf16_rounding():
+    """Under autocast the auxiliary LM loss L1 takes the fused projection + cross-entropy (gptkit.lm_loss): its
+    value and the backbone's gradients stay those of float32 to bf16's rounding; the task output too."""
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=300, block_size=16, n_layer=2, n_head=2, n_embd=32, embd_pdrop=0.0,
+                        attn_pdrop=0.0, resid_pdrop=0.0))
+    model = FinetuneModel(gpt, SimilarityHead(32, 3, dropout=0.0))
+    items = [T.Encoded(seqs=[[random.Random(i).randrange(300) for _ in range(5 + i)]] * 2, target=i % 3)
+             for i in range(6)]
+    idx, lengths = collate(items, torch.device("cpu"))
+
+    def run(dtype):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            out, lm = model(idx, lengths)
+        lm.backward()
+        return out.float(), lm, gpt.transformer.wte.weight.grad.clone()
+
+    out32, lm32, g32 = run(torch.float32)
+    out16, lm16, g16 = run(torch.bfloat16)
+    assert lm16.dtype == torch.float32 and abs(lm16.item() - lm32.item()) < 2e-2 * lm32.item()
+    assert torch.allclose(out16, out32, atol=5e-2)
+    assert (g16 - g32).norm() < 5e-2 * g32.norm()
+
+
 def test_similarity_is_symmetric_in_its_two_texts():
     torch.manual_seed(0)
     gpt = GPT(GPTConfig(vocab_size=60, block_size=32, n_layer=2, n_head=2, n_embd=16)).eval()
@@ -391,7 +416,10 @@ def _sentiment_file(path: Path, n: int, seed: int, labels=("good", "bad")) -> No
             f.write(json.dumps({"text": " ".join(words), "label": lab}) + "\n")
 
 
-def test_finetune_learns_and_predict_reproduces_it(tiny_ckpt, tmp_path, capsys):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_finetune_learns_and_predict_reproduces_it(tiny_ckpt, tmp_path, capsys, dtype):
+    """The whole loop through the CLI, in float32 and under bf16 autocast (weights stay float32); `gptkit
+    predict` computes in the dtype the run was fine-tuned in, so it reproduces the run's own predictions."""
     _sentiment_file(tmp_path / "train.jsonl", 256, 0)
     _sentiment_file(tmp_path / "valid.jsonl", 64, 1)
     _sentiment_file(tmp_path / "test.jsonl", 64, 2)
@@ -399,9 +427,11 @@ def test_finetune_learns_and_predict_reproduces_it(tiny_ckpt, tmp_path, capsys):
     rc = main(["finetune", "--ckpt", str(tiny_ckpt), "--task", "classification", "--train",
                str(tmp_path / "train.jsonl"), "--valid", str(tmp_path / "valid.jsonl"), "--test",
                str(tmp_path / "test.jsonl"), "--out", str(out), "--lr", "2e-3", "--epochs", "4", "--batch-size",
-               "16", "--quiet", "--seed", "0"])
+               "16", "--quiet", "--seed", "0", "--dtype", dtype])
     assert rc == 0, capsys.readouterr().err
     metrics = json.loads((out / "metrics.json").read_text())
+    assert json.loads((out / "finetune_config.json").read_text())["dtype"] == dtype
+    assert json.loads((out / "task.json").read_text())["dtype"] == dtype
     assert set(metrics) == {"valid", "test"}
     assert metrics["valid"]["accuracy"] >= 0.9 and metrics["test"]["accuracy"] >= 0.9, metrics
     assert {"accuracy", "f1", "n"} <= set(metrics["test"]) and metrics["test"]["n"] == 64
@@ -427,6 +457,14 @@ def test_finetune_learns_and_predict_reproduces_it(tiny_ckpt, tmp_path, capsys):
     assert sum(p["prediction"] == p["label"] for p in pred) / 64 == metrics["test"]["accuracy"]
     model, spec2, _ = load_finetuned(out)
     assert not model.training and spec2.task == "classification"
+    assert model.autocast_dtype == getattr(torch, dtype)
+    # the run really computed in its dtype: float32 predictions of the same weights differ (in bf16's rounding)
+    assert main(["predict", "--ckpt", str(out), "--input", str(tmp_path / "test.jsonl"), "--out",
+                 str(tmp_path / "pred32.jsonl"), "--dtype", "float32"]) == 0
+    pred32 = [json.loads(x) for x in (tmp_path / "pred32.jsonl").read_text().splitlines()]
+    gap = max(abs(p["probabilities"][k] - q["probabilities"][k]) for p, q in zip(pred32, run_pred)
+              for k in p["probabilities"])
+    assert gap < 1e-5 if dtype == "float32" else gap > 1e-4
 
 
 def test_lm_coef_zero_trains_on_the_task_loss_alone(tiny_ckpt, tmp_path, capsys):
@@ -568,6 +606,10 @@ def test_bad_checkpoint_and_options(tmp_path, capsys, tiny_ckpt):
     assert_one_line_error(main(base + ["--ckpt", str(tiny_ckpt), "--format", "storycloze"]),
                           capsys.readouterr().err, "--format storycloze holds multiple-choice data, not --task "
                           "classification")
+    assert_one_line_error(main(base + ["--ckpt", str(tiny_ckpt), "--dtype", "float16"]), capsys.readouterr().err,
+                          "--dtype must be auto, float32 or bfloat16")
+    assert_one_line_error(main(["predict", "--ckpt", str(tiny_ckpt), "--input", "x", "--out", str(tmp_path / "p"),
+                                "--dtype", "half"]), capsys.readouterr().err, "--dtype must be")
     assert_one_line_error(main(["finetune", "--ckpt", str(tiny_ckpt), "--train", "x.jsonl", "--out", "o"]),
                           capsys.readouterr().err, "--valid")
     assert_one_line_error(main(["predict", "--ckpt", str(tiny_ckpt), "--input", "x", "--out", str(tmp_path / "p")]),

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from cli_helpers import assert_one_line_error, run, save_char_ckpt
 from gptkit.cli import build_parser
@@ -229,6 +230,36 @@ def test_bad_device_is_one_line_in_every_command(cmd, device, tmp_path, capsys):
     rc, _, err = run(capsys, cmd, *device_argv(cmd, tmp_path, ckpt), "--device", device)
     assert_one_line_error(rc, err, "unknown device", device)
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+THREAD_COMMANDS = ["train", "finetune", "predict", "eval", "sample", "serve", "chat", "scale"]
+"""Commands whose --threads are torch's intra-op threads (the data commands' --threads are processes)."""
+
+
+def test_thread_commands_are_all_tested():
+    have = {c[0] for c, p in LEAVES.items() if any("--threads" in a.option_strings for a in p._actions)}
+    assert have - {"data", "prepare"} == set(THREAD_COMMANDS)
+
+
+@pytest.mark.parametrize("cmd", THREAD_COMMANDS)
+def test_bad_thread_count_is_one_line_in_every_command(cmd, tmp_path, capsys):
+    ckpt = save_char_ckpt(tmp_path / "ckpt")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    rc, _, err = run(capsys, cmd, *device_argv(cmd, tmp_path, ckpt), "--threads", "0")
+    assert_one_line_error(rc, err, "--threads must be positive")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_sample_runs_on_the_threads_it_is_given(tmp_path, capsys):
+    ckpt = save_char_ckpt(tmp_path / "ckpt")
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        rc, _, err = run(capsys, "sample", "--ckpt", ckpt, "--max-new-tokens", "3", "--seed", "0", "--threads", "1")
+        assert rc == 0, err
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(n)
 
 
 # ---------------------------------------------------------------------------------------------- renames

@@ -14,7 +14,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from ..chat import ChatSession, run
     from ..checkpoint import load_model
     from ..generate import GenerationError, SamplingParams, prepare_for_inference
-    from ..runtime import pick_device
+    from ..runtime import pick_device, set_threads
 
     opts = from_args(ChatOptions, args)
     params = SamplingParams(max_new_tokens=opts.max_new_tokens, temperature=opts.temperature, top_k=opts.top_k,
@@ -29,6 +29,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if opts.max_new_tokens < 1:
         raise GptkitError(f"--max-new-tokens must be at least 1, got {opts.max_new_tokens}")
     device = pick_device(opts.device)
+    set_threads(opts.threads)
     model = load_model(opts.ckpt, map_location=device)
     if model.tokenizer is None:
         raise CheckpointError(f"{opts.ckpt} has no tokenizer; cannot chat with it")

@@ -64,9 +64,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from ..checkpoint import load_model
     from ..evaluate.runner import evaluate
-    from ..runtime import pick_device
+    from ..runtime import pick_device, set_threads
 
     device = pick_device(args.device)
+    set_threads(args.threads)
     model = load_model(args.ckpt, map_location=device)
     tokenizer = None
     if args.tokenizer_dir:

@@ -7,7 +7,8 @@ import json
 from typing import Any
 
 from ..options import from_args
-from ..options.finetune import FinetuneConfig, PredictOptions
+from ..finetune.tasks import TaskError
+from ..options.finetune import FT_DTYPES, FinetuneConfig, PredictOptions
 from . import add_command
 
 
@@ -46,10 +47,13 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..finetune.loop import predict
-    from ..runtime import pick_device
+    from ..runtime import pick_device, set_threads
 
     opts = from_args(PredictOptions, args)
     device = str(pick_device(opts.device))  # an unknown or absent device: one line before the model loads
+    set_threads(opts.threads)
+    if opts.dtype not in FT_DTYPES:
+        raise TaskError(f"--dtype must be {', '.join(FT_DTYPES[:-1])} or {FT_DTYPES[-1]}, got {opts.dtype!r}")
     cols: dict[str, Any] = {}
     for name, key in (("text_fields", "text"), ("pair_field", "pair"), ("choice_fields", "choices"),
                       ("label_field", "label")):
@@ -59,7 +63,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if opts.header is not None:
         cols["header"] = opts.header
     metrics = predict(opts.ckpt, opts.input, opts.out, fmt=opts.format, columns=cols or None,
-                      batch_size=opts.batch_size, device=device, max_examples=opts.limit)
+                      batch_size=opts.batch_size, device=device, max_examples=opts.limit,
+                      dtype=opts.dtype)
     print(json.dumps(metrics))
     print(f"wrote {metrics['n']} predictions to {opts.out}")
     return 0

@@ -16,7 +16,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     from ..checkpoint import load_model
     from ..generate import GenerationError, SamplingParams, iter_generations, prepare_for_inference
-    from ..runtime import pick_device
+    from ..runtime import pick_device, set_threads
 
     args = from_args(SampleOptions, args)
 
@@ -38,6 +38,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             msg = msg.replace(name, "--" + name.replace("_", "-"))
         raise GptkitError(msg.replace("stop sequences", "--stop")) from None
     device = pick_device(args.device)
+    set_threads(args.threads)
     model = load_model(args.ckpt, map_location=device)
     tok = model.tokenizer
     if tok is None:

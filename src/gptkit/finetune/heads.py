@@ -20,8 +20,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from ..lm_loss import lm_loss as fused_lm_loss
+from ..lm_loss import plain_lm_loss
 
 if TYPE_CHECKING:
     from ..model import GPT
@@ -87,6 +89,7 @@ class FinetuneModel(nn.Module):
         self.gpt = gpt
         self.head = head
         self.regression = regression
+        self.autocast_dtype = torch.float32  # what it was fine-tuned in (set by load_finetuned); predict's default
 
     def forward(self, idx: torch.Tensor, lengths: torch.Tensor, lm_loss: bool = True
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -116,6 +119,7 @@ class FinetuneModel(nn.Module):
             return out, None
         # L1 on the positions that predict a real next token: position t < length - 1 predicts token t + 1.
         has_next = torch.arange(T - 1, device=idx.device).unsqueeze(0) < (rlen - 1).unsqueeze(1)  # (N, T-1)
-        logits = self.gpt.lm_head(h[:, :-1][has_next])  # (M, V): only real positions reach the vocabulary matmul
-        targets = rows[:, 1:][has_next]
-        return out, F.cross_entropy(logits.float(), targets)
+        hidden, targets = h[:, :-1][has_next], rows[:, 1:][has_next]  # (M, C): only real positions reach the
+        # vocabulary matmul; under autocast fused with the cross-entropy in chunks of rows, as in pre-training
+        loss = fused_lm_loss if torch.is_autocast_enabled(h.device.type) else plain_lm_loss
+        return out, loss(hidden, self.gpt.lm_head.weight, targets)

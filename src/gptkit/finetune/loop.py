@@ -55,7 +55,7 @@ from ..model import GPT
 from ..optim import adamw, optimizer_step, set_lr, warmup_linear
 from ..options.finetune import FinetuneConfig, recipe
 from ..runlock import LOCK_NAME, run_lock
-from ..runtime import Progress, keep_freed_memory, pick_device, set_threads
+from ..runtime import DeviceError, Progress, keep_freed_memory, pick_device, pick_dtype, set_threads
 from . import metrics as M
 from .heads import FinetuneModel, build_head
 from .tasks import (
@@ -278,14 +278,16 @@ def task_loss(out: torch.Tensor, target: torch.Tensor, spec: TaskSpec) -> torch.
 
 
 # ------------------------------------------------------------------------------------------ evaluation
-def run_model(model: FinetuneModel, encoded: list[Encoded], batch_size: int, device: torch.device) -> list[Any]:
-    """Task outputs (logits rows or scores) for every encoded example, in order; batches sorted by length."""
+def run_model(model: FinetuneModel, encoded: list[Encoded], batch_size: int, device: torch.device,
+              dtype: torch.dtype = torch.float32) -> list[Any]:
+    """Task outputs (logits rows or scores) for every encoded example, in order; batches sorted by length; the
+    forward passes under `dtype` autocast (float32: off)."""
 
     was_training = model.training
     model.eval()
     order = sorted(range(len(encoded)), key=lambda i: _cost(encoded[i]))
     outs: list[Any] = [None] * len(encoded)
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         for s in range(0, len(order), batch_size):
             ids = order[s: s + batch_size]
             idx, lengths = collate([encoded[i] for i in ids], device)
@@ -342,10 +344,11 @@ def score(outs: list[Any], encoded: list[Encoded], spec: TaskSpec) -> tuple[dict
 
 
 def evaluate(model: FinetuneModel, encoded: list[Encoded], spec: TaskSpec, batch_size: int = 64,
-             device: torch.device | str = "cpu") -> tuple[dict[str, Any], list[dict[str, Any]]]:
+             device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Metrics and per-example predictions of a fine-tuned model on encoded examples."""
 
-    return score(run_model(model, encoded, batch_size, torch.device(device)), encoded, spec)
+    return score(run_model(model, encoded, batch_size, torch.device(device), dtype), encoded, spec)
 
 
 # ------------------------------------------------------------------------------------------ the loop
@@ -376,6 +379,10 @@ class FinetuneRun:
     warmup_steps: int
     log_every: int  # steps between plain log lines (about ten an epoch)
     optimizer: Any = None
+    dtype: Any = torch.float32  # autocast dtype of the forward passes (float32: off); the weights stay float32
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
 
 def setup_finetune(cfg: FinetuneConfig) -> FinetuneRun:
@@ -391,12 +398,15 @@ def setup_finetune(cfg: FinetuneConfig) -> FinetuneRun:
     enc_train = encode_examples(data.train, tok, data.spec)
     enc_splits = {k: encode_examples(v, tok, data.spec) for k, v in data.splits.items()}
     cfg, chosen = recipe(cfg, model.gpt.config.n_embd, len(enc_train))
+    dtype = pick_dtype(cfg.dtype, device)
+    cfg = dataclasses.replace(cfg, dtype=str(dtype).removeprefix("torch."))  # recorded as resolved
     if chosen and not cfg.quiet:
         print(f"gptkit: fine-tuning recipe for this model and data: {'; '.join(chosen)}", file=sys.stderr)
     steps_per_epoch = math.ceil(len(enc_train) / cfg.batch_size)
     total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
     run = FinetuneRun(cfg, data.spec, model, tok, device, enc_train, enc_splits, total,
-                      warmup_steps=math.ceil(cfg.warmup * total), log_every=max(1, steps_per_epoch // 10))
+                      warmup_steps=math.ceil(cfg.warmup * total), log_every=max(1, steps_per_epoch // 10),
+                      dtype=dtype)
     run.optimizer = adamw(model, cfg.lr, cfg.weight_decay, (0.9, 0.999), 1e-8)
     return run
 
@@ -418,9 +428,10 @@ def train_epoch(run: FinetuneRun, epoch: int, step: int, rng: random.Random, pro
         idx, lengths = collate(items, run.device)
         target = torch.tensor([e.target for e in items],
                               dtype=torch.float32 if spec.regression else torch.long, device=run.device)
-        out_t, lm = run.model(idx, lengths, lm_loss=use_lm)
-        l2 = task_loss(out_t, target, spec)
-        loss = l2 + cfg.lm_coef * lm if use_lm else l2  # L3 = L2 + λ·L1 (GPT-1 eq. 5)
+        with run.autocast():
+            out_t, lm = run.model(idx, lengths, lm_loss=use_lm)
+            l2 = task_loss(out_t, target, spec)
+            loss = l2 + cfg.lm_coef * lm if use_lm else l2  # L3 = L2 + λ·L1 (GPT-1 eq. 5)
         loss.backward()
         optimizer_step(run.model, run.optimizer, cfg.grad_clip)
         step += 1
@@ -484,7 +495,7 @@ def _finetune(run: FinetuneRun, out: Path, t0: float) -> dict[str, Any]:
                    "threads": torch.get_num_threads(), "device": str(run.device)}
         log.write(json.dumps(summary) + "\n")
         log.close()
-        save_finetuned(tmp, run.model, run.tok, spec, cfg.head_dropout)
+        save_finetuned(tmp, run.model, run.tok, spec, cfg.head_dropout, cfg.dtype)
         (tmp / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
         (tmp / "finetune_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
         publish_dir(tmp, out)
@@ -499,7 +510,7 @@ def _finetune(run: FinetuneRun, out: Path, t0: float) -> dict[str, Any]:
 
 def run_eval(run: FinetuneRun, split: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return evaluate(run.model, run.splits[split], run.spec, run.cfg.eval_batch_size or 2 * run.cfg.batch_size,
-                    run.device)
+                    run.device, run.dtype)
 
 
 def epoch_record(epoch: int, step: int, sums: dict[str, float], valid: dict[str, Any], use_lm: bool,
@@ -530,19 +541,22 @@ def final_eval(run: FinetuneRun, tmp: Path, step: int, last_valid: tuple, progre
 
 # ------------------------------------------------------------------------------------ save / load / predict
 def save_finetuned(directory: Path, model: FinetuneModel, tokenizer: Tokenizer, spec: TaskSpec,
-                   head_dropout: float) -> None:
-    """Write the files of a fine-tuned model into `directory` (the caller makes it atomic)."""
+                   head_dropout: float, dtype: str = "float32") -> None:
+    """Write the files of a fine-tuned model into `directory` (the caller makes it atomic); `dtype` is the
+    autocast dtype it was trained and evaluated in, which `gptkit predict` uses by default."""
 
     write_model_files(directory, model.gpt, tokenizer, extra={"finetune": {"task": spec.task, "head": HEAD_WEIGHTS,
                                                                            "spec": TASK_JSON}})
     save_file({k: v.detach().contiguous() for k, v in model.head.state_dict().items()}, str(directory / HEAD_WEIGHTS),
               metadata={"format": "pt"})
-    (directory / TASK_JSON).write_text(json.dumps({**spec.to_dict(), "head_dropout": head_dropout}, indent=2) + "\n")
+    (directory / TASK_JSON).write_text(json.dumps({**spec.to_dict(), "head_dropout": head_dropout, "dtype": dtype},
+                                                indent=2) + "\n")
 
 
 def load_finetuned(path: str | Path, map_location: str | torch.device = "cpu"
                    ) -> tuple[FinetuneModel, TaskSpec, Tokenizer]:
-    """Load a directory written by `gptkit finetune`: (model in eval mode, task spec, tokenizer)."""
+    """Load a directory written by `gptkit finetune`: (model in eval mode, task spec, tokenizer). The model's
+    `autocast_dtype` is the dtype it was fine-tuned in (float32 for directories written before it was recorded)."""
 
     p = resolve_checkpoint(path)
     if not (p / TASK_JSON).is_file() or not (p / HEAD_WEIGHTS).is_file():
@@ -551,8 +565,9 @@ def load_finetuned(path: str | Path, map_location: str | torch.device = "cpu"
     try:
         d = json.loads((p / TASK_JSON).read_text(encoding="utf-8"))
         head_dropout = d.pop("head_dropout", 0.1)
+        dtype = pick_dtype(str(d.pop("dtype", "float32")), torch.device("cpu"))
         spec = TaskSpec.from_dict(d)
-    except (OSError, json.JSONDecodeError, TypeError) as e:
+    except (OSError, json.JSONDecodeError, TypeError, DeviceError) as e:
         raise CheckpointError(f"{p / TASK_JSON} is not a valid task spec ({e})") from None
     gpt = load_model(p, map_location=map_location)
     if gpt.tokenizer is None:
@@ -565,14 +580,15 @@ def load_finetuned(path: str | Path, map_location: str | torch.device = "cpu"
         raise CheckpointError(f"{p / HEAD_WEIGHTS} does not fit the task in {TASK_JSON} "
                               f"({str(e).splitlines()[0]})") from None
     model = FinetuneModel(gpt, head.to(map_location), regression=spec.regression).eval()
+    model.autocast_dtype = dtype
     return model, spec, gpt.tokenizer
 
 
 def predict(ckpt: str | Path, input: str | Path, out: str | Path, fmt: str | None = None,
             columns: dict[str, Any] | None = None, batch_size: int = 64, device: str = "cpu",
-            max_examples: int | None = None) -> dict[str, Any]:
+            max_examples: int | None = None, dtype: str = "auto") -> dict[str, Any]:
     """`gptkit predict`: one JSON line per input example (prediction + probabilities, or score) in `out`;
-    returns the metrics when the input has labels."""
+    returns the metrics when the input has labels. dtype auto: the one the model was fine-tuned in."""
 
     positive_int(batch_size, "--batch-size", TaskError, allow_none=False)
     positive_int(max_examples, "--limit", TaskError)
@@ -587,7 +603,8 @@ def predict(ckpt: str | Path, input: str | Path, out: str | Path, fmt: str | Non
     if any(e.label is not None for e in examples) and not all(e.label is not None for e in examples):
         examples = [dataclasses.replace(e, label=None) for e in examples]  # partly labelled: predictions only
     encoded = encode_examples(examples, tok, spec)
-    metrics, records = evaluate(model, encoded, spec, batch_size, torch.device(device))
+    autocast = model.autocast_dtype if dtype == "auto" else pick_dtype(dtype, torch.device(device))
+    metrics, records = evaluate(model, encoded, spec, batch_size, torch.device(device), autocast)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))

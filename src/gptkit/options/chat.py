@@ -24,3 +24,4 @@ class ChatOptions:
     weights: str = weights()
     blas: str = blas()
     device: str = common.device()
+    threads: int | None = common.threads()

@@ -33,6 +33,7 @@ class EvalOptions:
     stride: int | None = opt(None, "perplexity window step in tokens (default: context/2)")
     tokenizer_dir: str | None = common.tokenizer_dir()
     device: str = common.device()
+    threads: int | None = common.threads()
     quiet: bool = common.quiet(old={"--no-progress": True})
     export_lm_eval: str | None = opt(None, "instead of evaluating, write the tasks as lm-eval task YAML + JSONL "
                                      "files into DIR", metavar="DIR")

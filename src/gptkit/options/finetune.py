@@ -28,6 +28,9 @@ FT_WARMUP = 0.06
 """Warmup over 6% of the steps (RoBERTa's GLUE recipe, Liu et al. 2019, App. C); GPT-1's 0.2% is a dozen steps of a
 6,000-step run but less than one step of a 200-step run."""
 
+FT_DTYPES = ("auto", "float32", "bfloat16")
+"""Autocast dtypes of fine-tuning. No float16: without loss scaling its small gradients underflow."""
+
 
 def recipe(cfg: FinetuneConfig, width: int, train_examples: int) -> tuple[FinetuneConfig, list[str]]:
     """The options with the unset lr, epochs and warmup filled in from the model's width and the training set's
@@ -97,6 +100,9 @@ class FinetuneConfig:
     eval_batch_size: int | None = opt(None, "examples per evaluation batch (default 2 × batch size)")
     threads: int | None = common.threads()
     device: str = common.device()
+    dtype: str = opt("auto", "float32 or bfloat16 autocast (weights stay float32); auto: bfloat16 on GPUs that "
+                             "have it, else float32. On CPUs with bf16 units (AMX, AVX512-BF16) bfloat16 is about "
+                             "twice as fast (docs/finetuning.md)")
     overwrite: bool = opt(False, "replace --out if it already holds files")
     quiet: bool = common.quiet(old={"--no-quiet": None})
 
@@ -136,6 +142,8 @@ class FinetuneConfig:
                 raise TaskError(f"{flag[name]} must be positive, got {v}")
         if self.valid_from_train is not None and self.valid_from_train <= 0:
             raise TaskError("--valid-from-train must be positive")
+        if self.dtype not in FT_DTYPES:
+            raise TaskError(f"--dtype must be {', '.join(FT_DTYPES[:-1])} or {FT_DTYPES[-1]}, got {self.dtype!r}")
 
 
 @dataclass
@@ -155,3 +163,6 @@ class PredictOptions:
     batch_size: int = opt(64, "examples per batch")
     limit: int | None = common.limit("only the first N examples", old={"--max-examples": None})
     device: str = common.device()
+    threads: int | None = common.threads()
+    dtype: str = opt("auto", "float32 or bfloat16 autocast; auto: the dtype the model was fine-tuned in (its "
+                             "task.json), so the predictions are the run's own")

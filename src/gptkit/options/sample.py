@@ -43,3 +43,4 @@ class SampleOptions:
     weights: str = weights()
     blas: str = blas()
     device: str = common.device()
+    threads: int | None = common.threads()
