@@ -13,14 +13,14 @@ steps after the first) and the validation loss at the last step, then the median
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from train_runs import gptkit_train
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
@@ -38,20 +38,10 @@ def prepare(work: Path, tokenizer: str, vocab_size: int) -> Path:
 
 
 def train(data: Path, out: Path, dtype: str, a: argparse.Namespace, env: dict) -> dict:
-    cmd = [sys.executable, "-m", "gptkit", "train", "--data", str(data), "--out", str(out), "--preset", "gpt-micro",
-           "--n-layer", str(a.n_layer), "--n-head", str(a.n_head), "--n-embd", str(a.n_embd),
-           "--block-size", str(a.block_size), "--batch-size", str(a.batch_size), "--max-iters", str(a.steps),
-           "--eval-interval", str(a.steps), "--eval-iters", "10", "--log-interval", "5", "--dropout", "0",
-           "--dtype", dtype, "--quiet"]
-    t0 = time.perf_counter()
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if res.returncode:
-        sys.exit(f"train failed ({dtype}):\n{res.stderr}")
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    speed = statistics.median(r["tokens_per_s"] for r in rows[1:]) if len(rows) > 1 else rows[0]["tokens_per_s"]
-    chosen = json.loads((out / "train_config.json").read_text())["dtype"]
-    return {"tok_s": speed, "val": rows[-1].get("val_loss"), "wall": wall, "dtype": chosen, "stderr": res.stderr}
+    return gptkit_train(["--data", str(data), "--preset", "gpt-micro", "--n-layer", str(a.n_layer), "--n-head",
+                         str(a.n_head), "--n-embd", str(a.n_embd), "--block-size", str(a.block_size), "--batch-size",
+                         str(a.batch_size), "--max-iters", str(a.steps), "--eval-interval", str(a.steps),
+                         "--eval-iters", "10", "--log-interval", "5", "--dropout", "0", "--dtype", dtype], out, env)
 
 
 def main() -> None:

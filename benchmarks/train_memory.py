@@ -13,29 +13,21 @@ time, then the median ratio of the speeds. Heads are 64 wide (n_head = n_embd //
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+from train_runs import gptkit_train
 
 
 def train(a: argparse.Namespace, out: Path, keep: bool) -> dict:
     env = dict(os.environ, GPTKIT_KEEP_FREED_MEMORY="1" if keep else "0")
-    cmd = [sys.executable, "-m", "gptkit", "train", "--preset", "gpt-mini", "--data", a.data, "--out", str(out),
-           "--n-layer", str(a.n_layer), "--n-head", str(a.n_embd // 64), "--n-embd", str(a.n_embd), "--block-size",
-           str(a.block_size), "--batch-size", str(a.batch_size), "--dropout", "0", "--max-iters", str(a.steps),
-           "--eval-interval", "100000", "--eval-iters", "1", "--log-interval", str(a.steps // 4),
-           "--dtype", a.dtype, "--threads", str(a.threads), "--quiet"]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run(cmd, env=env, check=True, capture_output=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    logs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {"tok/s": statistics.median(r["tokens_per_s"] for r in logs[1:]),
-            "user": after.ru_utime - before.ru_utime, "sys": after.ru_stime - before.ru_stime}
+    return gptkit_train(["--preset", "gpt-mini", "--data", a.data, "--n-layer", str(a.n_layer), "--n-head",
+                         str(a.n_embd // 64), "--n-embd", str(a.n_embd), "--block-size", str(a.block_size),
+                         "--batch-size", str(a.batch_size), "--dropout", "0", "--max-iters", str(a.steps),
+                         "--eval-interval", "100000", "--eval-iters", "1", "--log-interval", str(a.steps // 4),
+                         "--dtype", a.dtype, "--threads", str(a.threads)], out, env)
 
 
 def main() -> None:
@@ -58,9 +50,9 @@ def main() -> None:
                 runs[keep] = train(a, Path(tmp) / f"run-{pair}-{keep}", keep)
             for keep, name in ((False, "glibc default"), (True, "keep freed memory")):
                 r = runs[keep]
-                print(f"pair {pair + 1}  {name:<18} {r['tok/s']:8.0f} tok/s   user {r['user']:6.1f} s   "
+                print(f"pair {pair + 1}  {name:<18} {r['tok_s']:8.0f} tok/s   user {r['user']:6.1f} s   "
                       f"sys {r['sys']:5.1f} s")
-            ratios.append(runs[True]["tok/s"] / runs[False]["tok/s"])
+            ratios.append(runs[True]["tok_s"] / runs[False]["tok_s"])
     print(f"keep freed memory / glibc default, tokens/s: median {statistics.median(ratios):.2f}x "
           f"({', '.join(f'{r:.2f}' for r in ratios)})")
 
