@@ -101,8 +101,8 @@ class FinetuneConfig:
     threads: int | None = common.threads()
     device: str = common.device()
     dtype: str = opt("auto", "float32 or bfloat16 autocast (weights stay float32); auto: bfloat16 on GPUs that "
-                             "have it, else float32. On CPUs with bf16 units (AMX, AVX512-BF16) bfloat16 is faster, "
-                             "more so for wider models and longer inputs (docs/finetuning.md)")
+                             "have it, else float32. On CPUs with bf16 units (AMX, AVX512-BF16) bfloat16 is faster "
+                             "(docs/benchmarks.md)")
     overwrite: bool = opt(False, "replace --out if it already holds files")
     quiet: bool = common.quiet(old={"--no-quiet": None})
 
