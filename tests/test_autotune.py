@@ -105,6 +105,14 @@ def test_measure_alternates_and_times_each_call():
     assert times == {"a": [1.0, 1.0], "b": [1.0, 1.0]}
 
 
+def test_measure_pauses_untimed_before_each_timed_call():
+    events = []
+    ticks = iter(range(100))
+    autotune.measure({"a": lambda: events.append("a"), "b": lambda: events.append("b")}, rounds=2,
+                     clock=lambda: float(next(ticks)), settle_s=0.25, sleep=lambda s: events.append(s))
+    assert events == ["a", "b", 0.25, "a", 0.25, "b", 0.25, "a", 0.25, "b"]  # not before the warm-ups
+
+
 def test_an_unwritable_cache_warns_and_still_answers(tmp_path, monkeypatch, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -472,7 +472,8 @@ def test_blas_auto_takes_the_measured_choice_and_remembers_it(tmp_path, monkeypa
     monkeypatch.setenv("GPTKIT_CACHE_DIR", str(tmp_path))
     seen = []
 
-    def measure_fn(work, rounds):  # run the real workloads once, then report numpy as the faster path
+    def measure_fn(work, rounds, settle_s=0.0):  # run the real workloads once, then report numpy as faster
+        assert settle_s > 0  # the libraries' spinning threads are let go idle before each timed call
         seen.extend(work)
         for run in work.values():
             run()

@@ -121,14 +121,19 @@ def decision_key(question: str, shape: Mapping[str, Any] | Sequence[Any] | str) 
 
 
 def measure(candidates: Mapping[str, Callable[[], Any]], rounds: int = 3,
-            clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+            clock: Callable[[], float] = time.perf_counter, settle_s: float = 0.0,
+            sleep: Callable[[float], Any] = time.sleep) -> dict[str, list[float]]:
     """Seconds per call of each candidate over `rounds` alternating rounds (A B A B ...), after one untimed
-    warm-up call each: the machine's drift hits every candidate alike."""
+    warm-up call each: the machine's drift hits every candidate alike. `settle_s`: an untimed pause before each
+    timed call, for candidates whose libraries keep worker threads spinning after their work (OpenBLAS's spin
+    for about 0.1 s and took a core from the next candidate: docs/benchmarks.md)."""
     for run in candidates.values():
         run()
     times: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(rounds):
         for name, run in candidates.items():
+            if settle_s:
+                sleep(settle_s)
             t0 = clock()
             run()
             times[name].append(clock() - t0)
@@ -154,12 +159,13 @@ def pick(times: Mapping[str, Sequence[float]], min_gain: float = 0.05) -> str:
 def choose(question: str, shape: Mapping[str, Any] | Sequence[Any] | str, options: Sequence[str],
            build: Callable[[], Mapping[str, Callable[[], Any]]], *, rounds: int = 3, min_gain: float = 0.05,
            describe: Callable[[str], str] | None = None,
-           measure_fn: Callable[..., dict[str, list[float]]] | None = None) -> str:
+           measure_fn: Callable[..., dict[str, list[float]]] | None = None, settle_s: float = 0.0) -> str:
     """The remembered answer to `question` for this machine and `shape`, measuring it the first time.
 
     `options` names the candidates, the default first (kept unless another is clearly faster); `build()` returns,
     for each, a call that runs one representative piece of work, and is only called when a measurement is
-    needed. `describe(choice)` words the one line said when a choice is first made. With GPTKIT_AUTOTUNE=off
+    needed. `describe(choice)` words the one line said when a choice is first made; `settle_s` is passed to
+    `measure`. With GPTKIT_AUTOTUNE=off
     the default is returned without measuring or remembering.
     """
     if not enabled() or len(options) < 2:
@@ -170,7 +176,8 @@ def choose(question: str, shape: Mapping[str, Any] | Sequence[Any] | str, option
     if isinstance(known, dict) and known.get("choice") in options:
         return known["choice"]
     work = build()
-    times = (measure_fn or measure)({name: work[name] for name in options}, rounds=rounds)
+    extra = {"settle_s": settle_s} if settle_s else {}
+    times = (measure_fn or measure)({name: work[name] for name in options}, rounds=rounds, **extra)
     choice = pick(times, min_gain)
     medians = {name: statistics.median(t) for name, t in times.items()}
     decisions = _load(path, warn=False)  # another process may have written meanwhile: keep its answers
