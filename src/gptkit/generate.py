@@ -811,7 +811,8 @@ def _blas_workloads(n_embd: int, vocab_size: int, rows: int) -> dict:
 BLAS_SETTLE_S = 0.25
 """Pause before each timed BLAS workload. Alternating without one, OpenBLAS's threads went on spinning after the
 numpy workload and took a core from the torch one: at two threads on a Xeon with AMX torch measured 25-74 ms
-against 12-15 ms after a 0.2 s pause, and auto chose numpy, the slower path there (docs/benchmarks.md)."""
+against 12-15 ms after a 0.2 s pause, and auto chose numpy, the slower path there (docs/benchmarks.md). Part of
+the decision's key, so decisions measured without it are measured again."""
 
 
 def choose_blas(model: GPT, rows: int = 1) -> str:
@@ -821,7 +822,7 @@ def choose_blas(model: GPT, rows: int = 1) -> str:
     c = model.config
     names = {"torch": "PyTorch's BLAS", "numpy": "numpy's BLAS (OpenBLAS)"}
     return autotune.choose("decoding blas", {"n_embd": c.n_embd, "vocab": c.vocab_size, "rows": rows,
-                                             "threads": torch.get_num_threads()},
+                                             "threads": torch.get_num_threads(), "settle_s": BLAS_SETTLE_S},
                            BLAS_CHOICES, lambda: _blas_workloads(c.n_embd, c.vocab_size, rows), rounds=5,
                            settle_s=BLAS_SETTLE_S,
                            describe=lambda b: f"decoding multiplies through {names[b]} (--blas {b})")
