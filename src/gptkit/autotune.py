@@ -165,8 +165,7 @@ def choose(question: str, shape: Mapping[str, Any] | Sequence[Any] | str, option
     `options` names the candidates, the default first (kept unless another is clearly faster); `build()` returns,
     for each, a call that runs one representative piece of work, and is only called when a measurement is
     needed. `describe(choice)` words the one line said when a choice is first made; `settle_s` is passed to
-    `measure`. With GPTKIT_AUTOTUNE=off
-    the default is returned without measuring or remembering.
+    `measure`. With GPTKIT_AUTOTUNE=off the default is returned without measuring or remembering.
     """
     if not enabled() or len(options) < 2:
         return options[0]
