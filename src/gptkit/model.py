@@ -328,6 +328,11 @@ class GPT(nn.Module):
         hidden = self.transformer(idx, self.kv_caches, pos, start)
         if targets is None:
             return self.lm_head(hidden)
+        return self.lm_head_loss(hidden, targets)
+
+    def lm_head_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the LM head's logits of final hidden states (..., C) against `targets` (...):
+        the loss of `forward(idx, targets=...)`, also the auxiliary loss L1 of fine-tuning."""
         if torch.is_autocast_enabled(hidden.device.type):  # fused: 1.0-2.0x faster, 1/8 of the memory (bf16)
             return lm_loss(hidden, self.lm_head.weight, targets)
         return plain_lm_loss(hidden, self.lm_head.weight, targets)  # float32: fused measured 0.90-1.26x

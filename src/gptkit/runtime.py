@@ -59,6 +59,12 @@ def pick_dtype(name: str, device):
     return dtypes[name]
 
 
+def autocast(device, dtype) -> torch.autocast:
+    """The autocast context of a run's `dtype` on `device` (a torch.device or its type); float32 turns it off."""
+    kind = device if isinstance(device, str) else device.type
+    return torch.autocast(kind, dtype=dtype, enabled=dtype != torch.float32)
+
+
 def set_threads(n: int | None) -> None:
     """Use `n` CPU threads for torch's intra-op work (None: leave torch's own choice)."""
     if n is None:

@@ -63,7 +63,7 @@ from .model import GPT
 from .optim import adamw, cosine, optimizer_step, set_lr, warmup_cosine
 from .options.train import TrainConfig, check_types, load_yaml_config  # noqa: F401 (re-exported)
 from .runlock import RunLocked, run_lock
-from .runtime import Progress, gpu_peak_flops, keep_freed_memory, pick_device, pick_dtype, set_threads
+from .runtime import Progress, autocast, gpu_peak_flops, keep_freed_memory, pick_device, pick_dtype, set_threads
 
 RESUME_OVERRIDABLE = ("device", "quiet", "threads", "max_iters", "log_interval", "eval_interval", "save_interval",
                       "keep_last", "sample_every", "compile", "parallel", "nproc", "activation_checkpointing",
@@ -119,7 +119,7 @@ def _train_step_workloads(config: GPTConfig, batch_size: int) -> dict[str, Any]:
 
     def run(dtype):
         def once():
-            with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            with autocast("cpu", dtype):
                 loss = model(x, targets=x)
             loss.backward()
             model.zero_grad(set_to_none=True)
@@ -569,7 +569,7 @@ class Trainer:
         self.cfg, self.rt, self.model, self.wrapped = cfg, rt, model, wrapped
         self.optimizer, self.loader, self.splits = optimizer, loader, splits
         self.fwd_model = torch.compile(wrapped) if cfg.compile else wrapped
-        self.autocast = torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.dtype != torch.float32)
+        self.autocast = autocast(rt.device, rt.dtype)
         self.ckpt_format = cfg.checkpoint_format if cfg.checkpoint_format != "auto" else \
             ("sharded" if rt.mode == "fsdp" else "full")
         mcfg = model.config

@@ -7,8 +7,7 @@ import json
 from typing import Any
 
 from ..options import from_args
-from ..finetune.tasks import TaskError
-from ..options.finetune import FT_DTYPES, FinetuneConfig, PredictOptions
+from ..options.finetune import FinetuneConfig, PredictOptions, check_dtype
 from . import add_command
 
 
@@ -52,8 +51,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     opts = from_args(PredictOptions, args)
     device = str(pick_device(opts.device))  # an unknown or absent device: one line before the model loads
     set_threads(opts.threads)
-    if opts.dtype not in FT_DTYPES:
-        raise TaskError(f"--dtype must be {', '.join(FT_DTYPES[:-1])} or {FT_DTYPES[-1]}, got {opts.dtype!r}")
+    check_dtype(opts.dtype)
     cols: dict[str, Any] = {}
     for name, key in (("text_fields", "text"), ("pair_field", "pair"), ("choice_fields", "choices"),
                       ("label_field", "label")):

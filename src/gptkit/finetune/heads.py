@@ -22,9 +22,6 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ..lm_loss import lm_loss as fused_lm_loss
-from ..lm_loss import plain_lm_loss
-
 if TYPE_CHECKING:
     from ..model import GPT
     from .tasks import TaskSpec
@@ -119,7 +116,5 @@ class FinetuneModel(nn.Module):
             return out, None
         # L1 on the positions that predict a real next token: position t < length - 1 predicts token t + 1.
         has_next = torch.arange(T - 1, device=idx.device).unsqueeze(0) < (rlen - 1).unsqueeze(1)  # (N, T-1)
-        hidden, targets = h[:, :-1][has_next], rows[:, 1:][has_next]  # (M, C): only real positions reach the
-        # vocabulary matmul; under autocast fused with the cross-entropy in chunks of rows, as in pre-training
-        loss = fused_lm_loss if torch.is_autocast_enabled(h.device.type) else plain_lm_loss
-        return out, loss(hidden, self.gpt.lm_head.weight, targets)
+        # only real positions reach the vocabulary matmul (M, C), through the pre-training loss (GPT.lm_head_loss)
+        return out, self.gpt.lm_head_loss(h[:, :-1][has_next], rows[:, 1:][has_next])

@@ -55,7 +55,7 @@ from ..model import GPT
 from ..optim import adamw, optimizer_step, set_lr, warmup_linear
 from ..options.finetune import FinetuneConfig, recipe
 from ..runlock import LOCK_NAME, run_lock
-from ..runtime import DeviceError, Progress, keep_freed_memory, pick_device, pick_dtype, set_threads
+from ..runtime import DeviceError, Progress, autocast, keep_freed_memory, pick_device, pick_dtype, set_threads
 from . import metrics as M
 from .heads import FinetuneModel, build_head
 from .tasks import (
@@ -287,7 +287,7 @@ def run_model(model: FinetuneModel, encoded: list[Encoded], batch_size: int, dev
     model.eval()
     order = sorted(range(len(encoded)), key=lambda i: _cost(encoded[i]))
     outs: list[Any] = [None] * len(encoded)
-    with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+    with torch.no_grad(), autocast(device, dtype):
         for s in range(0, len(order), batch_size):
             ids = order[s: s + batch_size]
             idx, lengths = collate([encoded[i] for i in ids], device)
@@ -381,9 +381,6 @@ class FinetuneRun:
     optimizer: Any = None
     dtype: Any = torch.float32  # autocast dtype of the forward passes (float32: off); the weights stay float32
 
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
-
 
 def setup_finetune(cfg: FinetuneConfig) -> FinetuneRun:
     """Read the data, load and extend the model, encode, and size the schedule (GPT-1 §4.1: warmup over a share
@@ -428,7 +425,7 @@ def train_epoch(run: FinetuneRun, epoch: int, step: int, rng: random.Random, pro
         idx, lengths = collate(items, run.device)
         target = torch.tensor([e.target for e in items],
                               dtype=torch.float32 if spec.regression else torch.long, device=run.device)
-        with run.autocast():
+        with autocast(run.device, run.dtype):
             out_t, lm = run.model(idx, lengths, lm_loss=use_lm)
             l2 = task_loss(out_t, target, spec)
             loss = l2 + cfg.lm_coef * lm if use_lm else l2  # L3 = L2 + λ·L1 (GPT-1 eq. 5)

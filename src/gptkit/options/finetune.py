@@ -32,6 +32,12 @@ FT_DTYPES = ("auto", "float32", "bfloat16")
 """Autocast dtypes of fine-tuning. No float16: without loss scaling its small gradients underflow."""
 
 
+def check_dtype(dtype: str) -> None:
+    """`--dtype` of finetune and predict: one of FT_DTYPES, else a one-line TaskError."""
+    if dtype not in FT_DTYPES:
+        raise TaskError(f"--dtype must be {', '.join(FT_DTYPES[:-1])} or {FT_DTYPES[-1]}, got {dtype!r}")
+
+
 def recipe(cfg: FinetuneConfig, width: int, train_examples: int) -> tuple[FinetuneConfig, list[str]]:
     """The options with the unset lr, epochs and warmup filled in from the model's width and the training set's
     size; and one line per value chosen, saying why."""
@@ -142,8 +148,7 @@ class FinetuneConfig:
                 raise TaskError(f"{flag[name]} must be positive, got {v}")
         if self.valid_from_train is not None and self.valid_from_train <= 0:
             raise TaskError("--valid-from-train must be positive")
-        if self.dtype not in FT_DTYPES:
-            raise TaskError(f"--dtype must be {', '.join(FT_DTYPES[:-1])} or {FT_DTYPES[-1]}, got {self.dtype!r}")
+        check_dtype(self.dtype)
 
 
 @dataclass
