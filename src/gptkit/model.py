@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import GPTConfig
+from .cpu_attention import causal_attention
 from .lm_loss import lm_loss, plain_lm_loss
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ class CausalSelfAttention(nn.Module):
 
             y = flex_attention(q, k, v, mask)
         else:  # T == S (no cache, or a cache filled from 0) or T == 1 (one new token sees every key)
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=T > 1)
+            y = causal_attention(q, k, v, dropout)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
 

@@ -1,0 +1,116 @@
+"""Causal self-attention for bf16 training on the CPU: SDPA's flash forward, a backward of whole matrix products.
+
+On the CPU, torch 2.13's flash-attention backward gains nothing from bf16 (AMX and AVX512-BF16 sit idle in it)
+and at small head sizes it is several times slower in bf16 than in float32. This backward is the textbook one
+that flash attention also computes, recomputing the probabilities from the forward's log-sum-exp:
+
+    P = exp(Q Kᵀ·s − lse) (causal),  dV = Pᵀ dO,  dS = P ∘ (dO Vᵀ − rowsum(dO ∘ O)),  dQ = dS K·s,  dK = dSᵀ Q·s
+
+but as batched products over whole (T, T) score tiles, which run in bf16 on the CPU's matrix units, with the
+elementwise steps between them in float32 and fused into one pass by torch.compile (inductor's C++ backend).
+Scores are made `SCORES_PER_CHUNK` at a time (chunks of the batch × heads rows) so that long contexts do not
+hold every layer's (T, T) tiles at once.
+
+`causal_attention` is what the model calls; it takes this path only where it pays (`wanted`): CPU, bf16 inputs,
+gradients wanted, no attention dropout, contexts up to `MAX_CONTEXT`. If the compiled backward cannot be built
+(no C++ compiler), the same arithmetic runs eagerly for that call and SDPA's own backward is used from then on. Speed side by side with
+SDPA's backward: benchmarks/attention_backward.py, docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+
+MAX_CONTEXT = 512
+"""Longest context given this backward; beyond it SDPA's own was as fast or faster (docs/benchmarks.md)."""
+
+SCORES_PER_CHUNK = 1 << 22
+"""Scores of one backward chunk: 4 M float32 (16 MB), e.g. 64 rows of (256, 256) or 4 of (1,024, 1,024)."""
+
+_log = logging.getLogger(__name__)
+_compiled = None  # the compiled backward, built on first use; False once it failed to build
+_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+
+
+def _backward_rows(q, k, v, out, lse, grad_out):
+    """Gradients of causal attention for q, k, v (n, T, hs), from the output, its log-sum-exp (n, T) and the
+    output's gradient. Products in the inputs' dtype, the softmax's arithmetic in float32. The scale is SDPA's,
+    1/√hs, computed here from the shape: passed in as a float, torch.compile would make it a run-time symbol and
+    its kernel 1.5× slower."""
+    t, scale = q.shape[-2], q.shape[-1] ** -0.5
+    scores = (q @ k.transpose(-2, -1)).float() * scale
+    future = torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1)
+    p = torch.exp(scores.masked_fill(future, float("-inf")) - lse.unsqueeze(-1))
+    grad_v = p.to(q.dtype).transpose(-2, -1) @ grad_out
+    grad_p = (grad_out @ v.transpose(-2, -1)).float()
+    row = (grad_out.float() * out.float()).sum(-1, keepdim=True)
+    grad_s = ((grad_p - row) * p * scale).to(q.dtype)
+    return grad_s @ k, grad_s.transpose(-2, -1) @ q, grad_v
+
+
+def _backward_fn():
+    """The compiled backward, or the eager one after compiling failed once."""
+    global _compiled
+    if _compiled is None:
+        _compiled = torch.compile(_backward_rows, dynamic=False)
+    return _compiled or _backward_rows
+
+
+def _backward_chunk(*tensors):
+    global _compiled
+    fn = _backward_fn()
+    try:
+        return fn(*tensors)
+    except Exception as e:  # inductor raises many kinds (no compiler, a failed build)
+        if fn is _backward_rows:
+            raise
+        _log.warning("gptkit: compiled attention backward unavailable (%s); using SDPA's backward",
+                     str(e).splitlines()[0][:120] if str(e) else type(e).__name__)
+        _compiled = False
+        return _backward_rows(*tensors)
+
+
+class _CausalAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v):
+        out, lse = _flash(q, k, v, 0.0, True)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse = ctx.saved_tensors
+        b, h, t, hs = q.shape
+        rows = [x.reshape(b * h, t, -1) for x in (q, k, v, out, grad_out.contiguous())]
+        lse = lse.reshape(b * h, t)
+        step = max(1, SCORES_PER_CHUNK // (t * t))
+        if step >= b * h:  # one chunk
+            grads = _backward_chunk(*rows[:4], lse, rows[4])
+            return tuple(g.view(b, h, t, hs) for g in grads)
+        step = math.ceil(b * h / math.ceil(b * h / step))  # equal chunks: one compiled shape (two at most)
+        grads = [torch.empty(b * h, t, hs, dtype=q.dtype) for _ in range(3)]
+        for s in range(0, b * h, step):
+            part = [x[s:s + step] for x in rows]
+            for g, piece in zip(grads, _backward_chunk(*part[:4], lse[s:s + step], part[4])):
+                g[s:s + step] = piece
+        return tuple(g.view(b, h, t, hs) for g in grads)
+
+
+def wanted(q: torch.Tensor, dropout: float) -> bool:
+    """Whether the compiled backward pays here: bf16 on the CPU, gradients wanted, no attention dropout, a context
+    of 2 to MAX_CONTEXT, and it has not failed to build. Not inside a model that torch.compile traces whole (inductor takes SDPA there)."""
+    return (q.device.type == "cpu" and q.dtype == torch.bfloat16 and dropout == 0.0 and 1 < q.shape[-2] <= MAX_CONTEXT
+            and q.requires_grad and torch.is_grad_enabled() and _compiled is not False
+            and not torch.compiler.is_compiling())
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
+    """Causal attention of q, k, v (B, nh, T, hs), T queries over the same T keys: F.scaled_dot_product_attention
+    (is_causal) in value, with the backward above where `wanted`."""
+    if k.shape[-2] == q.shape[-2] and wanted(q, dropout):
+        return _CausalAttention.apply(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=q.shape[-2] > 1)
