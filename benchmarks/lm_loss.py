@@ -49,7 +49,8 @@ def main() -> None:
         w = (torch.randn(v, c, generator=gen) * 0.02).requires_grad_()
         y = torch.randint(v, (n,), generator=gen)
         for dtype in (torch.bfloat16, torch.float32):
-            ways = {"plain": L.plain_lm_loss, f"fused ({L.chunk_rows(v)} rows)": L.lm_loss}
+            rows = L.chunk_rows(v, L.compiles_softmax("cpu", dtype))
+            ways = {"plain": L.plain_lm_loss, f"fused ({rows} rows)": L.lm_loss}
             ways |= {f"fused, {r} rows": functools.partial(L.lm_loss, rows_per_chunk=r) for r in a.rows_per_chunk}
             times = {k: [] for k in ways}
             grads = {}

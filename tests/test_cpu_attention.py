@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from gptkit import cpu_attention
+from gptkit.compiled import CompiledOnUse
 from gptkit.config import GPTConfig
 from gptkit.model import GPT
 
@@ -75,13 +76,15 @@ def test_a_compiler_failure_falls_back_once_with_one_warning(monkeypatch, caplog
     def broken(*tensors):
         raise RuntimeError("no C++ compiler found\nmore detail")
 
-    monkeypatch.setattr(cpu_attention, "_compiled", broken)
+    chunk = CompiledOnUse(cpu_attention._backward_rows, "the bf16 attention backward")
+    chunk._compiled = broken
+    monkeypatch.setattr(cpu_attention, "_backward_chunk", chunk)
     q, k, v = _qkv(1, 2, 12, 8)
     grad_out = torch.randn(1, 2, 12, 8).bfloat16()
-    with caplog.at_level(logging.WARNING, logger="gptkit.cpu_attention"):
+    with caplog.at_level(logging.WARNING, logger="gptkit.compiled"):
         _, got = _grads(cpu_attention.causal_attention, q, k, v, grad_out)
     assert [r.getMessage() for r in caplog.records] == [
-        "gptkit: compiled attention backward unavailable (no C++ compiler found); using SDPA's backward"]
+        "gptkit: the bf16 attention backward not compiled (no C++ compiler found); running it eagerly"]
     eager = cpu_attention._backward_rows(*(x.detach().reshape(2, 12, 8) for x in (q, k, v)),
                                          *_out_and_lse(q, k, v), grad_out.reshape(2, 12, 8))
     for g, e in zip(got, eager):

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from gptkit import GPT, GPTConfig
+from gptkit import lm_loss as lm_loss_module
+from gptkit.compiled import CompiledOnUse
 from gptkit.lm_loss import chunk_rows, lm_loss, plain_lm_loss
 
 
@@ -59,6 +61,42 @@ def test_under_bf16_autocast_it_is_the_plain_way_under_autocast():
     assert abs(fused.item() - ref.item()) < 2e-2  # and bf16's rounding away from float64, not more
 
 
+@pytest.mark.parametrize("vocab", [500, 8192])
+def test_the_compiled_softmax_is_the_eager_one(vocab):
+    gen = torch.Generator().manual_seed(vocab)
+    logits = (3 * torch.randn(37, vocab, generator=gen)).bfloat16()
+    y = torch.randint(vocab, (37,), generator=gen)
+    assert lm_loss_module.compiles_softmax("cpu", torch.bfloat16)
+    assert not lm_loss_module.compiles_softmax("cpu", torch.float32)
+    loss, grad = lm_loss_module._softmax_rows_compiled(logits, y, 100)
+    ref_loss, ref_grad = lm_loss_module._softmax_rows(logits.clone(), y, 100)
+    assert grad.dtype == torch.bfloat16
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(grad.float(), ref_grad.float(), rtol=1e-2, atol=1e-7)  # a bf16 rounding apart
+
+
+def test_where_compiling_fails_the_softmax_runs_eagerly_after_one_warning(monkeypatch, caplog):
+    def no_compiler(fn, **kw):
+        def raising(*args):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\ndetails")
+        return raising
+
+    broken = CompiledOnUse(lm_loss_module._softmax_rows_to_compile, "the bf16 loss's softmax")
+    monkeypatch.setattr(lm_loss_module, "_softmax_rows_compiled", broken)
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    gen = torch.Generator().manual_seed(3)
+    h = torch.randn(50, 16, generator=gen).requires_grad_()
+    w = torch.randn(300, 16, generator=gen).requires_grad_()
+    y = torch.randint(300, (50,), generator=gen)
+    with caplog.at_level("WARNING", logger="gptkit.compiled"), torch.autocast("cpu", dtype=torch.bfloat16):
+        first, second = lm_loss(h, w, y), lm_loss(h, w, y)
+    assert [r.getMessage() for r in caplog.records] == [
+        ("gptkit: the bf16 loss's softmax not compiled (InvalidCxxCompiler: No working C++ compiler found); "
+         "running it eagerly")]
+    assert broken.failed and not lm_loss_module.compiles_softmax("cpu", torch.bfloat16)
+    torch.testing.assert_close(first, second, rtol=1e-6, atol=1e-6)
+
+
 def test_without_grad_mode_nothing_is_kept_for_backward():
     h = torch.randn(10, 8, requires_grad=True)
     w = torch.randn(40, 8, requires_grad=True)
@@ -71,6 +109,7 @@ def test_without_grad_mode_nothing_is_kept_for_backward():
 
 def test_chunk_rows_follow_the_vocabulary():
     assert chunk_rows(65) == 1024 and chunk_rows(8192) == 128 and chunk_rows(50257) == 64
+    assert chunk_rows(8192, compiled=True) == 512 and chunk_rows(50257, compiled=True) == 256
     assert all(r & (r - 1) == 0 for r in map(chunk_rows, (100, 3000, 8192, 32000, 50257, 200_000)))
 
 

@@ -128,7 +128,8 @@ def test_the_dtype_measurement_draws_nothing_from_the_run(monkeypatch) -> None:
     choice = T.cpu_train_dtype(config, batch_size=2)
     assert choice in ("float32", "bfloat16") and torch.equal(torch.get_rng_state(), before)
     key = autotune.decision_key("train autocast", {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 16,
-                                                   "vocab": 50, "batch": 2, "threads": torch.get_num_threads()})
+                                                   "vocab": 50, "batch": 2, "threads": torch.get_num_threads(),
+                                                   "paths": T.TRAIN_PATHS})
     assert json.loads(autotune.cache_path().read_text())["decisions"][key]["choice"] == choice  # remembered
     monkeypatch.setattr(autotune, "has_native_bf16", lambda flags=None: False)
     assert T.cpu_train_dtype(config, batch_size=2) == "float32"  # no bf16 units: nothing to measure

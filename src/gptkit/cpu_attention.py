@@ -19,11 +19,12 @@ SDPA's backward: benchmarks/attention_backward.py, docs/benchmarks.md.
 
 from __future__ import annotations
 
-import logging
 import math
 
 import torch
 import torch.nn.functional as F
+
+from .compiled import CompiledOnUse
 
 MAX_CONTEXT = 512
 """Longest context given this backward; beyond it SDPA's own was as fast or faster (docs/benchmarks.md)."""
@@ -31,8 +32,6 @@ MAX_CONTEXT = 512
 SCORES_PER_CHUNK = 1 << 22
 """Scores of one backward chunk: 4 M float32 (16 MB), e.g. 64 rows of (256, 256) or 4 of (1,024, 1,024)."""
 
-_log = logging.getLogger(__name__)
-_compiled = None  # the compiled backward, built on first use; False once it failed to build
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
 
@@ -52,26 +51,7 @@ def _backward_rows(q, k, v, out, lse, grad_out):
     return grad_s @ k, grad_s.transpose(-2, -1) @ q, grad_v
 
 
-def _backward_fn():
-    """The compiled backward, or the eager one after compiling failed once."""
-    global _compiled
-    if _compiled is None:
-        _compiled = torch.compile(_backward_rows, dynamic=False)
-    return _compiled or _backward_rows
-
-
-def _backward_chunk(*tensors):
-    global _compiled
-    fn = _backward_fn()
-    try:
-        return fn(*tensors)
-    except Exception as e:  # inductor raises many kinds (no compiler, a failed build)
-        if fn is _backward_rows:
-            raise
-        _log.warning("gptkit: compiled attention backward unavailable (%s); using SDPA's backward",
-                     str(e).splitlines()[0][:120] if str(e) else type(e).__name__)
-        _compiled = False
-        return _backward_rows(*tensors)
+_backward_chunk = CompiledOnUse(_backward_rows, "the bf16 attention backward")
 
 
 class _CausalAttention(torch.autograd.Function):
@@ -104,7 +84,7 @@ def wanted(q: torch.Tensor, dropout: float) -> bool:
     """Whether the compiled backward pays here: bf16 on the CPU, gradients wanted, no attention dropout, a context
     of 2 to MAX_CONTEXT, and it has not failed to build. Not inside a model that torch.compile traces whole (inductor takes SDPA there)."""
     return (q.device.type == "cpu" and q.dtype == torch.bfloat16 and dropout == 0.0 and 1 < q.shape[-2] <= MAX_CONTEXT
-            and q.requires_grad and torch.is_grad_enabled() and _compiled is not False
+            and q.requires_grad and torch.is_grad_enabled() and not _backward_chunk.failed
             and not torch.compiler.is_compiling())
 
 

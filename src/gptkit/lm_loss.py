@@ -19,37 +19,79 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .compiled import CompiledOnUse
+
 LOGITS_PER_CHUNK = 1 << 20
 """Logits computed at once (rows × vocabulary): 4 MB of float32, 128 rows of an 8,192-token vocabulary; GPT-2's
 50,257 get the floor of 64 rows (the fastest of 32-512 rows measured at both, docs/benchmarks.md)."""
 
 
-def chunk_rows(vocab_size: int) -> int:
-    """Rows per chunk: the power of two at or below LOGITS_PER_CHUNK / vocab, between 64 and 1024."""
+COMPILED_ROWS = (4, 256)
+"""A compiled softmax (bf16 on the CPU) keeps no float32 copy of its chunk: 4× the rows, at least 256 — fewer,
+larger products (512 rows at 8,192 tokens, 256 at 50,257: the fastest measured, docs/benchmarks.md)."""
+
+
+def compiles_softmax(device: str, dtype: torch.dtype) -> bool:
+    """Whether the training loss's softmax is compiled: bf16 on the CPU, where it runs in one fused pass."""
+    return device == "cpu" and dtype == torch.bfloat16 and not _softmax_rows_compiled.failed
+
+
+def chunk_rows(vocab_size: int, compiled: bool = False) -> int:
+    """Rows per chunk: the power of two at or below LOGITS_PER_CHUNK / vocab, between 64 and 1024; for a
+    compiled softmax, COMPILED_ROWS."""
     rows = max(1, LOGITS_PER_CHUNK // vocab_size)
-    return min(1024, max(64, 1 << (rows.bit_length() - 1)))
+    rows = max(64, 1 << (rows.bit_length() - 1))
+    if compiled:
+        rows = max(COMPILED_ROWS[1], COMPILED_ROWS[0] * rows)
+    return min(1024, rows)
+
+
+def _softmax_rows(logits, targets, n: int):
+    """For a chunk of logit rows and their targets: the rows' summed cross-entropy, and the logits' gradient of
+    the mean over n rows, (softmax − one-hot) / n, in the logits' dtype. Arithmetic in float32 (float64 stays).
+    Eagerly it works in place on the logits, the fewest passes over memory."""
+    x = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    lse = torch.logsumexp(x, dim=-1)
+    loss = (lse - x.gather(1, targets[:, None]).squeeze(1)).sum()
+    g = x.sub_(lse[:, None]).exp_()  # the softmax, in place of the logits
+    g[torch.arange(len(targets), device=g.device), targets] -= 1.0
+    return loss, g.div_(n).to(logits.dtype)
+
+
+def _softmax_rows_to_compile(logits, targets, n: int):
+    """`_softmax_rows` written for inductor, which fuses it into two passes over the chunk (no in-place steps)."""
+    x = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    top = x.amax(-1, keepdim=True)
+    e = torch.exp(x - top)
+    total = e.sum(-1, keepdim=True)
+    loss = (top + total.log()).squeeze(-1) - x.gather(1, targets[:, None]).squeeze(1)
+    onehot = torch.arange(x.shape[-1], device=x.device) == targets[:, None]
+    return loss.sum(), ((e / total - onehot.to(x.dtype)) / n).to(logits.dtype)
+
+
+_softmax_rows_compiled = CompiledOnUse(_softmax_rows_to_compile, "the bf16 loss's softmax")
 
 
 def _loss_and_grads(hidden, weight, targets, dtype, rows, need_grad):
     """The mean loss over the rows, and with need_grad its gradients for hidden and weight. The softmax runs
     `rows` at a time; the logits' gradient is kept in the matmul dtype and multiplied back in two whole products
-    (per-chunk products into the weight's gradient would add a vocab × width matrix per chunk)."""
+    (per-chunk products into the weight's gradient would add a vocab × width matrix per chunk). Under bf16 on
+    the CPU each chunk's softmax is compiled (one fused pass instead of several over the chunk)."""
     n = hidden.shape[0]
     acc = torch.promote_types(dtype, torch.float32)  # softmax and sums: float32, or float64 for a float64 model
     h, w = hidden.to(dtype), weight.to(dtype)
     total = torch.zeros((), dtype=acc, device=hidden.device)
-    grad_logits = torch.empty(n, w.shape[0], dtype=dtype, device=h.device) if need_grad else None
-    for s in range(0, n, rows):
-        yc = targets[s:s + rows]
-        logits = (h[s:s + rows] @ w.t()).to(acc)
-        lse = torch.logsumexp(logits, dim=-1)
-        total += (lse - logits.gather(1, yc[:, None]).squeeze(1)).sum()
-        if need_grad:
-            g = logits.sub_(lse[:, None]).exp_()  # the softmax, in place of the logits
-            g[torch.arange(len(yc), device=g.device), yc] -= 1.0
-            grad_logits[s:s + rows] = g.div_(n)
     if not need_grad:
+        for s in range(0, n, rows):
+            logits = (h[s:s + rows] @ w.t()).to(acc)
+            yc = targets[s:s + rows]
+            total += (torch.logsumexp(logits, dim=-1) - logits.gather(1, yc[:, None]).squeeze(1)).sum()
         return total / n, None, None
+    softmax = _softmax_rows_compiled if compiles_softmax(h.device.type, dtype) else _softmax_rows
+    grad_logits = torch.empty(n, w.shape[0], dtype=dtype, device=h.device)
+    for s in range(0, n, rows):
+        loss, grad_logits[s:s + rows] = softmax(h[s:s + rows] @ w.t(), targets[s:s + rows], n)
+        total += loss
     return total / n, (grad_logits @ w).to(hidden.dtype), (grad_logits.t() @ h).to(weight.dtype)
 
 
@@ -72,14 +114,15 @@ def lm_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
             rows_per_chunk: int | None = None) -> torch.Tensor:
     """Mean cross-entropy of `hidden @ weight.T` against `targets`: hidden (..., C), weight (vocab, C), targets
     (...) token ids. Under autocast the products run in its dtype; gradients reach `hidden` and `weight` (a tied
-    embedding gets its share) only when grad mode is on. Rows per chunk: `chunk_rows(vocab)` unless given."""
+    embedding gets its share) only when grad mode is on. Rows per chunk: `chunk_rows` unless given."""
     h, y = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
     device = h.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
-    rows = rows_per_chunk or chunk_rows(weight.shape[0])
     with torch.autocast(device, enabled=False):
         if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+            rows = rows_per_chunk or chunk_rows(weight.shape[0], compiles_softmax(device, dtype))
             return _FusedLinearCrossEntropy.apply(h, weight, y, dtype, rows)
+        rows = rows_per_chunk or chunk_rows(weight.shape[0])
         return _loss_and_grads(h, weight, y, dtype, rows, need_grad=False)[0]  # evaluation: no gradient work
 
 

@@ -139,6 +139,12 @@ training) but not within a few percent: at nanoGPT's recipe shape it measured bf
 training steps were 1.3× slower in bf16 (docs/benchmarks.md). float32 is also the exact, simpler path."""
 
 
+TRAIN_PATHS = "bf16 attention backward and loss softmax compiled"
+"""Part of the decision's key: what the two candidates run. Changed whenever a path changes speed (here: the bf16
+step's attention backward and loss, gptkit.cpu_attention and gptkit.lm_loss), so that decisions remembered from
+before are measured again instead of trusted."""
+
+
 def cpu_train_dtype(config: GPTConfig, batch_size: int) -> str:
     """--dtype auto on a CPU: "bfloat16" autocast where the CPU has native bf16 units (AMX, AVX512-BF16) and a
     training step at this shape was measured clearly faster with it (TRAIN_DTYPE_MIN_GAIN), else "float32"
@@ -147,7 +153,7 @@ def cpu_train_dtype(config: GPTConfig, batch_size: int) -> str:
         return "float32"
     shape = {"n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd,
              "block_size": config.block_size, "vocab": config.vocab_size, "batch": batch_size,
-             "threads": torch.get_num_threads()}
+             "threads": torch.get_num_threads(), "paths": TRAIN_PATHS}
     return autotune.choose("train autocast", shape, ("float32", "bfloat16"),
                            lambda: _train_step_workloads(config, batch_size), rounds=TRAIN_DTYPE_ROUNDS,
                            min_gain=TRAIN_DTYPE_MIN_GAIN,

@@ -1,0 +1,38 @@
+"""A function compiled by torch.compile on first use, and run eagerly wherever compiling it fails.
+
+Small hot pieces of bf16 arithmetic on the CPU (the attention backward of gptkit.cpu_attention, the softmax of
+gptkit.lm_loss) run several passes over memory eagerly; inductor's C++ backend fuses them into one or two. Each
+new shape compiles once, in a second or so. A machine without a C++ compiler cannot compile: the first call then
+says so in one warning line and the function runs eagerly from then on, with the same arithmetic.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+
+_log = logging.getLogger(__name__)
+
+
+class CompiledOnUse:
+    """`fn` through torch.compile(dynamic=False), compiled at its first call; eager once compiling has failed."""
+
+    def __init__(self, fn: Callable, what: str) -> None:
+        self.fn, self.what = fn, what
+        self.failed = False
+        self._compiled: Callable | None = None
+
+    def __call__(self, *args):
+        if self.failed:
+            return self.fn(*args)
+        if self._compiled is None:
+            self._compiled = torch.compile(self.fn, dynamic=False)
+        try:
+            return self._compiled(*args)
+        except Exception as e:  # noqa: BLE001 - inductor raises many kinds: no compiler, a failed build
+            self.failed = True
+            first = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+            _log.warning("gptkit: %s not compiled (%s); running it eagerly", self.what, first)
+            return self.fn(*args)
