@@ -8,8 +8,9 @@ nanoGPT runs from a scratch copy of ../shared/anchors/nanoGPT (its own code, its
 it is imported into gptkit). gptkit runs the same recipe through `gptkit train`. Each pair runs both commands
 back to back (the order alternates between pairs) and prints the wall-time ratio gptkit / nanoGPT; the final
 models of both are then scored the same way, on the whole validation split in consecutive windows of the context
-(each model on its own tokenization of the same 10% tail of the text). Last, `--fast` gptkit settings (shorter,
-hotter schedule) are timed to nanoGPT's final validation loss: the time-to-loss ratio.
+(each model on its own tokenization of the same 10% tail of the text). Last, `--fast-args` gptkit settings (a
+shallower, wider model at a larger batch on a shorter, hotter schedule) are timed to nanoGPT's final validation
+loss: the time-to-loss ratio.
 
     python benchmarks/vs_nanogpt.py [--pairs 2] [--fast-args "--max-iters 1500 ..."] [--keep DIR]
 """
@@ -48,7 +49,8 @@ GPTKIT_RECIPE = ["--preset", "gpt-micro", "--n-layer", "4", "--n-head", "4", "--
 """The same recipe as gptkit flags (nanoGPT's config file sets lr, min_lr, β2, warmup; the rest are its
 defaults: weight decay 0.1, grad clip 1, no gradient accumulation)."""
 
-FAST_ARGS = "--max-iters 1500 --lr 2e-3 --min-lr 2e-4 --warmup-iters 50 --eval-interval 1500"
+FAST_ARGS = ("--max-iters 550 --batch-size 24 --n-layer 2 --n-head 4 --n-embd 256 --lr 3e-3 --min-lr 3e-4 "
+             "--warmup-iters 50 --eval-interval 550")
 
 
 def setup_nanogpt(scratch: Path) -> Path:

@@ -135,8 +135,9 @@ where it is 1.3× slower (docs/benchmarks.md); 7 rounds and the majority rule of
 TRAIN_DTYPE_MIN_GAIN = 0.15
 """bf16 autocast is taken only when the measured pass is at least this much faster. The measurement (forward and
 backward of a two-block copy) tracks whole steps well where bf16 clearly wins (6 × 384: 1.68× measured, 1.51× in
-training) but not within a few percent: at nanoGPT's recipe shape it measured bf16 3-10% faster while whole
-training steps were 1.3× slower in bf16 (docs/benchmarks.md). float32 is also the exact, simpler path."""
+training) but not within a few percent: at nanoGPT's recipe shape, before gptkit.cpu_attention, it measured bf16
+3-10% faster while whole training steps were 1.3× slower in bf16 (docs/benchmarks.md). float32 is also the
+exact, simpler path."""
 
 
 TRAIN_PATHS = "bf16 attention backward and loss softmax compiled"
