@@ -9,11 +9,22 @@ says so in one warning line and the function runs eagerly from then on, with the
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 
 import torch
 
 _log = logging.getLogger(__name__)
+
+
+def _one_compile_worker() -> None:
+    """Compile in this process: these graphs are small, and starting inductor's pool of compile workers took longer
+    (0.9 s on two cores) than compiling them. Not where the user chose (TORCHINDUCTOR_COMPILE_THREADS), nor once
+    something else in the process has compiled (a `--compile`d model keeps its workers)."""
+    from torch._inductor import config
+
+    if "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ and not torch._dynamo.utils.counters["stats"]:
+        config.compile_threads = 1
 
 
 class CompiledOnUse:
@@ -28,6 +39,7 @@ class CompiledOnUse:
         if self.failed:
             return self.fn(*args)
         if self._compiled is None:
+            _one_compile_worker()
             self._compiled = torch.compile(self.fn, dynamic=False)
         try:
             return self._compiled(*args)

@@ -32,8 +32,10 @@ larger products (512 rows at 8,192 tokens, 256 at 50,257: the fastest measured, 
 
 
 def compiles_softmax(device: str, dtype: torch.dtype) -> bool:
-    """Whether the training loss's softmax is compiled: bf16 on the CPU, where it runs in one fused pass."""
-    return device == "cpu" and dtype == torch.bfloat16 and not _softmax_rows_compiled.failed
+    """Whether the training loss's softmax is compiled: bf16 on the CPU, where it runs in one fused pass. Not
+    inside a model that torch.compile traces whole: the eager code is traced into its graph there."""
+    return (device == "cpu" and dtype == torch.bfloat16 and not _softmax_rows_compiled.failed
+            and not torch.compiler.is_compiling())
 
 
 def chunk_rows(vocab_size: int, compiled: bool = False) -> int:
