@@ -13,8 +13,8 @@ hold every layer's (T, T) tiles at once.
 
 `causal_attention` is what the model calls; it takes this path only where it pays (`wanted`): CPU, bf16 inputs,
 gradients wanted, no attention dropout, contexts up to `MAX_CONTEXT`. If the compiled backward cannot be built
-(no C++ compiler), the same arithmetic runs eagerly for that call and SDPA's own backward is used from then on. Speed side by side with
-SDPA's backward: benchmarks/attention_backward.py, docs/benchmarks.md.
+(no C++ compiler), the same arithmetic runs eagerly for that call and SDPA's own backward is used from then on.
+Speed side by side with SDPA's backward: benchmarks/attention_backward.py, docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class _CausalAttention(torch.autograd.Function):
             grads = _backward_chunk(*rows[:4], lse, rows[4])
             return tuple(g.view(b, h, t, hs) for g in grads)
         step = math.ceil(b * h / math.ceil(b * h / step))  # equal chunks: one compiled shape (two at most)
-        grads = [torch.empty(b * h, t, hs, dtype=q.dtype) for _ in range(3)]
+        grads = [torch.empty(b * h, t, hs, dtype=q.dtype, device=q.device) for _ in range(3)]
         for s in range(0, b * h, step):
             part = [x[s:s + step] for x in rows]
             for g, piece in zip(grads, _backward_chunk(*part[:4], lse[s:s + step], part[4])):
@@ -82,10 +82,11 @@ class _CausalAttention(torch.autograd.Function):
 
 def wanted(q: torch.Tensor, dropout: float) -> bool:
     """Whether the compiled backward pays here: bf16 on the CPU, gradients wanted, no attention dropout, a context
-    of 2 to MAX_CONTEXT, and it has not failed to build. Not inside a model that torch.compile traces whole (inductor takes SDPA there)."""
-    return (q.device.type == "cpu" and q.dtype == torch.bfloat16 and dropout == 0.0 and 1 < q.shape[-2] <= MAX_CONTEXT
-            and q.requires_grad and torch.is_grad_enabled() and not _backward_chunk.failed
-            and not torch.compiler.is_compiling())
+    of 2 to MAX_CONTEXT, and it has not failed to build. Not inside a model that torch.compile traces whole
+    (inductor takes SDPA there)."""
+    return (q.device.type == "cpu" and q.dtype == torch.bfloat16 and dropout == 0.0
+            and 1 < q.shape[-2] <= MAX_CONTEXT and q.requires_grad and torch.is_grad_enabled()
+            and not _backward_chunk.failed and not torch.compiler.is_compiling())
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
