@@ -7,7 +7,7 @@ that flash attention also computes, recomputing the probabilities from the forwa
     P = exp(Q Kᵀ·s − lse) (causal),  dV = Pᵀ dO,  dS = P ∘ (dO Vᵀ − rowsum(dO ∘ O)),  dQ = dS K·s,  dK = dSᵀ Q·s
 
 but as batched products over whole (T, T) score tiles, which run in bf16 on the CPU's matrix units, with the
-elementwise steps between them in float32 and fused into one pass by torch.compile (inductor's C++ backend).
+elementwise steps between them in float32, fused by torch.compile (inductor's C++ backend).
 Scores are made `SCORES_PER_CHUNK` at a time (chunks of the batch × heads rows) so that long contexts do not
 hold every layer's (T, T) tiles at once.
 

@@ -32,7 +32,7 @@ larger products (512 rows at 8,192 tokens, 256 at 50,257: the fastest measured, 
 
 
 def compiles_softmax(device: str, dtype: torch.dtype) -> bool:
-    """Whether the training loss's softmax is compiled: bf16 on the CPU, where it runs in one fused pass. Not
+    """Whether the training loss's softmax is compiled: bf16 on the CPU, where it runs in two fused passes. Not
     inside a model that torch.compile traces whole: the eager code is traced into its graph there."""
     return (device == "cpu" and dtype == torch.bfloat16 and not _softmax_rows_compiled.failed
             and not torch.compiler.is_compiling())
@@ -78,7 +78,7 @@ def _loss_and_grads(hidden, weight, targets, dtype, rows, need_grad):
     """The mean loss over the rows, and with need_grad its gradients for hidden and weight. The softmax runs
     `rows` at a time; the logits' gradient is kept in the matmul dtype and multiplied back in two whole products
     (per-chunk products into the weight's gradient would add a vocab × width matrix per chunk). Under bf16 on
-    the CPU each chunk's softmax is compiled (one fused pass instead of several over the chunk)."""
+    the CPU each chunk's softmax is compiled (two fused passes over the chunk instead of five)."""
     n = hidden.shape[0]
     acc = torch.promote_types(dtype, torch.float32)  # softmax and sums: float32, or float64 for a float64 model
     h, w = hidden.to(dtype), weight.to(dtype)
