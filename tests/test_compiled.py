@@ -23,3 +23,16 @@ def test_it_compiles_in_process_unless_the_user_chose_workers(env, threads):
     out = subprocess.run([sys.executable, "-c", PROBE], env={**clean, **env}, capture_output=True, text=True,
                          check=True)
     assert out.stdout.split() == [threads]
+
+
+def test_more_shapes_than_dynamos_default_limit_are_all_compiled():
+    import torch
+
+    from gptkit.compiled import CompiledOnUse
+
+    before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    triple = CompiledOnUse(lambda x: x * 3, "a probe")
+    for n in range(1, 10):  # 9 shapes: dynamo's default limit is 8 a function
+        assert torch.equal(triple(torch.ones(n)), torch.full((n,), 3.0))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - before == 9
+    assert torch._dynamo.config.recompile_limit == 8  # only around the calls
