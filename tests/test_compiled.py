@@ -1,14 +1,11 @@
 """gptkit.compiled: compiled on first use, in this process unless the user chose compile workers."""
 
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
-
-needs_compiler = pytest.mark.skipif(not any(map(shutil.which, ("g++", "c++", "clang++"))),
-                                    reason="no C++ compiler: torch.compile cannot build CPU kernels here")
+from needs_compiler import needs_compiler
 
 PROBE = """
 import torch

@@ -8,6 +8,7 @@ row per chunk to one chunk; under bf16 autocast, the plain way under the same au
 import pytest
 import torch
 import torch.nn.functional as F
+from needs_compiler import needs_compiler
 
 from gptkit import GPT, GPTConfig
 from gptkit import lm_loss as lm_loss_module
@@ -61,6 +62,7 @@ def test_under_bf16_autocast_it_is_the_plain_way_under_autocast():
     assert abs(fused.item() - ref.item()) < 2e-2  # and bf16's rounding away from float64, not more
 
 
+@needs_compiler
 @pytest.mark.parametrize("vocab", [500, 8192])
 def test_the_compiled_softmax_is_the_eager_one(vocab):
     gen = torch.Generator().manual_seed(vocab)
