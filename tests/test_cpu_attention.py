@@ -5,6 +5,7 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
+from needs_compiler import needs_compiler
 
 from gptkit import cpu_attention
 from gptkit.compiled import CompiledOnUse
@@ -33,6 +34,7 @@ def _rel_err(got, want):
     return ((got.double() - want).abs().max() / want.abs().max()).item()
 
 
+@needs_compiler  # without one the first call falls back for good, and `wanted` says no from then on
 @pytest.mark.parametrize("shape", [(2, 4, 64, 32), (1, 3, 100, 16)])
 def test_bf16_gradients_match_float64_as_closely_as_sdpas_own(shape):
     q, k, v = _qkv(*shape)
@@ -49,6 +51,7 @@ def test_bf16_gradients_match_float64_as_closely_as_sdpas_own(shape):
         assert _rel_err(g, w) < 3 * _rel_err(s, w) + 2e-3  # no worse than SDPA's bf16 backward, to a margin
 
 
+@needs_compiler
 def test_chunks_of_rows_give_the_unchunked_gradients(monkeypatch):
     q, k, v = _qkv(3, 2, 16, 8)  # 6 rows of (16, 16) scores
     grad_out = torch.randn(3, 2, 16, 8).bfloat16()
@@ -59,6 +62,7 @@ def test_chunks_of_rows_give_the_unchunked_gradients(monkeypatch):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
+@needs_compiler
 def test_where_it_is_not_wanted_sdpa_runs():
     q = _qkv(1, 2, 8, 4)[0]
     assert not cpu_attention.wanted(q, 0.1)  # attention dropout
