@@ -26,7 +26,7 @@ LOGITS_PER_CHUNK = 1 << 20
 50,257 get the floor of 64 rows (the fastest of 32-512 rows measured at both, docs/benchmarks.md)."""
 
 
-COMPILED_ROWS = (4, 256)
+COMPILED_ROWS_SCALE, COMPILED_ROWS_MIN = 4, 256
 """A compiled softmax (bf16 on the CPU) keeps no float32 copy of its chunk: 4× the rows, at least 256 — fewer,
 larger products (512 rows at 8,192 tokens, 256 at 50,257: the fastest measured, docs/benchmarks.md)."""
 
@@ -40,12 +40,19 @@ def compiles_softmax(device: str, dtype: torch.dtype) -> bool:
 
 def chunk_rows(vocab_size: int, compiled: bool = False) -> int:
     """Rows per chunk: the power of two at or below LOGITS_PER_CHUNK / vocab, between 64 and 1024; for a
-    compiled softmax, COMPILED_ROWS."""
+    compiled softmax COMPILED_ROWS_SCALE times that, at least COMPILED_ROWS_MIN."""
     rows = max(1, LOGITS_PER_CHUNK // vocab_size)
     rows = max(64, 1 << (rows.bit_length() - 1))
     if compiled:
-        rows = max(COMPILED_ROWS[1], COMPILED_ROWS[0] * rows)
+        rows = max(COMPILED_ROWS_MIN, COMPILED_ROWS_SCALE * rows)
     return min(1024, rows)
+
+
+def _row_losses(x, targets):
+    """The summed cross-entropy of logit rows x (float32 or wider) against their targets, and each row's
+    log-sum-exp."""
+    lse = torch.logsumexp(x, dim=-1)
+    return (lse - x.gather(1, targets[:, None]).squeeze(1)).sum(), lse
 
 
 def _softmax_rows(logits, targets, n: int):
@@ -53,8 +60,7 @@ def _softmax_rows(logits, targets, n: int):
     the mean over n rows, (softmax − one-hot) / n, in the logits' dtype. Arithmetic in float32 (float64 stays).
     Eagerly it works in place on the logits, the fewest passes over memory."""
     x = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    lse = torch.logsumexp(x, dim=-1)
-    loss = (lse - x.gather(1, targets[:, None]).squeeze(1)).sum()
+    loss, lse = _row_losses(x, targets)
     g = x.sub_(lse[:, None]).exp_()  # the softmax, in place of the logits
     g[torch.arange(len(targets), device=g.device), targets] -= 1.0
     return loss, g.div_(n).to(logits.dtype)
@@ -74,22 +80,20 @@ def _softmax_rows_to_compile(logits, targets, n: int):
 _softmax_rows_compiled = CompiledOnUse(_softmax_rows_to_compile, "the bf16 loss's softmax")
 
 
-def _loss_and_grads(hidden, weight, targets, dtype, rows, need_grad):
+def _loss_and_grads(hidden, weight, targets, dtype, rows, need_grad, compiled=False):
     """The mean loss over the rows, and with need_grad its gradients for hidden and weight. The softmax runs
     `rows` at a time; the logits' gradient is kept in the matmul dtype and multiplied back in two whole products
-    (per-chunk products into the weight's gradient would add a vocab × width matrix per chunk). Under bf16 on
-    the CPU each chunk's softmax is compiled (two fused passes over the chunk instead of five)."""
+    (per-chunk products into the weight's gradient would add a vocab × width matrix per chunk). `compiled`
+    (`compiles_softmax`): each chunk's softmax compiled, two fused passes over the chunk instead of five."""
     n = hidden.shape[0]
     acc = torch.promote_types(dtype, torch.float32)  # softmax and sums: float32, or float64 for a float64 model
     h, w = hidden.to(dtype), weight.to(dtype)
     total = torch.zeros((), dtype=acc, device=hidden.device)
     if not need_grad:
         for s in range(0, n, rows):
-            logits = (h[s:s + rows] @ w.t()).to(acc)
-            yc = targets[s:s + rows]
-            total += (torch.logsumexp(logits, dim=-1) - logits.gather(1, yc[:, None]).squeeze(1)).sum()
+            total += _row_losses((h[s:s + rows] @ w.t()).to(acc), targets[s:s + rows])[0]
         return total / n, None, None
-    softmax = _softmax_rows_compiled if compiles_softmax(h.device.type, dtype) else _softmax_rows
+    softmax = _softmax_rows_compiled if compiled else _softmax_rows
     grad_logits = torch.empty(n, w.shape[0], dtype=dtype, device=h.device)
     for s in range(0, n, rows):
         loss, grad_logits[s:s + rows] = softmax(h[s:s + rows] @ w.t(), targets[s:s + rows], n)
@@ -101,15 +105,16 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
     """The loss in forward; its gradients, computed there too, only scaled by the incoming gradient in backward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, dtype, rows):
-        loss, grad_h, grad_w = _loss_and_grads(hidden, weight, targets, dtype, rows, need_grad=True)
+    def forward(ctx, hidden, weight, targets, dtype, rows, compiled):
+        loss, grad_h, grad_w = _loss_and_grads(hidden, weight, targets, dtype, rows, need_grad=True,
+                                               compiled=compiled)
         ctx.save_for_backward(grad_h, grad_w)
         return loss
 
     @staticmethod
     def backward(ctx, grad_out):
         grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_out, grad_w * grad_out, None, None, None
+        return grad_h * grad_out, grad_w * grad_out, None, None, None, None
 
 
 def lm_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
@@ -122,8 +127,9 @@ def lm_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
     with torch.autocast(device, enabled=False):
         if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-            rows = rows_per_chunk or chunk_rows(weight.shape[0], compiles_softmax(device, dtype))
-            return _FusedLinearCrossEntropy.apply(h, weight, y, dtype, rows)
+            compiled = compiles_softmax(device, dtype)
+            rows = rows_per_chunk or chunk_rows(weight.shape[0], compiled)
+            return _FusedLinearCrossEntropy.apply(h, weight, y, dtype, rows, compiled)
         rows = rows_per_chunk or chunk_rows(weight.shape[0])
         return _loss_and_grads(h, weight, y, dtype, rows, need_grad=False)[0]  # evaluation: no gradient work
 
