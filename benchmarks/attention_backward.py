@@ -13,11 +13,12 @@ float32 rows show SDPA against itself: the reason float32 keeps SDPA's backward.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from attention import bench  # ms per call after 3 untimed calls
 
 from gptkit import cpu_attention
 from gptkit.runtime import keep_freed_memory
@@ -30,13 +31,6 @@ def fwd_bwd(fn, q, k, v, grad_out):
     for x in (q, k, v):
         x.grad = None
     fn(q, k, v).backward(grad_out)
-
-
-def timed(fn, args, iters: int) -> float:
-    t = time.perf_counter()
-    for _ in range(iters):
-        fwd_bwd(fn, *args)
-    return (time.perf_counter() - t) / iters * 1e3
 
 
 def worst_error(fn, q, k, v, grad_out) -> float:
@@ -72,12 +66,10 @@ def main() -> None:
             q, k, v = (torch.randn(b, h, t, d, generator=gen).to(dtype).requires_grad_() for _ in range(3))
             args = (q, k, v, torch.randn(b, h, t, d, generator=gen).to(dtype))
             paths = {"sdpa": sdpa, "gptkit": cpu_attention.causal_attention}
-            for fn in paths.values():  # warm-up; the first gptkit call compiles its backward for this shape
-                timed(fn, args, 2)
-            times = {p: [] for p in paths}
+            times = {p: [] for p in paths}  # bench's untimed calls include gptkit's first, which compiles
             for r in range(a.rounds):
                 for p in (list(paths) if r % 2 == 0 else list(paths)[::-1]):
-                    times[p].append(timed(paths[p], args, a.iters))
+                    times[p].append(bench(functools.partial(fwd_bwd, paths[p], *args), a.iters, q.device))
             med = {p: statistics.median(ts) for p, ts in times.items()}
             errs = {p: worst_error(fn, *args) for p, fn in paths.items()}
             print(f"{shape} {name}: SDPA {med['sdpa']:.2f} ms, gptkit {med['gptkit']:.2f} ms "
