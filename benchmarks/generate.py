@@ -8,7 +8,8 @@ shape faster with), with the other BLAS, and as the plain model. Rounds alternat
 from other processes hits them alike; the ratio is taken per round, and the median reported.
 
 Also printed: the memory-bandwidth roofline (every weight read once per token: bytes / measured read speed),
-measured here with a large mat-vec, and optionally (--low-precision fp16 int8 bf16) gptkit with lower-precision
+measured here with a large mat-vec; the floor of the default path, its 49 matrix-vector products alone, back to
+back with nothing between them (what no decoder built on the same products can beat); and optionally (--low-precision fp16 int8 bf16) gptkit with lower-precision
 weights: fbgemm-packed fp16 or int8 (gptkit.generate.quantize_weights), or plain bfloat16 tensors, each with its
 quality cost against fp32: greedy tokens before the first difference, top-1 agreement and KL divergence on the
 fp32 continuation, largest logit change.
@@ -59,6 +60,33 @@ def bytes_per_token(model) -> int:
         seen.add(p.data_ptr())
         total += p.numel() * p.element_size()
     return total
+
+
+def products_floor(model, rounds: int = 20) -> float:
+    """Median seconds of one decoding step's matrix-vector products alone, through the model's own layers (the
+    BLAS and layout `prepare_for_inference` chose), back to back on one-row inputs: each block's four linears, then
+    the output head. Numpy's BLAS runs as the Engine runs it: one torch thread, the BLAS on torch's count."""
+    from gptkit.generate import blas_threads, uses_numpy_blas
+
+    layers = [m for b in model.transformer.h for m in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj)]
+    layers.append(model.lm_head)
+    xs = [torch.randn(1, 1, m.in_features) for m in layers]
+    threads = torch.get_num_threads()
+    numpy_blas = uses_numpy_blas(model)
+    times = []
+    with torch.inference_mode(), blas_threads(threads):
+        if numpy_blas:
+            torch.set_num_threads(1)
+        try:
+            for r in range(rounds + 2):
+                t = time.perf_counter()
+                for m, x in zip(layers, xs):
+                    m(x)
+                if r >= 2:  # two untimed passes first
+                    times.append(time.perf_counter() - t)
+        finally:
+            torch.set_num_threads(threads)
+    return statistics.median(times)
 
 
 def quantized_bytes(model, weight_bytes: int) -> int:
@@ -198,6 +226,7 @@ def main() -> int:
     for m in (model, torch_path, numpy_path):
         time_gptkit(m, idx, 8)
     rows: dict[str, list[float]] = {k: [] for k in sides}
+    FLOOR = "default's products alone (floor)"
     for r in range(args.rounds):
         toks = []
         for k, run in sides.items():
@@ -205,6 +234,7 @@ def main() -> int:
             rows[k].append(tps)
             toks.append(tok)
         same = all(torch.equal(toks[0], t) for t in toks[1:])
+        rows.setdefault(FLOOR, []).append(1 / products_floor(fast))  # the default's products alone, this round
         print(f"round {r + 1}: " + " | ".join(f"{k} {v[-1]:5.1f}" for k, v in rows.items()) +
               f" tok/s | same greedy tokens: {same} | load {os.getloadavg()[0]:.2f}", flush=True)
     for k, v in rows.items():
@@ -224,10 +254,10 @@ def main() -> int:
               f"rounds, ~{statistics.median(tps) * med:.0f} tok/s at the fp32 median above); "
               f"{lo_bytes / 1e6:.0f} MB read per token")
         q = quality(model, lo, idx, n)
-        print(f"  quality vs fp32, N(0, 0.02) random weights: " + ", ".join(f"{k} {v:.4g}" for k, v in q.items()))
+        print("  quality vs fp32, N(0, 0.02) random weights: " + ", ".join(f"{k} {v:.4g}" for k, v in q.items()))
         peaked = randomize_(copy.deepcopy(model))
         q = quality(peaked, lower(peaked, kind), idx, n)
-        print(f"  quality vs fp32, O(1)-activation random weights: " + ", ".join(f"{k} {v:.4g}" for k, v in q.items()))
+        print("  quality vs fp32, O(1)-activation random weights: " + ", ".join(f"{k} {v:.4g}" for k, v in q.items()))
         if args.quality_ckpt:
             ref = GPT.from_pretrained(args.quality_ckpt).eval()
             text = Path(args.quality_text).read_text(encoding="utf-8")[-20000:]
