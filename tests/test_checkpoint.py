@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from safetensors import safe_open
 
 from gptkit import GPT, GPTConfig, Tokenizer
 from gptkit import checkpoint as ck
+from gptkit import model as model_module
 from gptkit.errors import CheckpointError
 
 CFG = GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16)
@@ -53,6 +56,50 @@ def test_save_and_load_give_equal_weights_config_and_tokenizer(model, tmp_path):
     model.eval()
     assert torch.equal(model(x), loaded(x))
     assert loaded.lm_head.weight.data_ptr() == loaded.transformer.wte.weight.data_ptr()  # ties restored
+
+
+@pytest.mark.parametrize("overrides", [{}, {"pos": "sinusoidal", "norm": "post", "tie_embeddings": False}])
+def test_loading_builds_no_random_init_and_restores_buffers_and_ties(tmp_path, overrides):
+    cfg = GPTConfig(**{**CFG.to_dict(), **overrides})
+    torch.manual_seed(1)
+    saved = GPT(cfg).eval()
+    ck.save_model(saved, tmp_path / "ckpt")
+    loaded = ck.load_model(tmp_path / "ckpt")
+    x = torch.randint(0, cfg.vocab_size, (2, 9))
+    assert torch.equal(saved(x), loaded(x))
+    tied = loaded.lm_head.weight.data_ptr() == loaded.transformer.wte.weight.data_ptr()
+    assert tied == cfg.tie_embeddings
+    if cfg.pos == "sinusoidal":  # a buffer, not in the file: recomputed
+        assert torch.equal(loaded.transformer.pos_table, saved.transformer.pos_table)
+
+
+def test_loading_a_checkpoint_does_not_import_the_compiler_stack(model, tmp_path):
+    """A sampling or serving process that loads a model never compiles: building it must not import torch._dynamo
+    (1 s; torch's meta-tensor initialisers did) nor sympy (0.3 s; Module.to_empty of meta tensors did)."""
+    ck.save_model(model, tmp_path / "ckpt", tokenizer=model.tokenizer)
+    code = ("import sys; from gptkit.checkpoint import load_model; m = load_model(sys.argv[1]); "
+            "print(sorted(k for k in ('torch._dynamo', 'sympy') if k in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ckpt")], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]", out
+
+
+def test_meta_model_puts_torch_initialisers_back_even_when_building_fails(monkeypatch):
+    names = model_module._INITIALISERS
+    before = {n: getattr(torch.nn.init, n) for n in names}
+    m = model_module.meta_model(CFG)
+    assert all(p.is_meta for p in m.parameters())
+    assert {n: getattr(torch.nn.init, n) for n in names} == before
+
+    def broken(config):
+        raise RuntimeError("no model today")
+
+    monkeypatch.setattr(model_module, "GPT", broken)
+    with pytest.raises(RuntimeError, match="no model today"):
+        model_module.meta_model(CFG)
+    assert {n: getattr(torch.nn.init, n) for n in names} == before
+    torch.manual_seed(0)
+    assert torch.nn.Linear(4, 4).weight.abs().sum() > 0  # initialisers work again
 
 
 def test_the_tied_head_is_stored_once(model, tmp_path):

@@ -77,20 +77,11 @@ def model_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return sd
 
 
-def empty_model(config: GPTConfig, map_location: str | torch.device = "cpu") -> GPT:
-    """A GPT with storage but no initialisation (built on the meta device), for loaded weights to fill."""
-    from .model import GPT
-
-    with torch.device("meta"):
-        model = GPT(config)
-    model.to_empty(device=map_location)
-    model.reset_buffers_and_ties()
-    return model
-
-
 def build_model(config: GPTConfig, state_dict: dict[str, torch.Tensor], source: str,
                 map_location: str | torch.device = "cpu") -> GPT:
     """A GPT with these weights, built without spending time on a random initialisation first."""
+    from .model import empty_model
+
     model = empty_model(config, map_location)
     expected = set(model_state_dict(model))
     missing, unexpected = expected - set(state_dict), set(state_dict) - expected - {"lm_head.weight"}
@@ -259,6 +250,7 @@ def load_sharded_model(p: Path, config: GPTConfig, meta: dict[str, Any],
                        map_location: str | torch.device = "cpu") -> GPT:
     """One process's whole model from a sharded checkpoint: the slices of every shard file, put together."""
     from .distributed import load_sharded
+    from .model import empty_model
 
     check_shards(p, meta)
     model = empty_model(config, map_location)

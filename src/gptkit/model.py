@@ -16,6 +16,7 @@ block mask that skips the tiles outside the band (gptkit.flex; O(T·w)). "auto",
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -381,3 +382,39 @@ class GPT(nn.Module):
 
         return generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                         generator=generator, use_cache=use_cache)
+
+
+# ------------------------------------------------------------------------------- built without storage
+_INITIALISERS = ("normal_", "uniform_", "kaiming_uniform_", "zeros_", "ones_", "constant_", "trunc_normal_")
+"""The torch.nn.init functions that GPT's layers and `GPT._init_weights` call while they are built."""
+
+
+@contextlib.contextmanager
+def _initialisers_skipped():
+    saved = {name: getattr(nn.init, name) for name in _INITIALISERS}
+    for name in saved:
+        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
+
+
+def meta_model(config: GPTConfig) -> GPT:
+    """A GPT whose tensors live on the meta device (shapes and dtypes, no storage), for loaded or sharded weights
+    to fill (`empty_model`; FSDP shards it first). Its initialisers are skipped: on the meta device they
+    compute nothing, and torch runs a meta tensor's `normal_` through Python reference code whose first call
+    imports torch._dynamo, a second of every `gptkit sample` or `serve` start on a CPU that never compiles."""
+    with _initialisers_skipped(), torch.device("meta"):
+        return GPT(config)
+
+
+def empty_model(config: GPTConfig, device: str | torch.device = "cpu") -> GPT:
+    """A GPT with uninitialised storage on `device`, for loaded weights to fill: `meta_model`, then each tensor
+    allocated by torch.empty and the output head tied again. (Module.to_empty would allocate with empty_like of
+    each meta tensor, which runs Python reference code that imports sympy: 0.3 s of every load.)"""
+    model = meta_model(config)
+    model._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device=device))  # what to_empty does, cheaper
+    model.reset_buffers_and_ties()
+    return model

@@ -59,7 +59,7 @@ from .config import GPTConfig
 from .data.loader import BatchLoader, load_tokenizer
 from .errors import TrainError
 from .io import atomic_path, atomic_write_text, new_tmp_dir, publish_dir
-from .model import GPT
+from .model import GPT, meta_model
 from .optim import adamw, cosine, optimizer_step, set_lr, warmup_cosine
 from .options.train import TrainConfig, check_types, load_yaml_config  # noqa: F401 (re-exported)
 from .runlock import RunLocked, run_lock
@@ -431,8 +431,7 @@ def build_or_restore_model(cfg: TrainConfig, rt: Runtime, resume_from: Path | No
     elif rt.mode == "fsdp":  # only rank 0 builds the whole model (on CPU); the others get its weights in shards
         mc = build_model_config(cfg, rt.tokenizer.vocab_size)
         init_sd = GPT(mc).state_dict() if rt.info.is_main else {}  # the same init as one process would make
-        with torch.device("meta"):
-            built = Built(GPT(mc), init_sd=init_sd)
+        built = Built(meta_model(mc), init_sd=init_sd)
     else:
         built = Built(GPT(build_model_config(cfg, rt.tokenizer.vocab_size)).to(rt.device))
     built.model.tokenizer = rt.tokenizer
@@ -447,8 +446,7 @@ def restore_model(rt: Runtime, resume_from: Path) -> Built:
     sharded = is_sharded(resume_from)
     if sharded:
         check_shards(resume_from, read_config_json(resume_from))
-        with torch.device("meta"):
-            model = GPT(checkpoint_config(resume_from))
+        model = meta_model(checkpoint_config(resume_from))
         model.tokenizer = checkpoint_tokenizer(resume_from)
     else:
         model = load_model(resume_from, map_location=rt.device)
