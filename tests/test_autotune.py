@@ -137,3 +137,16 @@ def test_machine_key_names_the_cpu_and_torch():
     assert "torch" in key and autotune.cpu_model() in key
     assert autotune.has_native_bf16({"avx2", "avx512_bf16"}) and autotune.has_native_bf16({"amx_bf16"})
     assert not autotune.has_native_bf16({"avx2", "fma"})
+
+
+def test_a_remembered_fact_is_read_back_per_key_beside_the_decisions(cache, monkeypatch):
+    assert autotune.recall("a fact", "k1") is None
+    autotune.remember("a fact", "k1", ["x", "y"])
+    autotune.choose("decoding blas", {"n": 1}, ("torch", "numpy"), work, measure_fn=fake(
+        {"torch": [1.0] * 3, "numpy": [2.0] * 3})[0])
+    assert autotune.recall("a fact", "k1") == ["x", "y"] and autotune.recall("a fact", "k2") is None
+    assert len(json.loads(cache.read_text())["decisions"]) == 2  # the decision did not drop the fact
+    assert autotune.forget("a fact") == 1 and autotune.recall("a fact", "k1") is None
+    autotune.remember("a fact", "k1", "z")
+    monkeypatch.setenv("GPTKIT_AUTOTUNE", "off")  # off: nothing is read or kept
+    assert autotune.recall("a fact", "k1") is None

@@ -39,3 +39,85 @@ def test_more_shapes_than_dynamos_default_limit_are_all_compiled():
         assert torch.equal(triple(torch.ones(n)), torch.full((n,), 3.0))
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - before == 9
     assert torch._dynamo.config.recompile_limit == 8  # only around the calls
+
+
+# ------------------------------------------------------------ inductor's vector-ISA probe, remembered
+X86 = pytest.mark.skipif(__import__("platform").machine() not in ("x86_64", "AMD64"),
+                         reason="inductor probes vector instruction sets only on x86 CPUs")
+
+ISA_PROBE = """
+import torch
+from torch._inductor import config, cpu_vec_isa
+from gptkit.compiled import CompiledOnUse, _listed_isas
+double = CompiledOnUse(lambda x: x * 2, "a probe")
+assert torch.equal(double(torch.arange(3.0)), torch.tensor([0.0, 2.0, 4.0])) and not double.failed
+assert [str(i) for i in cpu_vec_isa.valid_vec_isa_list()] == _listed_isas()
+print(config.cpp.vec_isa_ok)
+"""
+
+
+@needs_compiler
+@X86
+def test_a_passed_isa_probe_is_remembered_and_the_next_process_skips_it(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_VEC_ISA_OK"}
+    env.update(GPTKIT_CACHE_DIR=str(tmp_path), GPTKIT_AUTOTUNE="on")
+
+    def run() -> str:
+        return subprocess.run([sys.executable, "-c", ISA_PROBE], env=env, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    assert run() == "None"  # the first process probes, as inductor always does
+    facts = [v["fact"] for k, v in __import__("json").loads((tmp_path / "decisions.json").read_text())[
+        "decisions"].items() if k.startswith("inductor vector ISAs | ")]
+    assert len(facts) == 1 and facts[0]
+    assert run() == "True"  # the next one is told, and lands on the same instruction sets
+
+
+@pytest.fixture
+def isa_state(monkeypatch, tmp_path):
+    """compiled.py's probe logic in a fresh state: nothing compiled yet, a known compiler, a real cache."""
+    from collections import Counter, defaultdict
+
+    import torch
+    from torch._inductor import config
+
+    from gptkit import compiled
+
+    monkeypatch.setenv("GPTKIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("GPTKIT_AUTOTUNE", "on")
+    monkeypatch.setattr(compiled, "_isa", {"asked": False, "trusted": False, "key": None})
+    monkeypatch.setattr(compiled, "_compiler_identity", lambda: "c++ 1 2")
+    monkeypatch.setattr(torch._dynamo.utils, "counters", defaultdict(Counter))
+    with config.patch({"cpp.vec_isa_ok": None}):  # config objects undo their own patches
+        yield compiled, config
+
+
+@X86
+def test_only_the_same_remembered_isas_are_trusted(isa_state):
+    compiled, config = isa_state
+    from gptkit import autotune
+
+    autotune.remember(compiled.ISA_PROBE, "c++ 1 2", ["some other list"])
+    compiled._skip_known_isa_probe()
+    assert config.cpp.vec_isa_ok is None and compiled._isa["key"] == "c++ 1 2"  # probes, and will remember
+    compiled._isa.update(asked=False, key=None)
+    autotune.remember(compiled.ISA_PROBE, "c++ 1 2", compiled._listed_isas())
+    compiled._skip_known_isa_probe()
+    assert config.cpp.vec_isa_ok is True and compiled._isa["trusted"]
+
+
+@X86
+def test_the_users_setting_wins_and_a_failed_compile_forgets_the_fact(isa_state):
+    compiled, config = isa_state
+    from gptkit import autotune
+
+    autotune.remember(compiled.ISA_PROBE, "c++ 1 2", compiled._listed_isas())
+    config.cpp.vec_isa_ok = False  # TORCHINDUCTOR_VEC_ISA_OK=0
+    compiled._skip_known_isa_probe()
+    assert config.cpp.vec_isa_ok is False and not compiled._isa["trusted"]
+    config.cpp.vec_isa_ok = None
+    compiled._isa["asked"] = False
+    compiled._skip_known_isa_probe()
+    assert compiled._isa["trusted"]
+    compiled._note_isa_probe(compiled=False)  # the trusted compile failed: the next process probes again
+    assert autotune.recall(compiled.ISA_PROBE, "c++ 1 2") is None

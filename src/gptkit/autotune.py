@@ -188,6 +188,25 @@ def choose(question: str, shape: Mapping[str, Any] | Sequence[Any] | str, option
     return choice
 
 
+def recall(question: str, shape: Mapping[str, Any] | Sequence[Any] | str) -> Any:
+    """A fact remembered about this machine (`remember`), or None: not known, or GPTKIT_AUTOTUNE=off."""
+    if not enabled():
+        return None
+    known = _load(cache_path()).get(decision_key(question, shape))
+    return known.get("fact") if isinstance(known, dict) else None
+
+
+def remember(question: str, shape: Mapping[str, Any] | Sequence[Any] | str, fact: Any) -> None:
+    """Keep a fact found on this machine (something slow to find out again, not a speed choice) beside the
+    decisions, under the same kind of key."""
+    if not enabled():
+        return
+    path = cache_path()
+    decisions = _load(path, warn=False)
+    decisions[decision_key(question, shape)] = {"fact": fact, "found": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    _store(path, decisions)
+
+
 def forget(question: str | None = None) -> int:
     """Drop remembered decisions (all, or those of one question); returns how many were dropped."""
     path = cache_path()

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
+import shutil
 from collections.abc import Callable
 
 import torch
+
+from . import autotune
 
 _log = logging.getLogger(__name__)
 
@@ -31,6 +35,73 @@ def _one_compile_worker() -> None:
         config.compile_threads = 1
 
 
+ISA_PROBE = "inductor vector ISAs"
+"""The remembered fact (gptkit.autotune) that every vector instruction set this x86 CPU lists built and loaded with
+this C++ compiler. Inductor finds it out at each process's first compile by building a test library per
+instruction set and loading it in a child Python: 1.0 s of every bf16 training start on a 2-core Xeon."""
+
+_isa = {"asked": False, "trusted": False, "key": None}  # this process: probe skipped; compiler key to remember
+
+
+def _compiler_identity() -> str | None:
+    """The C++ compiler inductor builds with, as a file: resolved path, size, modification time (an upgrade
+    changes them). None when there is none."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        name = get_cpp_compiler()
+        path = os.path.realpath(shutil.which(name) or name)
+        st = os.stat(path)
+    except Exception:  # noqa: BLE001 - no compiler (compiling will fail and say so) or an install inductor rejects
+        return None
+    return f"{path} {st.st_size} {st.st_mtime_ns}"
+
+
+def _listed_isas() -> list[str]:
+    """The vector instruction sets inductor would use on this CPU before probing them (its own list and test)."""
+    from torch._inductor import cpu_vec_isa
+
+    flags = cpu_vec_isa.x86_isa_checker()
+    return [str(isa) for isa in cpu_vec_isa.supported_vec_isa_list if all(f in flags for f in str(isa).split())]
+
+
+def _skip_known_isa_probe() -> None:
+    """Before this process's first compile: where an earlier process found every listed instruction set good
+    with this compiler (`ISA_PROBE`), tell inductor so (config.cpp.vec_isa_ok) instead of probing again. Not on
+    other CPUs (inductor probes only x86), nor where the user set TORCHINDUCTOR_VEC_ISA_OK, nor once something
+    else in the process has compiled."""
+    if _isa["asked"]:
+        return
+    _isa["asked"] = True
+    from torch._inductor import config
+
+    if (config.cpp.vec_isa_ok is not None or platform.machine() not in ("x86_64", "AMD64")
+            or torch._dynamo.utils.counters["stats"]):  # something compiled before: it has probed already
+        return
+    key = _compiler_identity()
+    if key is None:
+        return
+    if autotune.recall(ISA_PROBE, key) == _listed_isas():
+        config.cpp.vec_isa_ok = True
+        _isa["trusted"] = True
+    else:
+        _isa["key"] = key
+
+
+def _note_isa_probe(compiled: bool) -> None:
+    """After the first compile: remember a probe that passed every listed instruction set; after a failed one
+    that trusted the remembered fact, forget it, so that the next process probes again."""
+    if compiled and _isa["key"] is not None:
+        from torch._inductor import cpu_vec_isa
+
+        listed = _listed_isas()
+        if listed and [str(isa) for isa in cpu_vec_isa.valid_vec_isa_list()] == listed:
+            autotune.remember(ISA_PROBE, _isa["key"], listed)
+        _isa["key"] = None
+    if not compiled and _isa["trusted"]:
+        autotune.forget(ISA_PROBE)
+
+
 class CompiledOnUse:
     """`fn` through torch.compile(dynamic=False), compiled at its first call; eager once compiling has failed."""
 
@@ -44,12 +115,16 @@ class CompiledOnUse:
             return self.fn(*args)
         if self._compiled is None:
             _one_compile_worker()
+            _skip_known_isa_probe()
             self._compiled = torch.compile(self.fn, dynamic=False)
         try:
             with torch._dynamo.config.patch(recompile_limit=SHAPES_PER_FUNCTION):
-                return self._compiled(*args)
+                out = self._compiled(*args)
+            _note_isa_probe(compiled=True)
+            return out
         except Exception as e:  # noqa: BLE001 - inductor raises many kinds: no compiler, a failed build
             self.failed = True
+            _note_isa_probe(compiled=False)
             first = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
             _log.warning("gptkit: %s not compiled (%s); running it eagerly", self.what, first)
             return self.fn(*args)
