@@ -3,7 +3,8 @@
 Small hot pieces of bf16 arithmetic on the CPU (the attention backward of gptkit.cpu_attention, the softmax of
 gptkit.lm_loss) run several passes over memory eagerly; inductor's C++ backend fuses them into one or two. Each
 new shape compiles once, in a second or so. A machine without a C++ compiler cannot compile: the first call then
-says so in one warning line and the function runs eagerly from then on, with the same arithmetic.
+says so in one warning line and the function runs eagerly from then on, with the same arithmetic. Inductor's
+check of the CPU's vector instruction sets, repeated by every process, is done once and remembered (`ISA_PROBE`).
 """
 
 from __future__ import annotations
