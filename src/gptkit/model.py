@@ -16,7 +16,6 @@ block mask that skips the tiles outside the band (gptkit.flex; O(T·w)). "auto",
 
 from __future__ import annotations
 
-import contextlib
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from .config import GPTConfig
 from .cpu_attention import causal_attention
@@ -385,20 +385,20 @@ class GPT(nn.Module):
 
 
 # ------------------------------------------------------------------------------- built without storage
-_INITIALISERS = ("normal_", "uniform_", "kaiming_uniform_", "zeros_", "ones_", "constant_", "trunc_normal_")
+_INITIALISERS = frozenset((nn.init.normal_, nn.init.uniform_, nn.init.kaiming_uniform_, nn.init.zeros_,
+                           nn.init.ones_, nn.init.constant_, nn.init.trunc_normal_))
 """The torch.nn.init functions that GPT's layers and `GPT._init_weights` call while they are built."""
 
 
-@contextlib.contextmanager
-def _initialisers_skipped():
-    saved = {name: getattr(nn.init, name) for name in _INITIALISERS}
-    for name in saved:
-        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
-    try:
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(nn.init, name, fn)
+class _InitialisersSkipped(TorchFunctionMode):
+    """Within it, torch.nn.init's initialisers return their tensor untouched: in this thread only (torch's
+    function modes are per thread), so a model initialised elsewhere at the same time is not affected."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _INITIALISERS:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
 
 
 def meta_model(config: GPTConfig) -> GPT:
@@ -406,7 +406,7 @@ def meta_model(config: GPTConfig) -> GPT:
     to fill (`empty_model`; FSDP shards it first). Its initialisers are skipped: on the meta device they
     compute nothing, and torch runs a meta tensor's `normal_` through Python reference code whose first call
     imports torch._dynamo, a second of every `gptkit sample` or `serve` start on a CPU that never compiles."""
-    with _initialisers_skipped(), torch.device("meta"):
+    with torch.device("meta"), _InitialisersSkipped():  # entered last, asked first
         return GPT(config)
 
 
