@@ -12,8 +12,9 @@ import math
 import pytest
 import torch
 
-from gptkit import GPT, PRESETS, GPTConfig, GptkitError
+from gptkit import PRESETS, GPTConfig, GptkitError
 from gptkit.config import GPT3_PAPER_PARAMS, ConfigError
+from gptkit.model import meta_model
 
 # Parameter counts of the released checkpoints (transformers' openai-gpt, gpt2, gpt2-medium/large/xl).
 REAL_PARAMS = {
@@ -23,11 +24,6 @@ REAL_PARAMS = {
     "gpt2-large": 774_030_080,
     "gpt2-xl": 1_557_611_200,
 }
-
-
-def meta_model(cfg: GPTConfig) -> GPT:
-    with torch.device("meta"):  # shapes only: no memory, no init time, even for 175B
-        return GPT(cfg)
 
 
 def unique_param_count(model: torch.nn.Module) -> int:
