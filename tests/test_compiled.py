@@ -121,3 +121,15 @@ def test_the_users_setting_wins_and_a_failed_compile_forgets_the_fact(isa_state)
     assert compiled._isa["trusted"]
     compiled._note_isa_probe(compiled=False)  # the trusted compile failed: the next process probes again
     assert autotune.recall(compiled.ISA_PROBE, "c++ 1 2") is None
+
+
+@X86
+def test_the_isa_shortcut_never_breaks_a_compile_when_inductors_internals_move(isa_state, monkeypatch):
+    compiled, config = isa_state
+    from torch._inductor import cpu_vec_isa
+
+    monkeypatch.delattr(cpu_vec_isa, "x86_isa_checker")  # as if another torch had renamed it
+    compiled._skip_known_isa_probe()  # no exception: inductor just probes as usual
+    assert config.cpp.vec_isa_ok is None
+    compiled._isa["key"] = "c++ 1 2"
+    compiled._note_isa_probe(compiled=True)  # no exception either

@@ -66,6 +66,18 @@ def _listed_isas() -> list[str]:
     return [str(isa) for isa in cpu_vec_isa.supported_vec_isa_list if all(f in flags for f in str(isa).split())]
 
 
+def _isa_bookkeeping(fn: Callable) -> Callable:
+    """Run `fn` and never fail for it: this is a shortcut that reads inductor's internals (another torch may have
+    moved them), and without it inductor simply probes as usual."""
+    def guarded(*args, **kwargs) -> None:
+        try:
+            fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - see above
+            _log.debug("gptkit: vector-ISA bookkeeping skipped (%s)", e)
+    return guarded
+
+
+@_isa_bookkeeping
 def _skip_known_isa_probe() -> None:
     """Before this process's first compile: where an earlier process found every listed instruction set good
     with this compiler (`ISA_PROBE`), tell inductor so (config.cpp.vec_isa_ok) instead of probing again. Not on
@@ -89,6 +101,7 @@ def _skip_known_isa_probe() -> None:
         _isa["key"] = key
 
 
+@_isa_bookkeeping
 def _note_isa_probe(compiled: bool) -> None:
     """After the first compile: remember a probe that passed every listed instruction set; after a failed one
     that trusted the remembered fact, forget it, so that the next process probes again."""
