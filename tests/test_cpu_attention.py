@@ -119,3 +119,22 @@ def test_a_bf16_training_step_of_the_model_matches_the_sdpa_backward(monkeypatch
     assert loss == ref_loss
     for name, g in ours.items():
         assert _rel_err(g, ref[name].double()) < 5e-2, name
+
+
+@needs_compiler
+def test_a_compiled_model_keeps_this_backward_as_custom_operators(monkeypatch):
+    """Traced by torch.compile, the attention is the two custom operators, not SDPA (whose bf16 flash backward
+    is the slow kernel this replaces): the same gradients as eagerly, computed by this module's backward."""
+    q, k, v = _qkv(3, 2, 24, 8)
+    grad_out = torch.randn(3, 2, 24, 8, generator=torch.Generator().manual_seed(2)).bfloat16()
+    eager_out, eager = _grads(cpu_attention.causal_attention, q, k, v, grad_out)
+    calls = []
+    real = cpu_attention._backward
+    monkeypatch.setattr(cpu_attention, "_backward", lambda *a: calls.append(1) or real(*a))
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda q, k, v: cpu_attention.causal_attention(q, k, v) * 1.0, fullgraph=True)
+    out, got = _grads(compiled, q, k, v, grad_out)
+    assert calls  # the backward ran through this module
+    assert torch.equal(out, eager_out)
+    for a, b in zip(got, eager):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

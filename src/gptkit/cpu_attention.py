@@ -14,7 +14,8 @@ hold every layer's (T, T) tiles at once.
 `causal_attention` is what the model calls; it takes this path only where it pays (`wanted`): CPU, bf16 inputs,
 gradients wanted, no attention dropout, contexts up to `MAX_CONTEXT`. If the compiled backward cannot be built
 (no C++ compiler), the same arithmetic runs eagerly for that call and SDPA's own backward is used from then on.
-Speed side by side with SDPA's backward: benchmarks/attention_backward.py, docs/benchmarks.md.
+Inside a model that torch.compile traces whole, the forward and the backward are two opaque custom operators
+(`gptkit::causal_attention`, `gptkit::causal_attention_backward`), so inductor keeps them. Speed side by side with SDPA's backward: benchmarks/attention_backward.py, docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -54,6 +55,25 @@ def _backward_rows(q, k, v, out, lse, grad_out):
 _backward_chunk = CompiledOnUse(_backward_rows, "the bf16 attention backward")
 
 
+def _backward(q, k, v, out, lse, grad_out):
+    """Gradients for q, k, v (B, nh, T, hs) from the forward's output and log-sum-exp: `_backward_chunk` over the
+    batch × heads rows, SCORES_PER_CHUNK scores at a time."""
+    b, h, t, hs = q.shape
+    rows = [x.reshape(b * h, t, -1) for x in (q, k, v, out, grad_out.contiguous())]
+    lse = lse.reshape(b * h, t)
+    step = max(1, SCORES_PER_CHUNK // (t * t))
+    if step >= b * h:  # one chunk
+        grads = _backward_chunk(*rows[:4], lse, rows[4])
+        return tuple(g.view(b, h, t, hs) for g in grads)
+    step = math.ceil(b * h / math.ceil(b * h / step))  # equal chunks: one compiled shape (two at most)
+    grads = [torch.empty(b * h, t, hs, dtype=q.dtype, device=q.device) for _ in range(3)]
+    for s in range(0, b * h, step):
+        part = [x[s:s + step] for x in rows]
+        for g, piece in zip(grads, _backward_chunk(*part[:4], lse[s:s + step], part[4])):
+            g[s:s + step] = piece
+    return tuple(g.view(b, h, t, hs) for g in grads)
+
+
 class _CausalAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v):
@@ -63,35 +83,59 @@ class _CausalAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, out, lse = ctx.saved_tensors
-        b, h, t, hs = q.shape
-        rows = [x.reshape(b * h, t, -1) for x in (q, k, v, out, grad_out.contiguous())]
-        lse = lse.reshape(b * h, t)
-        step = max(1, SCORES_PER_CHUNK // (t * t))
-        if step >= b * h:  # one chunk
-            grads = _backward_chunk(*rows[:4], lse, rows[4])
-            return tuple(g.view(b, h, t, hs) for g in grads)
-        step = math.ceil(b * h / math.ceil(b * h / step))  # equal chunks: one compiled shape (two at most)
-        grads = [torch.empty(b * h, t, hs, dtype=q.dtype, device=q.device) for _ in range(3)]
-        for s in range(0, b * h, step):
-            part = [x[s:s + step] for x in rows]
-            for g, piece in zip(grads, _backward_chunk(*part[:4], lse[s:s + step], part[4])):
-                g[s:s + step] = piece
-        return tuple(g.view(b, h, t, hs) for g in grads)
+        return _backward(*ctx.saved_tensors, grad_out)
+
+
+# Inside a model that torch.compile traces whole, the same forward and backward as two opaque custom operators:
+# traced as they are, inductor would take SDPA and its bf16 flash backward, the slow kernel this module replaces
+# (48% of a compiled bf16 step at nanoGPT's recipe shape, docs/benchmarks.md).
+@torch.library.custom_op("gptkit::causal_attention", mutates_args=())
+def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    out, lse = _flash(q, k, v, 0.0, True)
+    return out.transpose(1, 2).contiguous(), lse.contiguous()  # out as (B, T, nh, hs): the layout the model wants
+
+
+@_attention_op.register_fake
+def _(q, k, v):
+    b, h, t, hs = q.shape
+    return q.new_empty(b, t, h, hs), q.new_empty(b, h, t, dtype=torch.float32)
+
+
+@torch.library.custom_op("gptkit::causal_attention_backward", mutates_args=())
+def _attention_backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                           grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward(q, k, v, out.transpose(1, 2), lse, grad_out.transpose(1, 2))
+
+
+@_attention_backward_op.register_fake
+def _(q, k, v, out, lse, grad_out):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _save_for_backward(ctx, inputs, output):
+    ctx.save_for_backward(*inputs, *output)
+
+
+def _attention_op_backward(ctx, grad_out, grad_lse):
+    return _attention_backward_op(*ctx.saved_tensors, grad_out)
+
+
+_attention_op.register_autograd(_attention_op_backward, setup_context=_save_for_backward)
 
 
 def wanted(q: torch.Tensor, dropout: float) -> bool:
     """Whether the compiled backward pays here: bf16 on the CPU, gradients wanted, no attention dropout, a context
-    of 2 to MAX_CONTEXT, and it has not failed to build. Not inside a model that torch.compile traces whole
-    (inductor takes SDPA there)."""
+    of 2 to MAX_CONTEXT, and it has not failed to build."""
     return (q.device.type == "cpu" and q.dtype == torch.bfloat16 and dropout == 0.0
             and 1 < q.shape[-2] <= MAX_CONTEXT and q.requires_grad and torch.is_grad_enabled()
-            and not _backward_chunk.failed and not torch.compiler.is_compiling())
+            and not _backward_chunk.failed)
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
     """Causal attention of q, k, v (B, nh, T, hs), T queries over the same T keys: F.scaled_dot_product_attention
-    (is_causal) in value, with the backward above where `wanted`."""
+    (is_causal) in value, with the backward above where `wanted` (as custom operators inside torch.compile)."""
     if k.shape[-2] == q.shape[-2] and wanted(q, dropout):
+        if torch.compiler.is_compiling():
+            return _attention_op(q, k, v)[0].transpose(1, 2)
         return _CausalAttention.apply(q, k, v)
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=q.shape[-2] > 1)
