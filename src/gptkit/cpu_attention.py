@@ -15,7 +15,8 @@ hold every layer's (T, T) tiles at once.
 gradients wanted, no attention dropout, contexts up to `MAX_CONTEXT`. If the compiled backward cannot be built
 (no C++ compiler), the same arithmetic runs eagerly for that call and SDPA's own backward is used from then on.
 Inside a model that torch.compile traces whole, the forward and the backward are two opaque custom operators
-(`gptkit::causal_attention`, `gptkit::causal_attention_backward`), so inductor keeps them. Speed side by side with SDPA's backward: benchmarks/attention_backward.py, docs/benchmarks.md.
+(`gptkit::causal_attention`, `gptkit::causal_attention_backward`), so inductor keeps them. Speed side by side
+with SDPA's backward: benchmarks/attention_backward.py, docs/benchmarks.md.
 """
 
 from __future__ import annotations
