@@ -66,26 +66,22 @@ def products_floor(model, rounds: int = 20) -> float:
     """Median seconds of one decoding step's matrix-vector products alone, through the model's own layers (the
     BLAS and layout `prepare_for_inference` chose), back to back on one-row inputs: each block's four linears, then
     the output head. Numpy's BLAS runs as the Engine runs it: one torch thread, the BLAS on torch's count."""
-    from gptkit.generate import blas_threads, uses_numpy_blas
+    import contextlib
+
+    from gptkit.generate import numpy_blas_has_the_cores, uses_numpy_blas
 
     layers = [m for b in model.transformer.h for m in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj)]
     layers.append(model.lm_head)
     xs = [torch.randn(1, 1, m.in_features) for m in layers]
-    threads = torch.get_num_threads()
-    numpy_blas = uses_numpy_blas(model)
     times = []
-    with torch.inference_mode(), blas_threads(threads):
-        if numpy_blas:
-            torch.set_num_threads(1)
-        try:
-            for r in range(rounds + 2):
-                t = time.perf_counter()
-                for m, x in zip(layers, xs):
-                    m(x)
-                if r >= 2:  # two untimed passes first
-                    times.append(time.perf_counter() - t)
-        finally:
-            torch.set_num_threads(threads)
+    threads = numpy_blas_has_the_cores() if uses_numpy_blas(model) else contextlib.nullcontext()
+    with torch.inference_mode(), threads:
+        for r in range(rounds + 2):
+            t = time.perf_counter()
+            for m, x in zip(layers, xs):
+                m(x)
+            if r >= 2:  # two untimed passes first
+                times.append(time.perf_counter() - t)
     return statistics.median(times)
 
 

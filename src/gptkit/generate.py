@@ -18,6 +18,7 @@ position, everything under torch.inference_mode).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import warnings
@@ -351,14 +352,9 @@ class Engine:
 
     def step(self) -> list[TokenEvent]:
         """Advance every running generation by one token and admit waiting ones; return what happened."""
-        if self._one_torch_thread:  # numpy's BLAS has the cores: torch's small ops stay on this thread
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                with blas_threads(threads):
-                    return self._step()
-            finally:
-                torch.set_num_threads(threads)
+        if self._one_torch_thread:
+            with numpy_blas_has_the_cores():
+                return self._step()
         return self._step()
 
     def _step(self) -> list[TokenEvent]:
@@ -753,6 +749,20 @@ def blas_threads(n: int):
     return _BLAS_POOLS.limit(limits=n, user_api="blas")
 
 
+@contextlib.contextmanager
+def numpy_blas_has_the_cores():
+    """A context for work through numpy's BLAS: it runs on the threads torch was given, while torch's own small ops
+    stay on one thread. With both pools at two threads they spun against each other and decoding fell to 8
+    tokens/s (docs/benchmarks.md)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with blas_threads(threads):
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def use_numpy_blas_(model: GPT) -> GPT:
     """Replace, in place, every nn.Linear of the model by a NumpyBlasLinear over the same Parameters; return the
     model. Results are those of nn.Linear up to float32 rounding (a different summation order)."""
@@ -791,15 +801,10 @@ def _blas_workloads(n_embd: int, vocab_size: int, rows: int) -> dict:
                 torch.nn.functional.linear(xs[w.shape[1]], w)
 
     def run_numpy() -> None:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with blas_threads(threads):
-                for w in nw:
-                    x = xs[w.shape[1]].numpy()
-                    w @ x[0] if rows == 1 else x @ w.T
-        finally:
-            torch.set_num_threads(threads)
+        with numpy_blas_has_the_cores():
+            for w in nw:
+                x = xs[w.shape[1]].numpy()
+                w @ x[0] if rows == 1 else x @ w.T
 
     def repeat(fn):  # enough products to time above the clock and scheduler noise: ~100 M multiply-adds
         n = max(1, int(1e8 // (rows * sum(o * i for o, i in shapes))))
