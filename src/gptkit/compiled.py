@@ -26,13 +26,18 @@ SHAPES_PER_FUNCTION = 64
 process eagerly: a scaling study trains many shapes in one process). Set only around these calls (21 µs a call)."""
 
 
+def _nothing_compiled_yet() -> bool:
+    """Whether this process has compiled nothing so far (then inductor's settings are still ours to choose)."""
+    return not torch._dynamo.utils.counters["stats"]
+
+
 def _one_compile_worker() -> None:
     """Compile in this process: these graphs are small, and starting inductor's pool of compile workers took longer
     (0.9 s on two cores) than compiling them. Not where the user chose (TORCHINDUCTOR_COMPILE_THREADS), nor once
     something else in the process has compiled (a `--compile`d model keeps its workers)."""
     from torch._inductor import config
 
-    if "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ and not torch._dynamo.utils.counters["stats"]:
+    if "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ and _nothing_compiled_yet():
         config.compile_threads = 1
 
 
@@ -89,7 +94,7 @@ def _skip_known_isa_probe() -> None:
     from torch._inductor import config
 
     if (config.cpp.vec_isa_ok is not None or platform.machine() not in ("x86_64", "AMD64")
-            or torch._dynamo.utils.counters["stats"]):  # something compiled before: it has probed already
+            or not _nothing_compiled_yet()):  # something compiled before: it has probed already
         return
     key = _compiler_identity()
     if key is None:
@@ -127,14 +132,16 @@ class CompiledOnUse:
     def __call__(self, *args):
         if self.failed:
             return self.fn(*args)
-        if self._compiled is None:
+        first = self._compiled is None
+        if first:
             _one_compile_worker()
             _skip_known_isa_probe()
             self._compiled = torch.compile(self.fn, dynamic=False)
         try:
             with torch._dynamo.config.patch(recompile_limit=SHAPES_PER_FUNCTION):
                 out = self._compiled(*args)
-            _note_isa_probe(compiled=True)
+            if first:
+                _note_isa_probe(compiled=True)
             return out
         except Exception as e:  # noqa: BLE001 - inductor raises many kinds: no compiler, a failed build
             self.failed = True
