@@ -112,6 +112,13 @@ def _store(path: Path, decisions: dict[str, Any]) -> None:
         print(f"gptkit: warning: could not remember the choice in {path} ({e.strerror or e})", file=sys.stderr)
 
 
+def _put(path: Path, key: str, record: dict[str, Any]) -> None:
+    """Write one record into the cache, read afresh: another process may have written meanwhile, keep its answers."""
+    decisions = _load(path, warn=False)
+    decisions[key] = record
+    _store(path, decisions)
+
+
 def decision_key(question: str, shape: Mapping[str, Any] | Sequence[Any] | str) -> str:
     if isinstance(shape, Mapping):
         shape = ",".join(f"{k}={shape[k]}" for k in sorted(shape))
@@ -179,9 +186,7 @@ def choose(question: str, shape: Mapping[str, Any] | Sequence[Any] | str, option
     times = (measure_fn or measure)({name: work[name] for name in options}, rounds=rounds, **extra)
     choice = pick(times, min_gain)
     medians = {name: statistics.median(t) for name, t in times.items()}
-    decisions = _load(path, warn=False)  # another process may have written meanwhile: keep its answers
-    decisions[key] = {"choice": choice, "median_s": medians, "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    _store(path, decisions)
+    _put(path, key, {"choice": choice, "median_s": medians, "measured": time.strftime("%Y-%m-%dT%H:%M:%S")})
     timing = ", ".join(f"{n} {1e3 * m:.1f} ms" for n, m in medians.items())
     said = describe(choice) if describe else f"{question}: {choice}"
     print(f"gptkit: {said} (measured once on this CPU: {timing}; remembered in {path})", file=sys.stderr)
@@ -201,10 +206,7 @@ def remember(question: str, shape: Mapping[str, Any] | Sequence[Any] | str, fact
     decisions, under the same kind of key."""
     if not enabled():
         return
-    path = cache_path()
-    decisions = _load(path, warn=False)
-    decisions[decision_key(question, shape)] = {"fact": fact, "found": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    _store(path, decisions)
+    _put(cache_path(), decision_key(question, shape), {"fact": fact, "found": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
 def forget(question: str | None = None) -> int:
