@@ -138,3 +138,43 @@ def test_a_compiled_model_keeps_this_backward_as_custom_operators(monkeypatch):
     assert torch.equal(out, eager_out)
     for a, b in zip(got, eager):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_the_float32_path_is_float32_sdpa_and_needs_no_compiler(monkeypatch):
+    """A shape chosen "float32" trains through SDPA in float32 even under bf16 autocast (which would otherwise
+    cast it back to bf16): output and gradients are float32 SDPA's on the upcast inputs, rounded to bf16, and
+    nothing here is compiled."""
+    monkeypatch.setattr(cpu_attention, "_chosen", {})
+    monkeypatch.setattr(cpu_attention, "_backward_chunk", lambda *a: pytest.fail("compiled backward called"))
+    q, k, v = _qkv(2, 3, 20, 8)
+    grad_out = torch.randn(2, 3, 20, 8, generator=torch.Generator().manual_seed(4)).bfloat16()
+    assert cpu_attention.choose_path(2, 3, 20, 8, known="float32") == "float32"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, got = _grads(cpu_attention.causal_attention, q, k, v, grad_out)
+    up = [x.detach().float().requires_grad_() for x in (q, k, v)]
+    want_out, want = _grads(_sdpa, *up, grad_out.float())
+    assert out.dtype == torch.bfloat16 and torch.equal(out, want_out.bfloat16())
+    for g, w in zip(got, want):
+        assert g.dtype == torch.bfloat16 and torch.equal(g, w.bfloat16())
+    assert cpu_attention.choose_path(2, 3, 1, 8) is None  # one query: no choice, SDPA's own
+    assert cpu_attention.choose_path(2, 3, cpu_attention.MAX_CONTEXT + 1, 8) is None
+
+
+@pytest.mark.parametrize(("bf16_s", "expected"), [(0.7, "bfloat16"), (0.95, "float32")])
+def test_the_path_is_measured_once_and_float32_kept_unless_clearly_slower(monkeypatch, tmp_path, bf16_s, expected):
+    from gptkit import autotune
+
+    monkeypatch.setenv("GPTKIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("GPTKIT_AUTOTUNE", "on")
+    monkeypatch.setattr(cpu_attention, "_chosen", {})
+    calls = []
+
+    def fake_measure(work, rounds, **kw):
+        calls.append(sorted(work))
+        return {"float32": [1.0] * rounds, "bfloat16": [bf16_s] * rounds}
+
+    monkeypatch.setattr(autotune, "measure", fake_measure)
+    assert cpu_attention.choose_path(4, 2, 16, 8) == expected
+    assert cpu_attention._chosen == {(4, 2, 16, 8): expected}
+    assert cpu_attention.choose_path(4, 2, 16, 8) == expected and calls == [["bfloat16", "float32"]]  # remembered
+    assert cpu_attention.choose_path(4, 2, 32, 8, known="bfloat16") == "bfloat16" and len(calls) == 1  # a resume's

@@ -144,3 +144,35 @@ def test_the_model_returns_its_logits_loss_and_trains_the_same(monkeypatch):
     for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
         scale = pb.grad.abs().max().item()
         torch.testing.assert_close(pa.grad, pb.grad, rtol=0, atol=1e-2 * scale, msg=name)
+
+
+def test_a_shape_chosen_eager_never_compiles_the_softmax(monkeypatch):
+    """choose_softmax's "eager" (a resumed run's here; measured otherwise) holds for that shape only: the
+    training loss there is the eager one, and the compiled softmax is not touched."""
+    monkeypatch.setattr(lm_loss_module, "_softmax_chosen", {})
+    monkeypatch.setattr(lm_loss_module, "_softmax_rows_compiled",
+                        CompiledOnUse(lambda *a: pytest.fail("compiled softmax called"), "test"))
+    assert lm_loss_module.choose_softmax(50, 16, 300, known="eager") == "eager"
+    assert not lm_loss_module.compiles_softmax("cpu", torch.bfloat16, (50, 300))
+    assert lm_loss_module.compiles_softmax("cpu", torch.bfloat16, (51, 300))  # another shape: not chosen
+    gen = torch.Generator().manual_seed(5)
+    h = torch.randn(50, 16, generator=gen).requires_grad_()
+    w = torch.randn(300, 16, generator=gen).requires_grad_()
+    y = torch.randint(300, (50,), generator=gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, ref = lm_loss(h, w, y), plain_lm_loss(h, w, y)
+    torch.testing.assert_close(loss, ref, rtol=0, atol=2e-2)  # the plain way, to bf16's rounding
+
+
+def test_the_softmax_choice_is_measured_once_and_remembered(monkeypatch, tmp_path):
+    from gptkit import autotune
+
+    monkeypatch.setenv("GPTKIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("GPTKIT_AUTOTUNE", "on")
+    monkeypatch.setattr(lm_loss_module, "_softmax_chosen", {})
+    calls = []
+    monkeypatch.setattr(autotune, "measure", lambda work, rounds, **kw: calls.append(1) or
+                        {"eager": [1.0] * rounds, "compiled": [0.5] * rounds})
+    assert lm_loss_module.choose_softmax(64, 8, 500) == "compiled"
+    assert lm_loss_module.choose_softmax(64, 8, 500) == "compiled" and calls == [1]
+    assert lm_loss_module._softmax_chosen == {(64, 500): "compiled"}

@@ -115,6 +115,39 @@ def test_dtype_auto_is_settled_once_and_kept(char_data: Path, tmp_path: Path, mo
                  "--quiet"]) == 0
 
 
+def test_a_bf16_run_records_its_paths_and_a_resume_keeps_them(char_data: Path, tmp_path: Path,
+                                                              monkeypatch) -> None:
+    """The attention and loss paths a bf16 run chose (gptkit.train.choose_bf16_paths) are written with it; a
+    resume takes them as written, without measuring (the same arithmetic as going on uninterrupted)."""
+    from gptkit import autotune
+
+    run = tmp_path / "run"
+    common = ["train", "--data", str(char_data), *TINY, "--dropout", "0", "--dtype", "bfloat16"]
+    assert main([*common, "--out", str(run), "--max-iters", "10", "--lr-decay-iters", "20"]) == 0
+    recorded = json.loads((run / "train_config.json").read_text())["bf16_paths"]
+    assert recorded == {"attention": "float32", "softmax": "eager"}  # GPTKIT_AUTOTUNE=off: the plain defaults
+    monkeypatch.setenv("GPTKIT_AUTOTUNE", "on")
+    monkeypatch.setattr(autotune, "measure", lambda *a, **k: pytest.fail("a resume measured its paths again"))
+    assert main(["train", "--data", str(char_data), "--out", str(run), "--max-iters", "20", "--resume",
+                 "--quiet"]) == 0
+    assert json.loads((run / "train_config.json").read_text())["bf16_paths"] == recorded
+
+
+def test_a_bf16_run_on_plain_paths_never_imports_the_compiler(char_data: Path, tmp_path: Path) -> None:
+    """Where attention and the loss's softmax were chosen plain (here GPTKIT_AUTOTUNE=off's defaults), a bf16
+    run does not import inductor, whose import and first compile cost seconds of every start."""
+    code = textwrap.dedent(f"""
+        import sys
+        from gptkit.cli import main
+        assert main(["train", "--data", {str(char_data)!r}, "--out", {str(tmp_path / "run")!r}, *{TINY!r},
+                     "--dropout", "0", "--dtype", "bfloat16", "--max-iters", "12"]) == 0
+        print([m for m in ("torch._inductor.compile_fx", "torch._inductor.lowering") if m in sys.modules])
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "GPTKIT_AUTOTUNE": "off"})
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_the_dtype_measurement_draws_nothing_from_the_run(monkeypatch) -> None:
     from gptkit import autotune
     from gptkit.config import GPTConfig
@@ -127,10 +160,16 @@ def test_the_dtype_measurement_draws_nothing_from_the_run(monkeypatch) -> None:
     before = torch.get_rng_state()
     choice = T.cpu_train_dtype(config, batch_size=2)
     assert choice in ("float32", "bfloat16") and torch.equal(torch.get_rng_state(), before)
-    key = autotune.decision_key("train autocast", {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 16,
-                                                   "vocab": 50, "batch": 2, "threads": torch.get_num_threads(),
-                                                   "paths": T.TRAIN_PATHS})
-    assert json.loads(autotune.cache_path().read_text())["decisions"][key]["choice"] == choice  # remembered
+    decisions = json.loads(autotune.cache_path().read_text())["decisions"]
+    paths = {k.split(" |")[0]: v["choice"] for k, v in decisions.items()}
+    assert paths["train autocast"] == choice  # remembered, with the bf16 paths chosen first for the shape
+    assert paths["bf16 training attention"] in ("float32", "bfloat16")
+    assert paths["bf16 training loss softmax"] in ("eager", "compiled")
+    key = autotune.decision_key("train autocast", {
+        "n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 16, "vocab": 50, "batch": 2,
+        "threads": torch.get_num_threads(), "paths": f"{T.TRAIN_PATHS}: {paths['bf16 training attention']} "
+                                                     f"attention, {paths['bf16 training loss softmax']} loss softmax"})
+    assert decisions[key]["choice"] == choice
     monkeypatch.setattr(autotune, "has_native_bf16", lambda flags=None: False)
     assert T.cpu_train_dtype(config, batch_size=2) == "float32"  # no bf16 units: nothing to measure
 

@@ -11,9 +11,13 @@ elementwise steps between them in float32, fused by torch.compile (inductor's C+
 Scores are made `SCORES_PER_CHUNK` at a time (chunks of the batch × heads rows) so that long contexts do not
 hold every layer's (T, T) tiles at once.
 
-`causal_attention` is what the model calls; it takes this path only where it pays (`wanted`): CPU, bf16 inputs,
-gradients wanted, no attention dropout, contexts up to `MAX_CONTEXT`. If the compiled backward cannot be built
-(no C++ compiler), the same arithmetic runs eagerly for that call and SDPA's own backward is used from then on.
+`causal_attention` is what the model calls; it takes this path only where it can pay (`wanted`): CPU, bf16
+inputs, gradients wanted, no attention dropout, contexts up to `MAX_CONTEXT`. Whether it does pays depends on the
+CPU and the shape: at small heads and short contexts SDPA in float32 is as fast, and needs no compiler (importing
+inductor and compiling cost a bf16 training start ~2-3 s on two cores). So a trainer asks `choose_path` once per
+shape; it measures both (gptkit.autotune, remembered) and keeps float32 unless this path is clearly faster. If
+the compiled backward cannot be built (no C++ compiler), the same arithmetic runs eagerly for that call and
+SDPA's own backward is used from then on.
 Inside a model that torch.compile traces whole, the forward and the backward are two opaque custom operators
 (`gptkit::causal_attention`, `gptkit::causal_attention_backward`), so inductor keeps them. Speed side by side
 with SDPA's backward: benchmarks/attention_backward.py, docs/benchmarks.md.
@@ -26,6 +30,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from . import autotune
 from .compiled import CompiledOnUse
 
 MAX_CONTEXT = 512
@@ -124,19 +129,86 @@ def _attention_op_backward(ctx, grad_out, grad_lse):
 _attention_op.register_autograd(_attention_op_backward, setup_context=_save_for_backward)
 
 
-def wanted(q: torch.Tensor, dropout: float) -> bool:
-    """Whether the compiled backward pays here: bf16 on the CPU, gradients wanted, no attention dropout, a context
-    of 2 to MAX_CONTEXT, and it has not failed to build."""
+def _bf16_training(q: torch.Tensor, dropout: float) -> bool:
+    """Whether this is attention in bf16 training on the CPU that the paths here cover: gradients wanted, no
+    attention dropout, a context of 2 to MAX_CONTEXT."""
     return (q.device.type == "cpu" and q.dtype == torch.bfloat16 and dropout == 0.0
-            and 1 < q.shape[-2] <= MAX_CONTEXT and q.requires_grad and torch.is_grad_enabled()
-            and not _backward_chunk.failed)
+            and 1 < q.shape[-2] <= MAX_CONTEXT and q.requires_grad and torch.is_grad_enabled())
+
+
+def wanted(q: torch.Tensor, dropout: float) -> bool:
+    """Whether the compiled backward can run here: bf16 training on the CPU (`_bf16_training`), and it has not
+    failed to build."""
+    return _bf16_training(q, dropout) and not _backward_chunk.failed
+
+
+PATHS = ("float32", "bfloat16")
+"""How causal attention trains in a bf16 step on the CPU, chosen per shape by `choose_path` (the first is kept
+unless the other is clearly faster): "float32", SDPA in float32 (q, k, v cast up, the output cast back: no
+compiler); "bfloat16", SDPA's bf16 flash forward and this module's compiled backward."""
+
+PATH_MIN_GAIN = 0.10
+"""The compiled bf16 path is chosen only this much faster: it costs each process inductor's import and compile."""
+
+_chosen: dict[tuple[int, ...], str] = {}
+"""This process's choices, (B, nh, T, hs) → one of PATHS. A shape never chosen takes the bfloat16 path where
+`wanted` (a caller that did not ask, e.g. a test of this module)."""
+
+
+def _float32_attention(q, k, v):
+    """Causal SDPA in float32 (outside any autocast, which would cast back to bf16), the output in q's dtype."""
+    with torch.autocast(q.device.type, enabled=False):
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True).to(q.dtype)
+
+
+def _path_workloads(batch: int, n_head: int, context: int, head_size: int):
+    """One call per path: forward and backward passes of bf16 attention laid out as the model's (heads viewed out
+    of one (B, T, 3C) projection), as many as make about 2 M scores."""
+    reps = max(1, (1 << 21) // (batch * n_head * context * context))
+    gen = torch.Generator().manual_seed(0)  # draws nothing from the run's random stream
+    width = n_head * head_size
+    qkv = torch.randn(batch, context, 3 * width, generator=gen).bfloat16().requires_grad_()
+    grad = torch.randn(batch, context, width, generator=gen).bfloat16()
+
+    def run(attend):
+        def once():
+            for _ in range(reps):
+                q, k, v = qkv.view(batch, context, 3, n_head, head_size).permute(2, 0, 3, 1, 4).unbind(0)
+                attend(q, k, v).transpose(1, 2).reshape(batch, context, width).backward(grad)
+            qkv.grad = None
+        return once
+
+    return {"float32": run(_float32_attention), "bfloat16": run(_CausalAttention.apply)}
+
+
+def choose_path(batch: int, n_head: int, context: int, head_size: int, known: str | None = None) -> str | None:
+    """The path (PATHS) bf16 training takes for attention of this shape, measured once on this CPU and remembered
+    (gptkit.autotune), or `known` (a resumed run's); this process takes it from now on. None where there is no
+    choice: a context of 1 or beyond MAX_CONTEXT (SDPA's own)."""
+    if not 1 < context <= MAX_CONTEXT:
+        return None
+    if known in PATHS:
+        _chosen[(batch, n_head, context, head_size)] = known
+        return known
+    shape = {"batch": batch, "n_head": n_head, "context": context, "head_size": head_size,
+             "threads": torch.get_num_threads()}
+    choice = autotune.choose("bf16 training attention", shape, PATHS,
+                             lambda: _path_workloads(batch, n_head, context, head_size), rounds=7,
+                             min_gain=PATH_MIN_GAIN,
+                             describe=lambda p: f"bf16 training computes attention in {p} at this shape")
+    _chosen[(batch, n_head, context, head_size)] = choice
+    return choice
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
     """Causal attention of q, k, v (B, nh, T, hs), T queries over the same T keys: F.scaled_dot_product_attention
-    (is_causal) in value, with the backward above where `wanted` (as custom operators inside torch.compile)."""
-    if k.shape[-2] == q.shape[-2] and wanted(q, dropout):
-        if torch.compiler.is_compiling():
-            return _attention_op(q, k, v)[0].transpose(1, 2)
-        return _CausalAttention.apply(q, k, v)
+    (is_causal) in value; in bf16 training the path `choose_path` chose for the shape: float32 SDPA, or the
+    backward above where `wanted` (as custom operators inside torch.compile)."""
+    if k.shape[-2] == q.shape[-2] and _bf16_training(q, dropout):
+        if _chosen.get(tuple(q.shape)) == "float32":
+            return _float32_attention(q, k, v)
+        if not _backward_chunk.failed:
+            if torch.compiler.is_compiling():
+                return _attention_op(q, k, v)[0].transpose(1, 2)
+            return _CausalAttention.apply(q, k, v)
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=q.shape[-2] > 1)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import autotune
 from .compiled import CompiledOnUse
 
 LOGITS_PER_CHUNK = 1 << 20
@@ -31,11 +32,50 @@ COMPILED_ROWS_SCALE, COMPILED_ROWS_MIN = 4, 256
 larger products (512 rows at 8,192 tokens, 256 at 50,257: the fastest measured, docs/benchmarks.md)."""
 
 
-def compiles_softmax(device: str, dtype: torch.dtype) -> bool:
-    """Whether the training loss's softmax is compiled: bf16 on the CPU, where it runs in two fused passes. Not
-    inside a model that torch.compile traces whole: the eager code is traced into its graph there."""
+SOFTMAX_PATHS = ("eager", "compiled")
+"""How the bf16 training loss's softmax runs on the CPU, chosen per shape by `choose_softmax` (eager is kept
+unless compiled is clearly faster: over a small vocabulary the chunks are too small to gain, and compiling costs
+each process inductor's import and compile)."""
+
+_softmax_chosen: dict[tuple[int, int], str] = {}
+"""This process's choices, (rows, vocab) → one of SOFTMAX_PATHS; a shape never chosen is compiled."""
+
+
+def compiles_softmax(device: str, dtype: torch.dtype, shape: tuple[int, int] | None = None) -> bool:
+    """Whether the training loss's softmax over (rows, vocab) logits is compiled: bf16 on the CPU, where it runs
+    in two fused passes, unless `choose_softmax` chose eager for the shape. Not inside a model that torch.compile
+    traces whole: the eager code is traced into its graph there."""
     return (device == "cpu" and dtype == torch.bfloat16 and not _softmax_rows_compiled.failed
-            and not torch.compiler.is_compiling())
+            and not torch.compiler.is_compiling() and _softmax_chosen.get(shape) != "eager")
+
+
+def choose_softmax(rows: int, width: int, vocab: int, known: str | None = None) -> str:
+    """How the bf16 training loss's softmax runs (SOFTMAX_PATHS) for `rows` hidden states of `width` over `vocab`
+    tokens: measured once on this CPU (the whole fused loss and its gradients, each way) and remembered
+    (gptkit.autotune), or `known` (a resumed run's); this process takes it from now on."""
+    if known in SOFTMAX_PATHS:
+        _softmax_chosen[(rows, vocab)] = known
+        return known
+
+    def workloads():
+        gen = torch.Generator().manual_seed(0)  # draws nothing from the run's random stream
+        h = torch.randn(rows, width, generator=gen).bfloat16()
+        w = torch.randn(vocab, width, generator=gen).bfloat16()
+        y = torch.randint(vocab, (rows,), generator=gen)
+        reps = max(1, (1 << 22) // (rows * vocab))  # about 4 M logits a timed call
+
+        def run(compiled: bool):
+            def once():
+                for _ in range(reps):
+                    _loss_and_grads(h, w, y, torch.bfloat16, chunk_rows(vocab, compiled), True, compiled)
+            return once
+        return {"eager": run(False), "compiled": run(True)}
+
+    shape = {"rows": rows, "width": width, "vocab": vocab, "threads": torch.get_num_threads()}
+    choice = autotune.choose("bf16 training loss softmax", shape, SOFTMAX_PATHS, workloads, rounds=7,
+                             min_gain=0.10, describe=lambda p: f"the bf16 training loss's softmax runs {p} here")
+    _softmax_chosen[(rows, vocab)] = choice
+    return choice
 
 
 def chunk_rows(vocab_size: int, compiled: bool = False) -> int:
@@ -127,7 +167,7 @@ def lm_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
     with torch.autocast(device, enabled=False):
         if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-            compiled = compiles_softmax(device, dtype)
+            compiled = compiles_softmax(device, dtype, (h.shape[0], weight.shape[0]))
             rows = rows_per_chunk or chunk_rows(weight.shape[0], compiled)
             return _FusedLinearCrossEntropy.apply(h, weight, y, dtype, rows, compiled)
         rows = rows_per_chunk or chunk_rows(weight.shape[0])

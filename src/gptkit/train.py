@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from . import autotune
+from . import autotune, cpu_attention, lm_loss
 from . import distributed as D
 from .checkpoint import (
     SHARDS_DIR,
@@ -140,21 +140,36 @@ training) but not within a few percent: at nanoGPT's recipe shape, before gptkit
 exact, simpler path."""
 
 
-TRAIN_PATHS = "bf16 attention backward and loss softmax compiled"
-"""Part of the decision's key: what the two candidates run. Changed whenever a path changes speed (here: the bf16
-step's attention backward and loss, gptkit.cpu_attention and gptkit.lm_loss), so that decisions remembered from
-before are measured again instead of trusted."""
+TRAIN_PATHS = "bf16 attention and loss softmax chosen per shape"
+"""Part of the decision's key, with the paths `choose_bf16_paths` chose: what the bf16 candidate runs. Changed
+whenever a path changes speed (gptkit.cpu_attention, gptkit.lm_loss), so that decisions remembered from before
+are measured again instead of trusted."""
+
+
+def choose_bf16_paths(config: GPTConfig, batch_size: int, known: dict | None = None) -> dict[str, str | None]:
+    """How this shape's bf16 steps compute attention and the loss's softmax on the CPU, each measured once per CPU
+    and shape and remembered (gptkit.cpu_attention.choose_path, gptkit.lm_loss.choose_softmax): the compiled
+    pieces where they clearly win, else plain PyTorch, and then no compiler at all (inductor's import and compile
+    cost a process 2-3 s on two cores). `known`: the choices a resumed run made, taken as they are."""
+    known = known or {}
+    return {"attention": cpu_attention.choose_path(batch_size, config.n_head, config.block_size, config.head_size,
+                                                   known=known.get("attention")),
+            "softmax": lm_loss.choose_softmax(batch_size * config.block_size, config.n_embd, config.vocab_size,
+                                              known=known.get("softmax"))}
 
 
 def cpu_train_dtype(config: GPTConfig, batch_size: int) -> str:
     """--dtype auto on a CPU: "bfloat16" autocast where the CPU has native bf16 units (AMX, AVX512-BF16) and a
-    training step at this shape was measured clearly faster with it (TRAIN_DTYPE_MIN_GAIN), else "float32"
-    (gptkit.autotune: measured once per CPU, shape, thread count and torch version, then remembered)."""
+    training step at this shape, on the bf16 paths chosen for it, was measured clearly faster with it
+    (TRAIN_DTYPE_MIN_GAIN), else "float32" (gptkit.autotune: measured once per CPU, shape, thread count and
+    torch version, then remembered)."""
     if not autotune.has_native_bf16():
         return "float32"
+    paths = choose_bf16_paths(config, batch_size)
     shape = {"n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd,
              "block_size": config.block_size, "vocab": config.vocab_size, "batch": batch_size,
-             "threads": torch.get_num_threads(), "paths": TRAIN_PATHS}
+             "threads": torch.get_num_threads(), "paths": f"{TRAIN_PATHS}: {paths['attention']} attention, "
+                                                           f"{paths['softmax']} loss softmax"}
     return autotune.choose("train autocast", shape, ("float32", "bfloat16"),
                            lambda: _train_step_workloads(config, batch_size), rounds=TRAIN_DTYPE_ROUNDS,
                            min_gain=TRAIN_DTYPE_MIN_GAIN,
@@ -165,13 +180,16 @@ def settle_dtype(cfg: TrainConfig, rt: Runtime, config: GPTConfig, resumed: bool
     """The run's autocast dtype. `--dtype auto` is resolved once, when the run starts, and the name is written
     into its settings (train_config.json, every checkpoint), so a resume computes in the same dtype. On a CPU
     it is measured (cpu_train_dtype), except under torchrun, where the processes share the cores and must
-    agree: there, and for runs saved as "auto" before this was decided, float32."""
+    agree: there, and for runs saved as "auto" before this was decided, float32. A bf16 run on one CPU process
+    also settles its attention and loss paths (choose_bf16_paths), recorded likewise."""
     if cfg.dtype == "auto" and not resumed:
         if rt.device.type == "cpu" and not rt.info.enabled:
             cfg.dtype = cpu_train_dtype(config, cfg.batch_size)
         else:
             cfg.dtype = str(pick_dtype("auto", rt.device)).removeprefix("torch.")
     rt.dtype = pick_dtype(cfg.dtype, rt.device)
+    if rt.dtype == torch.bfloat16 and rt.device.type == "cpu" and not rt.info.enabled:
+        cfg.bf16_paths = choose_bf16_paths(config, cfg.batch_size, cfg.bf16_paths if resumed else None)
 
 
 # ------------------------------------------------------------------------------------- checkpoints

@@ -77,6 +77,9 @@ class TrainConfig:
     quiet: bool = common.quiet(old={"--no-quiet": None})
     # set by the run, not a flag: where --max-minutes last re-planned the cosine, [step, progress reached there]
     replanned_at: list | None = None
+    # set by the run, not a flag: how its bf16 steps compute on the CPU, chosen when it started (gptkit.train.
+    # choose_bf16_paths), so that a resume computes alike
+    bf16_paths: dict | None = None
 
     def resolved(self) -> TrainConfig:
         c = dataclasses.replace(self)
