@@ -148,6 +148,36 @@ def test_a_bf16_run_on_plain_paths_never_imports_the_compiler(char_data: Path, t
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
+@pytest.mark.parametrize(("eval_iters", "batch_size", "group"), [(6, 4, 6), (5, 40, 1), (10, 24, 5)])
+def test_evaluation_stacks_its_batches_into_fewer_forward_passes(char_data: Path, tmp_path: Path, eval_iters: int,
+                                                                  batch_size: int, group: int) -> None:
+    """Trainer.evaluate runs its fixed batches `eval_group` at a time (a divisor of eval_iters, up to
+    EVAL_TOKENS_PER_FORWARD tokens) and reports the mean of the batch losses it reported one at a time."""
+    import gptkit.train as T
+
+    cfg = TrainConfig(data=str(char_data), out=str(tmp_path), preset="gpt-nano", n_layer=1, block_size=128,
+                      batch_size=batch_size, eval_iters=eval_iters, dropout=0.0, dtype="float32", quiet=True)
+    rt = T.setup_runtime(cfg)
+    cfg, _ = T.resume_or_start(cfg, rt)
+    built = T.build_or_restore_model(cfg, rt, None)
+    T.settle_dtype(cfg, rt, built.model.config, resumed=False)
+    loader, splits = T.open_data(cfg, rt, 128)
+    wrapped = T.place_model(cfg, rt, built)
+    t = T.Trainer(cfg, rt, built.model, wrapped, torch.optim.SGD(built.model.parameters(), lr=0.1), loader,
+                  splits)
+    assert t.eval_group() == group  # 128 tokens a row: 16,384 / (128 · batch) batches fit, then a divisor
+    stacked = t.evaluate()
+    one_by_one = {}
+    with torch.no_grad():
+        for split in splits:
+            one_by_one[split] = sum(t.loss(*loader.eval_batch(split, i)).item() for i in range(eval_iters))
+            one_by_one[split] /= eval_iters
+    assert stacked.keys() == one_by_one.keys()
+    for split in splits:
+        assert stacked[split] == pytest.approx(one_by_one[split], rel=1e-5)
+    assert built.model.training  # back in training mode
+
+
 def test_the_dtype_measurement_draws_nothing_from_the_run(monkeypatch) -> None:
     from gptkit import autotune
     from gptkit.config import GPTConfig
@@ -161,7 +191,7 @@ def test_the_dtype_measurement_draws_nothing_from_the_run(monkeypatch) -> None:
     choice = T.cpu_train_dtype(config, batch_size=2)
     assert choice in ("float32", "bfloat16") and torch.equal(torch.get_rng_state(), before)
     decisions = json.loads(autotune.cache_path().read_text())["decisions"]
-    paths = {k.split(" |")[0]: v["choice"] for k, v in decisions.items()}
+    paths = {k.split(" |")[0]: v["choice"] for k, v in decisions.items() if "choice" in v}  # not facts
     assert paths["train autocast"] == choice  # remembered, with the bf16 paths chosen first for the shape
     assert paths["bf16 training attention"] in ("float32", "bfloat16")
     assert paths["bf16 training loss softmax"] in ("eager", "compiled")
