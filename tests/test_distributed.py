@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from gptkit import distributed as D
 from gptkit.checkpoint import list_checkpoints, load_model
+from gptkit.config import GPTConfig
+from gptkit.model import GPT
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 COMMON = ["--preset", "gpt-nano", "--block-size", "32", "--batch-size", "4", "--eval-interval", "10",
@@ -212,3 +215,33 @@ def test_gpu_peak_table() -> None:
     assert gpu_peak_flops("NVIDIA H100 PCIe") == 756e12
     assert gpu_peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
     assert gpu_peak_flops("Some Future Accelerator") is None  # unknown: no MFU rather than nonsense
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_one_process_state_dicts_are_torch_distributed_checkpoints(tied: bool) -> None:
+    """named_state_dicts (a single process, no import of torch.distributed.checkpoint) gives exactly the full
+    state dicts of torch.distributed.checkpoint.state_dict.get_state_dict, the oracle: same names (a tied
+    parameter under its first), same tensors, same parameter groups."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    from gptkit.optim import adamw
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=40, block_size=8, n_layer=2, n_head=2, n_embd=16, tie_embeddings=tied))
+    optimizer = adamw(model, 1e-3, 0.1, (0.9, 0.95), 1e-8, fused=True)
+    for _ in range(2):
+        x = torch.randint(40, (3, 8))
+        model(x, targets=x).backward()
+        optimizer.step()
+    ours = D.named_state_dicts(model, optimizer)
+    assert D.full_state_dicts(model, optimizer)[1]["state"].keys() == ours[1]["state"].keys()  # what saves use
+    want = get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    for got, ref in zip(ours, want):
+        assert list(got) == list(ref)
+    for name, tensor in want[0].items():
+        assert torch.equal(ours[0][name], tensor), name
+    for name, state in want[1]["state"].items():
+        assert state.keys() == ours[1]["state"][name].keys()
+        for k, v in state.items():
+            assert torch.equal(ours[1]["state"][name][k], v), (name, k)
+    assert ours[1]["param_groups"] == want[1]["param_groups"]

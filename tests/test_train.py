@@ -135,13 +135,15 @@ def test_a_bf16_run_records_its_paths_and_a_resume_keeps_them(char_data: Path, t
 
 def test_a_bf16_run_on_plain_paths_never_imports_the_compiler(char_data: Path, tmp_path: Path) -> None:
     """Where attention and the loss's softmax were chosen plain (here GPTKIT_AUTOTUNE=off's defaults), a bf16
-    run does not import inductor, whose import and first compile cost seconds of every start."""
+    run does not import inductor, whose import and first compile cost seconds of every start; nor, saving its
+    checkpoints in one process, torch.distributed.checkpoint (0.6-0.9 s)."""
     code = textwrap.dedent(f"""
         import sys
         from gptkit.cli import main
         assert main(["train", "--data", {str(char_data)!r}, "--out", {str(tmp_path / "run")!r}, *{TINY!r},
                      "--dropout", "0", "--dtype", "bfloat16", "--max-iters", "12"]) == 0
-        print([m for m in ("torch._inductor.compile_fx", "torch._inductor.lowering") if m in sys.modules])
+        print([m for m in ("torch._inductor.compile_fx", "torch._inductor.lowering",
+                           "torch.distributed.checkpoint") if m in sys.modules])
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "GPTKIT_AUTOTUNE": "off"})

@@ -27,15 +27,7 @@ from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 import torch.nn as nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
 from torch.utils.checkpoint import checkpoint
 
 from .errors import CheckpointError, GptkitError
@@ -116,16 +108,36 @@ def no_grad_sync(model: nn.Module, mode: str, sync: bool) -> Iterator[None]:
             model.set_requires_gradient_sync(True)
 
 
+# torch.distributed.checkpoint is imported where it is used: it costs 0.6-0.9 s, and a run in one process that
+# neither resumes nor shards never needs it.
 def full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     """Unsharded model and optimizer state, keyed by parameter name, on CPU. A collective: every rank must call
-    it; only rank 0 gets the tensors (the other ranks get empty dicts, so their memory does not grow)."""
+    it; only rank 0 gets the tensors (the other ranks get empty dicts, so their memory does not grow). In one
+    process with no process group, `named_state_dicts`: the same dicts."""
+
+    if not dist.is_initialized() and all(p.device.type == "cpu" for p in model.parameters()):
+        return named_state_dicts(model, optimizer)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
     return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def named_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """A plain module's and its optimizer's state keyed by parameter name, as torch.distributed.checkpoint's
+    full state dicts are (a tied parameter under its first name), without importing it."""
+
+    names = {p: n for n, p in model.named_parameters()}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    sd = optimizer.state_dict()  # keyed by position in `params`
+    state = {names[params[i]]: s for i, s in sd["state"].items()}
+    groups = [{**g, "params": [names[params[i]] for i in g["params"]]} for g in sd["param_groups"]]
+    return model.state_dict(), {"state": state, "param_groups": groups}
 
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Load a name-keyed full optimizer state (from `full_state_dicts`) into a plain, DDP or FSDP2 model's
     optimizer, whatever the number of processes that saved it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
@@ -133,6 +145,8 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, sta
 def load_full_from_rank0(model: nn.Module, state: dict) -> None:
     """Fill a sharded model from a full state dict that only rank 0 holds (the others pass {}): rank 0 sends each
     tensor, every rank keeps its own shard. So a fresh FSDP run never holds the whole model on every rank."""
+
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
@@ -180,6 +194,7 @@ def _flat_state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> tu
     (a DTensor under FSDP2, a plain tensor otherwise). Names: `model.<param>` and `optim.<param>.<exp_avg|...>`.
     The tied output head is the embedding, so it is stored once. Optimizer hyperparameters are not stored:
     the training loop rebuilds them from its config (and sets the lr every step)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
 
     if optimizer is None:
         model_sd, optim_sd = get_model_state_dict(model), None
@@ -211,6 +226,8 @@ def _shard_files(names: list[str]) -> dict[str, int]:
 def save_sharded(directory: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
     """Every rank writes its own shards of the model and optimizer state into `directory` (a collective)."""
 
+    import torch.distributed.checkpoint as dcp
+
     flat, _, _ = _flat_state(model, optimizer)
     writer = dcp.HuggingFaceStorageWriter(str(directory), save_distributed=True,
                                           fqn_to_index_mapping=_shard_files(list(flat)))
@@ -223,6 +240,8 @@ def load_sharded(directory: str | Path, model: nn.Module, optimizer: torch.optim
     """Fill a plain, DDP or FSDP2 model (and its optimizer) from `save_sharded`'s files, whatever the number of
     processes that wrote them: each rank reads just the slices its own shards cover. A collective under torchrun;
     also works in a single process with no process group (e.g. loading a checkpoint to sample from it)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
     flat, model_sd, optim_sd = _flat_state(model, optimizer)
     try:
