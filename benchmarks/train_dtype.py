@@ -2,8 +2,10 @@
 
 Runs the real command (`python -m gptkit train`) at one shape in alternating pairs (float32, bfloat16, float32,
 bfloat16, ...) on the same prepared data, and prints per pair the training speed (median tokens/s over the logged
-steps after the first) and the validation loss at the last step, then the median speed ratio. Last, one run with
-`--dtype auto` and a fresh decision cache shows what gptkit decides on this CPU (and says so on stderr).
+steps after the first) and the validation loss at the last step, then the median speed ratio. All runs share a
+fresh decision cache: the first bf16 run measures its attention and loss paths (gptkit.train.choose_bf16_paths),
+as gptkit does on a new machine, and says which it took. Last, one run with `--dtype auto` shows what gptkit
+decides on this CPU (and says so on stderr).
 
     python benchmarks/train_dtype.py                      # 6 × 384, context 256, BPE-8k on tinyshakespeare, batch 8
     python benchmarks/train_dtype.py --n-layer 4 --n-embd 128 --block-size 64 --batch-size 12 --tokenizer-kind char
@@ -61,18 +63,21 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     data = prepare(work, a.tokenizer_kind, a.vocab_size)
     cache = tempfile.mkdtemp(prefix="gptkit-cache-")
-    env = {**os.environ, "GPTKIT_AUTOTUNE": "off", "GPTKIT_CACHE_DIR": cache}
+    env = {**os.environ, "GPTKIT_AUTOTUNE": "on", "GPTKIT_CACHE_DIR": cache}
     ratios = []
     for p in range(a.pairs):
         got = {d: train(data, Path(tempfile.mkdtemp(dir=work)) / "run", d, a, env) for d in ("float32", "bfloat16")}
         ratios.append(got["bfloat16"]["tok_s"] / got["float32"]["tok_s"])
+        for line in got["bfloat16"]["stderr"].splitlines():
+            if "measured once" in line:
+                print(f"  {line}")
         print(f"pair {p + 1}: float32 {got['float32']['tok_s']:,.0f} tok/s (val {got['float32']['val']:.4f}), "
               f"bfloat16 {got['bfloat16']['tok_s']:,.0f} tok/s (val {got['bfloat16']['val']:.4f}): "
               f"bf16 / fp32 = {ratios[-1]:.2f}×", flush=True)
     print(f"median bf16 / fp32 tokens/s: {statistics.median(ratios):.2f}× over {a.pairs} pair(s)")
-    auto = train(data, Path(tempfile.mkdtemp(dir=work)) / "run", "auto", a, {**env, "GPTKIT_AUTOTUNE": "on"})
+    auto = train(data, Path(tempfile.mkdtemp(dir=work)) / "run", "auto", a, env)
     said = [line for line in auto["stderr"].splitlines() if "measured once" in line]
-    print(f"--dtype auto chose {auto['dtype']} ({auto['tok_s']:,.0f} tok/s){': ' + said[0] if said else ''}")
+    print(f"--dtype auto chose {auto['dtype']} ({auto['tok_s']:,.0f} tok/s){': ' + said[-1] if said else ''}")
 
 
 if __name__ == "__main__":
