@@ -1,6 +1,7 @@
 """Measured, remembered speed choices: where the fastest path depends on the CPU and the shape (the BLAS that
-decoding multiplies through, bf16 or float32 autocast for training), measure the candidates once, briefly, on this
-machine, remember the answer, and say once what was chosen.
+decoding multiplies through, bf16 or float32 autocast for training, the compiled or plain attention and loss of
+a bf16 step), measure the candidates once, briefly, on this machine, remember the answer, and say once what was
+chosen.
 
 This is the idea of FFTW's planner and cuDNN's benchmark mode, kept small. A decision is keyed by the question,
 the machine (CPU model and the instruction-set flags that matter to matrix multiplication, torch's version) and
