@@ -12,8 +12,8 @@ Scores are made `SCORES_PER_CHUNK` at a time (chunks of the batch × heads rows)
 hold every layer's (T, T) tiles at once.
 
 `causal_attention` is what the model calls; it takes this path only where it can pay (`wanted`): CPU, bf16
-inputs, gradients wanted, no attention dropout, contexts up to `MAX_CONTEXT`. Whether it does pays depends on the
-CPU and the shape: at small heads and short contexts SDPA in float32 is as fast, and needs no compiler (importing
+inputs, gradients wanted, no attention dropout, contexts up to `MAX_CONTEXT`. Whether it pays depends on the CPU
+and the shape: at small heads and short contexts SDPA in float32 is as fast, and needs no compiler (importing
 inductor and compiling cost a bf16 training start ~2-3 s on two cores). So a trainer asks `choose_path` once per
 shape; it measures both (gptkit.autotune, remembered) and keeps float32 unless this path is clearly faster. If
 the compiled backward cannot be built (no C++ compiler), the same arithmetic runs eagerly for that call and
