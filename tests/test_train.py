@@ -119,7 +119,12 @@ def test_a_bf16_run_records_its_paths_and_a_resume_keeps_them(char_data: Path, t
                                                               monkeypatch) -> None:
     """The attention and loss paths a bf16 run chose (gptkit.train.choose_bf16_paths) are written with it; a
     resume takes them as written, without measuring (the same arithmetic as going on uninterrupted)."""
+    import gptkit.train as T
     from gptkit import autotune
+    from gptkit.config import GPTConfig
+
+    dropped = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=30, attn_pdrop=0.1)
+    assert T.choose_bf16_paths(dropped, 2)["attention"] is None  # attention dropout: SDPA's own, nothing to choose
 
     run = tmp_path / "run"
     common = ["train", "--data", str(char_data), *TINY, "--dropout", "0", "--dtype", "bfloat16"]

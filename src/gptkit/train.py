@@ -150,10 +150,12 @@ def choose_bf16_paths(config: GPTConfig, batch_size: int, known: dict | None = N
     """How this shape's bf16 steps compute attention and the loss's softmax on the CPU, each measured once per CPU
     and shape and remembered (gptkit.cpu_attention.choose_path, gptkit.lm_loss.choose_softmax): the compiled
     pieces where they clearly win, else plain PyTorch, and then no compiler at all (inductor's import and compile
-    cost a process 2-3 s on two cores). `known`: the choices a resumed run made, taken as they are."""
+    cost a process 2-3 s on two cores). `known`: the choices a resumed run made, taken as they are. With attention
+    dropout SDPA runs its own (no choice to make)."""
     known = known or {}
-    return {"attention": cpu_attention.choose_path(batch_size, config.n_head, config.block_size, config.head_size,
-                                                   known=known.get("attention")),
+    attention = None if config.attn_pdrop > 0 else cpu_attention.choose_path(
+        batch_size, config.n_head, config.block_size, config.head_size, known=known.get("attention"))
+    return {"attention": attention,
             "softmax": lm_loss.choose_softmax(batch_size * config.block_size, config.n_embd, config.vocab_size,
                                               known=known.get("softmax"))}
 
