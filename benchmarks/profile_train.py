@@ -63,7 +63,8 @@ def main() -> None:
     for step in range(a.warmup, a.warmup + a.steps):
         t.step(step)
     ms = (time.perf_counter() - t0) / a.steps * 1e3
-    print(f"{ms:.1f} ms/step ({cfg.batch_size * cfg.block_size / ms * 1e3:,.0f} tokens/s), dtype {cfg.dtype}")
+    paths = f", bf16 paths {cfg.bf16_paths}" if cfg.bf16_paths else ""
+    print(f"{ms:.1f} ms/step ({cfg.batch_size * cfg.block_size / ms * 1e3:,.0f} tokens/s), dtype {cfg.dtype}{paths}")
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for step in range(step + 1, step + 1 + a.profile_steps):
             t.step(step)
