@@ -207,7 +207,7 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout:
     if k.shape[-2] == q.shape[-2] and _bf16_training(q, dropout):
         if _chosen.get(tuple(q.shape)) == "float32":
             return _float32_attention(q, k, v)
-        if not _backward_chunk.failed:
+        if wanted(q, dropout):
             if torch.compiler.is_compiling():
                 return _attention_op(q, k, v)[0].transpose(1, 2)
             return _CausalAttention.apply(q, k, v)
