@@ -176,5 +176,7 @@ def test_the_path_is_measured_once_and_float32_kept_unless_clearly_slower(monkey
     monkeypatch.setattr(autotune, "measure", fake_measure)
     assert cpu_attention.choose_path(4, 2, 16, 8) == expected
     assert cpu_attention._chosen == {(4, 2, 16, 8): expected}
-    assert cpu_attention.choose_path(4, 2, 16, 8) == expected and calls == [["bfloat16", "float32"]]  # remembered
+    assert cpu_attention.choose_path(4, 2, 16, 8) == expected and calls == [["bfloat16", "float32"]]  # this process
+    monkeypatch.setattr(cpu_attention, "_chosen", {})
+    assert cpu_attention.choose_path(4, 2, 16, 8) == expected and len(calls) == 1  # remembered on disk
     assert cpu_attention.choose_path(4, 2, 32, 8, known="bfloat16") == "bfloat16" and len(calls) == 1  # a resume's

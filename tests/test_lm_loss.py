@@ -176,3 +176,5 @@ def test_the_softmax_choice_is_measured_once_and_remembered(monkeypatch, tmp_pat
     assert lm_loss_module.choose_softmax(64, 8, 500) == "compiled"
     assert lm_loss_module.choose_softmax(64, 8, 500) == "compiled" and calls == [1]
     assert lm_loss_module._softmax_chosen == {(64, 500): "compiled"}
+    monkeypatch.setattr(lm_loss_module, "_softmax_chosen", {})
+    assert lm_loss_module.choose_softmax(64, 8, 500) == "compiled" and calls == [1]  # remembered on disk

@@ -192,6 +192,8 @@ def test_the_dtype_measurement_draws_nothing_from_the_run(monkeypatch) -> None:
 
     monkeypatch.setenv("GPTKIT_AUTOTUNE", "on")
     monkeypatch.setattr(autotune, "has_native_bf16", lambda flags=None: True)
+    monkeypatch.setattr(T.cpu_attention, "_chosen", {})  # nothing chosen in this process yet: measured here
+    monkeypatch.setattr(T.lm_loss, "_softmax_chosen", {})
     config = GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=50)
     torch.manual_seed(7)
     before = torch.get_rng_state()

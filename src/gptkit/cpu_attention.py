@@ -187,16 +187,18 @@ def choose_path(batch: int, n_head: int, context: int, head_size: int, known: st
     choice: a context of 1 or beyond MAX_CONTEXT (SDPA's own)."""
     if not 1 < context <= MAX_CONTEXT:
         return None
+    key = (batch, n_head, context, head_size)
     if known in PATHS:
-        _chosen[(batch, n_head, context, head_size)] = known
-        return known
+        _chosen[key] = known
+    if key in _chosen:  # chosen in this process already (the dtype's decision asks first, then the run)
+        return _chosen[key]
     shape = {"batch": batch, "n_head": n_head, "context": context, "head_size": head_size,
              "threads": torch.get_num_threads()}
     choice = autotune.choose("bf16 training attention", shape, PATHS,
                              lambda: _path_workloads(batch, n_head, context, head_size), rounds=7,
                              min_gain=PATH_MIN_GAIN,
                              describe=lambda p: f"bf16 training computes attention in {p} at this shape")
-    _chosen[(batch, n_head, context, head_size)] = choice
+    _chosen[key] = choice
     return choice
 
 

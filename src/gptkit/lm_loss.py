@@ -55,7 +55,8 @@ def choose_softmax(rows: int, width: int, vocab: int, known: str | None = None) 
     (gptkit.autotune), or `known` (a resumed run's); this process takes it from now on."""
     if known in SOFTMAX_PATHS:
         _softmax_chosen[(rows, vocab)] = known
-        return known
+    if (rows, vocab) in _softmax_chosen:  # chosen in this process already (the dtype's decision asks first)
+        return _softmax_chosen[(rows, vocab)]
 
     def workloads():
         # about 4 M logits a timed call: the softmax goes chunk by chunk, so rows beyond a few chunks (GPT-2's
