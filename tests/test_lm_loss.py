@@ -68,8 +68,8 @@ def test_the_compiled_softmax_is_the_eager_one(vocab):
     gen = torch.Generator().manual_seed(vocab)
     logits = (3 * torch.randn(37, vocab, generator=gen)).bfloat16()
     y = torch.randint(vocab, (37,), generator=gen)
-    assert lm_loss_module.compiles_softmax("cpu", torch.bfloat16)
-    assert not lm_loss_module.compiles_softmax("cpu", torch.float32)
+    assert lm_loss_module.training_path("cpu", torch.bfloat16) == "compiled"  # no shape chosen: compiled
+    assert lm_loss_module.training_path("cpu", torch.float32) == "eager"
     loss, grad = lm_loss_module._softmax_rows_compiled(logits, y, 100)
     ref_loss, ref_grad = lm_loss_module._softmax_rows(logits.clone(), y, 100)
     assert grad.dtype == torch.bfloat16
@@ -95,7 +95,7 @@ def test_where_compiling_fails_the_softmax_runs_eagerly_after_one_warning(monkey
     assert [r.getMessage() for r in caplog.records] == [
         ("gptkit: the bf16 loss's softmax not compiled (InvalidCxxCompiler: No working C++ compiler found); "
          "running it eagerly")]
-    assert broken.failed and not lm_loss_module.compiles_softmax("cpu", torch.bfloat16)
+    assert broken.failed and lm_loss_module.training_path("cpu", torch.bfloat16) == "eager"
     torch.testing.assert_close(first, second, rtol=1e-6, atol=1e-6)
 
 
@@ -146,35 +146,77 @@ def test_the_model_returns_its_logits_loss_and_trains_the_same(monkeypatch):
         torch.testing.assert_close(pa.grad, pb.grad, rtol=0, atol=1e-2 * scale, msg=name)
 
 
-def test_a_shape_chosen_eager_never_compiles_the_softmax(monkeypatch):
-    """choose_softmax's "eager" (a resumed run's here; measured otherwise) holds for that shape only: the
-    training loss there is the eager one, and the compiled softmax is not touched."""
-    monkeypatch.setattr(lm_loss_module, "_softmax_chosen", {})
+@pytest.mark.parametrize("path", ["eager", "plain"])
+def test_a_shape_chosen_eager_or_plain_never_compiles_the_softmax(monkeypatch, path):
+    """choose_path's "eager" or "plain" (a resumed run's here; measured otherwise) holds for that shape only: the
+    training loss there takes that way, and the compiled softmax is not touched."""
+    monkeypatch.setattr(lm_loss_module, "_chosen", {})
     monkeypatch.setattr(lm_loss_module, "_softmax_rows_compiled",
                         CompiledOnUse(lambda *a: pytest.fail("compiled softmax called"), "test"))
-    assert lm_loss_module.choose_softmax(50, 16, 300, known="eager") == "eager"
-    assert not lm_loss_module.compiles_softmax("cpu", torch.bfloat16, (50, 300))
-    assert lm_loss_module.compiles_softmax("cpu", torch.bfloat16, (51, 300))  # another shape: not chosen
+    fused = lm_loss_module._FusedLinearCrossEntropy.apply
+    monkeypatch.setattr(lm_loss_module._FusedLinearCrossEntropy, "apply",
+                        lambda *a: fused(*a) if path == "eager" else pytest.fail("fused loss called"))
+    assert lm_loss_module.choose_path(50, 16, 300, known=path) == path
+    assert lm_loss_module.training_path("cpu", torch.bfloat16, (50, 300)) == path
+    assert lm_loss_module.training_path("cpu", torch.bfloat16, (51, 300)) == "compiled"  # another shape
     gen = torch.Generator().manual_seed(5)
     h = torch.randn(50, 16, generator=gen).requires_grad_()
     w = torch.randn(300, 16, generator=gen).requires_grad_()
     y = torch.randint(300, (50,), generator=gen)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss, ref = lm_loss(h, w, y), plain_lm_loss(h, w, y)
-    torch.testing.assert_close(loss, ref, rtol=0, atol=2e-2)  # the plain way, to bf16's rounding
+    torch.testing.assert_close(loss, ref, rtol=0, atol=2e-2 if path == "eager" else 0)  # the plain way, to bf16's
 
 
-def test_the_softmax_choice_is_measured_once_and_remembered(monkeypatch, tmp_path):
+def test_the_loss_path_is_measured_once_and_remembered(monkeypatch, tmp_path):
     from gptkit import autotune
 
     monkeypatch.setenv("GPTKIT_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("GPTKIT_AUTOTUNE", "on")
-    monkeypatch.setattr(lm_loss_module, "_softmax_chosen", {})
+    monkeypatch.setattr(lm_loss_module, "_chosen", {})
     calls = []
-    monkeypatch.setattr(autotune, "measure", lambda work, rounds, **kw: calls.append(1) or
-                        {"eager": [1.0] * rounds, "compiled": [0.5] * rounds})
-    assert lm_loss_module.choose_softmax(64, 8, 500) == "compiled"
-    assert lm_loss_module.choose_softmax(64, 8, 500) == "compiled" and calls == [1]
-    assert lm_loss_module._softmax_chosen == {(64, 500): "compiled"}
-    monkeypatch.setattr(lm_loss_module, "_softmax_chosen", {})
-    assert lm_loss_module.choose_softmax(64, 8, 500) == "compiled" and calls == [1]  # remembered on disk
+    monkeypatch.setattr(autotune, "measure", lambda work, rounds, **kw: calls.append(sorted(work)) or
+                        {"eager": [1.0] * rounds, "compiled": [0.8] * rounds, "plain": [0.5] * rounds})
+    assert lm_loss_module.choose_path(64, 8, 500) == "plain"
+    assert lm_loss_module.choose_path(64, 8, 500) == "plain" and calls == [["compiled", "eager", "plain"]]
+    assert lm_loss_module._chosen == {(64, 500): "plain"}
+    monkeypatch.setattr(lm_loss_module, "_chosen", {})
+    assert lm_loss_module.choose_path(64, 8, 500) == "plain" and len(calls) == 1  # remembered on disk
+
+
+def test_each_loss_path_measures_the_loss_and_its_gradients(monkeypatch, tmp_path):
+    """The workloads choose_path times are the three ways of the real loss: forward and backward, the fused ones
+    equal to the plain one to bf16's rounding."""
+    from gptkit import autotune
+
+    monkeypatch.setenv("GPTKIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("GPTKIT_AUTOTUNE", "on")
+    monkeypatch.setattr(lm_loss_module, "_chosen", {})
+    seen = {}
+
+    def measure(work, rounds, **kw):
+        for name, run in work.items():
+            run()
+            seen[name] = True
+        return {name: [1.0] * rounds for name in work}
+
+    monkeypatch.setattr(autotune, "measure", measure)
+    # the compiled way's arithmetic, uncompiled: this test checks what is timed, not inductor
+    monkeypatch.setattr(lm_loss_module, "_softmax_rows_compiled", lm_loss_module._softmax_rows_to_compile)
+    assert lm_loss_module.choose_path(40, 8, 70) == "eager"  # a tie keeps the default
+    assert set(seen) == set(lm_loss_module.PATHS)
+    gen = torch.Generator().manual_seed(9)
+    h = torch.randn(40, 8, generator=gen).requires_grad_()
+    w = torch.randn(70, 8, generator=gen).requires_grad_()
+    y = torch.randint(70, (40,), generator=gen)
+    grads = {}
+    for path in lm_loss_module.PATHS:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = lm_loss_module._training_loss(h, w, y, torch.bfloat16, path)
+        loss.backward()
+        grads[path] = (loss.detach(), h.grad, w.grad)
+        h.grad = w.grad = None
+    for path in ("eager", "compiled"):
+        for got, ref in zip(grads[path], grads["plain"]):
+            torch.testing.assert_close(got, ref, rtol=0, atol=2e-2 * max(1.0, ref.abs().max().item()))
+

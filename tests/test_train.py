@@ -130,7 +130,7 @@ def test_a_bf16_run_records_its_paths_and_a_resume_keeps_them(char_data: Path, t
     common = ["train", "--data", str(char_data), *TINY, "--dropout", "0", "--dtype", "bfloat16"]
     assert main([*common, "--out", str(run), "--max-iters", "10", "--lr-decay-iters", "20"]) == 0
     recorded = json.loads((run / "train_config.json").read_text())["bf16_paths"]
-    assert recorded == {"attention": "float32", "softmax": "eager"}  # GPTKIT_AUTOTUNE=off: the plain defaults
+    assert recorded == {"attention": "float32", "loss": "eager"}  # GPTKIT_AUTOTUNE=off: the plain defaults
     monkeypatch.setenv("GPTKIT_AUTOTUNE", "on")
     monkeypatch.setattr(autotune, "measure", lambda *a, **k: pytest.fail("a resume measured its paths again"))
     assert main(["train", "--data", str(char_data), "--out", str(run), "--max-iters", "20", "--resume",
@@ -139,7 +139,7 @@ def test_a_bf16_run_records_its_paths_and_a_resume_keeps_them(char_data: Path, t
 
 
 def test_a_bf16_run_on_plain_paths_never_imports_the_compiler(char_data: Path, tmp_path: Path) -> None:
-    """Where attention and the loss's softmax were chosen plain (here GPTKIT_AUTOTUNE=off's defaults), a bf16
+    """Where attention and the loss were chosen plain (here GPTKIT_AUTOTUNE=off's defaults), a bf16
     run does not import inductor, whose import and first compile cost seconds of every start; nor, saving its
     checkpoints in one process, torch.distributed.checkpoint (0.6-0.9 s)."""
     code = textwrap.dedent(f"""
@@ -193,7 +193,7 @@ def test_the_dtype_measurement_draws_nothing_from_the_run(monkeypatch) -> None:
     monkeypatch.setenv("GPTKIT_AUTOTUNE", "on")
     monkeypatch.setattr(autotune, "has_native_bf16", lambda flags=None: True)
     monkeypatch.setattr(T.cpu_attention, "_chosen", {})  # nothing chosen in this process yet: measured here
-    monkeypatch.setattr(T.lm_loss, "_softmax_chosen", {})
+    monkeypatch.setattr(T.lm_loss, "_chosen", {})
     config = GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=50)
     torch.manual_seed(7)
     before = torch.get_rng_state()
@@ -203,11 +203,11 @@ def test_the_dtype_measurement_draws_nothing_from_the_run(monkeypatch) -> None:
     paths = {k.split(" |")[0]: v["choice"] for k, v in decisions.items() if "choice" in v}  # not facts
     assert paths["train autocast"] == choice  # remembered, with the bf16 paths chosen first for the shape
     assert paths["bf16 training attention"] in ("float32", "bfloat16")
-    assert paths["bf16 training loss softmax"] in ("eager", "compiled")
+    assert paths["bf16 training loss"] in ("eager", "compiled", "plain")
     key = autotune.decision_key("train autocast", {
         "n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 16, "vocab": 50, "batch": 2,
         "threads": torch.get_num_threads(), "paths": f"{T.TRAIN_PATHS}: {paths['bf16 training attention']} "
-                                                     f"attention, {paths['bf16 training loss softmax']} loss softmax"})
+                                                     f"attention, {paths['bf16 training loss']} loss"})
     assert decisions[key]["choice"] == choice
     monkeypatch.setattr(autotune, "has_native_bf16", lambda flags=None: False)
     assert T.cpu_train_dtype(config, batch_size=2) == "float32"  # no bf16 units: nothing to measure

@@ -32,53 +32,61 @@ COMPILED_ROWS_SCALE, COMPILED_ROWS_MIN = 4, 256
 larger products (512 rows at 8,192 tokens, 256 at 50,257: the fastest measured, docs/benchmarks.md)."""
 
 
-SOFTMAX_PATHS = ("eager", "compiled")
-"""How the bf16 training loss's softmax runs on the CPU, chosen per shape by `choose_softmax` (eager is kept
-unless compiled is clearly faster: over a small vocabulary the chunks are too small to gain, and compiling costs
-each process inductor's import and compile)."""
+PATHS = ("eager", "compiled", "plain")
+"""How the bf16 training loss runs on the CPU, chosen per shape by `choose_path`: fused in chunks of rows with an
+eager softmax (the default) or a compiled one, or the plain way (`plain_lm_loss` under autocast: the whole logits,
+then F.cross_entropy). Each wins somewhere: over a small vocabulary the fused steps cost more than the passes over
+memory they save (768 rows × 65 characters: plain 0.43 ms forward and backward, fused 0.70), at 8,192 tokens the
+fused way is 1.3-2× faster, and compiling pays only at large chunks (and costs each process inductor's import
+and compile)."""
 
-_softmax_chosen: dict[tuple[int, int], str] = {}
-"""This process's choices, (rows, vocab) → one of SOFTMAX_PATHS; a shape never chosen is compiled."""
-
-
-def compiles_softmax(device: str, dtype: torch.dtype, shape: tuple[int, int] | None = None) -> bool:
-    """Whether the training loss's softmax over (rows, vocab) logits is compiled: bf16 on the CPU, where it runs
-    in two fused passes, unless `choose_softmax` chose eager for the shape. Not inside a model that torch.compile
-    traces whole: the eager code is traced into its graph there."""
-    return (device == "cpu" and dtype == torch.bfloat16 and not _softmax_rows_compiled.failed
-            and not torch.compiler.is_compiling() and _softmax_chosen.get(shape) != "eager")
+_chosen: dict[tuple[int, int], str] = {}
+"""This process's choices, (rows, vocab) → one of PATHS; a shape never chosen is compiled."""
 
 
-def choose_softmax(rows: int, width: int, vocab: int, known: str | None = None) -> str:
-    """How the bf16 training loss's softmax runs (SOFTMAX_PATHS) for `rows` hidden states of `width` over `vocab`
-    tokens: measured once on this CPU (the whole fused loss and its gradients, each way) and remembered
+def training_path(device: str, dtype: torch.dtype, shape: tuple[int, int] | None = None) -> str:
+    """The PATHS entry a training loss over `shape` (rows, vocab) logits takes. bf16 on the CPU: the one chosen for
+    the shape (`choose_path`), compiled where none was (unless it could not be built); elsewhere, and inside a
+    model that torch.compile traces whole (whose graph takes the eager code), eager."""
+    if device != "cpu" or dtype != torch.bfloat16 or torch.compiler.is_compiling():
+        return "eager"
+    path = _chosen.get(shape, "compiled")
+    return "eager" if path == "compiled" and _softmax_rows_compiled.failed else path
+
+
+def choose_path(rows: int, width: int, vocab: int, known: str | None = None) -> str:
+    """How the bf16 training loss over `rows` hidden states of `width` and `vocab` tokens runs (PATHS): measured
+    once on this CPU (forward and backward of the whole loss, each way, as training calls it) and remembered
     (gptkit.autotune), or `known` (a resumed run's); this process takes it from now on."""
-    if known in SOFTMAX_PATHS:
-        _softmax_chosen[(rows, vocab)] = known
-    if (rows, vocab) in _softmax_chosen:  # chosen in this process already (the dtype's decision asks first)
-        return _softmax_chosen[(rows, vocab)]
+    if known in PATHS:
+        _chosen[(rows, vocab)] = known
+    if (rows, vocab) in _chosen:  # chosen in this process already (the dtype's decision asks first)
+        return _chosen[(rows, vocab)]
 
     def workloads():
-        # about 4 M logits a timed call: the softmax goes chunk by chunk, so rows beyond a few chunks (GPT-2's
+        # about 4 M logits a timed call: the fused loss goes chunk by chunk, so rows beyond a few chunks (GPT-2's
         # 50,257 tokens × 8,192 rows would take seconds a call) only repeat what those show
         n = min(rows, max(chunk_rows(vocab, compiled=True), (1 << 22) // vocab))
         gen = torch.Generator().manual_seed(0)  # draws nothing from the run's random stream
-        h = torch.randn(n, width, generator=gen).bfloat16()
-        w = torch.randn(vocab, width, generator=gen).bfloat16()
+        h = (torch.randn(n, width, generator=gen) * width ** -0.5).requires_grad_()
+        w = torch.randn(vocab, width, generator=gen).requires_grad_()
         y = torch.randint(vocab, (n,), generator=gen)
         reps = max(1, (1 << 22) // (n * vocab))
 
-        def run(compiled: bool):
+        def run(path: str):
             def once():
                 for _ in range(reps):
-                    _loss_and_grads(h, w, y, torch.bfloat16, chunk_rows(vocab, compiled), True, compiled)
+                    with torch.autocast("cpu", dtype=torch.bfloat16):
+                        loss = _training_loss(h, w, y, torch.bfloat16, path)
+                    loss.backward()
+                h.grad = w.grad = None
             return once
-        return {"eager": run(False), "compiled": run(True)}
+        return {path: run(path) for path in PATHS}
 
     shape = {"rows": rows, "width": width, "vocab": vocab, "threads": torch.get_num_threads()}
-    choice = autotune.choose("bf16 training loss softmax", shape, SOFTMAX_PATHS, workloads, rounds=7,
-                             min_gain=0.10, describe=lambda p: f"the bf16 training loss's softmax runs {p} here")
-    _softmax_chosen[(rows, vocab)] = choice
+    choice = autotune.choose("bf16 training loss", shape, PATHS, workloads, rounds=7, min_gain=0.10,
+                             describe=lambda p: f"the bf16 training loss runs {p} here")
+    _chosen[(rows, vocab)] = choice
     return choice
 
 
@@ -92,20 +100,14 @@ def chunk_rows(vocab_size: int, compiled: bool = False) -> int:
     return min(1024, rows)
 
 
-def _row_losses(x, targets):
-    """The summed cross-entropy of logit rows x (float32 or wider) against their targets, and each row's
-    log-sum-exp."""
-    lse = torch.logsumexp(x, dim=-1)
-    return (lse - x.gather(1, targets[:, None]).squeeze(1)).sum(), lse
-
-
 def _softmax_rows(logits, targets, n: int):
     """For a chunk of logit rows and their targets: the rows' summed cross-entropy, and the logits' gradient of
     the mean over n rows, (softmax − one-hot) / n, in the logits' dtype. Arithmetic in float32 (float64 stays).
-    Eagerly it works in place on the logits, the fewest passes over memory."""
-    x = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    loss, lse = _row_losses(x, targets)
-    g = x.sub_(lse[:, None]).exp_()  # the softmax, in place of the logits
+    Eagerly: one log-softmax pass, then in place on its result (a log-sum-exp and a subtraction instead: the
+    fused loss 1-11% slower, docs/benchmarks.md)."""
+    x = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+    loss = F.nll_loss(x, targets, reduction="sum")
+    g = x.exp_()  # the softmax, in place of the log-probabilities
     g[torch.arange(len(targets), device=g.device), targets] -= 1.0
     return loss, g.div_(n).to(logits.dtype)
 
@@ -128,14 +130,14 @@ def _loss_and_grads(hidden, weight, targets, dtype, rows, need_grad, compiled=Fa
     """The mean loss over the rows, and with need_grad its gradients for hidden and weight. The softmax runs
     `rows` at a time; the logits' gradient is kept in the matmul dtype and multiplied back in two whole products
     (per-chunk products into the weight's gradient would add a vocab × width matrix per chunk). `compiled`
-    (`compiles_softmax`): each chunk's softmax compiled, two fused passes over the chunk instead of five."""
+    (PATHS): each chunk's softmax compiled, two fused passes over the chunk instead of five."""
     n = hidden.shape[0]
     acc = torch.promote_types(dtype, torch.float32)  # softmax and sums: float32, or float64 for a float64 model
     h, w = hidden.to(dtype), weight.to(dtype)
     total = torch.zeros((), dtype=acc, device=hidden.device)
     if not need_grad:
         for s in range(0, n, rows):
-            total += _row_losses((h[s:s + rows] @ w.t()).to(acc), targets[s:s + rows])[0]
+            total += F.cross_entropy((h[s:s + rows] @ w.t()).to(acc), targets[s:s + rows], reduction="sum")
         return total / n, None, None
     softmax = _softmax_rows_compiled if compiled else _softmax_rows
     grad_logits = torch.empty(n, w.shape[0], dtype=dtype, device=h.device)
@@ -161,19 +163,30 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         return grad_h * grad_out, grad_w * grad_out, None, None, None, None
 
 
+def _training_loss(h, weight, y, dtype, path, rows_per_chunk=None):
+    """The loss of rows h (N, C) against y (N,) with gradients, the PATHS way `path` (plain: under the caller's
+    autocast)."""
+    if path == "plain":
+        return plain_lm_loss(h, weight, y)
+    with torch.autocast(h.device.type, enabled=False):
+        compiled = path == "compiled"
+        rows = rows_per_chunk or chunk_rows(weight.shape[0], compiled)
+        return _FusedLinearCrossEntropy.apply(h, weight, y, dtype, rows, compiled)
+
+
 def lm_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
             rows_per_chunk: int | None = None) -> torch.Tensor:
     """Mean cross-entropy of `hidden @ weight.T` against `targets`: hidden (..., C), weight (vocab, C), targets
     (...) token ids. Under autocast the products run in its dtype; gradients reach `hidden` and `weight` (a tied
-    embedding gets its share) only when grad mode is on. Rows per chunk: `chunk_rows` unless given."""
+    embedding gets its share) only when grad mode is on, the way `training_path` says. Rows per chunk:
+    `chunk_rows` unless given."""
     h, y = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
     device = h.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        path = training_path(device, dtype, (h.shape[0], weight.shape[0]))
+        return _training_loss(h, weight, y, dtype, path, rows_per_chunk)
     with torch.autocast(device, enabled=False):
-        if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-            compiled = compiles_softmax(device, dtype, (h.shape[0], weight.shape[0]))
-            rows = rows_per_chunk or chunk_rows(weight.shape[0], compiled)
-            return _FusedLinearCrossEntropy.apply(h, weight, y, dtype, rows, compiled)
         rows = rows_per_chunk or chunk_rows(weight.shape[0])
         return _loss_and_grads(h, weight, y, dtype, rows, need_grad=False)[0]  # evaluation: no gradient work
 

@@ -140,24 +140,25 @@ training) but not within a few percent: at nanoGPT's recipe shape, before gptkit
 exact, simpler path."""
 
 
-TRAIN_PATHS = "bf16 attention and loss softmax chosen per shape"
+TRAIN_PATHS = "bf16 attention and loss chosen per shape"
 """Part of the decision's key, with the paths `choose_bf16_paths` chose: what the bf16 candidate runs. Changed
 whenever a path changes speed (gptkit.cpu_attention, gptkit.lm_loss), so that decisions remembered from before
 are measured again instead of trusted."""
 
 
 def choose_bf16_paths(config: GPTConfig, batch_size: int, known: dict | None = None) -> dict[str, str | None]:
-    """How this shape's bf16 steps compute attention and the loss's softmax on the CPU, each measured once per CPU
-    and shape and remembered (gptkit.cpu_attention.choose_path, gptkit.lm_loss.choose_softmax): the compiled
-    pieces where they clearly win, else plain PyTorch, and then no compiler at all (inductor's import and compile
-    cost a process 2-3 s on two cores). `known`: the choices a resumed run made, taken as they are. With attention
-    dropout SDPA runs its own (no choice to make)."""
+    """How this shape's bf16 steps compute attention and the loss on the CPU, each measured once per CPU and
+    shape and remembered (gptkit.cpu_attention.choose_path, gptkit.lm_loss.choose_path): the compiled pieces
+    where they clearly win, else plain PyTorch, and then no compiler at all (inductor's import and compile cost a
+    process 2-3 s on two cores). `known`: the choices a resumed run made, taken as they are (runs saved before
+    the loss's choice had three ways called it "softmax"). With attention dropout SDPA runs its own (no choice
+    to make)."""
     known = known or {}
     attention = None if config.attn_pdrop > 0 else cpu_attention.choose_path(
         batch_size, config.n_head, config.block_size, config.head_size, known=known.get("attention"))
     return {"attention": attention,
-            "softmax": lm_loss.choose_softmax(batch_size * config.block_size, config.n_embd, config.vocab_size,
-                                              known=known.get("softmax"))}
+            "loss": lm_loss.choose_path(batch_size * config.block_size, config.n_embd, config.vocab_size,
+                                        known=known.get("loss", known.get("softmax")))}
 
 
 def cpu_train_dtype(config: GPTConfig, batch_size: int) -> str:
@@ -171,7 +172,7 @@ def cpu_train_dtype(config: GPTConfig, batch_size: int) -> str:
     shape = {"n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd,
              "block_size": config.block_size, "vocab": config.vocab_size, "batch": batch_size,
              "threads": torch.get_num_threads(), "paths": f"{TRAIN_PATHS}: {paths['attention']} attention, "
-                                                           f"{paths['softmax']} loss softmax"}
+                                                           f"{paths['loss']} loss"}
     return autotune.choose("train autocast", shape, ("float32", "bfloat16"),
                            lambda: _train_step_workloads(config, batch_size), rounds=TRAIN_DTYPE_ROUNDS,
                            min_gain=TRAIN_DTYPE_MIN_GAIN,
