@@ -12,7 +12,11 @@ models of both are then scored the same way, on the whole validation split in co
 shallower, wider model at a larger batch on a shorter, hotter schedule) are timed to nanoGPT's final validation
 loss: the time-to-loss ratio.
 
-    python benchmarks/vs_nanogpt.py [--pairs 2] [--fast-args "--max-iters 1500 ..."] [--keep DIR]
+nanoGPT seeds its run with 1337, written into its train.py. A final loss is one draw: `--seeds 1337 1 2` runs pair
+i of both with seed i (nanoGPT's scratch copy then reads its seed from a `--seed=` flag: the one line that sets it
+is changed there to take it, and nothing else), so that the losses can be compared over several draws.
+
+    python benchmarks/vs_nanogpt.py [--pairs 2] [--seeds 1337 ...] [--fast-args "--max-iters 1500 ..."] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -53,12 +57,24 @@ FAST_ARGS = ("--max-iters 550 --batch-size 24 --n-layer 2 --n-head 4 --n-embd 25
              "--warmup-iters 50 --eval-interval 550")
 
 
-def setup_nanogpt(scratch: Path) -> Path:
+NANOGPT_SEED_LINE = "torch.manual_seed(1337 + seed_offset)"
+
+
+def setup_nanogpt(scratch: Path, seed_flag: bool) -> Path:
     src = SHARED / "anchors" / "nanoGPT"
     if not src.is_dir():
         sys.exit(f"vs_nanogpt: {src} is absent: this benchmark runs nanoGPT from ../shared/anchors")
     dst = scratch / "nanoGPT"
     shutil.copytree(src, dst)
+    if seed_flag:  # make its seed a config key (its configurator overrides the globals defined before it)
+        train = dst / "train.py"
+        text = train.read_text()
+        if NANOGPT_SEED_LINE not in text or "exec(open('configurator.py')" not in text:
+            sys.exit(f"vs_nanogpt: {train} does not set its seed as expected; run without --seeds")
+        text = text.replace(NANOGPT_SEED_LINE, "torch.manual_seed(seed + seed_offset)")
+        text = text.replace("exec(open('configurator.py')", "seed = 1337\nconfig_keys.append('seed')\n"
+                            "exec(open('configurator.py')", 1)
+        train.write_text(text)
     data = dst / "data" / "shakespeare_char"
     shutil.copy(SHARED / "data" / "tinyshakespeare" / "input.txt", data / "input.txt")
     subprocess.run([sys.executable, "prepare.py"], cwd=data, check=True, stdout=subprocess.DEVNULL)
@@ -120,6 +136,8 @@ def gptkit_val_loss(run: Path, data: Path) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", type=int, default=2)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1337],
+                    help="seed of pair i's two runs: seeds[i %% len(seeds)] (default: nanoGPT's own 1337)")
     ap.add_argument("--fast-args", default=FAST_ARGS, help="gptkit settings for the time-to-loss run")
     ap.add_argument("--no-fast", action="store_true", help="skip the time-to-loss run")
     ap.add_argument("--iters", type=int, default=2000, help="steps of both runs (the recipe: 2000; fewer only to "
@@ -136,26 +154,29 @@ def main() -> None:
         NANOGPT_FLAGS.extend([f"--max_iters={a.iters}", f"--lr_decay_iters={a.iters}", f"--eval_interval={every}"])
         GPTKIT_RECIPE.extend(["--max-iters", str(a.iters), "--eval-interval", every])
     try:
-        ngpt = setup_nanogpt(scratch)
+        ngpt = setup_nanogpt(scratch, seed_flag=a.seeds != [1337])
         data = scratch / "gptkit-data"
         subprocess.run([*gptkit, "prepare", "--input", str(SHARED / "data/tinyshakespeare/input.txt"),
                         "--tokenizer-kind", "char", "--out", str(data)], check=True, stdout=subprocess.DEVNULL)
         rows = []
         for pair in range(a.pairs):
             run = scratch / f"gptkit-run-{pair}"
+            seed = a.seeds[pair % len(a.seeds)]
+            seeded = a.seeds != [1337]
             shutil.rmtree(ngpt / "out-shakespeare-char", ignore_errors=True)
-            sides = {"nanogpt": lambda: timed([sys.executable, "train.py", *NANOGPT_FLAGS], ngpt,
+            sides = {"nanogpt": lambda: timed([sys.executable, "train.py", *NANOGPT_FLAGS,
+                                               *([f"--seed={seed}"] if seeded else [])], ngpt,
                                               scratch / f"nanogpt-{pair}.log"),
                      "gptkit": lambda: timed([*gptkit, "train", "--data", str(data), "--out", str(run), "--quiet",
-                                              "--device", "cpu", *GPTKIT_RECIPE], REPO,
+                                              "--device", "cpu", *GPTKIT_RECIPE, "--seed", str(seed)], REPO,
                                              scratch / f"gptkit-{pair}.log")}
             order = ["nanogpt", "gptkit"] if pair % 2 == 0 else ["gptkit", "nanogpt"]
             wall = {side: sides[side]() for side in order}
-            row = {"pair": pair, "order": order, "nanogpt_s": wall["nanogpt"], "gptkit_s": wall["gptkit"],
-                   "ratio": wall["gptkit"] / wall["nanogpt"], "nanogpt_val": nanogpt_val_loss(ngpt),
+            row = {"pair": pair, "seed": seed, "order": order, "nanogpt_s": wall["nanogpt"],
+                   "gptkit_s": wall["gptkit"], "ratio": wall["gptkit"] / wall["nanogpt"], "nanogpt_val": nanogpt_val_loss(ngpt),
                    "gptkit_val": gptkit_val_loss(run, data)}
             rows.append(row)
-            print(f"pair {pair} ({' then '.join(order)}): nanoGPT {row['nanogpt_s']:.1f} s, gptkit "
+            print(f"pair {pair} (seed {seed}, {' then '.join(order)}): nanoGPT {row['nanogpt_s']:.1f} s, gptkit "
                   f"{row['gptkit_s']:.1f} s, ratio {row['ratio']:.3f}; whole-val loss nanoGPT "
                   f"{row['nanogpt_val']:.4f}, gptkit {row['gptkit_val']:.4f}", flush=True)
         ratio = statistics.median(r["ratio"] for r in rows)
