@@ -184,6 +184,27 @@ def test_the_loss_path_is_measured_once_and_remembered(monkeypatch, tmp_path):
     assert lm_loss_module.choose_path(64, 8, 500) == "plain" and len(calls) == 1  # remembered on disk
 
 
+def test_the_plain_loss_is_a_candidate_only_where_all_its_logits_are_measured(monkeypatch, tmp_path):
+    """Beyond MEASURED_LOGITS the measurement would time the plain way on a part of its logits, where it looks
+    faster than on all of them: only the fused ways are measured there."""
+    from gptkit import autotune
+
+    monkeypatch.setenv("GPTKIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("GPTKIT_AUTOTUNE", "on")
+    monkeypatch.setattr(lm_loss_module, "_chosen", {})
+    monkeypatch.setattr(lm_loss_module, "MEASURED_LOGITS", 64 * 500)
+    measured = []
+
+    def measure(work, rounds, **kw):
+        measured.append(sorted(work))
+        return {name: [0.1 if name == "plain" else 1.0] * rounds for name in work}
+
+    monkeypatch.setattr(autotune, "measure", measure)
+    assert lm_loss_module.choose_path(64, 8, 500) == "plain"  # all 32,000 logits in one timed call
+    assert lm_loss_module.choose_path(65, 8, 500) == "eager"  # 32,500: plain not measured, so not chosen
+    assert measured == [["compiled", "eager", "plain"], ["compiled", "eager"]]
+
+
 def test_each_loss_path_measures_the_loss_and_its_gradients(monkeypatch, tmp_path):
     """The workloads choose_path times are the three ways of the real loss: forward and backward, the fused ones
     equal to the plain one to bf16's rounding."""

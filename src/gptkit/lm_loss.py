@@ -40,6 +40,9 @@ memory they save (768 rows × 65 characters: plain 0.43 ms forward and backward,
 fused way is 1.3-2× faster, and compiling pays only at large chunks (and costs each process inductor's import
 and compile)."""
 
+MEASURED_LOGITS = 1 << 22
+"""Logits (rows × vocabulary) of one timed call of `choose_path`'s measurement: 4 M, all of a small batch's."""
+
 _chosen: dict[tuple[int, int], str] = {}
 """This process's choices, (rows, vocab) → one of PATHS; a shape never chosen is compiled."""
 
@@ -57,7 +60,11 @@ def training_path(device: str, dtype: torch.dtype, shape: tuple[int, int] | None
 def choose_path(rows: int, width: int, vocab: int, known: str | None = None) -> str:
     """How the bf16 training loss over `rows` hidden states of `width` and `vocab` tokens runs (PATHS): measured
     once on this CPU (forward and backward of the whole loss, each way, as training calls it) and remembered
-    (gptkit.autotune), or `known` (a resumed run's); this process takes it from now on."""
+    (gptkit.autotune), or `known` (a resumed run's); this process takes it from now on. The plain way is a
+    candidate only where all of the step's logits fit one timed call (MEASURED_LOGITS): the fused ways are timed
+    on a few chunks' rows, which is all they show, but the plain way's whole logits leave the caches as they grow
+    (at 8,192 tokens it measured level with the fused eager way on 512 rows, and was 2× slower on 2,048:
+    docs/benchmarks.md), and it holds ~16 bytes a logit at once."""
     if known in PATHS:
         _chosen[(rows, vocab)] = known
     if (rows, vocab) in _chosen:  # chosen in this process already (the dtype's decision asks first)
@@ -66,12 +73,12 @@ def choose_path(rows: int, width: int, vocab: int, known: str | None = None) -> 
     def workloads():
         # about 4 M logits a timed call: the fused loss goes chunk by chunk, so rows beyond a few chunks (GPT-2's
         # 50,257 tokens × 8,192 rows would take seconds a call) only repeat what those show
-        n = min(rows, max(chunk_rows(vocab, compiled=True), (1 << 22) // vocab))
+        n = min(rows, max(chunk_rows(vocab, compiled=True), MEASURED_LOGITS // vocab))
         gen = torch.Generator().manual_seed(0)  # draws nothing from the run's random stream
         h = (torch.randn(n, width, generator=gen) * width ** -0.5).requires_grad_()
         w = torch.randn(vocab, width, generator=gen).requires_grad_()
         y = torch.randint(vocab, (n,), generator=gen)
-        reps = max(1, (1 << 22) // (n * vocab))
+        reps = max(1, MEASURED_LOGITS // (n * vocab))
 
         def run(path: str):
             def once():
@@ -81,10 +88,11 @@ def choose_path(rows: int, width: int, vocab: int, known: str | None = None) -> 
                     loss.backward()
                 h.grad = w.grad = None
             return once
-        return {path: run(path) for path in PATHS}
+        return {path: run(path) for path in options}
 
+    options = PATHS if rows * vocab <= MEASURED_LOGITS else PATHS[:2]
     shape = {"rows": rows, "width": width, "vocab": vocab, "threads": torch.get_num_threads()}
-    choice = autotune.choose("bf16 training loss", shape, PATHS, workloads, rounds=7, min_gain=0.10,
+    choice = autotune.choose("bf16 training loss", shape, options, workloads, rounds=7, min_gain=0.10,
                              describe=lambda p: f"the bf16 training loss runs {p} here")
     _chosen[(rows, vocab)] = choice
     return choice
