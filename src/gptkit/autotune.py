@@ -35,6 +35,18 @@ MATMUL_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf1
 """CPU flags (as /proc/cpuinfo names them) that change which matrix-multiplication path is fastest."""
 
 
+TRAINING_ROUNDS = 7
+"""Alternating rounds of the measurements behind training's choices (the dtype, the bf16 attention and loss paths).
+A step of a small model lasts tens of milliseconds, so a burst of other work can cover several calls: with 3
+rounds one burst once made bf16 look 1.5× faster at a shape where it is 1.3× slower (docs/benchmarks.md); 7 rounds
+and `pick`'s majority rule outvote it."""
+
+PATH_MIN_GAIN = 0.10
+"""How much faster a bf16 training path (gptkit.cpu_attention, gptkit.lm_loss) must measure to replace the default:
+a compiled one costs each process inductor's import and first compile (2-3 s on two cores), and any must clear the
+noise of a measurement that cannot tell a few percent apart."""
+
+
 def cache_path() -> Path:
     if os.environ.get("GPTKIT_CACHE_DIR"):
         return Path(os.environ["GPTKIT_CACHE_DIR"]) / CACHE_FILE

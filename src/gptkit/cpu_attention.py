@@ -147,9 +147,6 @@ PATHS = ("float32", "bfloat16")
 unless the other is clearly faster): "float32", SDPA in float32 (q, k, v cast up, the output cast back: no
 compiler); "bfloat16", SDPA's bf16 flash forward and this module's compiled backward."""
 
-PATH_MIN_GAIN = 0.10
-"""The compiled bf16 path is chosen only this much faster: it costs each process inductor's import and compile."""
-
 _chosen: dict[tuple[int, ...], str] = {}
 """This process's choices, (B, nh, T, hs) → one of PATHS. A shape never chosen takes the bfloat16 path where
 `wanted` (a caller that did not ask, e.g. a test of this module)."""
@@ -195,8 +192,8 @@ def choose_path(batch: int, n_head: int, context: int, head_size: int, known: st
     shape = {"batch": batch, "n_head": n_head, "context": context, "head_size": head_size,
              "threads": torch.get_num_threads()}
     choice = autotune.choose("bf16 training attention", shape, PATHS,
-                             lambda: _path_workloads(batch, n_head, context, head_size), rounds=7,
-                             min_gain=PATH_MIN_GAIN,
+                             lambda: _path_workloads(batch, n_head, context, head_size),
+                             rounds=autotune.TRAINING_ROUNDS, min_gain=autotune.PATH_MIN_GAIN,
                              describe=lambda p: f"bf16 training computes attention in {p} at this shape")
     _chosen[key] = choice
     return choice

@@ -92,7 +92,8 @@ def choose_path(rows: int, width: int, vocab: int, known: str | None = None) -> 
 
     options = PATHS if rows * vocab <= MEASURED_LOGITS else PATHS[:2]
     shape = {"rows": rows, "width": width, "vocab": vocab, "threads": torch.get_num_threads()}
-    choice = autotune.choose("bf16 training loss", shape, options, workloads, rounds=7, min_gain=0.10,
+    choice = autotune.choose("bf16 training loss", shape, options, workloads, rounds=autotune.TRAINING_ROUNDS,
+                             min_gain=autotune.PATH_MIN_GAIN,
                              describe=lambda p: f"the bf16 training loss runs {p} here")
     _chosen[(rows, vocab)] = choice
     return choice

@@ -128,10 +128,6 @@ def _train_step_workloads(config: GPTConfig, batch_size: int) -> dict[str, Any]:
     return {"float32": run(torch.float32), "bfloat16": run(torch.bfloat16)}
 
 
-TRAIN_DTYPE_ROUNDS = 7
-"""Alternating rounds of the float32 / bf16 measurement. A step of a small model lasts tens of milliseconds, so a
-burst of other work can cover several calls: with 3 rounds one burst once made bf16 look 1.5× faster at a shape
-where it is 1.3× slower (docs/benchmarks.md); 7 rounds and the majority rule of autotune.pick outvote it."""
 TRAIN_DTYPE_MIN_GAIN = 0.15
 """bf16 autocast is taken only when the measured pass is at least this much faster. The measurement (forward and
 backward of a two-block copy) tracks whole steps well where bf16 clearly wins (6 × 384: 1.68× measured, 1.51× in
@@ -174,7 +170,7 @@ def cpu_train_dtype(config: GPTConfig, batch_size: int) -> str:
              "threads": torch.get_num_threads(), "paths": f"{TRAIN_PATHS}: {paths['attention']} attention, "
                                                            f"{paths['loss']} loss"}
     return autotune.choose("train autocast", shape, ("float32", "bfloat16"),
-                           lambda: _train_step_workloads(config, batch_size), rounds=TRAIN_DTYPE_ROUNDS,
+                           lambda: _train_step_workloads(config, batch_size), rounds=autotune.TRAINING_ROUNDS,
                            min_gain=TRAIN_DTYPE_MIN_GAIN,
                            describe=lambda d: f"training computes in {d} on this CPU (--dtype {d})")
 
