@@ -125,6 +125,9 @@ def test_a_bf16_run_records_its_paths_and_a_resume_keeps_them(char_data: Path, t
 
     dropped = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=30, attn_pdrop=0.1)
     assert T.choose_bf16_paths(dropped, 2)["attention"] is None  # attention dropout: SDPA's own, nothing to choose
+    monkeypatch.setattr(T.lm_loss, "_chosen", {})
+    older = T.choose_bf16_paths(dropped, 3, known={"attention": None, "softmax": "compiled"})  # saved before "loss"
+    assert older["loss"] == "compiled" and T.lm_loss._chosen == {(24, 30): "compiled"}
 
     run = tmp_path / "run"
     common = ["train", "--data", str(char_data), *TINY, "--dropout", "0", "--dtype", "bfloat16"]
