@@ -99,12 +99,17 @@ def time_budget_step(cfg: TrainConfig) -> int:
     return max(cfg.warmup_iters, TIME_BUDGET_FIRST_STEPS + 10)
 
 
+def eval_share(cfg: TrainConfig, n_splits: int) -> float:
+    """Periodic evaluation's time as a share of the training steps': an eval batch is a forward pass, about a third
+    of a training step."""
+    return n_splits * cfg.eval_iters / 3 / (cfg.eval_interval * cfg.grad_accum)
+
+
 def steps_in_budget(cfg: TrainConfig, step: int, elapsed_s: float, s_per_step: float, n_splits: int) -> int:
-    """Total steps that end a run near cfg.max_minutes, given where it is now and its measured speed. Periodic
-    evaluation is budgeted too: an eval batch is a forward pass, about a third of a training step."""
-    eval_share = n_splits * cfg.eval_iters / 3 / (cfg.eval_interval * cfg.grad_accum)
+    """Total steps that end a run near cfg.max_minutes, given where it is now and its measured time a step, with
+    periodic evaluation budgeted on top (`eval_share`)."""
     left = max(0.0, cfg.max_minutes * 60 - elapsed_s)
-    return step + int(left / (s_per_step * (1 + eval_share)))
+    return step + int(left / (s_per_step * (1 + eval_share(cfg, n_splits))))
 
 
 # ------------------------------------------------------------------------------------------- dtype
@@ -691,11 +696,22 @@ class Trainer:
 class TimeBudget:
     """--max-minutes: the steps after the first few are timed up to time_budget_step(cfg); there the run's
     length (max_iters, and the cosine's when it follows max_iters) is set from the measured speed. Then, at each
-    evaluation, it is re-planned from the speed since the last plan (evaluations included), so that a machine
-    whose load changes still ends the run on time."""
+    evaluation, it is re-planned from the speed since the last plan (evaluations included), and between
+    evaluations `watch` shortens it as soon as the steps have slowed enough to overrun, so that a machine whose
+    load changes still ends the run on time."""
 
     REPLAN_MIN_CHANGE = 0.01
     """A re-plan that moves the end by less than this share of the run keeps the plan."""
+
+    WATCHED_STEPS = 9
+    """`watch` judges the plan on at least this many steps since the last plan (one slow step alone moves nothing)."""
+
+    WATCHED_SHARE = 0.01
+    """... and at least this share of the budget's seconds: a machine whose steps vary widely is judged on their
+    mean over a few seconds (under another job, steps of one run took 0.05-0.7 s)."""
+
+    OVERRUN = 0.02
+    """`watch` re-plans when finishing at the speed since the last plan would overrun the budget by more than this."""
 
     def __init__(self, cfg: TrainConfig, step: int) -> None:
         at = time_budget_step(cfg)
@@ -704,10 +720,23 @@ class TimeBudget:
         self.t_speed: float | None = None  # when the timed steps began
         self.step_speed = 0
         self.since: tuple[float, int] | None = None  # (time, step) the next re-plan measures the speed from
+        self.t_step, self.t_end = 0.0, None  # when the current step began, when the last one ended
+        self.window = [0.0, 0]  # the steps' own seconds and their number since the last plan
+        self.steps_s, self.between_s = 0.0, 0.0  # seconds in steps and between them (evaluations, checkpoints)
 
     def before_step(self, step: int) -> None:
+        self.t_step = time.perf_counter()
+        if self.t_end is not None:
+            self.between_s += self.t_step - self.t_end
         if self.at is not None and self.t_speed is None and step >= min(TIME_BUDGET_FIRST_STEPS, self.at - 1):
-            self.t_speed, self.step_speed = time.perf_counter(), step
+            self.t_speed, self.step_speed = self.t_step, step
+
+    def after_step(self) -> None:
+        """Count the step's own time (from `before_step`)."""
+        self.t_end = time.perf_counter()
+        took = self.t_end - self.t_step
+        self.steps_s += took
+        self.window = [self.window[0] + took, self.window[1] + 1]
 
     def length(self, cfg: TrainConfig, step: int, t_start: float, n_splits: int, info) -> int | None:
         """At the budget step: the run's total steps, rank 0's choice on every rank; otherwise None."""
@@ -715,7 +744,7 @@ class TimeBudget:
             return None
         now = time.perf_counter()
         total = steps_in_budget(cfg, step, now - t_start, (now - self.t_speed) / (step - self.step_speed), n_splits)
-        self.at, self.since = None, (now, step)
+        self.at, self.since, self.window = None, (now, step), [0.0, 0]
         return D.all_gather_objects(total, info)[0]
 
     def replan(self, cfg: TrainConfig, step: int, t_start: float, info) -> int | None:
@@ -732,12 +761,36 @@ class TimeBudget:
         s_per_step = (now - self.since[0]) / (step - self.since[1])
         total = step + int(max(0.0, cfg.max_minutes * 60 - (now - t_start)) / s_per_step)
         total = D.all_gather_objects(total, info)[0]
-        self.since = (now, step)
+        self.since, self.window = (now, step), [0.0, 0]
         return None if abs(total - cfg.max_iters) <= self.REPLAN_MIN_CHANGE * cfg.max_iters else total
+
+    def watch(self, cfg: TrainConfig, step: int, t_start: float, info) -> int | None:
+        """After each step (one process; under torchrun the ranks would have to agree every step, and the
+        evaluations' re-plans are what they share): the total steps that end on time when finishing at the speed
+        since the last plan would overrun the budget by more than OVERRUN, or the step that ends the run now when
+        the budget is spent; else None. The speed: the steps' own mean time (at least WATCHED_STEPS steps and
+        WATCHED_SHARE of the budget since the last plan), plus the time between steps (evaluations, checkpoints) in
+        the share the run has spent on it so far. A machine that slows down many-fold between two evaluations
+        (another job taking one of two cores stalls every two-thread region: 11-17× slower steps, measured) would
+        otherwise run on for a whole evaluation interval at that speed."""
+        if not self.on or self.at is not None or info.world_size > 1 or step >= cfg.max_iters:
+            return None
+        now = self.t_end
+        left = cfg.max_minutes * 60 - (now - t_start)
+        if left <= 0:
+            return step if cfg.max_iters > step + 1 else None  # set_length trains the one last step
+        seconds, steps = self.window
+        if steps < self.WATCHED_STEPS or seconds < self.WATCHED_SHARE * cfg.max_minutes * 60:
+            return None
+        s_per_step = seconds / steps * (1 + self.between_s / max(self.steps_s, 1e-9))
+        if (cfg.max_iters - step) * s_per_step <= left * (1 + self.OVERRUN):
+            return None
+        self.since, self.window = (now, step), [0.0, 0]  # the next re-plan measures the speed from here
+        return step + int(left / s_per_step)
 
 
 def set_length(cfg: TrainConfig, total: int, step: int, rt: Runtime, display: Progress, bar: int,
-               replanned: bool) -> None:
+               why: str | None) -> None:
     """The run's length as the time budget planned it at `step`. When the cosine follows max_iters it goes on from
     where it is to the new end (cfg.replanned_at), so the learning rate stays continuous. Recorded in
     train_config.json and, through cfg, in every later checkpoint: a resume continues the same schedule. At least
@@ -747,8 +800,8 @@ def set_length(cfg: TrainConfig, total: int, step: int, rt: Runtime, display: Pr
         cfg.replanned_at = [step, cosine_progress(step, cfg)]
         cfg.lr_decay_iters = total
     display.print(f"time budget {cfg.max_minutes:.3g} min (--max-minutes): "
-                  + (f"re-planned at step {step}: {total} steps (was {cfg.max_iters}) at the speed since the last "
-                     f"plan" if replanned else f"training {total} steps"))
+                  + (f"re-planned at step {step}: {total} steps (was {cfg.max_iters}) {why}" if why
+                     else f"training {total} steps"))
     cfg.max_iters = total
     display.update(bar, total=total)
     if rt.info.is_main:
@@ -834,13 +887,18 @@ def run_steps(cfg: TrainConfig, rt: Runtime, t: Trainer, state: TrainState, metr
         while step < cfg.max_iters or budget.at is not None:
             budget.before_step(step)
             lr, loss_sum = t.step(step)
+            budget.after_step()
             step += 1
             state.tokens += t.tokens_per_step
             log.tokens_last += t.tokens_per_step
             total = budget.length(cfg, step, t.t_start, len(t.splits), rt.info)  # --max-minutes: the speed is known
-            replanned = total is None and (total := budget.replan(cfg, step, t.t_start, rt.info)) is not None
+            why = None
+            if total is None and (total := budget.replan(cfg, step, t.t_start, rt.info)) is not None:
+                why = "at the speed since the last plan"
+            elif total is None and (total := budget.watch(cfg, step, t.t_start, rt.info)) is not None:
+                why = "at the speed of the steps since the last plan"
             if total is not None:
-                set_length(cfg, total, step, rt, log.display, log.bar, replanned)
+                set_length(cfg, total, step, rt, log.display, log.bar, why)
             last = budget.at is None and step == cfg.max_iters
             eval_due = step % cfg.eval_interval == 0 or last
             save_due = step % cfg.save_interval == 0 or last
