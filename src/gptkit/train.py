@@ -99,17 +99,12 @@ def time_budget_step(cfg: TrainConfig) -> int:
     return max(cfg.warmup_iters, TIME_BUDGET_FIRST_STEPS + 10)
 
 
-def eval_share(cfg: TrainConfig, n_splits: int) -> float:
-    """Periodic evaluation's time as a share of the training steps': an eval batch is a forward pass, about a third
-    of a training step."""
-    return n_splits * cfg.eval_iters / 3 / (cfg.eval_interval * cfg.grad_accum)
-
-
 def steps_in_budget(cfg: TrainConfig, step: int, elapsed_s: float, s_per_step: float, n_splits: int) -> int:
-    """Total steps that end a run near cfg.max_minutes, given where it is now and its measured time a step, with
-    periodic evaluation budgeted on top (`eval_share`)."""
+    """Total steps that end a run near cfg.max_minutes, given where it is now and its measured speed. Periodic
+    evaluation is budgeted too: an eval batch is a forward pass, about a third of a training step."""
+    eval_share = n_splits * cfg.eval_iters / 3 / (cfg.eval_interval * cfg.grad_accum)
     left = max(0.0, cfg.max_minutes * 60 - elapsed_s)
-    return step + int(left / (s_per_step * (1 + eval_share(cfg, n_splits))))
+    return step + int(left / (s_per_step * (1 + eval_share)))
 
 
 # ------------------------------------------------------------------------------------------- dtype
