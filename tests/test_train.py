@@ -474,15 +474,12 @@ def test_a_replanned_cosine_is_continuous_and_ends_at_min_lr() -> None:
     assert after[120] == pytest.approx(1e-4) and after[81] < before[81]
 
 
-def test_max_minutes_replans_when_the_machine_slows_down(char_data: Path, tmp_path: Path, monkeypatch,
-                                                        capsys) -> None:
-    """A competing process halfway (here: every step from step 60 on takes 3× as long) moves the end closer:
-    re-planned at the evaluations, recorded with the run, the learning rate continuous down to min_lr. The
-    trainer reads a fake clock that each step advances (50 ms, then 150 ms), so the machine's own load cannot
-    change the plans (with real sleeps, a loaded CI machine once planned fewer than 60 steps in all)."""
+def fake_step_clock(monkeypatch, before: float, after: float, slow_from: int = 60):
+    """gptkit.train's `time`, with a perf_counter that only the steps advance: `before` seconds a step, `after`
+    from step `slow_from` on (a competing process), so that the machine's own load cannot change the plans."""
     import gptkit.train as T
 
-    class Clock:  # gptkit.train's `time`, with a perf_counter that only the steps advance
+    class Clock:
         now = 0.0
 
         def perf_counter(self) -> float:
@@ -495,11 +492,21 @@ def test_max_minutes_replans_when_the_machine_slows_down(char_data: Path, tmp_pa
     step = T.Trainer.step
 
     def slowed(self, i):
-        clock.now += 0.05 if i < 60 else 0.15
+        clock.now += before if i < slow_from else after
         return step(self, i)
 
     monkeypatch.setattr(T, "time", clock)
     monkeypatch.setattr(T.Trainer, "step", slowed)
+    return clock
+
+
+def test_max_minutes_replans_when_the_machine_slows_down(char_data: Path, tmp_path: Path, monkeypatch,
+                                                        capsys) -> None:
+    """A competing process halfway (here: every step from step 60 on takes 3× as long) moves the end closer:
+    re-planned at the evaluations, recorded with the run, the learning rate continuous down to min_lr. The
+    trainer reads a fake clock that each step advances (50 ms, then 150 ms), so the machine's own load cannot
+    change the plans (with real sleeps, a loaded CI machine once planned fewer than 60 steps in all)."""
+    fake_step_clock(monkeypatch, 0.05, 0.15)
     run = tmp_path / "run"
     loud = [a for a in TINY if a != "--quiet"]  # the plans are said on stderr
     assert main(["train", "--data", str(char_data), "--out", str(run), "--max-minutes", "0.1", *loud,
@@ -522,24 +529,7 @@ def test_max_minutes_ends_on_time_when_the_machine_slows_many_fold(char_data: Pa
     fake clock; the steps' own speed is watched between evaluations, so the run ends within 5% of its budget."""
     import gptkit.train as T
 
-    class Clock:  # gptkit.train's `time`, with a perf_counter that only the steps advance
-        now = 0.0
-
-        def perf_counter(self) -> float:
-            return self.now
-
-        def __getattr__(self, name):
-            return getattr(time, name)
-
-    clock = Clock()
-    step = T.Trainer.step
-
-    def slowed(self, i):
-        clock.now += 0.02 if i < 60 else 0.4
-        return step(self, i)
-
-    monkeypatch.setattr(T, "time", clock)
-    monkeypatch.setattr(T.Trainer, "step", slowed)
+    clock = fake_step_clock(monkeypatch, 0.02, 0.4)
     run = tmp_path / "run"
     loud = [a for a in TINY if a not in ("--quiet", "--eval-interval", "10")]
     assert main(["train", "--data", str(char_data), "--out", str(run), "--max-minutes", "0.1", *loud,
