@@ -150,3 +150,16 @@ def test_a_remembered_fact_is_read_back_per_key_beside_the_decisions(cache, monk
     autotune.remember("a fact", "k1", "z")
     monkeypatch.setenv("GPTKIT_AUTOTUNE", "off")  # off: nothing is read or kept
     assert autotune.recall("a fact", "k1") is None
+
+
+def test_choose_once_answers_from_the_process_first_and_takes_a_known_answer(cache, monkeypatch):
+    measured = []
+    monkeypatch.setattr(autotune, "measure", lambda work, rounds, **kw: measured.append(1) or
+                        {"a": [1.0] * rounds, "b": [0.5] * rounds})
+    memo = {}
+    args = ("q", {"n": 1}, ("a", "b"), lambda: {"a": lambda: None, "b": lambda: None})
+    assert autotune.choose_once(memo, "k", None, *args) == "b" and memo == {"k": "b"} and measured == [1]
+    cache.unlink()  # not on disk any more: the process's own answer still holds, nothing is measured again
+    assert autotune.choose_once(memo, "k", None, *args) == "b" and measured == [1]
+    assert autotune.choose_once(memo, "k", "a", *args) == "a" and memo == {"k": "a"}  # a resumed run's answer
+    assert autotune.choose_once({}, "k2", "a", *args) == "a" and measured == [1]

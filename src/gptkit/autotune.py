@@ -206,6 +206,19 @@ def choose(question: str, shape: Mapping[str, Any] | Sequence[Any] | str, option
     return choice
 
 
+def choose_once(memo: dict, key: Any, known: str | None, question: str,
+                shape: Mapping[str, Any] | Sequence[Any] | str, options: Sequence[str],
+                build: Callable[[], Mapping[str, Callable[[], Any]]], **kw: Any) -> str:
+    """`choose`, for a choice a process takes at run time: `memo` holds this process's answers by `key` (its
+    code reads them there), answered from first (a run asks twice: the dtype's decision, then the run itself);
+    `known`, when not None, is the answer a resumed run recorded, taken as it is."""
+    if known is not None:
+        memo[key] = known
+    if key not in memo:
+        memo[key] = choose(question, shape, options, build, **kw)
+    return memo[key]
+
+
 def recall(question: str, shape: Mapping[str, Any] | Sequence[Any] | str) -> Any:
     """A fact remembered about this machine (`remember`), or None: not known, or GPTKIT_AUTOTUNE=off."""
     if not enabled():

@@ -184,19 +184,13 @@ def choose_path(batch: int, n_head: int, context: int, head_size: int, known: st
     choice: a context of 1 or beyond MAX_CONTEXT (SDPA's own)."""
     if not 1 < context <= MAX_CONTEXT:
         return None
-    key = (batch, n_head, context, head_size)
-    if known in PATHS:
-        _chosen[key] = known
-    if key in _chosen:  # chosen in this process already (the dtype's decision asks first, then the run)
-        return _chosen[key]
     shape = {"batch": batch, "n_head": n_head, "context": context, "head_size": head_size,
              "threads": torch.get_num_threads()}
-    choice = autotune.choose("bf16 training attention", shape, PATHS,
-                             lambda: _path_workloads(batch, n_head, context, head_size),
-                             rounds=autotune.TRAINING_ROUNDS, min_gain=autotune.PATH_MIN_GAIN,
-                             describe=lambda p: f"bf16 training computes attention in {p} at this shape")
-    _chosen[key] = choice
-    return choice
+    return autotune.choose_once(_chosen, (batch, n_head, context, head_size), known if known in PATHS else None,
+                                "bf16 training attention", shape, PATHS,
+                                lambda: _path_workloads(batch, n_head, context, head_size),
+                                rounds=autotune.TRAINING_ROUNDS, min_gain=autotune.PATH_MIN_GAIN,
+                                describe=lambda p: f"bf16 training computes attention in {p} at this shape")
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:

@@ -65,10 +65,6 @@ def choose_path(rows: int, width: int, vocab: int, known: str | None = None) -> 
     on a few chunks' rows, which is all they show, but the plain way's whole logits leave the caches as they grow
     (at 8,192 tokens it measured level with the fused eager way on 512 rows, and was 2× slower on 2,048:
     docs/benchmarks.md), and it holds ~16 bytes a logit at once."""
-    if known in PATHS:
-        _chosen[(rows, vocab)] = known
-    if (rows, vocab) in _chosen:  # chosen in this process already (the dtype's decision asks first)
-        return _chosen[(rows, vocab)]
 
     def workloads():
         # about 4 M logits a timed call: the fused loss goes chunk by chunk, so rows beyond a few chunks (GPT-2's
@@ -92,11 +88,10 @@ def choose_path(rows: int, width: int, vocab: int, known: str | None = None) -> 
 
     options = PATHS if rows * vocab <= MEASURED_LOGITS else PATHS[:2]
     shape = {"rows": rows, "width": width, "vocab": vocab, "threads": torch.get_num_threads()}
-    choice = autotune.choose("bf16 training loss", shape, options, workloads, rounds=autotune.TRAINING_ROUNDS,
-                             min_gain=autotune.PATH_MIN_GAIN,
-                             describe=lambda p: f"the bf16 training loss runs {p} here")
-    _chosen[(rows, vocab)] = choice
-    return choice
+    return autotune.choose_once(_chosen, (rows, vocab), known if known in PATHS else None, "bf16 training loss",
+                                shape, options, workloads, rounds=autotune.TRAINING_ROUNDS,
+                                min_gain=autotune.PATH_MIN_GAIN,
+                                describe=lambda p: f"the bf16 training loss runs {p} here")
 
 
 def chunk_rows(vocab_size: int, compiled: bool = False) -> int:
