@@ -441,7 +441,9 @@ def test_max_minutes_sets_the_length_from_the_measured_speed(char_data: Path, tm
         return 35  # what a real budget would give depends on the machine's speed: fixed here
 
     monkeypatch.setattr(T, "steps_in_budget", steps_in_budget)
-    monkeypatch.setattr(T.TimeBudget, "replan", lambda *a: None)  # re-planning: the next test
+    monkeypatch.setattr(T.TimeBudget, "replan", lambda *a: None)  # re-planning: the tests below
+    # nor the per-step watch, which on a slow machine would end this 12-second budget before step 35
+    monkeypatch.setattr(T.TimeBudget, "watch", lambda *a: None)
     run = tmp_path / "run"
     assert main(["train", "--data", str(char_data), "--out", str(run), "--max-minutes", "0.2", *TINY,
                  "--warmup-iters", "20", "--keep-last", "9"]) == 0
