@@ -88,6 +88,55 @@ def test_optimizer_step_clips_then_steps_and_drops_the_gradients() -> None:
     assert torch.allclose(w.detach(), torch.tensor([-3.6, -4.8, 0.0]))
 
 
+@pytest.mark.parametrize("grad_clip", [0.5, 1e9, 0.0])
+def test_the_fused_adamw_step_is_torchs_clip_and_step(grad_clip: float, monkeypatch) -> None:
+    """optimizer_step's direct fused AdamW step against torch's own (clip_grad_norm_, AdamW(fused=True).step()),
+    over a small GPT's real gradients: bitwise equal when nothing is clipped; when clipping, a division for a
+    multiplication: one step from the same state equal up to float32 rounding (over more steps training
+    amplifies such differences, as any change of rounding). It is the path taken after the first step."""
+    import gptkit.optim as O
+    from gptkit.config import GPTConfig
+    from gptkit.model import GPT
+
+    fused = O.fused_adamw_step
+    steps = 2 if grad_clip == 0.5 else 6
+
+    def run(direct: bool) -> tuple[list[torch.Tensor], list[bool]]:
+        torch.manual_seed(0)
+        model = GPT(GPTConfig.from_preset("gpt-nano", vocab_size=50, block_size=16))
+        opt = O.adamw(model, 1e-2, 0.1, (0.9, 0.95), 1e-8)
+        taken = []
+        monkeypatch.setattr(O, "fused_adamw_step", lambda o, c: taken.append(direct and fused(o, c)) or taken[-1])
+        for step in range(steps):
+            x = torch.randint(0, 50, (4, 16), generator=torch.Generator().manual_seed(step))
+            model(x, targets=x.roll(1, 1)).backward()
+            O.optimizer_step(model, opt, grad_clip)
+            assert all(p.grad is None for p in model.parameters())
+        return [p.detach().clone() for p in model.parameters()], taken
+
+    (ref, _), (got, taken) = run(False), run(True)
+    assert taken == [False] + [True] * (steps - 1)  # torch's step makes the state; then the direct call
+    if grad_clip == 0.5:
+        assert any(not torch.equal(a, b) for a, b in zip(ref, got))  # clipped: the rounding differs
+        assert all(torch.allclose(a, b, rtol=0, atol=1e-7) for a, b in zip(ref, got))  # weights ~1: an ulp
+    else:
+        assert all(torch.equal(a, b) for a, b in zip(ref, got))
+
+
+def test_the_fused_adamw_step_leaves_other_optimizers_to_torch() -> None:
+    from gptkit.optim import fused_adamw_step
+
+    w = torch.nn.Parameter(torch.ones(3))
+    w.grad = torch.ones(3)
+    unfused = torch.optim.AdamW([w], lr=0.1, fused=False)
+    unfused.step()
+    assert not fused_adamw_step(unfused, 1.0) and not fused_adamw_step(torch.optim.SGD([w], lr=0.1), 1.0)
+    hooked = torch.optim.AdamW([w], lr=0.1, fused=True)
+    hooked.step()
+    hooked.register_step_post_hook(lambda *a: None)
+    assert not fused_adamw_step(hooked, 1.0) and torch.equal(w.grad, torch.ones(3))  # nothing done
+
+
 def test_schedules() -> None:
     # cosine: a float64 recomputation of the formula at the middle of the decay
     assert warmup_cosine(60, 1e-3, 1e-4, 10, 110) == pytest.approx(1e-4 + 0.5 * (1 + math.cos(math.pi / 2)) * 9e-4)
