@@ -8,6 +8,7 @@ the two learning-rate schedules of the papers.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import torch
@@ -43,23 +44,34 @@ def optimizer_step(model, optimizer, grad_clip: float) -> None:
 def _fused_groups(optimizer) -> list[tuple[dict, list, list, list, list, list]] | None:
     """(group, params, grads, exp_avgs, exp_avg_sqs, steps) for each parameter group, where torch.optim.AdamW
     would make one fused call per group: fused, no options the kernel call below leaves out, no step hooks, every
-    parameter with a gradient and its state (None before the first step), one device and dtype, no DTensors."""
+    parameter with a gradient, one device and dtype, no DTensors; else None. Before the first step it makes the
+    state as torch's AdamW does (zero moments, a float32 step count); a partial state is left to torch."""
     if type(optimizer) is not torch.optim.AdamW or getattr(optimizer, "_optimizer_step_pre_hooks", None) or \
             getattr(optimizer, "_optimizer_step_post_hooks", None):
         return None
-    groups, first = [], None
+    first = None
     for g in optimizer.param_groups:
         if not g.get("fused") or g["amsgrad"] or g["maximize"] or g["capturable"] or g["differentiable"] or \
                 isinstance(g["lr"], torch.Tensor):
             return None
-        params, grads, states = g["params"], [p.grad for p in g["params"]], [optimizer.state.get(p) for p in g["params"]]
-        for p, grad, st in zip(params, grads, states):
+        for p in g["params"]:
             first = first or (p.device, p.dtype)
-            if grad is None or not st or type(grad) is not torch.Tensor or (p.device, p.dtype) != first or \
-                    grad.dtype != p.dtype:
+            if p.grad is None or type(p.grad) is not torch.Tensor or (p.device, p.dtype) != first or \
+                    p.grad.dtype != p.dtype:
                 return None
-        groups.append((g, params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-                       [s["step"] for s in states]))
+    if not optimizer.state:
+        for g in optimizer.param_groups:
+            for p in g["params"]:
+                optimizer.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device),
+                                      "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                                      "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+    groups = []
+    for g in optimizer.param_groups:
+        states = [optimizer.state.get(p) for p in g["params"]]
+        if not all(states):
+            return None
+        groups.append((g, g["params"], [p.grad for p in g["params"]], [s["exp_avg"] for s in states],
+                       [s["exp_avg_sq"] for s in states], [s["step"] for s in states]))
     return groups
 
 
@@ -113,5 +125,39 @@ def adamw(model, lr: float, weight_decay: float, betas: tuple[float, float], eps
     """AdamW over `param_groups`; fused (one kernel for all parameters) on plain tensors, the foreach path where
     the parameters are DTensors (FSDP)."""
 
+    defer_dynamo_import()
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, fused=fused,
                              foreach=False if fused else None)
+
+
+DYNAMO_GUARDED = ("add_param_group", "state_dict", "load_state_dict", "zero_grad")
+"""torch.optim.Optimizer's methods that torch wraps in `torch._disable_dynamo`."""
+
+
+def defer_dynamo_import() -> None:
+    """Keep torch.optim from importing torch._dynamo while nothing else has.
+
+    torch wraps a few Optimizer methods (DYNAMO_GUARDED) in `_disable_dynamo`, which imports torch._dynamo at their
+    first call (0.9 s on a 2-core Xeon: 2.3% of nanoGPT's whole CPU recipe, a third of a 20-step run) to build a
+    version dynamo will not trace, and caches it on the function as `__dynamo_disable`. This puts a stand-in in
+    that cache: while torch._dynamo is not imported nothing can be tracing, so it calls the method as it is; once
+    something has imported it, its next call builds and caches what torch's would have. Together with
+    `fused_adamw_step` (torch's own `step()` imports it too) a training process on the CPU never imports dynamo
+    unless it compiles. Methods whose cache torch has already filled are left alone."""
+    for name in DYNAMO_GUARDED:
+        fn = getattr(getattr(torch.optim.Optimizer, name), "__wrapped__", None)
+        if fn is not None and getattr(fn, "__dynamo_disable", None) is None:
+            setattr(fn, "__dynamo_disable", _until_dynamo(fn))
+
+
+def _until_dynamo(fn):
+    def call(*args, **kwargs):
+        if "torch._dynamo" not in sys.modules:
+            return fn(*args, **kwargs)
+        import torch._dynamo
+
+        disabled = torch._dynamo.disable(fn, True, wrapping=False)  # what torch's first call would have cached
+        setattr(fn, "__dynamo_disable", disabled)
+        return disabled(*args, **kwargs)
+
+    return call
