@@ -25,7 +25,7 @@ LAYERS = {
     # core: the model, its tokens, its weights on disk, and the machinery every engine shares
     "gptkit.tokenizer": 1, "gptkit.model": 1, "gptkit.lm_loss": 1, "gptkit.cpu_attention": 1, "gptkit.compiled": 1, "gptkit.flex": 1, "gptkit.generate": 1, "gptkit.chat_template": 1,
     "gptkit.checkpoint": 1, "gptkit.interop": 1, "gptkit.distributed": 1, "gptkit.runtime": 1, "gptkit.optim": 1,
-    "gptkit.autotune": 1, "gptkit.data.shards": 1, "gptkit.data.sources": 1, "gptkit.data.records": 1,
+    "gptkit.autotune": 1, "gptkit.threadguard": 1, "gptkit.data.shards": 1, "gptkit.data.sources": 1, "gptkit.data.records": 1,
     "gptkit.data.loader": 1, "gptkit.data.bytes": 1, "gptkit.data.outputs": 1,
     # engines: one job each
     "gptkit.data": 2, "gptkit.train": 2, "gptkit.finetune": 2, "gptkit.evaluate": 2, "gptkit.serve": 2,

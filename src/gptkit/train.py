@@ -64,6 +64,7 @@ from .optim import adamw, cosine, optimizer_step, set_lr, warmup_cosine
 from .options.train import TrainConfig, check_types, load_yaml_config  # noqa: F401 (re-exported)
 from .runlock import RunLocked, run_lock
 from .runtime import Progress, autocast, gpu_peak_flops, keep_freed_memory, pick_device, pick_dtype, set_threads
+from .threadguard import ThreadGuard
 
 RESUME_OVERRIDABLE = ("device", "quiet", "threads", "max_iters", "log_interval", "eval_interval", "save_interval",
                       "keep_last", "sample_every", "compile", "parallel", "nproc", "activation_checkpointing",
@@ -728,12 +729,13 @@ class TimeBudget:
         if self.at is not None and self.t_speed is None and step >= min(TIME_BUDGET_FIRST_STEPS, self.at - 1):
             self.t_speed, self.step_speed = self.t_step, step
 
-    def after_step(self) -> None:
-        """Count the step's own time (from `before_step`)."""
+    def after_step(self) -> float:
+        """Count the step's own time (from `before_step`), and return it."""
         self.t_end = time.perf_counter()
         took = self.t_end - self.t_step
         self.steps_s += took
         self.window = [self.window[0] + took, self.window[1] + 1]
+        return took
 
     def length(self, cfg: TrainConfig, step: int, t_start: float, n_splits: int, info) -> int | None:
         """At the budget step: the run's total steps, rank 0's choice on every rank; otherwise None."""
@@ -880,12 +882,14 @@ def run_steps(cfg: TrainConfig, rt: Runtime, t: Trainer, state: TrainState, metr
         print(f"gptkit: {rt.run_dir} is already at step {step} (--max-iters {cfg.max_iters}): nothing to train; "
               f"pass a larger --max-iters to continue it", file=sys.stderr)
     log = StepLog(cfg, rt, t, metrics_path, step)
+    guard = ThreadGuard(rt.device.type == "cpu" and cfg.threads is None and not rt.info.enabled, log.display.print)
     try:
         while step < cfg.max_iters or budget.at is not None:
             budget.before_step(step)
             lr, loss_sum = t.step(step)
-            budget.after_step()
+            took = budget.after_step()
             step += 1
+            guard.after_step(took, step)
             state.tokens += t.tokens_per_step
             log.tokens_last += t.tokens_per_step
             total = budget.length(cfg, step, t.t_start, len(t.splits), rt.info)  # --max-minutes: the speed is known
@@ -911,6 +915,8 @@ def run_steps(cfg: TrainConfig, rt: Runtime, t: Trainer, state: TrainState, metr
                 record = {"step": step, "train_loss": train_loss, "lr": lr, "elapsed_s": round(now - t.t_start, 3),
                           "tokens": state.tokens,
                           "tokens_per_s": round(log.tokens_last / max(now - log.t_last, 1e-9), 1)}
+                if guard.now != guard.full:
+                    record["threads"] = guard.now
                 if eval_due:
                     last_eval = t.evaluate()
                     record.update(val_loss=last_eval.get("val"), train_eval_loss=last_eval.get("train"))
@@ -923,6 +929,7 @@ def run_steps(cfg: TrainConfig, rt: Runtime, t: Trainer, state: TrainState, metr
             if save_due:
                 t.checkpoint(step, state)
     finally:
+        guard.close()
         log.close()
     state.step = step
     return last_eval
