@@ -479,6 +479,11 @@ def test_a_replanned_cosine_is_continuous_and_ends_at_min_lr() -> None:
 def fake_step_clock(monkeypatch, before: float, after: float, slow_from: int = 60):
     """gptkit.train's `time`, with a perf_counter that only the steps advance: `before` seconds a step, `after`
     from step `slow_from` on (a competing process), so that the machine's own load cannot change the plans."""
+    return fake_clock(monkeypatch, lambda i: before if i < slow_from else after)
+
+
+def fake_clock(monkeypatch, seconds):
+    """gptkit.train's `time`, with a perf_counter that only the steps advance, `seconds(i)` for step i."""
     import gptkit.train as T
 
     class Clock:
@@ -494,7 +499,7 @@ def fake_step_clock(monkeypatch, before: float, after: float, slow_from: int = 6
     step = T.Trainer.step
 
     def slowed(self, i):
-        clock.now += before if i < slow_from else after
+        clock.now += seconds(i)
         return step(self, i)
 
     monkeypatch.setattr(T, "time", clock)
@@ -549,6 +554,26 @@ def test_max_minutes_ends_on_time_when_the_machine_slows_many_fold(char_data: Pa
     assert main(["train", "--data", str(char_data), "--out", str(tmp_path / "unwatched"), "--max-minutes", "0.1",
                  *loud, "--eval-interval", "100", "--warmup-iters", "20"]) == 0
     assert clock.now > 6.0 * 1.5
+
+
+def test_training_drops_to_fewer_threads_beside_another_job(char_data: Path, tmp_path: Path, monkeypatch,
+                                                            capsys, request) -> None:
+    """The run's wiring of gptkit.threadguard: on a fake clock where, from step 40, two threads take 0.3 s a step
+    and one 0.04 s (another process on one of two cores), the run says it moved to one thread, metrics.jsonl
+    marks the steps trained on it, and torch has its thread count back at the end; `--threads 2` keeps two."""
+    request.addfinalizer(lambda n=torch.get_num_threads(): torch.set_num_threads(n))
+    torch.set_num_threads(2)
+    fake_clock(monkeypatch, lambda i: 0.02 if i < 40 else {2: 0.3, 1: 0.04}[torch.get_num_threads()])
+    loud = [a for a in TINY if a != "--quiet"]
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(char_data), "--out", str(run), "--max-iters", "120", *loud]) == 0
+    assert "gptkit: training on 1 thread from step" in capsys.readouterr().err
+    rows = metric_lines(run)
+    assert any(r.get("threads") == 1 for r in rows) and all("threads" not in r for r in rows if r["step"] <= 40)
+    assert torch.get_num_threads() == 2
+    assert main(["train", "--data", str(char_data), "--out", str(tmp_path / "fixed"), "--max-iters", "120",
+                 "--threads", "2", *loud]) == 0
+    assert "thread" not in capsys.readouterr().err and all("threads" not in r for r in metric_lines(tmp_path / "fixed"))
 
 
 def test_quickstart_on_a_named_corpus(shared_data: Path, tmp_path: Path, capsys) -> None:
