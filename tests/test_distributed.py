@@ -245,3 +245,37 @@ def test_one_process_state_dicts_are_torch_distributed_checkpoints(tied: bool) -
         for k, v in state.items():
             assert torch.equal(ours[1]["state"][name][k], v), (name, k)
     assert ours[1]["param_groups"] == want[1]["param_groups"]
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_one_process_loads_optimizer_state_as_torch_distributed_checkpoint_does(tied: bool) -> None:
+    """load_named_optimizer_state (one process, no import of torch.distributed.checkpoint) leaves an optimizer
+    in exactly the state set_optimizer_state_dict, the oracle, gives it from the same name-keyed state; and a
+    state naming a parameter the model lacks is refused in words."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    from gptkit.optim import adamw
+
+    def trained(seed: int):
+        torch.manual_seed(seed)
+        model = GPT(GPTConfig(vocab_size=40, block_size=8, n_layer=2, n_head=2, n_embd=16, tie_embeddings=tied))
+        optimizer = adamw(model, 1e-3 * (seed + 1), 0.1, (0.9, 0.95), 1e-8, fused=True)
+        for _ in range(seed + 1):
+            x = torch.randint(40, (3, 8))
+            model(x, targets=x).backward()
+            optimizer.step()
+        return model, optimizer
+
+    saved = D.named_state_dicts(*trained(1))[1]
+    ours, ref = trained(0), trained(0)
+    D.load_named_optimizer_state(*ours, saved)
+    set_optimizer_state_dict(*ref, saved, options=StateDictOptions(full_state_dict=True))
+    got, want = ours[1].state_dict(), ref[1].state_dict()
+    same = [{**g, "betas": tuple(g["betas"])} for g in want["param_groups"]]  # the oracle's betas come back a list
+    assert got["param_groups"] == same and got["state"].keys() == want["state"].keys()
+    for i, state in want["state"].items():
+        assert all(torch.equal(got["state"][i][k], v) for k, v in state.items()), i
+    assert got["param_groups"][0]["lr"] == 2e-3  # the saved run's settings, not the fresh optimizer's
+    stray = {**saved, "state": {**saved["state"], "transformer.h.9.mlp.c_fc.weight": {}}}
+    with pytest.raises(ValueError, match="transformer.h.9.mlp.c_fc.weight"):
+        D.load_named_optimizer_state(*trained(0), stray)

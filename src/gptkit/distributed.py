@@ -136,10 +136,28 @@ def named_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tup
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Load a name-keyed full optimizer state (from `full_state_dicts`) into a plain, DDP or FSDP2 model's
-    optimizer, whatever the number of processes that saved it."""
+    optimizer, whatever the number of processes that saved it. In one process with no process group,
+    `load_named_optimizer_state`, without importing torch.distributed.checkpoint."""
+    if not dist.is_initialized() and all(p.device.type == "cpu" for p in model.parameters()):
+        load_named_optimizer_state(model, optimizer, state)
+        return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def load_named_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """The inverse of `named_state_dicts` for the optimizer: a name-keyed state (saved by one process or many)
+    loaded by position, as `optimizer.load_state_dict` takes it. torch.distributed.checkpoint, and through it
+    torch._dynamo, cost a resume 1.5-2 s of imports on two cores."""
+    names = {p: n for n, p in model.named_parameters()}
+    index = {names[p]: i for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"])}
+    unknown = sorted({*state["state"], *(n for g in state["param_groups"] for n in g["params"])} - set(index))
+    if unknown:
+        raise ValueError(f"the saved optimizer state has parameters this model does not: {', '.join(unknown[:3])}")
+    optimizer.load_state_dict({"state": {index[n]: s for n, s in state["state"].items()},
+                               "param_groups": [{**g, "params": [index[n] for n in g["params"]]}
+                                                for g in state["param_groups"]]})
 
 
 def load_full_from_rank0(model: nn.Module, state: dict) -> None:
