@@ -12,8 +12,8 @@ run started beside the other job has no faster window to compare with and is lef
 
 Some of torch's CPU kernels split their sums by thread (a bias gradient, at gpt-nano's shape; nanoGPT's recipe
 shape, without biases, gave bitwise the same 30 steps at one and two threads on the Xeon), so a run the guard has
-switched is a correct run, but not bitwise the one a quiet machine gives; in quiet running it never switches, and
-exact resume holds as before. `--threads N` fixes the count and turns the guard off, as does torchrun (its
+switched is a correct run, but not bitwise the one a quiet machine gives; in quiet running it does not switch
+(steps that vary by ±30% never look like another job), and exact resume holds as before. `--threads N` fixes the count and turns the guard off, as does torchrun (its
 processes share out the cores already).
 """
 
@@ -53,6 +53,7 @@ class ThreadGuard:
         self.fewer_ref = math.inf  # the window mean on fewer threads when they were chosen (or last kept)
         self.kept = math.inf  # the last window's mean at the count in use before a try
         self.trying_since: float | None = None  # the guard's clock when the current try began
+        self.trying_from = 0  # the first step of the current try
         self.times: list[float] = []
         self.settle = self.WINDOW  # the first steps (allocations, warm caches) are not judged
         self.clock = 0.0  # the steps' own seconds so far
@@ -74,9 +75,9 @@ class ThreadGuard:
         if self.now == self.full:
             self.best = min(self.best, mean)
         if self.trying_since is not None:
-            self._judge(mean, step)
+            self._judge(mean)
         elif self._worth_a_try(mean):
-            self.kept, self.trying_since = mean, self.clock
+            self.kept, self.trying_since, self.trying_from = mean, self.clock, step + 1
             self._use(self.fewer if self.now == self.full else self.full)
 
     def _worth_a_try(self, mean: float) -> bool:
@@ -84,11 +85,11 @@ class ThreadGuard:
             return self.clock >= self.next_try or mean < (1 - self.FASTER) * self.fewer_ref
         return self.clock >= self.next_try and mean > self.SLOWER * self.best
 
-    def _judge(self, mean: float, step: int) -> None:
+    def _judge(self, mean: float) -> None:
         tried, before = self.now, self.full if self.now != self.full else self.fewer
         if mean < self.kept * (1 - self.MARGIN):
             why = "the CPU is busy with another process" if tried < self.full else "the CPU is free again"
-            self.say(f"gptkit: training on {tried} thread{'s' * (tried > 1)} from step {step} ({why}): "
+            self.say(f"gptkit: training on {tried} thread{'s' * (tried > 1)} from step {self.trying_from} ({why}): "
                      f"{mean * 1e3:.0f} ms a step against {self.kept * 1e3:.0f} ms on {before}")
             self.fewer_ref = mean if tried < self.full else math.inf
         else:
