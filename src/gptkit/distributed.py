@@ -115,7 +115,7 @@ def full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tupl
     it; only rank 0 gets the tensors (the other ranks get empty dicts, so their memory does not grow). In one
     process with no process group, `named_state_dicts`: the same dicts."""
 
-    if not dist.is_initialized() and all(p.device.type == "cpu" for p in model.parameters()):
+    if _one_cpu_process(model):
         return named_state_dicts(model, optimizer)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
@@ -126,19 +126,30 @@ def named_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tup
     """A plain module's and its optimizer's state keyed by parameter name, as torch.distributed.checkpoint's
     full state dicts are (a tied parameter under its first name), without importing it."""
 
-    names = {p: n for n, p in model.named_parameters()}
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    sd = optimizer.state_dict()  # keyed by position in `params`
-    state = {names[params[i]]: s for i, s in sd["state"].items()}
-    groups = [{**g, "params": [names[params[i]] for i in g["params"]]} for g in sd["param_groups"]]
+    names = _optimizer_param_names(model, optimizer)
+    sd = optimizer.state_dict()  # keyed by position in `names`
+    state = {names[i]: s for i, s in sd["state"].items()}
+    groups = [{**g, "params": [names[i] for i in g["params"]]} for g in sd["param_groups"]]
     return model.state_dict(), {"state": state, "param_groups": groups}
+
+
+def _optimizer_param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The name of each of the optimizer's parameters, in the order its state dict numbers them (a tied
+    parameter under its first name, as torch.distributed.checkpoint names it)."""
+    names = {p: n for n, p in model.named_parameters()}
+    return [names[p] for group in optimizer.param_groups for p in group["params"]]
+
+
+def _one_cpu_process(model: nn.Module) -> bool:
+    """One process, no process group, the model on the CPU: where state dicts need no torch.distributed."""
+    return not dist.is_initialized() and all(p.device.type == "cpu" for p in model.parameters())
 
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Load a name-keyed full optimizer state (from `full_state_dicts`) into a plain, DDP or FSDP2 model's
     optimizer, whatever the number of processes that saved it. In one process with no process group,
     `load_named_optimizer_state`, without importing torch.distributed.checkpoint."""
-    if not dist.is_initialized() and all(p.device.type == "cpu" for p in model.parameters()):
+    if _one_cpu_process(model):
         load_named_optimizer_state(model, optimizer, state)
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
@@ -150,8 +161,7 @@ def load_named_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimize
     """The inverse of `named_state_dicts` for the optimizer: a name-keyed state (saved by one process or many)
     loaded by position, as `optimizer.load_state_dict` takes it. torch.distributed.checkpoint, and through it
     torch._dynamo, cost a resume 1.5-2 s of imports on two cores."""
-    names = {p: n for n, p in model.named_parameters()}
-    index = {names[p]: i for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"])}
+    index = {n: i for i, n in enumerate(_optimizer_param_names(model, optimizer))}
     unknown = sorted({*state["state"], *(n for g in state["param_groups"] for n in g["params"])} - set(index))
     if unknown:
         raise ValueError(f"the saved optimizer state has parameters this model does not: {', '.join(unknown[:3])}")
