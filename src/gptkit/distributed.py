@@ -67,8 +67,13 @@ def init(device_type: str) -> DistInfo:
     return info
 
 
-def shutdown() -> None:
+def shutdown(together: bool = False) -> None:
+    """End this process's part in the process group. `together` (the success path): wait for every rank first, so
+    that no rank tears its gloo threads down while another still uses the group (a rank once aborted with
+    'terminate called without an active exception' when it left first)."""
     if dist.is_initialized():
+        if together and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -81,8 +81,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             return launch_torchrun(cfg.nproc, args.argv, cfg.threads)
     try:
         summary = train(cfg)
-    finally:
+    except BaseException:
         D.shutdown()
+        raise
+    D.shutdown(together=True)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     val = summary["val_loss"]
