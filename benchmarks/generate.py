@@ -2,13 +2,14 @@
 
 The GPT-2-small shape (124M parameters) with random weights, saved as a transformers GPT2LMHeadModel
 directory and loaded by gptkit through its Hugging Face import path (GPT.from_pretrained). A 16-token prompt,
-128 new tokens, batch 1, fp32, greedy, 2 threads; both sides use their KV cache. gptkit is timed as `gptkit
-sample` runs it (`prepare_for_inference` with `--blas auto`: the BLAS this CPU was measured to decode the
-shape faster with), with the other BLAS, and as the plain model. Rounds alternate between the sides so that load
-from other processes hits them alike; the ratio is taken per round, and the median reported.
+128 new tokens, batch 1, greedy, 2 threads; both sides use their KV cache, HF in float32. gptkit is timed as
+`gptkit sample` runs it by default (`prepare_for_inference` with `--weights auto --blas auto`: the BLAS this CPU
+was measured to decode the shape faster with, and fp16 weights where they were measured clearly faster than
+that), with float32 weights through each BLAS, and as the plain model. Rounds alternate between the sides so that
+load from other processes hits them alike; the ratio is taken per round, and the median reported.
 
-Also printed: the memory-bandwidth roofline (every weight read once per token: bytes / measured read speed),
-measured here with a large mat-vec; the floor of the default path, its 49 matrix-vector products alone, back to
+Also printed: the memory-bandwidth roofline of the float32 model (every weight read once per token: bytes /
+measured read speed), measured here with a large mat-vec, and that of the default's own bytes where it reads fp16; the floor of the default path, its 49 matrix-vector products alone, back to
 back with nothing between them (what no decoder built on the same products can beat); and optionally (--low-precision fp16 int8 bf16) gptkit with lower-precision
 weights: fbgemm-packed fp16 or int8 (gptkit.generate.quantize_weights), or plain bfloat16 tensors, each with its
 quality cost against fp32: greedy tokens before the first difference, top-1 agreement and KL divergence on the
@@ -204,22 +205,30 @@ def main() -> int:
     roof = bw * 1e9 / nbytes
     print(f"weights read per token {nbytes / 1e6:.0f} MB; measured read bandwidth {bw:.1f} GB/s "
           f"-> roofline {roof:.1f} tok/s")
-    from gptkit.generate import choose_blas, prepare_for_inference
+    from gptkit.generate import choose_blas, choose_weights, prepare_for_inference
 
-    # what `gptkit sample` runs: --blas auto, which of numpy's BLAS and torch's (after inference_layout_) this
-    # CPU decodes this shape faster with, measured once and remembered (gptkit.autotune); both are timed here
+    # what `gptkit sample` runs: --blas auto (which of numpy's BLAS and torch's, after inference_layout_, this CPU
+    # decodes this shape faster with) and --weights auto (fp16 where measured clearly faster than that fp32 path),
+    # each measured once and remembered (gptkit.autotune); both fp32 paths are timed here too
     chosen = choose_blas(model)
-    print(f"--blas auto chose {chosen} for this shape on this CPU")
+    weights = choose_weights(model, 1, chosen)
+    print(f"--blas auto chose {chosen}, --weights auto chose {weights} for this shape on this CPU")
     numpy_path = prepare_for_inference(copy.deepcopy(model), "fp32", blas="numpy")
     torch_path = prepare_for_inference(copy.deepcopy(model), "fp32", blas="torch")
-    fast = {"numpy": numpy_path, "torch": torch_path}[chosen]
-    default = f"gptkit default (auto: {chosen})"
-    other = "torch" if chosen == "numpy" else "numpy"
-    sides = {"HF generate": lambda: time_hf(hf, idx, n), "gptkit, plain model": lambda: time_gptkit(model, idx, n),
-             f"gptkit --blas {other}": lambda: time_gptkit({"numpy": numpy_path, "torch": torch_path}[other], idx, n),
-             default: lambda: time_gptkit(fast, idx, n)}
+    fast32 = {"numpy": numpy_path, "torch": torch_path}[chosen]
+    fast = fast32 if weights == "fp32" else prepare_for_inference(copy.deepcopy(model), weights, blas=chosen)
+    default = f"gptkit default (auto: {weights}, {chosen})"
+    if weights != "fp32":
+        own = quantized_bytes(fast, 2)
+        print(f"the default reads {own / 1e6:.0f} MB of {weights} weights per token: its own roofline "
+              f"{bw * 1e9 / own:.1f} tok/s (the roofline column below is the float32 model's)")
+    sides = {"HF generate": lambda: time_hf(hf, idx, n), "gptkit, plain model": lambda: time_gptkit(model, idx, n)}
+    for b, path in (("numpy", numpy_path), ("torch", torch_path)):
+        if b != chosen or weights != "fp32":
+            sides[f"gptkit fp32 --blas {b}"] = lambda path=path: time_gptkit(path, idx, n)
+    sides[default] = lambda: time_gptkit(fast, idx, n)
     time_hf(hf, idx, 8)  # warm up (allocator, BLAS libraries, thread pools)
-    for m in (model, torch_path, numpy_path):
+    for m in (model, torch_path, numpy_path, fast):
         time_gptkit(m, idx, 8)
     rows: dict[str, list[float]] = {k: [] for k in sides}
     FLOOR = "default's products alone (floor)"
@@ -236,16 +245,16 @@ def main() -> int:
     for k, v in rows.items():
         med = statistics.median(v)
         ratio = statistics.median([x / h for x, h in zip(v, rows["HF generate"])])
-        print(f"median {k:<31} {med:5.1f} tok/s  {med / roof:4.0%} of the roofline  {ratio:.2f}x HF  "
+        print(f"median {k:<36} {med:5.1f} tok/s  {med / roof:4.0%} of the roofline  {ratio:.2f}x HF  "
               f"(best {max(v):.1f})")
-    med = statistics.median(rows[default])
-    for kind in args.low_precision:  # lowered from the plain model; compared with the default fp32 path
+    med = statistics.median(rows[f"gptkit fp32 --blas {chosen}"] if weights != "fp32" else rows[default])
+    for kind in args.low_precision:  # lowered from the plain model; compared with the faster fp32 path
         lo = lower(model, kind)
         lo_bytes = bytes_per_token(lo) if kind == "bf16" else quantized_bytes(lo, 1 if kind == "int8" else 2)
         time_gptkit(lo, idx, 8)
         tps = []
         for _ in range(args.rounds):  # alternate with fp32 again: the speed-up is a ratio within this run
-            tps.append(time_gptkit(lo, idx, n)[0] / time_gptkit(fast, idx, n)[0])
+            tps.append(time_gptkit(lo, idx, n)[0] / time_gptkit(fast32, idx, n)[0])
         print(f"{kind} weights: {statistics.median(tps):.2f}x the fp32 speed (median of {args.rounds} alternating "
               f"rounds, ~{statistics.median(tps) * med:.0f} tok/s at the fp32 median above); "
               f"{lo_bytes / 1e6:.0f} MB read per token")

@@ -490,6 +490,49 @@ def test_blas_auto_takes_the_measured_choice_and_remembers_it(tmp_path, monkeypa
     work["numpy"](), work["torch"]()
 
 
+def test_weights_auto_takes_the_measured_choice_and_remembers_it(tmp_path, monkeypatch, capsys):
+    """--weights auto (the commands' default) keeps fp32 unless fp16 was measured clearly faster (the first
+    candidate wins a tie); fp16 then packs the model's linears in place, close to fp32's logits; the answer is
+    remembered per shape, and an explicit --weights wins."""
+    from gptkit import autotune
+    from gptkit.generate import _weights_workloads, prepare_for_inference, uses_numpy_blas
+
+    def is_fp16(m):
+        return type(m.lm_head) is not nn.Linear and not uses_numpy_blas(m)
+
+    assert not is_fp16(prepare_for_inference(tiny(seed=3), "auto"))  # the suite runs with autotuning off
+    monkeypatch.setenv("GPTKIT_AUTOTUNE", "on")
+    monkeypatch.setenv("GPTKIT_CACHE_DIR", str(tmp_path))
+    seen, fp16_time = [], [1.0]
+
+    def measure_fn(work, rounds, settle_s=0.0):  # run the real workloads once, then report the given times
+        seen.extend(work)
+        for run in work.values():
+            run()
+        base = {"torch": 2.0, "numpy": 3.0, "fp32": 2.0}
+        return {name: [fp16_time[0] if name == "fp16" else base[name]] * rounds for name in work}
+
+    monkeypatch.setattr(autotune, "measure", measure_fn)
+    model, ref = tiny(seed=3), tiny(seed=3)
+    idx = torch.tensor(prompts([20], seed=4))
+    q = prepare_for_inference(model, "auto")
+    assert q is model and is_fp16(q)  # in place: no second float32 copy
+    assert seen == ["torch", "numpy", "fp32", "fp16"] and "float16" in capsys.readouterr().err
+    with torch.no_grad():
+        a, b = ref(idx), q(idx)
+    assert 0 < (a - b).abs().max().item() < 2e-3  # rounded, only a little
+    seen.clear()
+    assert is_fp16(prepare_for_inference(tiny(seed=3), "auto")) and seen == []  # remembered
+    assert not is_fp16(prepare_for_inference(tiny(seed=3), "fp32"))  # a flag wins
+    fp16_time[0] = 1.95  # 2.5% faster: not enough to leave the exact path
+    assert not is_fp16(prepare_for_inference(tiny(seed=3, block_size=64), "auto", rows=4))
+    assert seen == ["torch", "numpy", "fp32", "fp16"]  # a new shape (rows): its BLAS, then its weights
+    with pytest.raises(GenerationError, match="weights"):
+        prepare_for_inference(tiny(seed=3), "bf16")
+    work = _weights_workloads(48, 65, rows=4, blas="numpy")  # batched rows, the numpy path
+    work["fp32"](), work["fp16"]()
+
+
 def test_sample_blas_choices_give_the_same_greedy_text(tmp_path, capsys):
     from gptkit.cli import main
 

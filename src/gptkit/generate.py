@@ -677,9 +677,10 @@ def inference_layout_(model: GPT) -> GPT:
     return model
 
 
-def quantize_weights(model: GPT, kind: Literal["int8", "fp16"] = "int8") -> GPT:
-    """A copy of `model` for CPU inference whose linear layers (attention, MLP and the output head) hold
-    lower-precision weights in fbgemm's packed layout (PyTorch dynamic quantization); activations stay fp32.
+def quantize_weights(model: GPT, kind: Literal["int8", "fp16"] = "int8", inplace: bool = False) -> GPT:
+    """A copy of `model` (or with `inplace`, the model itself: no second float32 copy in memory) for CPU inference
+    whose linear layers (attention, MLP and the output head) hold lower-precision weights in fbgemm's packed
+    layout (PyTorch dynamic quantization); activations stay fp32.
 
     "int8": one scale per output channel, activations quantized on the fly; ~4× fewer bytes per token.
     "fp16": weights rounded to float16 (relative error ≤ 2^-11), products in fp32; ~2× fewer bytes.
@@ -693,7 +694,7 @@ def quantize_weights(model: GPT, kind: Literal["int8", "fp16"] = "int8") -> GPT:
         raise GenerationError(f"{kind} weights are for CPU inference (their kernels are CPU-only)")
     qconfig, dtype = (per_channel_dynamic_qconfig, torch.qint8) if kind == "int8" else \
         (float16_dynamic_qconfig, torch.float16)
-    clone = copy.deepcopy(model).eval()
+    clone = (model if inplace else copy.deepcopy(model)).eval()
     with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao, not installed here
         warnings.simplefilter("ignore")
         quantize_dynamic(clone, {nn.Linear: qconfig}, dtype=dtype, inplace=True)
@@ -779,21 +780,36 @@ def uses_numpy_blas(model: torch.nn.Module) -> bool:
     return any(isinstance(m, NumpyBlasLinear) for m in model.modules())
 
 
+WEIGHTS = ("fp32", "fp16", "int8")
+"""The weights a CPU decoder can read: float32, or the fbgemm-packed copies of `quantize_weights`."""
+
+WEIGHTS_AUTO = ("fp32", "fp16")
+"""What `--weights auto` chooses between, the exact path first (kept when they tie); int8 changes greedy
+continuations within a few tokens (docs/benchmarks.md) and is only taken when asked for."""
+
 BLAS_CHOICES = ("torch", "numpy")
 """The BLAS a CPU fp32 decoder multiplies through; the first is the simpler path, kept when they tie."""
 
 
-def _blas_workloads(n_embd: int, vocab_size: int, rows: int) -> dict:
-    """One decoding step's matrix products at this width (one block's four linears and the output head), on
-    fresh random weights, as each path would run them: numpy (OpenBLAS) over (out, in) row-major matrices with
-    one torch thread, torch (MKL) over the column-major layout of `inference_layout_`."""
+def _decoding_products(n_embd: int, vocab_size: int, rows: int):
+    """One decoding step's matrix products at this width (one block's four linears and the output head) on fresh
+    random weights, with their inputs of `rows` rows, and a wrapper that repeats a pass over them enough times
+    (~100 M multiply-adds) to time above the clock and scheduler noise."""
     shapes = [(3 * n_embd, n_embd), (n_embd, n_embd), (4 * n_embd, n_embd), (n_embd, 4 * n_embd),
               (vocab_size, n_embd)]
     gen = torch.Generator().manual_seed(0)
-    tw = [torch.randn(o, i, generator=gen).t().contiguous().t() if o > i else torch.randn(o, i, generator=gen)
-          for o, i in shapes]
-    nw = [w.contiguous().numpy() for w in tw]
+    weights = [torch.randn(o, i, generator=gen) for o, i in shapes]
     xs = {i: torch.randn(rows, i, generator=gen) for _, i in shapes}
+    n = max(1, int(1e8 // (rows * sum(o * i for o, i in shapes))))
+    return weights, xs, lambda fn: (lambda: [fn() for _ in range(n)])
+
+
+def _blas_workloads(n_embd: int, vocab_size: int, rows: int, which: tuple[str, ...] = ("torch", "numpy")) -> dict:
+    """The products of `_decoding_products` as each BLAS path would run them: numpy (OpenBLAS) over (out, in)
+    row-major matrices with one torch thread, torch (MKL) over the column-major layout of `inference_layout_`."""
+    weights, xs, repeat = _decoding_products(n_embd, vocab_size, rows)
+    tw = [w.t().contiguous().t() if w.shape[0] > w.shape[1] else w for w in weights]
+    nw = [w.contiguous().numpy() for w in weights]
 
     def run_torch() -> None:
         with torch.no_grad():
@@ -806,11 +822,22 @@ def _blas_workloads(n_embd: int, vocab_size: int, rows: int) -> dict:
                 x = xs[w.shape[1]].numpy()
                 w @ x[0] if rows == 1 else x @ w.T
 
-    def repeat(fn):  # enough products to time above the clock and scheduler noise: ~100 M multiply-adds
-        n = max(1, int(1e8 // (rows * sum(o * i for o, i in shapes))))
-        return lambda: [fn() for _ in range(n)]
+    return {name: repeat(run) for name, run in (("torch", run_torch), ("numpy", run_numpy)) if name in which}
 
-    return {"torch": repeat(run_torch), "numpy": repeat(run_numpy)}
+
+def _weights_workloads(n_embd: int, vocab_size: int, rows: int, blas: str) -> dict:
+    """The same products with fp32 weights through `blas` (as decoding runs them), and with fp16 weights packed
+    by fbgemm as `quantize_weights` packs them."""
+    weights, xs, repeat = _decoding_products(n_embd, vocab_size, rows)
+    packed = [(torch.ops.quantized.linear_prepack_fp16(w, None), w.shape[1]) for w in weights]
+    del weights
+
+    def run_fp16() -> None:
+        with torch.no_grad():
+            for w, width in packed:
+                torch.ops.quantized.linear_dynamic_fp16(xs[width], w)
+
+    return {"fp32": _blas_workloads(n_embd, vocab_size, rows, (blas,))[blas], "fp16": repeat(run_fp16)}
 
 
 BLAS_SETTLE_S = 0.25
@@ -833,20 +860,53 @@ def choose_blas(model: GPT, rows: int = 1) -> str:
                            describe=lambda b: f"decoding multiplies through {names[b]} (--blas {b})")
 
 
-def prepare_for_inference(model: GPT, weights: Literal["fp32", "fp16", "int8"] = "fp32",
+WEIGHTS_MIN_GAIN = 0.10
+"""`--weights auto` takes fp16 weights only where they were measured at least this much faster than fp32: fp32 is
+the exact path, and fp16's rounding (relative 2^-11 a weight; KL to fp32 ~1e-7, a trained model's loss unchanged
+to 4 decimals, docs/benchmarks.md) is worth taking only for a clear gain."""
+
+
+def choose_weights(model: GPT, rows: int = 1, blas: str = "torch") -> str:
+    """"fp32" or "fp16" weights for decoding this model's shape on this CPU, measured once and remembered
+    (gptkit.autotune): fp16 reads half the bytes a token, but how much of that a CPU turns into speed depends on
+    how fast it converts them (1.28× on a Xeon with AMX, 1.89× on an AMD EPYC: docs/benchmarks.md), and small
+    models, whose weights sit in cache, may gain nothing."""
+
+    c = model.config
+    said = {"fp16": "decoding reads the weights as float16 on this CPU (--weights fp16; logits within ~1e-3 of "
+                     "float32's; --weights fp32 for exact float32)",
+            "fp32": "decoding keeps float32 weights on this CPU (--weights fp32)"}
+    return autotune.choose("decoding weights", {"n_embd": c.n_embd, "vocab": c.vocab_size, "rows": rows,
+                                                "threads": torch.get_num_threads(), "blas": blas},
+                           WEIGHTS_AUTO, lambda: _weights_workloads(c.n_embd, c.vocab_size, rows, blas), rounds=5,
+                           min_gain=WEIGHTS_MIN_GAIN, settle_s=BLAS_SETTLE_S if blas == "numpy" else 0.0,
+                           describe=lambda w: said[w])
+
+
+def prepare_for_inference(model: GPT, weights: Literal["fp32", "fp16", "int8", "auto"] = "fp32",
                           blas: Literal["auto", "numpy", "torch"] = "auto", rows: int = 1) -> GPT:
-    """The model `gptkit sample` and `gptkit serve` decode with: eval mode, and then on CPU
+    """The model `gptkit sample`, `chat` and `serve` decode with: eval mode, and then on CPU
     - fp32 weights multiplied through numpy's BLAS (`use_numpy_blas_`, in place), or with blas="torch" through
       PyTorch's own, re-laid for it by `inference_layout_` (in place); blas="auto" measures which is faster for
       this shape and `rows` prompts decoded together, once per machine (`choose_blas`);
-    - or an fp16/int8 copy from `quantize_weights`.
-    On other devices the model is only put in eval mode."""
+    - or fp16/int8 weights (`quantize_weights`, in place);
+    - weights="auto" (the commands' default): fp16 where measured clearly faster than the fp32 path for this
+      shape on this CPU (`choose_weights`), else fp32.
+    On other devices the model is only put in eval mode (auto: fp32)."""
     model.eval()
     if blas not in ("auto", *BLAS_CHOICES):
         raise GenerationError(f"blas must be 'auto', 'numpy' or 'torch', got {blas!r}")
+    if weights not in ("auto", *WEIGHTS):
+        raise GenerationError(f"weights must be 'auto', 'fp32', 'fp16' or 'int8', got {weights!r}")
+    on_cpu = model.transformer.wte.weight.device.type == "cpu"
+    if weights == "auto":
+        if not on_cpu:
+            return model
+        blas = choose_blas(model, rows) if blas == "auto" else blas
+        weights = choose_weights(model, rows, blas)
     if weights != "fp32":
-        return quantize_weights(model, weights)  # type: ignore[arg-type]
-    if model.transformer.wte.weight.device.type != "cpu":
+        return quantize_weights(model, weights, inplace=True)  # type: ignore[arg-type]
+    if not on_cpu:
         return model
     if blas == "auto":
         blas = choose_blas(model, rows)

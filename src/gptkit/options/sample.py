@@ -8,12 +8,15 @@ from typing import Any, ClassVar
 from . import common
 from .generator import opt
 
-WEIGHTS = ("fp32", "fp16", "int8")
+WEIGHTS = ("auto", "fp32", "fp16", "int8")
 BLAS = ("auto", "torch", "numpy")
 
 
 def weights() -> Any:
-    return opt("fp32", "fp16/int8: faster on CPU, slightly different output (see docs/benchmarks.md)", choices=WEIGHTS)
+    return opt("auto", "CPU decoding: fp32 (exact), fp16 (half the bytes read; logits within ~1e-3) or int8 (a "
+               "quarter; greedy text drifts sooner); auto: fp16 where it was measured clearly faster for this "
+               "model's shape on this CPU, else fp32 (once; remembered in ~/.cache/gptkit). docs/benchmarks.md",
+               choices=WEIGHTS)
 
 
 def blas() -> Any:
