@@ -495,6 +495,7 @@ def test_weights_auto_takes_the_measured_choice_and_remembers_it(tmp_path, monke
     candidate wins a tie); fp16 then packs the model's linears in place, close to fp32's logits; the answer is
     remembered per shape, and an explicit --weights wins."""
     from gptkit import autotune
+    from gptkit import generate as G
     from gptkit.generate import _weights_workloads, prepare_for_inference, uses_numpy_blas
 
     def is_fp16(m):
@@ -531,6 +532,11 @@ def test_weights_auto_takes_the_measured_choice_and_remembers_it(tmp_path, monke
         prepare_for_inference(tiny(seed=3), "bf16")
     work = _weights_workloads(48, 65, rows=4, blas="numpy")  # batched rows, the numpy path
     work["fp32"](), work["fp16"]()
+    monkeypatch.setattr(G, "packed_weights_supported", lambda: False)  # a CPU without fbgemm (ARM, pre-AVX2 x86)
+    seen.clear()
+    assert not is_fp16(prepare_for_inference(tiny(seed=3, block_size=32), "auto")) and "fp32" not in seen
+    with pytest.raises(GenerationError, match="fbgemm"):
+        prepare_for_inference(tiny(seed=3), "fp16")
 
 
 def test_sample_blas_choices_give_the_same_greedy_text(tmp_path, capsys):

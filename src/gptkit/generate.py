@@ -677,6 +677,12 @@ def inference_layout_(model: GPT) -> GPT:
     return model
 
 
+def packed_weights_supported() -> bool:
+    """Whether this CPU and PyTorch build have fbgemm, which packs and multiplies `quantize_weights`'s fp16 and
+    int8 weights (x86 with AVX2 or newer; not ARM, not older x86)."""
+    return "fbgemm" in torch.backends.quantized.supported_engines
+
+
 def quantize_weights(model: GPT, kind: Literal["int8", "fp16"] = "int8", inplace: bool = False) -> GPT:
     """A copy of `model` (or with `inplace`, the model itself: no second float32 copy in memory) for CPU inference
     whose linear layers (attention, MLP and the output head) hold lower-precision weights in fbgemm's packed
@@ -692,6 +698,9 @@ def quantize_weights(model: GPT, kind: Literal["int8", "fp16"] = "int8", inplace
         raise GenerationError(f"weights must be 'int8' or 'fp16', got {kind!r}")
     if model.transformer.wte.weight.device.type != "cpu":
         raise GenerationError(f"{kind} weights are for CPU inference (their kernels are CPU-only)")
+    if not packed_weights_supported():
+        raise GenerationError(f"{kind} weights need fbgemm, PyTorch's x86 kernels for AVX2 and newer, which this "
+                              f"CPU or PyTorch build lacks: use --weights fp32")
     qconfig, dtype = (per_channel_dynamic_qconfig, torch.qint8) if kind == "int8" else \
         (float16_dynamic_qconfig, torch.float16)
     clone = (model if inplace else copy.deepcopy(model)).eval()
@@ -870,8 +879,10 @@ def choose_weights(model: GPT, rows: int = 1, blas: str = "torch") -> str:
     """"fp32" or "fp16" weights for decoding this model's shape on this CPU, measured once and remembered
     (gptkit.autotune): fp16 reads half the bytes a token, but how much of that a CPU turns into speed depends on
     how fast it converts them (1.28× on a Xeon with AMX, 1.89× on an AMD EPYC: docs/benchmarks.md), and small
-    models, whose weights sit in cache, may gain nothing."""
+    models, whose weights sit in cache, may gain nothing. fp32 where fbgemm is missing (`packed_weights_supported`)."""
 
+    if not packed_weights_supported():
+        return "fp32"
     c = model.config
     said = {"fp16": "decoding reads the weights as float16 on this CPU (--weights fp16; logits within ~1e-3 of "
                      "float32's; --weights fp32 for exact float32)",
