@@ -526,8 +526,11 @@ def test_weights_auto_takes_the_measured_choice_and_remembers_it(tmp_path, monke
     assert is_fp16(prepare_for_inference(tiny(seed=3), "auto")) and seen == []  # remembered
     assert not is_fp16(prepare_for_inference(tiny(seed=3), "fp32"))  # a flag wins
     fp16_time[0] = 1.95  # 2.5% faster: not enough to leave the exact path
+    asked, real = [], G._decoding_products
+    monkeypatch.setattr(G, "_decoding_products", lambda n, v, r: asked.append(r) or real(n, v, r))
     assert not is_fp16(prepare_for_inference(tiny(seed=3, block_size=64), "auto", rows=4))
     assert seen == ["torch", "numpy", "fp32", "fp16"]  # a new shape (rows): its BLAS, then its weights
+    assert asked == [4, 1, 1, 4, 4]  # the BLAS at 4 rows; the weights at one row and at 4, both candidates
     with pytest.raises(GenerationError, match="weights"):
         prepare_for_inference(tiny(seed=3), "bf16")
     work = _weights_workloads(48, 65, rows=4, blas="numpy")  # batched rows, the numpy path

@@ -835,18 +835,26 @@ def _blas_workloads(n_embd: int, vocab_size: int, rows: int, which: tuple[str, .
 
 
 def _weights_workloads(n_embd: int, vocab_size: int, rows: int, blas: str) -> dict:
-    """The same products with fp32 weights through `blas` (as decoding runs them), and with fp16 weights packed
-    by fbgemm as `quantize_weights` packs them."""
-    weights, xs, repeat = _decoding_products(n_embd, vocab_size, rows)
-    packed = [(torch.ops.quantized.linear_prepack_fp16(w, None), w.shape[1]) for w in weights]
-    del weights
+    """The products with fp32 weights through `blas` (as decoding runs them), and with fp16 weights packed by
+    fbgemm as `quantize_weights` packs them. Decoding up to `rows` > 1 rows together (a server: from one client
+    to a full batch), each candidate runs them at one row and then at `rows`, each ~100 M multiply-adds: one
+    client counts as much as a full batch."""
+    sizes = (1, rows) if rows > 1 else (1,)
 
-    def run_fp16() -> None:
-        with torch.no_grad():
-            for w, width in packed:
-                torch.ops.quantized.linear_dynamic_fp16(xs[width], w)
+    def at(r: int) -> dict:
+        weights, xs, repeat = _decoding_products(n_embd, vocab_size, r)
+        packed = [(torch.ops.quantized.linear_prepack_fp16(w, None), w.shape[1]) for w in weights]
+        del weights
 
-    return {"fp32": _blas_workloads(n_embd, vocab_size, rows, (blas,))[blas], "fp16": repeat(run_fp16)}
+        def run_fp16() -> None:
+            with torch.no_grad():
+                for w, width in packed:
+                    torch.ops.quantized.linear_dynamic_fp16(xs[width], w)
+
+        return {"fp32": _blas_workloads(n_embd, vocab_size, r, (blas,))[blas], "fp16": repeat(run_fp16)}
+
+    parts = [at(r) for r in sizes]
+    return {name: (lambda name=name: [p[name]() for p in parts]) for name in ("fp32", "fp16")}
 
 
 BLAS_SETTLE_S = 0.25
@@ -879,7 +887,9 @@ def choose_weights(model: GPT, rows: int = 1, blas: str = "torch") -> str:
     """"fp32" or "fp16" weights for decoding this model's shape on this CPU, measured once and remembered
     (gptkit.autotune): fp16 reads half the bytes a token, but how much of that a CPU turns into speed depends on
     how fast it converts them (1.28× on a Xeon with AMX, 1.89× on an AMD EPYC: docs/benchmarks.md), and small
-    models, whose weights sit in cache, may gain nothing. fp32 where fbgemm is missing (`packed_weights_supported`)."""
+    models, whose weights sit in cache, may gain nothing. `rows` > 1 (a server's batch): timed at one row and at
+    `rows` together (at 16 rows on the Xeon the two tie, at one row fp16 wins). fp32 where fbgemm is missing
+    (`packed_weights_supported`)."""
 
     if not packed_weights_supported():
         return "fp32"
@@ -887,7 +897,8 @@ def choose_weights(model: GPT, rows: int = 1, blas: str = "torch") -> str:
     said = {"fp16": "decoding reads the weights as float16 on this CPU (--weights fp16; logits within ~1e-3 of "
                      "float32's; --weights fp32 for exact float32)",
             "fp32": "decoding keeps float32 weights on this CPU (--weights fp32)"}
-    return autotune.choose("decoding weights", {"n_embd": c.n_embd, "vocab": c.vocab_size, "rows": rows,
+    timed = f"1 and {rows}" if rows > 1 else 1  # what _weights_workloads times (and older decisions did not)
+    return autotune.choose("decoding weights", {"n_embd": c.n_embd, "vocab": c.vocab_size, "rows": timed,
                                                 "threads": torch.get_num_threads(), "blas": blas},
                            WEIGHTS_AUTO, lambda: _weights_workloads(c.n_embd, c.vocab_size, rows, blas), rounds=5,
                            min_gain=WEIGHTS_MIN_GAIN, settle_s=BLAS_SETTLE_S if blas == "numpy" else 0.0,
