@@ -15,6 +15,9 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 # tests/test_autotune.py turns measuring back on for itself.
 os.environ["GPTKIT_AUTOTUNE"] = "off"
 os.environ["GPTKIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="gptkit-test-cache-")
+# The training thread guard (gptkit.threadguard) would see the other test workers as a competing job and change the
+# thread count mid-run (not bitwise the same arithmetic): off, except in the tests that turn it on for themselves.
+os.environ["GPTKIT_THREAD_GUARD"] = "off"
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 """The real data sets (../shared/data relative to the repository root); see its README."""

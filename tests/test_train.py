@@ -561,8 +561,12 @@ def test_training_drops_to_fewer_threads_beside_another_job(char_data: Path, tmp
     """The run's wiring of gptkit.threadguard: on a fake clock where, from step 40, two threads take 0.3 s a step
     and one 0.04 s (another process on one of two cores), the run says it moved to one thread, metrics.jsonl
     marks the steps trained on it, and torch has its thread count back at the end; `--threads 2` keeps two."""
+    from gptkit import threadguard
+
     request.addfinalizer(lambda n=torch.get_num_threads(): torch.set_num_threads(n))
     torch.set_num_threads(2)
+    monkeypatch.setenv("GPTKIT_THREAD_GUARD", "on")  # the suite turns it off (tests/conftest.py)
+    monkeypatch.setattr(threadguard, "OtherLoad", lambda: (lambda: 0.0))  # the step times alone decide here
     fake_clock(monkeypatch, lambda i: 0.02 if i < 40 else {2: 0.3, 1: 0.04}[torch.get_num_threads()])
     loud = [a for a in TINY if a != "--quiet"]
     run = tmp_path / "run"

@@ -7,22 +7,58 @@ thread ran them 5.4× faster than two (100 steps: 5.0 s against 27.1 s). `Thread
 times (evaluations and checkpoints aside) in windows of WINDOW steps. When a window is SLOWER times slower than the
 fastest one on all threads, it tries half of them for a window and keeps them if that is faster; while on fewer
 threads it tries all of them again now and then (and at once when the steps get faster), and goes back when they
-are faster again. Each try is followed by a pause of TRY_GAP times its length, so tries that lose cost little. A
-run started beside the other job has no faster window to compare with and is left as it is.
+are faster again. Each try is followed by a pause of TRY_GAP times its length, so tries that lose cost little.
+A run started beside the other job has no faster window to compare with; for it the guard also reads how many
+cores other processes kept busy during the window (`OtherLoad`: the machine's busy CPU time from /proc/stat less
+this process's own), and at BUSY_ELSEWHERE cores or more tries fewer threads all the same.
 
 Some of torch's CPU kernels split their sums by thread (a bias gradient, at gpt-nano's shape; nanoGPT's recipe
 shape, without biases, gave bitwise the same 30 steps at one and two threads on the Xeon), so a run the guard has
 switched is a correct run, but not bitwise the one a quiet machine gives; in quiet running it does not switch
 (steps that vary by ±30% never look like another job), and exact resume holds as before. `--threads N` fixes the count and turns the guard off, as does torchrun (its
-processes share out the cores already).
+processes share out the cores already); GPTKIT_THREAD_GUARD=off turns it off too (the test suite does, since its
+parallel workers are exactly such other processes, and its exact-resume tests need a fixed count).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+
+
+class OtherLoad:
+    """Cores kept busy by other processes between two readings: the growth of the machine's busy CPU time
+    (/proc/stat's first line: user, nice, system, irq, softirq; not idle, iowait or a hypervisor's steal) less this
+    process's own CPU time (os.times), over the wall time between. None where /proc/stat cannot be read (not
+    Linux) or before a first reading."""
+
+    def __init__(self, stat: Path = Path("/proc/stat")) -> None:
+        self.stat = stat
+        self.last = self._read()
+
+    def _read(self) -> tuple[float, float, float] | None:
+        try:
+            fields = self.stat.read_text().split("\n", 1)[0].split()
+            user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[1:8])
+        except (OSError, ValueError):
+            return None
+        if fields[0] != "cpu":
+            return None
+        own = os.times()
+        return ((user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK"), own.user + own.system,
+                time.monotonic())
+
+    def __call__(self) -> float | None:
+        now, last = self._read(), self.last
+        self.last = now
+        if now is None or last is None or now[2] <= last[2]:
+            return None
+        return max(0.0, (now[0] - last[0] - (now[1] - last[1])) / (now[2] - last[2]))
 
 
 class ThreadGuard:
@@ -43,10 +79,16 @@ class ThreadGuard:
     """On fewer threads, a window this share faster than when they were chosen (the other job has ended or
     eased off) tries all threads at once, whatever the pause."""
 
-    def __init__(self, on: bool, say: Callable[[str], None], threads: int | None = None) -> None:
+    BUSY_ELSEWHERE = 0.5
+    """Cores other processes kept busy during a window on all threads that make the guard try fewer, whatever the
+    step times say (a run started beside another job has no faster window to compare with)."""
+
+    def __init__(self, on: bool, say: Callable[[str], None], threads: int | None = None,
+                 others: Callable[[], float | None] | None = None) -> None:
         self.full = threads or torch.get_num_threads()
         self.fewer = max(1, self.full // 2)
-        self.on = on and self.full > 1
+        self.on = on and self.full > 1 and os.environ.get("GPTKIT_THREAD_GUARD", "on").lower() != "off"
+        self.others = (others or OtherLoad()) if self.on else None
         self.now = self.full
         self.say = say
         self.best = math.inf  # the fastest window's mean step time on all threads
@@ -72,18 +114,20 @@ class ThreadGuard:
             return
         mean = sum(self.times) / len(self.times)
         self.times = []
+        busy = self.others() if self.others else None  # read every window: each reading covers one window
         if self.now == self.full:
             self.best = min(self.best, mean)
         if self.trying_since is not None:
             self._judge(mean)
-        elif self._worth_a_try(mean):
+        elif self._worth_a_try(mean, busy):
             self.kept, self.trying_since, self.trying_from = mean, self.clock, step + 1
             self._use(self.fewer if self.now == self.full else self.full)
 
-    def _worth_a_try(self, mean: float) -> bool:
+    def _worth_a_try(self, mean: float, busy: float | None) -> bool:
         if self.now != self.full:
             return self.clock >= self.next_try or mean < (1 - self.FASTER) * self.fewer_ref
-        return self.clock >= self.next_try and mean > self.SLOWER * self.best
+        crowded = busy is not None and busy >= self.BUSY_ELSEWHERE
+        return self.clock >= self.next_try and (mean > self.SLOWER * self.best or crowded)
 
     def _judge(self, mean: float) -> None:
         tried, before = self.now, self.full if self.now != self.full else self.fewer
