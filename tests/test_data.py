@@ -288,6 +288,25 @@ def test_loader_resumes_exactly(char_data):
     assert not torch.equal(r0[0], r1[0])
 
 
+def test_loader_draws_ahead_the_same_batches(char_data):
+    """A training loop's in-order reads are drawn AHEAD_STEPS at a time: the same batches as the pure function,
+    step by step, for each micro-step, in order, after jumps and backwards; a loaded state's seed is not served
+    from draws made with the seed before."""
+    ds = TokenDataset(char_data, "train")
+    loader = BatchLoader(char_data, batch_size=4, block_size=32, seed=7)
+    order = [*range(0, 150), 3, 2, 1, 400, 401, 402, *range(60, 70)]
+    for step in order:
+        for micro in (0, 1):
+            x, y = loader.get_batch("train", step, micro)
+            rx, ry = get_batch(ds, 4, 32, seed=7, step=step, micro_step=micro)
+            assert torch.equal(x, rx) and torch.equal(y, ry) and x.is_contiguous()
+    assert len(loader._ahead[("train", 0)][1]) == BatchLoader.AHEAD_STEPS  # in order: drawn ahead
+    state = {**loader.state_dict(), "seed": 8}
+    loader.get_batch("train", 402), loader.get_batch("train", 403)  # 403 on: drawn with seed 7
+    loader.load_state_dict(state)
+    assert torch.equal(loader.get_batch("train", 404)[0], get_batch(ds, 4, 32, seed=8, step=404)[0])
+
+
 def test_loader_across_shards_and_errors(char_data, shakespeare, tmp_path):
     sharded = tmp_path / "sharded"
     prepare([str(shakespeare)], sharded, tokenizer="char", shard_tokens=100_000, progress=False)

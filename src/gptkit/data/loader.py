@@ -198,6 +198,8 @@ class BatchLoader:
         self.device, self.eval_seed = device, eval_seed
         self.manifest = read_manifest(data_dir)
         self._datasets: dict[str, TokenDataset] = {}
+        self._ahead: dict[tuple[str, int], tuple[int, list]] = {}  # (split, micro_step) → (first step, batches)
+        self._last: dict[tuple[str, int], int] = {}  # (split, micro_step) → the step asked for last
 
     def dataset(self, split: str) -> TokenDataset:
         if split not in self._datasets:
@@ -208,10 +210,33 @@ class BatchLoader:
     def vocab_size(self) -> int:
         return int(self.manifest["tokenizer"]["vocab_size"])
 
+    AHEAD_STEPS, AHEAD_TOKENS = 64, 1 << 20
+    """Steps whose batches a sequential reader gets drawn at once (at most AHEAD_TOKENS tokens of them)."""
+
     def get_batch(self, split: str, step: int, micro_step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch `micro_step` of optimizer step `step`: (x, y), each (batch_size, block_size) int64."""
-        return get_batch(self.dataset(split), self.batch_size, self.block_size, seed=self.seed, step=step,
-                         micro_step=micro_step, rank=self.rank, device=self.device)
+        """Batch `micro_step` of optimizer step `step`: (x, y), each (batch_size, block_size) int64.
+
+        The same pure function of the step as `get_batch`; when steps are asked for in order (a training loop),
+        the next AHEAD_STEPS are drawn together, back to back: between a training loop's steps, with its caches
+        full of the model, drawing one batch took ~0.3 ms where it takes 0.04 ms in a loop of draws (nanoGPT's
+        recipe shape on a 2-core Xeon, 1.7% of a step)."""
+        key = (split, micro_step)
+        first, batches = self._ahead.get(key, (0, []))
+        if not first <= step < first + len(batches):
+            sequential = self._last.get(key) == step - 1
+            n = max(1, min(self.AHEAD_STEPS, self.AHEAD_TOKENS // (self.batch_size * (self.block_size + 1))))
+            first, batches = step, self._draw(split, range(step, step + (n if sequential else 1)), micro_step)
+            self._ahead[key] = (first, batches)
+        self._last[key] = step
+        return batches[step - first]
+
+    def _draw(self, split: str, steps: range, micro_step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of `steps`, gathered from the token stream at once and cut into (x, y) per step."""
+        ds = self.dataset(split)
+        starts = np.concatenate([batch_offsets(len(ds), self.batch_size, self.block_size, self.seed, s, micro_step,
+                                               self.rank, split) for s in steps])
+        x, y = _to_xy(ds.windows(starts, self.block_size + 1), self.device)
+        return list(zip(x.split(self.batch_size), y.split(self.batch_size)))
 
     def eval_batches(self, split: str, num_batches: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return eval_batches(self.dataset(split), num_batches, self.batch_size, self.block_size,
@@ -236,3 +261,4 @@ class BatchLoader:
             raise DataError(f"{self.data_dir} is not the data this run was trained on (its fingerprint "
                             f"{data_fingerprint(self.data_dir)} differs from the checkpoint's {state.get('data')})")
         self.seed, self.eval_seed = int(state["seed"]), int(state["eval_seed"])
+        self._ahead.clear()  # drawn with the seed before
