@@ -17,7 +17,7 @@ def _threads(monkeypatch):
 
 
 def quiet() -> float:
-    """No other process busy (the guard then goes by the step times alone)."""
+    """No time spent waiting for a CPU (the guard then goes by the step times alone)."""
     return 0.0
 
 
@@ -40,7 +40,7 @@ def test_fewer_threads_while_another_process_runs_then_all_again() -> None:
 
     said = []
     torch.set_num_threads(2)
-    guard = ThreadGuard(True, said.append, others=quiet)
+    guard = ThreadGuard(True, said.append, waiting=quiet)
     used = run(guard, seconds, 2000)
     assert set(used[:200]) == {2}
     assert used[200 + 2 * 9:1200].count(1) > 0.9 * (1000 - 18)  # within two windows of the job starting
@@ -61,7 +61,7 @@ def test_no_switch_in_quiet_running_and_none_when_off() -> None:
     rng = random.Random(0)
     torch.set_num_threads(2)
     said = []
-    used = run(ThreadGuard(True, said.append, others=quiet),
+    used = run(ThreadGuard(True, said.append, waiting=quiet),
                lambda t, s: (0.02 if t == 2 else 0.026) * rng.uniform(0.7, 1.3), 3000)
     assert used.count(1) == 0 and not said  # quiet running: never switched (and exact resume holds)
     assert set(run(ThreadGuard(False, said.append), lambda t, s: 0.3 if t == 2 else 0.01, 500)) == {2}
@@ -70,8 +70,8 @@ def test_no_switch_in_quiet_running_and_none_when_off() -> None:
 
 def test_a_run_started_beside_another_job_moves_to_fewer_threads() -> None:
     """From the first step another process keeps a core busy (two threads 300 ms a step, one 40 ms): no window
-    was ever faster, but the cores busy elsewhere make the guard try one thread, keep it, and go back to two soon
-    after the job ends at step 600."""
+    was ever faster, but the threads' waiting for a CPU makes the guard try one thread, keep it, and go back to two
+    soon after the job ends at step 600."""
     torch.set_num_threads(2)
 
     def seconds(threads: int, step: int) -> float:
@@ -79,10 +79,10 @@ def test_a_run_started_beside_another_job_moves_to_fewer_threads() -> None:
 
     steps_done = [0]
 
-    def others() -> float:
-        return 1.0 if steps_done[0] < 600 else 0.0
+    def waiting() -> float:
+        return 0.85 if steps_done[0] < 600 else 0.0
 
-    guard, used = ThreadGuard(True, lambda s: None, others=others), []
+    guard, used = ThreadGuard(True, lambda s: None, waiting=waiting), []
     for step in range(1, 1001):
         used.append(torch.get_num_threads())
         steps_done[0] = step
@@ -90,38 +90,42 @@ def test_a_run_started_beside_another_job_moves_to_fewer_threads() -> None:
     assert set(used[:16]) == {2} and used[25:600].count(1) > 0.9 * 575  # tried after the first judged window
     assert set(used[720:]) == {2}
     guard.close()
-    assert set(run(ThreadGuard(True, lambda s: None, others=lambda: None), seconds, 500)) == {2}  # no reading
+    assert set(run(ThreadGuard(True, lambda s: None, waiting=lambda: None), seconds, 500)) == {2}  # no reading
 
 
-def test_cores_busy_elsewhere_do_not_keep_a_count_that_is_not_faster() -> None:
-    """Other processes busy, but fewer threads are not faster here: each try is undone, and the next waits
+def test_waiting_threads_do_not_keep_a_count_that_is_not_faster() -> None:
+    """The threads wait for a CPU, but fewer threads are not faster here: each try is undone, and the next waits
     TRY_GAP times its length, so nearly all steps run on all threads."""
     torch.set_num_threads(2)
-    used = run(ThreadGuard(True, lambda s: None, others=lambda: 1.0), lambda t, s: 0.02 if t == 2 else 0.026, 2000)
+    used = run(ThreadGuard(True, lambda s: None, waiting=lambda: 1.0), lambda t, s: 0.02 if t == 2 else 0.026, 2000)
     assert 0 < used.count(1) < 0.12 * 2000 and used[-1] == 2
 
 
-def test_other_load_reads_the_machine_less_this_process(tmp_path) -> None:
-    """OtherLoad against a /proc/stat written by the test: 1.5 cores' worth of busy time added over ~0.3 s of
-    sleeping (this process uses next to none) reads as ~1.5 cores; an unreadable or foreign file reads None."""
-    import os
+def test_run_queue_wait_sums_the_threads_waiting_per_second(tmp_path) -> None:
+    """RunQueueWait over a task directory written by the test (the layout of /proc/self/task): 0.3 s of waiting
+    added across two threads over ~0.3 s reads as ~1 thread-second a second; a thread gone or a file without the
+    field is skipped; no readable thread, None. And the real one reads this process."""
     import time
+    from pathlib import Path
 
-    from gptkit.threadguard import OtherLoad
+    from gptkit.threadguard import RunQueueWait
 
-    tick = os.sysconf("SC_CLK_TCK")
-    stat = tmp_path / "stat"
+    def write(tid: str, waited_ns: int) -> None:
+        (tmp_path / tid).mkdir(exist_ok=True)
+        (tmp_path / tid / "schedstat").write_text(f"123456 {waited_ns} 7\n")
 
-    def write(busy_jiffies: int) -> None:  # user nice system idle iowait irq softirq steal
-        stat.write_text(f"cpu  {busy_jiffies} 0 0 5000 0 0 0 0 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n")
-
-    write(1000)
-    load = OtherLoad(stat)
+    write("100", 5_000_000), write("101", 0)
+    wait = RunQueueWait(tmp_path)
     t0 = time.monotonic()
     time.sleep(0.3)
-    write(1000 + round(1.5 * 0.3 * tick))
-    cores, dt = load(), time.monotonic() - t0
-    assert 1.5 * 0.3 / dt - 0.15 < cores < 1.55, cores
-    stat.write_text("intr 1 2 3\n")
-    assert load() is None
-    assert OtherLoad(tmp_path / "missing")() is None
+    write("100", 5_000_000 + 200_000_000), write("101", 100_000_000)
+    (tmp_path / "102").mkdir()  # a thread whose file is gone
+    got, dt = wait(), time.monotonic() - t0
+    assert 0.3 / dt - 0.1 < got < 1.05, got
+    for tid in ("100", "101"):
+        (tmp_path / tid / "schedstat").write_text("garbage\n")
+    assert wait() is None and RunQueueWait(tmp_path / "missing")() is None
+    if Path("/proc/self/schedstat").exists():  # Linux with the scheduler's statistics (elsewhere: no reading)
+        real = RunQueueWait()
+        time.sleep(0.01)
+        assert real() is not None

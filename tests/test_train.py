@@ -556,6 +556,34 @@ def test_max_minutes_ends_on_time_when_the_machine_slows_many_fold(char_data: Pa
     assert clock.now > 6.0 * 1.5
 
 
+def test_watch_leaves_out_the_steps_of_a_thread_try(monkeypatch) -> None:
+    """Steps the thread guard runs on a count it is only trying (a try of all threads beside another job: 5×
+    slower) are not the run's speed: taken in, the watch cuts a 1-minute plan of 1,000 steps; left out
+    (`probe_step`), it keeps it."""
+    from types import SimpleNamespace
+
+    import gptkit.train as T
+
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(T, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+    cfg = TrainConfig(data="d", out="o", max_minutes=1.0, max_iters=1000, eval_interval=100_000, warmup_iters=10)
+    cuts = []
+    for probe in (False, True):
+        budget = T.TimeBudget(cfg, 500)
+        clock.now = 500 * 0.055  # on plan: 0.06 s a step would end at 60 s
+        budget.at, budget.since, budget.window = None, (clock.now, 500), [0.0, 0]  # as an evaluation's re-plan
+        cut = None
+        for step in range(500, 520):
+            budget.before_step(step)
+            clock.now += 0.3 if step < 510 else 0.055  # ten steps of the guard's try, then on one thread again
+            took = budget.after_step()
+            if probe and step < 510:
+                budget.probe_step(took)
+            cut = cut or budget.watch(cfg, step + 1, 0.0, SimpleNamespace(world_size=1))
+        cuts.append(cut)
+    assert cuts[0] is not None and cuts[0] < 700 and cuts[1] is None
+
+
 def test_training_drops_to_fewer_threads_beside_another_job(char_data: Path, tmp_path: Path, monkeypatch,
                                                             capsys, request) -> None:
     """The run's wiring of gptkit.threadguard: on a fake clock where, from step 40, two threads take 0.3 s a step
@@ -566,7 +594,7 @@ def test_training_drops_to_fewer_threads_beside_another_job(char_data: Path, tmp
     request.addfinalizer(lambda n=torch.get_num_threads(): torch.set_num_threads(n))
     torch.set_num_threads(2)
     monkeypatch.setenv("GPTKIT_THREAD_GUARD", "on")  # the suite turns it off (tests/conftest.py)
-    monkeypatch.setattr(threadguard, "OtherLoad", lambda: (lambda: 0.0))  # the step times alone decide here
+    monkeypatch.setattr(threadguard, "RunQueueWait", lambda: (lambda: 0.0))  # the step times alone decide here
     fake_clock(monkeypatch, lambda i: 0.02 if i < 40 else {2: 0.3, 1: 0.04}[torch.get_num_threads()])
     loud = [a for a in TINY if a != "--quiet"]
     run = tmp_path / "run"

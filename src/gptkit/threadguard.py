@@ -8,9 +8,9 @@ times (evaluations and checkpoints aside) in windows of WINDOW steps. When a win
 fastest one on all threads, it tries half of them for a window and keeps them if that is faster; while on fewer
 threads it tries all of them again now and then (and at once when the steps get faster), and goes back when they
 are faster again. Each try is followed by a pause of TRY_GAP times its length, so tries that lose cost little.
-A run started beside the other job has no faster window to compare with; for it the guard also reads how many
-cores other processes kept busy during the window (`OtherLoad`: the machine's busy CPU time from /proc/stat less
-this process's own), and at BUSY_ELSEWHERE cores or more tries fewer threads all the same.
+A run started beside the other job has no faster window to compare with; for it the guard also reads how long its
+threads waited for a CPU during the window (`RunQueueWait`, the scheduler's count in /proc/self/task/*/schedstat),
+and at WAITING thread-seconds a second or more tries fewer threads all the same.
 
 Some of torch's CPU kernels split their sums by thread (a bias gradient, at gpt-nano's shape; nanoGPT's recipe
 shape, without biases, gave bitwise the same 30 steps at one and two threads on the Xeon), so a run the guard has
@@ -31,34 +31,38 @@ from pathlib import Path
 import torch
 
 
-class OtherLoad:
-    """Cores kept busy by other processes between two readings: the growth of the machine's busy CPU time
-    (/proc/stat's first line: user, nice, system, irq, softirq; not idle, iowait or a hypervisor's steal) less this
-    process's own CPU time (os.times), over the wall time between. None where /proc/stat cannot be read (not
-    Linux) or before a first reading."""
+class RunQueueWait:
+    """How long this process's threads waited for a CPU between two readings: each thread's time runnable but not
+    running (the second field of /proc/self/task/*/schedstat, the scheduler's own count), summed, per second of
+    wall time. Quiet: ~0; two threads on two cores beside one busy process: ~0.85. Unlike the machine's load it
+    counts only what this process loses, so other tenants of a container's host, on CPUs it does not run on, do
+    not count. None where the file cannot be read (not Linux, a kernel without schedstats) or before a first
+    reading."""
 
-    def __init__(self, stat: Path = Path("/proc/stat")) -> None:
-        self.stat = stat
+    def __init__(self, tasks: Path = Path("/proc/self/task")) -> None:
+        self.tasks = tasks
         self.last = self._read()
 
-    def _read(self) -> tuple[float, float, float] | None:
+    def _read(self) -> tuple[float, float] | None:
+        total, read = 0, False
         try:
-            fields = self.stat.read_text().split("\n", 1)[0].split()
-            user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[1:8])
-        except (OSError, ValueError):
+            names = os.listdir(self.tasks)
+        except OSError:
             return None
-        if fields[0] != "cpu":
-            return None
-        own = os.times()
-        return ((user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK"), own.user + own.system,
-                time.monotonic())
+        for tid in names:
+            try:
+                total += int((self.tasks / tid / "schedstat").read_text().split()[1])
+                read = True
+            except (OSError, IndexError, ValueError):  # a thread that just ended, or no schedstats
+                continue
+        return (total / 1e9, time.monotonic()) if read else None
 
     def __call__(self) -> float | None:
         now, last = self._read(), self.last
         self.last = now
-        if now is None or last is None or now[2] <= last[2]:
+        if now is None or last is None or now[1] <= last[1]:
             return None
-        return max(0.0, (now[0] - last[0] - (now[1] - last[1])) / (now[2] - last[2]))
+        return max(0.0, (now[0] - last[0]) / (now[1] - last[1]))
 
 
 class ThreadGuard:
@@ -79,16 +83,17 @@ class ThreadGuard:
     """On fewer threads, a window this share faster than when they were chosen (the other job has ended or
     eased off) tries all threads at once, whatever the pause."""
 
-    BUSY_ELSEWHERE = 0.5
-    """Cores other processes kept busy during a window on all threads that make the guard try fewer, whatever the
-    step times say (a run started beside another job has no faster window to compare with)."""
+    WAITING = 0.3
+    """Thread-seconds a second this process's threads waited for a CPU during a window on all threads that make the
+    guard try fewer, whatever the step times say (a run started beside another job has no faster window to compare
+    with): ~0.85 beside one busy process on two cores, ~0 when quiet."""
 
     def __init__(self, on: bool, say: Callable[[str], None], threads: int | None = None,
-                 others: Callable[[], float | None] | None = None) -> None:
+                 waiting: Callable[[], float | None] | None = None) -> None:
         self.full = threads or torch.get_num_threads()
         self.fewer = max(1, self.full // 2)
         self.on = on and self.full > 1 and os.environ.get("GPTKIT_THREAD_GUARD", "on").lower() != "off"
-        self.others = (others or OtherLoad()) if self.on else None
+        self.waiting = (waiting or RunQueueWait()) if self.on else None
         self.now = self.full
         self.say = say
         self.best = math.inf  # the fastest window's mean step time on all threads
@@ -114,19 +119,24 @@ class ThreadGuard:
             return
         mean = sum(self.times) / len(self.times)
         self.times = []
-        busy = self.others() if self.others else None  # read every window: each reading covers one window
+        waited = self.waiting() if self.waiting else None  # read every window: each reading covers one window
         if self.now == self.full:
             self.best = min(self.best, mean)
         if self.trying_since is not None:
             self._judge(mean)
-        elif self._worth_a_try(mean, busy):
+        elif self._worth_a_try(mean, waited):
             self.kept, self.trying_since, self.trying_from = mean, self.clock, step + 1
             self._use(self.fewer if self.now == self.full else self.full)
 
-    def _worth_a_try(self, mean: float, busy: float | None) -> bool:
+    @property
+    def trying(self) -> bool:
+        """Whether the steps now run on a thread count the guard is only trying (the current window decides)."""
+        return self.trying_since is not None
+
+    def _worth_a_try(self, mean: float, waited: float | None) -> bool:
         if self.now != self.full:
             return self.clock >= self.next_try or mean < (1 - self.FASTER) * self.fewer_ref
-        crowded = busy is not None and busy >= self.BUSY_ELSEWHERE
+        crowded = waited is not None and waited >= self.WAITING
         return self.clock >= self.next_try and (mean > self.SLOWER * self.best or crowded)
 
     def _judge(self, mean: float) -> None:

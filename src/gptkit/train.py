@@ -737,6 +737,13 @@ class TimeBudget:
         self.window = [self.window[0] + took, self.window[1] + 1]
         return took
 
+    def probe_step(self, took: float) -> None:
+        """The last step ran on a thread count the guard was only trying (gptkit.threadguard): its time is an
+        experiment, not the run's speed, and is kept out of `watch`'s window. Taken in, a try of all threads beside
+        another job (4-5× slower steps for a window) once cut a 2-minute run's plan 9% short near its end, where no
+        evaluation was left to plan it back."""
+        self.window = [max(0.0, self.window[0] - took), max(0, self.window[1] - 1)]
+
     def length(self, cfg: TrainConfig, step: int, t_start: float, n_splits: int, info) -> int | None:
         """At the budget step: the run's total steps, rank 0's choice on every rank; otherwise None."""
         if step != self.at:
@@ -888,6 +895,8 @@ def run_steps(cfg: TrainConfig, rt: Runtime, t: Trainer, state: TrainState, metr
             budget.before_step(step)
             lr, loss_sum = t.step(step)
             took = budget.after_step()
+            if guard.trying:
+                budget.probe_step(took)
             step += 1
             guard.after_step(took, step)
             state.tokens += t.tokens_per_step
