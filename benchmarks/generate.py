@@ -9,11 +9,12 @@ that), with float32 weights through each BLAS, and as the plain model. Rounds al
 load from other processes hits them alike; the ratio is taken per round, and the median reported.
 
 Also printed: the memory-bandwidth roofline of the float32 model (every weight read once per token: bytes /
-measured read speed), measured here with a large mat-vec, and that of the default's own bytes where it reads fp16; the floor of the default path, its 49 matrix-vector products alone, back to
-back with nothing between them (what no decoder built on the same products can beat); and optionally (--low-precision fp16 int8 bf16) gptkit with lower-precision
-weights: fbgemm-packed fp16 or int8 (gptkit.generate.quantize_weights), or plain bfloat16 tensors, each with its
-quality cost against fp32: greedy tokens before the first difference, top-1 agreement and KL divergence on the
-fp32 continuation, largest logit change.
+measured read speed), measured here with a large mat-vec, and that of the default's own bytes where it reads
+fp16; the floor of the default path, its 49 matrix-vector products alone, back to back with nothing between them
+(what no decoder built on the same products can beat); and optionally (--low-precision fp16 int8 bf16) gptkit with
+lower-precision weights: fbgemm-packed fp16 or int8 (gptkit.generate.quantize_weights), or plain bfloat16
+tensors, each with its quality cost against fp32: greedy tokens before the first difference, top-1 agreement and
+KL divergence on the fp32 continuation, largest logit change.
 
     python benchmarks/generate.py                  # ~2 min on an idle machine
     python benchmarks/generate.py --rounds 5 --low-precision fp16 int8 bf16

@@ -15,9 +15,10 @@ and at WAITING thread-seconds a second or more tries fewer threads all the same.
 Some of torch's CPU kernels split their sums by thread (a bias gradient, at gpt-nano's shape; nanoGPT's recipe
 shape, without biases, gave bitwise the same 30 steps at one and two threads on the Xeon), so a run the guard has
 switched is a correct run, but not bitwise the one a quiet machine gives; in quiet running it does not switch
-(steps that vary by ±30% never look like another job), and exact resume holds as before. `--threads N` fixes the count and turns the guard off, as does torchrun (its
-processes share out the cores already); GPTKIT_THREAD_GUARD=off turns it off too (the test suite does, since its
-parallel workers are exactly such other processes, and its exact-resume tests need a fixed count).
+(steps that vary by ±30% never look like another job, and its threads wait for no CPU), and exact resume holds as
+before. `--threads N` fixes the count and turns the guard off, as does torchrun (its processes share out the
+cores already); GPTKIT_THREAD_GUARD=off turns it off too (the test suite does, since its parallel workers are
+exactly such other processes, and its exact-resume tests need a fixed count).
 """
 
 from __future__ import annotations
