@@ -557,6 +557,34 @@ def test_sample_blas_choices_give_the_same_greedy_text(tmp_path, capsys):
     assert outs[0] == outs[1] and outs[0].startswith("ROMEO:") and len(outs[0]) > len("ROMEO:") + 10
 
 
+def test_sample_reads_fp16_weights_when_auto_measures_them_faster(tmp_path, monkeypatch, capsys):
+    """`gptkit sample` end to end: --weights auto (its default) takes the measured fp16 and says so once; the text
+    is the prompt and 25 more characters, as with --weights fp16 and fp32."""
+    from gptkit import autotune
+    from gptkit.cli import main
+    from gptkit.generate import packed_weights_supported
+
+    if not packed_weights_supported():
+        pytest.skip("fp16 weights need fbgemm (x86 with AVX2 or newer), which this machine's PyTorch lacks")
+    tok = Tokenizer.train_char(TEXT)
+    model = tiny(seed=29, vocab=tok.vocab_size, block_size=64)
+    model.tokenizer = tok
+    model.save_pretrained(tmp_path / "m")
+    monkeypatch.setenv("GPTKIT_AUTOTUNE", "on")
+    monkeypatch.setenv("GPTKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(autotune, "measure", lambda work, rounds, settle_s=0.0: {
+        name: [{"torch": 1.0, "numpy": 2.0, "fp32": 2.0, "fp16": 1.0}[name]] * rounds for name in work})
+    base = ["sample", "--ckpt", str(tmp_path / "m"), "--prompt", "ROMEO:", "--max-new-tokens", "25",
+            "--temperature", "0", "--device", "cpu"]
+    outs = []
+    for extra in ([], ["--weights", "fp16"], ["--weights", "fp32"]):
+        assert main([*base, *extra]) == 0
+        out, err = capsys.readouterr()
+        outs.append(out)
+        assert ("float16" in err) == (extra == [])  # the choice is said when it is made, once
+    assert all(o.startswith("ROMEO:") and len(o) == len("ROMEO:") + 25 + 1 for o in outs)  # a char a token, a newline
+
+
 @pytest.mark.parametrize("kind, tol", [("int8", 0.05), ("fp16", 2e-3)])
 def test_quantized_weights_stay_close_to_fp32(kind, tol):
     from gptkit.generate import quantize_weights
