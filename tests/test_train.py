@@ -559,7 +559,7 @@ def test_max_minutes_ends_on_time_when_the_machine_slows_many_fold(char_data: Pa
 def test_watch_leaves_out_the_steps_of_a_thread_try(monkeypatch) -> None:
     """Steps the thread guard runs on a count it is only trying (a try of all threads beside another job: 5×
     slower) are not the run's speed: taken in, the watch cuts a 1-minute plan of 1,000 steps; left out
-    (`probe_step`), it keeps it."""
+    (`after_step(probe=True)`), it keeps it."""
     from types import SimpleNamespace
 
     import gptkit.train as T
@@ -576,9 +576,7 @@ def test_watch_leaves_out_the_steps_of_a_thread_try(monkeypatch) -> None:
         for step in range(500, 520):
             budget.before_step(step)
             clock.now += 0.3 if step < 510 else 0.055  # ten steps of the guard's try, then on one thread again
-            took = budget.after_step()
-            if probe and step < 510:
-                budget.probe_step(took)
+            budget.after_step(probe=probe and step < 510)
             cut = cut or budget.watch(cfg, step + 1, 0.0, SimpleNamespace(world_size=1))
         cuts.append(cut)
     assert cuts[0] is not None and cuts[0] < 700 and cuts[1] is None

@@ -921,17 +921,14 @@ def prepare_for_inference(model: GPT, weights: Literal["fp32", "fp16", "int8", "
     if weights not in ("auto", *WEIGHTS):
         raise GenerationError(f"weights must be 'auto', 'fp32', 'fp16' or 'int8', got {weights!r}")
     on_cpu = model.transformer.wte.weight.device.type == "cpu"
+    if on_cpu and blas == "auto" and weights in ("auto", "fp32"):  # the fp32 path (auto weighs fp16 against it)
+        blas = choose_blas(model, rows)
     if weights == "auto":
-        if not on_cpu:
-            return model
-        blas = choose_blas(model, rows) if blas == "auto" else blas
-        weights = choose_weights(model, rows, blas)
+        weights = choose_weights(model, rows, blas) if on_cpu else "fp32"
     if weights != "fp32":
         return quantize_weights(model, weights, inplace=True)  # type: ignore[arg-type]
     if not on_cpu:
         return model
-    if blas == "auto":
-        blas = choose_blas(model, rows)
     return use_numpy_blas_(model) if blas == "numpy" else inference_layout_(model)
 
 

@@ -729,20 +729,17 @@ class TimeBudget:
         if self.at is not None and self.t_speed is None and step >= min(TIME_BUDGET_FIRST_STEPS, self.at - 1):
             self.t_speed, self.step_speed = self.t_step, step
 
-    def after_step(self) -> float:
-        """Count the step's own time (from `before_step`), and return it."""
+    def after_step(self, probe: bool = False) -> float:
+        """Count the step's own time (from `before_step`), and return it. `probe`: the step ran on a thread count
+        the guard was only trying (gptkit.threadguard), an experiment, not the run's speed, so it stays out of
+        `watch`'s window. Taken in, a try of all threads beside another job (4-5× slower steps for a window) once
+        cut a 2-minute run's plan 9% short near its end, where no evaluation was left to plan it back."""
         self.t_end = time.perf_counter()
         took = self.t_end - self.t_step
         self.steps_s += took
-        self.window = [self.window[0] + took, self.window[1] + 1]
+        if not probe:
+            self.window = [self.window[0] + took, self.window[1] + 1]
         return took
-
-    def probe_step(self, took: float) -> None:
-        """The last step ran on a thread count the guard was only trying (gptkit.threadguard): its time is an
-        experiment, not the run's speed, and is kept out of `watch`'s window. Taken in, a try of all threads beside
-        another job (4-5× slower steps for a window) once cut a 2-minute run's plan 9% short near its end, where no
-        evaluation was left to plan it back."""
-        self.window = [max(0.0, self.window[0] - took), max(0, self.window[1] - 1)]
 
     def length(self, cfg: TrainConfig, step: int, t_start: float, n_splits: int, info) -> int | None:
         """At the budget step: the run's total steps, rank 0's choice on every rank; otherwise None."""
@@ -894,9 +891,7 @@ def run_steps(cfg: TrainConfig, rt: Runtime, t: Trainer, state: TrainState, metr
         while step < cfg.max_iters or budget.at is not None:
             budget.before_step(step)
             lr, loss_sum = t.step(step)
-            took = budget.after_step()
-            if guard.trying:
-                budget.probe_step(took)
+            took = budget.after_step(probe=guard.trying)
             step += 1
             guard.after_step(took, step)
             state.tokens += t.tokens_per_step
