@@ -197,6 +197,11 @@ def test_the_dtype_measurement_draws_nothing_from_the_run(monkeypatch) -> None:
     monkeypatch.setattr(autotune, "has_native_bf16", lambda flags=None: True)
     monkeypatch.setattr(T.cpu_attention, "_chosen", {})  # nothing chosen in this process yet: measured here
     monkeypatch.setattr(T.lm_loss, "_chosen", {})
+    # the measurements as gptkit makes them, over fewer repetitions: at this tiny shape the real sizes repeat each
+    # pass ~2,000 times a timed call (80 s where bf16 is emulated); all three loss ways stay candidates
+    monkeypatch.setattr(autotune, "TRAINING_ROUNDS", 3)
+    monkeypatch.setattr(T.cpu_attention, "MEASURED_SCORES", 1 << 14)
+    monkeypatch.setattr(T.lm_loss, "MEASURED_LOGITS", 1 << 14)
     config = GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=50)
     torch.manual_seed(7)
     before = torch.get_rng_state()

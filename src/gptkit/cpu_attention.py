@@ -36,6 +36,9 @@ from .compiled import CompiledOnUse
 MAX_CONTEXT = 512
 """Longest context given this backward; beyond it SDPA's own was as fast or faster (docs/benchmarks.md)."""
 
+MEASURED_SCORES = 1 << 21
+"""Attention scores (batch × heads × context²) of one timed call of `choose_path`'s measurement: 2 M."""
+
 SCORES_PER_CHUNK = 1 << 22
 """Scores of one backward chunk: 4 M float32 (16 MB), e.g. 64 rows of (256, 256) or 4 of (1,024, 1,024)."""
 
@@ -160,8 +163,8 @@ def _float32_attention(q, k, v):
 
 def _path_workloads(batch: int, n_head: int, context: int, head_size: int):
     """One call per path: forward and backward passes of bf16 attention laid out as the model's (heads viewed out
-    of one (B, T, 3C) projection), as many as make about 2 M scores."""
-    reps = max(1, (1 << 21) // (batch * n_head * context * context))
+    of one (B, T, 3C) projection), as many as make about MEASURED_SCORES scores."""
+    reps = max(1, MEASURED_SCORES // (batch * n_head * context * context))
     gen = torch.Generator().manual_seed(0)  # draws nothing from the run's random stream
     width = n_head * head_size
     qkv = torch.randn(batch, context, 3 * width, generator=gen).bfloat16().requires_grad_()
