@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--tokenizer-kind", choices=["bpe", "char"], default="bpe")
     ap.add_argument("--vocab-size", type=int, default=8192)
     ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--pairs", type=int, default=2, help="rounds of the three runs")
+    ap.add_argument("--pairs", type=int, default=2, help="rounds (each runs every side once)")
     ap.add_argument("--sides", nargs="+", choices=["float32", "bfloat16", "auto"],
                     default=["float32", "bfloat16", "auto"], help="the runs of a round (float32 always; on a CPU "
                     "without bf16 units bf16 autocast is emulated and ~17× slower at the default shape: "
@@ -77,7 +77,6 @@ def main() -> None:
         got = {d: train(data, Path(tempfile.mkdtemp(dir=work)) / "run", d, a, env) for d in order}
         for d in ratios:
             ratios[d].append(got[d]["tok_s"] / got["float32"]["tok_s"])
-        for d in ratios:
             for line in got[d]["stderr"].splitlines():
                 if "measured once" in line:
                     print(f"  {line}")
