@@ -479,6 +479,38 @@ def test_lm_coef_zero_trains_on_the_task_loss_alone(tiny_ckpt, tmp_path, capsys)
     assert json.loads((out / "metrics.json").read_text())["valid"]["n"] == 8
 
 
+def test_the_thread_guard_sees_every_step_and_its_choice_is_logged(tiny_ckpt, tmp_path, capsys, monkeypatch):
+    """Fine-tuning hands each step to a ThreadGuard (gptkit.threadguard) with its time scaled to a batch of typical
+    size; fewer threads are recorded in the epoch's log line, and the run's count is given back at the end.
+    `--threads N` turns the guard off."""
+    from gptkit.finetune import loop
+    from gptkit.threadguard import ThreadGuard
+
+    seen = []
+
+    class Recording(ThreadGuard):
+        def after_step(self, took, step):
+            seen.append((self.on, took, step))
+            if self.on and step == 3:  # as if another process had taken a core
+                self._use(1)
+
+    monkeypatch.setattr(loop, "ThreadGuard", Recording)
+    monkeypatch.setenv("GPTKIT_THREAD_GUARD", "on")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # the guard's count without 2 real threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    _sentiment_file(tmp_path / "train.jsonl", 64, 0)
+    argv = ["finetune", "--ckpt", str(tiny_ckpt), "--task", "classification", "--train", str(tmp_path / "train.jsonl"),
+            "--valid-from-train", "16", "--epochs", "2", "--batch-size", "8", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 0, capsys.readouterr().err
+    assert [step for _, _, step in seen] == list(range(1, 13)) and all(on and took > 0 for on, took, _ in seen)
+    log = [json.loads(line) for line in (tmp_path / "run/log.jsonl").read_text().splitlines()]
+    assert [r.get("threads") for r in log[:-1]] == [1, 1] and log[-1]["threads"] == 2
+    seen.clear()
+    assert main([*argv, "--out", str(tmp_path / "fixed"), "--threads", "1"]) == 0
+    assert len(seen) == 12 and not any(on for on, _, _ in seen)
+    assert "threads" not in json.loads((tmp_path / "fixed/log.jsonl").read_text().splitlines()[0])
+
+
 def test_recipe_sizes_lr_epochs_and_warmup_and_flags_win():
     """lr = 0.048 / width (GPT-1's 6.25e-5 at 768), 3 epochs or enough for 500 steps (at most 20), warmup 6%."""
     from gptkit.options.finetune import recipe

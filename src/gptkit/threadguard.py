@@ -4,7 +4,8 @@ torch splits each operator's work over all its intra-op threads and waits for th
 process takes one of the cores, every operator waits for a thread the OS has descheduled: on a 2-core Xeon a
 competing `python -c "while True: pass"` made the quickstart's steps 11-17× slower at two threads, where one
 thread ran them 5.4× faster than two (100 steps: 5.0 s against 27.1 s). `ThreadGuard` watches the steps' own
-times (evaluations and checkpoints aside) in windows of WINDOW steps. When a window is SLOWER times slower than the
+times (evaluations and checkpoints aside; `gptkit finetune`, whose batches differ in size, hands it each step's
+time scaled to a batch of the mean size) in windows of WINDOW steps. When a window is SLOWER times slower than the
 fastest one on all threads, it tries half of them for a window and keeps them if that is faster; while on fewer
 threads it tries all of them again now and then (and at once when the steps get faster), and goes back when they
 are faster again. Each try is followed by a pause of TRY_GAP times its length, so tries that lose cost little.

@@ -56,6 +56,7 @@ from ..optim import adamw, optimizer_step, set_lr, warmup_linear
 from ..options.finetune import FinetuneConfig, recipe
 from ..runlock import LOCK_NAME, run_lock
 from ..runtime import DeviceError, Progress, autocast, keep_freed_memory, pick_device, pick_dtype, set_threads
+from ..threadguard import ThreadGuard
 from . import metrics as M
 from .heads import FinetuneModel, build_head
 from .tasks import (
@@ -380,6 +381,13 @@ class FinetuneRun:
     log_every: int  # steps between plain log lines (about ten an epoch)
     optimizer: Any = None
     dtype: Any = torch.float32  # autocast dtype of the forward passes (float32: off); the weights stay float32
+    guard: Any = None  # the ThreadGuard of the training steps (set by _finetune)
+
+    @property
+    def typical_tokens(self) -> float:
+        """Tokens (B × K × T) of a batch of the training examples' mean size: the ThreadGuard judges each step's
+        time scaled to it, since the batches, sorted by length, differ several-fold in size."""
+        return self.cfg.batch_size * sum(len(e.seqs) * _cost(e) for e in self.train) / max(1, len(self.train))
 
 
 def setup_finetune(cfg: FinetuneConfig) -> FinetuneRun:
@@ -416,9 +424,11 @@ def train_epoch(run: FinetuneRun, epoch: int, step: int, rng: random.Random, pro
     cfg, spec = run.cfg, run.spec
     use_lm = cfg.lm_coef > 0
     sums = {"loss": 0.0, "task_loss": 0.0, "lm_loss": 0.0, "n": 0}
+    typical = run.typical_tokens
     for batch in train_batches(run.train, cfg.batch_size, rng):
         if step >= run.total:
             break
+        t_step = time.perf_counter()
         lr = warmup_linear(step, run.total, run.warmup_steps, cfg.lr)
         set_lr(run.optimizer, lr)
         items = [run.train[i] for i in batch]
@@ -436,6 +446,7 @@ def train_epoch(run: FinetuneRun, epoch: int, step: int, rng: random.Random, pro
         sums["task_loss"] += l2.item()
         sums["lm_loss"] += lm.item() if use_lm else 0.0
         sums["n"] += 1
+        run.guard.after_step((time.perf_counter() - t_step) * typical / idx.numel(), step)
         progress.update(bar, step, info=f"epoch {epoch} loss {loss.item():.4f} lr {lr:.2e}",
                         line=step % run.log_every == 0)
     return step, sums
@@ -473,6 +484,7 @@ def _finetune(run: FinetuneRun, out: Path, t0: float) -> dict[str, Any]:
                        f"{run.total} steps of {cfg.batch_size}, λ={cfg.lm_coef}, lr {cfg.lr:g}"
                        f"{', from scratch' if cfg.from_scratch else ''}")
         run.model.train()
+        run.guard = ThreadGuard(run.device.type == "cpu" and cfg.threads is None, progress.print)
         step, epoch = 0, 0
         last_valid: tuple[int, dict[str, Any], list[dict[str, Any]]] = (-1, {}, [])
         t_train = time.perf_counter()
@@ -481,6 +493,8 @@ def _finetune(run: FinetuneRun, out: Path, t0: float) -> dict[str, Any]:
             step, sums = train_epoch(run, epoch, step, rng, progress, bar)
             last_valid = (step, *run_eval(run, "valid"))
             record = epoch_record(epoch, step, sums, last_valid[1], cfg.lm_coef > 0, t0)
+            if run.guard.now != run.guard.full:
+                record["threads"] = run.guard.now
             log.write(json.dumps(record) + "\n")
             progress.print(f"epoch {epoch}: train loss {record['train_loss']:.4f} (task {record['train_task_loss']:.4f}"
                            + (f", lm {record['train_lm_loss']:.4f}" if cfg.lm_coef > 0 else "") + f"); valid "
@@ -489,7 +503,7 @@ def _finetune(run: FinetuneRun, out: Path, t0: float) -> dict[str, Any]:
         results = final_eval(run, tmp, step, last_valid, progress)
         summary = {"summary": True, "steps": step, "epochs": cfg.epochs, "train_examples": len(run.train),
                    "train_truncated": n_cut, "train_s": round(train_s, 2), "wall_s": round(time.perf_counter() - t0, 2),
-                   "threads": torch.get_num_threads(), "device": str(run.device)}
+                   "threads": run.guard.full, "device": str(run.device)}
         log.write(json.dumps(summary) + "\n")
         log.close()
         save_finetuned(tmp, run.model, run.tok, spec, cfg.head_dropout, cfg.dtype)
@@ -500,6 +514,8 @@ def _finetune(run: FinetuneRun, out: Path, t0: float) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
+        if run.guard is not None:
+            run.guard.close()
         log.close()
         progress.close()
     return {"metrics": results, "out": str(out), **{k: v for k, v in summary.items() if k != "summary"}}
