@@ -41,6 +41,32 @@ def test_more_shapes_than_dynamos_default_limit_are_all_compiled():
     assert torch._dynamo.config.recompile_limit == 8  # only around the calls
 
 
+@needs_compiler
+def test_shapes_that_vary_compile_once_for_all_lengths():
+    """Within `shapes_vary` (fine-tuning's batches, each of its own length) a second shape recompiles once with the
+    changed sizes symbolic, and later lengths reuse it; the width that never changes stays fixed. Outside, each
+    shape compiles its own graph again."""
+    import torch
+
+    from gptkit.compiled import CompiledOnUse, shapes_vary
+
+    def rows_softmax(x):
+        return torch.softmax(x.float() * 2, -1)
+
+    counters = torch._dynamo.utils.counters["stats"]
+    f = CompiledOnUse(rows_softmax, "a probe")
+    before = counters["unique_graphs"]
+    with shapes_vary():
+        for n in range(2, 12):
+            x = torch.randn(n, 16)
+            assert torch.allclose(f(x), rows_softmax(x))
+    assert counters["unique_graphs"] - before == 2
+    before = counters["unique_graphs"]
+    for n in (2, 3, 4):
+        f(torch.randn(n, 16))
+    assert counters["unique_graphs"] - before == 3
+
+
 # ------------------------------------------------------------ inductor's vector-ISA probe, remembered
 X86 = pytest.mark.skipif(__import__("platform").machine() not in ("x86_64", "AMD64"),
                          reason="inductor probes vector instruction sets only on x86 CPUs")

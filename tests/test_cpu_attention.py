@@ -81,7 +81,7 @@ def test_a_compiler_failure_falls_back_once_with_one_warning(monkeypatch, caplog
         raise RuntimeError("no C++ compiler found\nmore detail")
 
     chunk = CompiledOnUse(cpu_attention._backward_rows, "the bf16 attention backward")
-    chunk._compiled = broken
+    chunk._compiled = {False: broken}  # the per-shape compile, as training calls it
     monkeypatch.setattr(cpu_attention, "_backward_chunk", chunk)
     q, k, v = _qkv(1, 2, 12, 8)
     grad_out = torch.randn(1, 2, 12, 8).bfloat16()

@@ -48,6 +48,7 @@ from ..checkpoint import (
     resolve_checkpoint,
     write_model_files,
 )
+from ..compiled import shapes_vary
 from ..data.outputs import check_output_file, positive_int
 from ..errors import CheckpointError
 from ..io import atomic_write_text, new_tmp_dir, publish_dir
@@ -490,7 +491,8 @@ def _finetune(run: FinetuneRun, out: Path, t0: float) -> dict[str, Any]:
         t_train = time.perf_counter()
         while step < run.total:
             epoch += 1
-            step, sums = train_epoch(run, epoch, step, rng, progress, bar)
+            with shapes_vary():  # each batch is padded to its own longest example: compile once for all lengths
+                step, sums = train_epoch(run, epoch, step, rng, progress, bar)
             last_valid = (step, *run_eval(run, "valid"))
             record = epoch_record(epoch, step, sums, last_valid[1], cfg.lm_coef > 0, t0)
             if run.guard.now != run.guard.full:
