@@ -2,9 +2,10 @@
 
 Small hot pieces of bf16 arithmetic on the CPU (the attention backward of gptkit.cpu_attention, the softmax of
 gptkit.lm_loss) run several passes over memory eagerly; inductor's C++ backend fuses them into one or two. Each
-new shape compiles once, in a second or so; within `shapes_vary` (fine-tuning) one compile serves all lengths. A machine without a C++ compiler cannot compile: the first call then
-says so in one warning line and the function runs eagerly from then on, with the same arithmetic. Inductor's
-check of the CPU's vector instruction sets, repeated by every process, is done once and remembered (`ISA_PROBE`).
+new shape compiles once, in a second or so; within `shapes_vary` (fine-tuning) one compile serves all lengths. A
+machine without a C++ compiler cannot compile: the first call then says so in one warning line and the function
+runs eagerly from then on, with the same arithmetic. Inductor's check of the CPU's vector instruction sets,
+repeated by every process, is done once and remembered (`ISA_PROBE`).
 """
 
 from __future__ import annotations
@@ -130,7 +131,8 @@ def shapes_vary():
     """Within it, each CompiledOnUse compiles for shapes that vary from call to call (torch.compile's automatic
     dynamic shapes: a second shape recompiles once with the sizes that changed as run-time symbols, the rest stay
     fixed) instead of once per shape: for loops whose every batch has a shape of its own, as fine-tuning's, each
-    padded to its longest example. A tiny bf16 fine-tune of 64 steps compiled 32 graphs per-shape."""
+    padded to its longest example. A tiny bf16 fine-tune of 64 steps compiled 32 graphs per shape and 4 within
+    it (benchmarks/compiled_shapes.py)."""
     before = _shapes["vary"]
     _shapes["vary"] = True
     try:
