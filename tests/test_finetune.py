@@ -480,9 +480,8 @@ def test_lm_coef_zero_trains_on_the_task_loss_alone(tiny_ckpt, tmp_path, capsys)
 
 
 def test_the_thread_guard_sees_every_step_and_its_choice_is_logged(tiny_ckpt, tmp_path, capsys, monkeypatch):
-    """Fine-tuning hands each step to a ThreadGuard (gptkit.threadguard) with its time scaled to a batch of typical
-    size; fewer threads are recorded in the epoch's log line, and the run's count is given back at the end.
-    `--threads N` turns the guard off."""
+    """Fine-tuning hands each step's time to a ThreadGuard (gptkit.threadguard); fewer threads are recorded in the
+    epoch's log line, and the run's count is given back at the end. `--threads N` turns the guard off."""
     from gptkit.finetune import loop
     from gptkit.threadguard import ThreadGuard
 
@@ -497,7 +496,8 @@ def test_the_thread_guard_sees_every_step_and_its_choice_is_logged(tiny_ckpt, tm
     monkeypatch.setattr(loop, "ThreadGuard", Recording)
     monkeypatch.setenv("GPTKIT_THREAD_GUARD", "on")
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # the guard's count without 2 real threads
-    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    counts = []
+    monkeypatch.setattr(torch, "set_num_threads", counts.append)
     _sentiment_file(tmp_path / "train.jsonl", 64, 0)
     argv = ["finetune", "--ckpt", str(tiny_ckpt), "--task", "classification", "--train", str(tmp_path / "train.jsonl"),
             "--valid-from-train", "16", "--epochs", "2", "--batch-size", "8", "--quiet"]
@@ -505,6 +505,7 @@ def test_the_thread_guard_sees_every_step_and_its_choice_is_logged(tiny_ckpt, tm
     assert [step for _, _, step in seen] == list(range(1, 13)) and all(on and took > 0 for on, took, _ in seen)
     log = [json.loads(line) for line in (tmp_path / "run/log.jsonl").read_text().splitlines()]
     assert [r.get("threads") for r in log[:-1]] == [1, 1] and log[-1]["threads"] == 2
+    assert counts == [1, 2]  # the guard's one thread, then the run's two given back
     seen.clear()
     assert main([*argv, "--out", str(tmp_path / "fixed"), "--threads", "1"]) == 0
     assert len(seen) == 12 and not any(on for on, _, _ in seen)
