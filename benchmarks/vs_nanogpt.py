@@ -139,13 +139,18 @@ def gptkit_val_loss(run: Path, data: Path) -> float:
     return whole_split_loss(model, val, model.config.block_size)
 
 
+def gptkit_train(data: Path, run: Path, flags: list[str], log: Path) -> float:
+    """Wall seconds of `gptkit train` on the recipe with `flags` on top, from `data` into `run`."""
+    return timed([sys.executable, "-m", "gptkit", "train", "--data", str(data), "--out", str(run), "--quiet",
+                  "--device", "cpu", *GPTKIT_RECIPE, *flags], REPO, log)
+
+
 def time_to_loss(candidates: list[str], data: Path, scratch: Path, target: float, nanogpt_wall: float) -> dict:
     """Each candidate's wall and whole-val loss; the fastest that reached `target` gives the time-to-loss ratio."""
     runs = []
     for i, args in enumerate(candidates):
         run = scratch / f"gptkit-fast-{i}"
-        wall = timed([sys.executable, "-m", "gptkit", "train", "--data", str(data), "--out", str(run), "--quiet",
-                      "--device", "cpu", *GPTKIT_RECIPE, *shlex.split(args)], REPO, scratch / f"gptkit-fast-{i}.log")
+        wall = gptkit_train(data, run, shlex.split(args), scratch / f"gptkit-fast-{i}.log")
         loss = gptkit_val_loss(run, data)
         runs.append({"args": args, "wall_s": wall, "val": loss, "reached": loss <= target,
                      "time_to_loss_ratio": wall / nanogpt_wall})
@@ -194,9 +199,7 @@ def main() -> None:
             sides = {"nanogpt": lambda: timed([sys.executable, "train.py", *NANOGPT_FLAGS,
                                                *([f"--seed={seed}"] if seeded else [])], ngpt,
                                               scratch / f"nanogpt-{pair}.log"),
-                     "gptkit": lambda: timed([*gptkit, "train", "--data", str(data), "--out", str(run), "--quiet",
-                                              "--device", "cpu", *GPTKIT_RECIPE, "--seed", str(seed)], REPO,
-                                             scratch / f"gptkit-{pair}.log")}
+                     "gptkit": lambda: gptkit_train(data, run, ["--seed", str(seed)], scratch / f"gptkit-{pair}.log")}
             order = ["nanogpt", "gptkit"] if pair % 2 == 0 else ["gptkit", "nanogpt"]
             wall = {side: sides[side]() for side in order}
             row = {"pair": pair, "seed": seed, "order": order, "nanogpt_s": wall["nanogpt"],
