@@ -169,7 +169,7 @@ def val_loss(model, ids: torch.Tensor) -> float:
     return sum(losses) / (ids.size(1) - 1)
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--prompt-tokens", type=int, default=16)
@@ -181,8 +181,11 @@ def main() -> int:
                     "--quality-text with each lower precision")
     ap.add_argument("--quality-text", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" /
                                                   "tinyshakespeare" / "input.txt"))
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    return ap.parse_args()
+
+
+def gpt2_small_pair():
+    """HF's GPT-2 small with transformers' own init (N(0, 0.02)) and gptkit's import of exactly those weights."""
     import transformers
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -190,13 +193,95 @@ def main() -> int:
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as d:
-        # transformers' own init (N(0, 0.02)): the HF import path reads exactly these weights
         GPT2LMHeadModel(GPT2Config()).save_pretrained(d)
-        hf = GPT2LMHeadModel.from_pretrained(d).eval()
-        model = GPT.from_pretrained(d).eval()
+        return GPT2LMHeadModel.from_pretrained(d).eval(), GPT.from_pretrained(d).eval()
+
+
+def decoding_sides(hf, model, idx: torch.Tensor, n: int, bw: float) -> tuple[dict, object, object, str, str]:
+    """What `gptkit sample` runs: --blas auto (which of numpy's BLAS and torch's, after inference_layout_, this CPU
+    decodes this shape faster with) and --weights auto (fp16 where measured clearly faster than that fp32 path),
+    each measured once and remembered (gptkit.autotune); both fp32 paths are timed too. Returns the sides to time,
+    the default's model, the faster fp32 model, and the two choices."""
+    from gptkit.generate import choose_blas, choose_weights, prepare_for_inference
+
+    chosen = choose_blas(model)
+    weights = choose_weights(model, 1, chosen)
+    print(f"--blas auto chose {chosen}, --weights auto chose {weights} for this shape on this CPU")
+    numpy_path = prepare_for_inference(copy.deepcopy(model), "fp32", blas="numpy")
+    torch_path = prepare_for_inference(copy.deepcopy(model), "fp32", blas="torch")
+    fast32 = {"numpy": numpy_path, "torch": torch_path}[chosen]
+    fast = fast32 if weights == "fp32" else prepare_for_inference(copy.deepcopy(model), weights, blas=chosen)
+    if weights != "fp32":
+        own = quantized_bytes(fast, 2)
+        print(f"the default reads {own / 1e6:.0f} MB of {weights} weights per token: its own roofline "
+              f"{bw * 1e9 / own:.1f} tok/s (the roofline column below is the float32 model's)")
+    sides = {"HF generate": lambda: time_hf(hf, idx, n), "gptkit, plain model": lambda: time_gptkit(model, idx, n)}
+    for b, path in (("numpy", numpy_path), ("torch", torch_path)):
+        if b != chosen or weights != "fp32":
+            sides[f"gptkit fp32 --blas {b}"] = lambda path=path: time_gptkit(path, idx, n)
+    sides[f"gptkit default (auto: {weights}, {chosen})"] = lambda: time_gptkit(fast, idx, n)
+    time_hf(hf, idx, 8)  # warm up (allocator, BLAS libraries, thread pools)
+    for m in (model, torch_path, numpy_path, fast):
+        time_gptkit(m, idx, 8)
+    return sides, fast, fast32, chosen, weights
+
+
+def alternate(sides: dict, fast, rounds: int, roof: float) -> dict[str, list[float]]:
+    """Each side in turn, `rounds` times; prints each round and the medians (tok/s, of the roofline, vs HF)."""
+    rows: dict[str, list[float]] = {k: [] for k in sides}
+    floor = "default's products alone (floor)"
+    for r in range(rounds):
+        toks = []
+        for k, run in sides.items():
+            tps, tok = run()
+            rows[k].append(tps)
+            toks.append(tok)
+        same = all(torch.equal(toks[0], t) for t in toks[1:])
+        rows.setdefault(floor, []).append(1 / products_floor(fast))  # the default's products alone, this round
+        print(f"round {r + 1}: " + " | ".join(f"{k} {v[-1]:5.1f}" for k, v in rows.items()) +
+              f" tok/s | same greedy tokens: {same} | load {os.getloadavg()[0]:.2f}", flush=True)
+    for k, v in rows.items():
+        med = statistics.median(v)
+        ratio = statistics.median([x / h for x, h in zip(v, rows["HF generate"])])
+        print(f"median {k:<36} {med:5.1f} tok/s  {med / roof:4.0%} of the roofline  {ratio:.2f}x HF  "
+              f"(best {max(v):.1f})")
+    return rows
+
+
+def low_precision_report(model, fast32, kind: str, idx: torch.Tensor, n: int, args, fp32_median: float) -> None:
+    """Weights lowered to `kind` from the plain model: speed against the faster fp32 path (alternating rounds in
+    this run) and the quality cost, on random weights and (with --quality-ckpt) a trained model's loss."""
+    from gptkit import GPT
+
+    lo = lower(model, kind)
+    lo_bytes = bytes_per_token(lo) if kind == "bf16" else quantized_bytes(lo, 1 if kind == "int8" else 2)
+    time_gptkit(lo, idx, 8)
+    tps = []
+    for _ in range(args.rounds):  # alternate with fp32 again: the speed-up is a ratio within this run
+        tps.append(time_gptkit(lo, idx, n)[0] / time_gptkit(fast32, idx, n)[0])
+    print(f"{kind} weights: {statistics.median(tps):.2f}x the fp32 speed (median of {args.rounds} alternating "
+          f"rounds, ~{statistics.median(tps) * fp32_median:.0f} tok/s at the fp32 median above); "
+          f"{lo_bytes / 1e6:.0f} MB read per token")
+    q = quality(model, lo, idx, n)
+    print("  quality vs fp32, N(0, 0.02) random weights: " + ", ".join(f"{k} {v:.4g}" for k, v in q.items()))
+    peaked = randomize_(copy.deepcopy(model))
+    q = quality(peaked, lower(peaked, kind), idx, n)
+    print("  quality vs fp32, O(1)-activation random weights: " + ", ".join(f"{k} {v:.4g}" for k, v in q.items()))
+    if args.quality_ckpt:
+        ref = GPT.from_pretrained(args.quality_ckpt).eval()
+        text = Path(args.quality_text).read_text(encoding="utf-8")[-20000:]
+        ids = torch.tensor([ref.tokenizer.encode(text)[-ref.config.block_size * 8:]])
+        a, b = val_loss(ref, ids), val_loss(lower(ref, kind), ids)
+        print(f"  {args.quality_ckpt}: loss on the last {ids.size(1)} tokens of {args.quality_text}: "
+              f"fp32 {a:.4f}, {kind} {b:.4f} (+{b - a:.4f} nats/token)")
+
+
+def main() -> int:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    hf, model = gpt2_small_pair()
     idx = torch.randint(0, 50257, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(0))
     n = args.new_tokens
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus; "
@@ -206,71 +291,11 @@ def main() -> int:
     roof = bw * 1e9 / nbytes
     print(f"weights read per token {nbytes / 1e6:.0f} MB; measured read bandwidth {bw:.1f} GB/s "
           f"-> roofline {roof:.1f} tok/s")
-    from gptkit.generate import choose_blas, choose_weights, prepare_for_inference
-
-    # what `gptkit sample` runs: --blas auto (which of numpy's BLAS and torch's, after inference_layout_, this CPU
-    # decodes this shape faster with) and --weights auto (fp16 where measured clearly faster than that fp32 path),
-    # each measured once and remembered (gptkit.autotune); both fp32 paths are timed here too
-    chosen = choose_blas(model)
-    weights = choose_weights(model, 1, chosen)
-    print(f"--blas auto chose {chosen}, --weights auto chose {weights} for this shape on this CPU")
-    numpy_path = prepare_for_inference(copy.deepcopy(model), "fp32", blas="numpy")
-    torch_path = prepare_for_inference(copy.deepcopy(model), "fp32", blas="torch")
-    fast32 = {"numpy": numpy_path, "torch": torch_path}[chosen]
-    fast = fast32 if weights == "fp32" else prepare_for_inference(copy.deepcopy(model), weights, blas=chosen)
-    default = f"gptkit default (auto: {weights}, {chosen})"
-    if weights != "fp32":
-        own = quantized_bytes(fast, 2)
-        print(f"the default reads {own / 1e6:.0f} MB of {weights} weights per token: its own roofline "
-              f"{bw * 1e9 / own:.1f} tok/s (the roofline column below is the float32 model's)")
-    sides = {"HF generate": lambda: time_hf(hf, idx, n), "gptkit, plain model": lambda: time_gptkit(model, idx, n)}
-    for b, path in (("numpy", numpy_path), ("torch", torch_path)):
-        if b != chosen or weights != "fp32":
-            sides[f"gptkit fp32 --blas {b}"] = lambda path=path: time_gptkit(path, idx, n)
-    sides[default] = lambda: time_gptkit(fast, idx, n)
-    time_hf(hf, idx, 8)  # warm up (allocator, BLAS libraries, thread pools)
-    for m in (model, torch_path, numpy_path, fast):
-        time_gptkit(m, idx, 8)
-    rows: dict[str, list[float]] = {k: [] for k in sides}
-    FLOOR = "default's products alone (floor)"
-    for r in range(args.rounds):
-        toks = []
-        for k, run in sides.items():
-            tps, tok = run()
-            rows[k].append(tps)
-            toks.append(tok)
-        same = all(torch.equal(toks[0], t) for t in toks[1:])
-        rows.setdefault(FLOOR, []).append(1 / products_floor(fast))  # the default's products alone, this round
-        print(f"round {r + 1}: " + " | ".join(f"{k} {v[-1]:5.1f}" for k, v in rows.items()) +
-              f" tok/s | same greedy tokens: {same} | load {os.getloadavg()[0]:.2f}", flush=True)
-    for k, v in rows.items():
-        med = statistics.median(v)
-        ratio = statistics.median([x / h for x, h in zip(v, rows["HF generate"])])
-        print(f"median {k:<36} {med:5.1f} tok/s  {med / roof:4.0%} of the roofline  {ratio:.2f}x HF  "
-              f"(best {max(v):.1f})")
-    med = statistics.median(rows[f"gptkit fp32 --blas {chosen}"] if weights != "fp32" else rows[default])
-    for kind in args.low_precision:  # lowered from the plain model; compared with the faster fp32 path
-        lo = lower(model, kind)
-        lo_bytes = bytes_per_token(lo) if kind == "bf16" else quantized_bytes(lo, 1 if kind == "int8" else 2)
-        time_gptkit(lo, idx, 8)
-        tps = []
-        for _ in range(args.rounds):  # alternate with fp32 again: the speed-up is a ratio within this run
-            tps.append(time_gptkit(lo, idx, n)[0] / time_gptkit(fast32, idx, n)[0])
-        print(f"{kind} weights: {statistics.median(tps):.2f}x the fp32 speed (median of {args.rounds} alternating "
-              f"rounds, ~{statistics.median(tps) * med:.0f} tok/s at the fp32 median above); "
-              f"{lo_bytes / 1e6:.0f} MB read per token")
-        q = quality(model, lo, idx, n)
-        print("  quality vs fp32, N(0, 0.02) random weights: " + ", ".join(f"{k} {v:.4g}" for k, v in q.items()))
-        peaked = randomize_(copy.deepcopy(model))
-        q = quality(peaked, lower(peaked, kind), idx, n)
-        print("  quality vs fp32, O(1)-activation random weights: " + ", ".join(f"{k} {v:.4g}" for k, v in q.items()))
-        if args.quality_ckpt:
-            ref = GPT.from_pretrained(args.quality_ckpt).eval()
-            text = Path(args.quality_text).read_text(encoding="utf-8")[-20000:]
-            ids = torch.tensor([ref.tokenizer.encode(text)[-ref.config.block_size * 8:]])
-            a, b = val_loss(ref, ids), val_loss(lower(ref, kind), ids)
-            print(f"  {args.quality_ckpt}: loss on the last {ids.size(1)} tokens of {args.quality_text}: "
-                  f"fp32 {a:.4f}, {kind} {b:.4f} (+{b - a:.4f} nats/token)")
+    sides, fast, fast32, chosen, weights = decoding_sides(hf, model, idx, n, bw)
+    rows = alternate(sides, fast, args.rounds, roof)
+    fp32_key = f"gptkit fp32 --blas {chosen}" if weights != "fp32" else f"gptkit default (auto: {weights}, {chosen})"
+    for kind in args.low_precision:
+        low_precision_report(model, fast32, kind, idx, n, args, statistics.median(rows[fp32_key]))
     return 0
 
 
