@@ -136,3 +136,16 @@ def test_bad_flags_are_one_line(ckpt, capsys, flags, fragment):
     assert main(["chat", "--ckpt", str(ckpt), *flags]) == 2
     err = capsys.readouterr().err
     assert err.startswith("gptkit: error:") and err.count("\n") == 1 and fragment in err, err
+
+
+def test_top_k_zero_means_all_tokens_as_in_sample(ckpt, capsys):
+    from gptkit.cli import main
+
+    def reply(*flags):
+        assert main(["chat", "--ckpt", str(ckpt), "--prompt", "o fox", "--max-new-tokens", str(REPLY),
+                     "--seed", "3", *flags]) == 0
+        return capsys.readouterr().out
+
+    free = reply()
+    assert reply("--top-k", "0") == free  # no filter, as `gptkit sample --top-k 0`
+    assert reply("--top-k", "1") == reply("--temperature", "0")  # and a real k still filters

@@ -7,6 +7,7 @@ import argparse
 from ..errors import CheckpointError, GptkitError
 from ..options import from_args
 from ..options.chat import ChatOptions
+from ..options.sample import top_k_or_none
 from . import add_command
 
 
@@ -17,7 +18,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from ..runtime import pick_device, set_threads
 
     opts = from_args(ChatOptions, args)
-    params = SamplingParams(max_new_tokens=opts.max_new_tokens, temperature=opts.temperature, top_k=opts.top_k,
+    params = SamplingParams(max_new_tokens=opts.max_new_tokens, temperature=opts.temperature, top_k=top_k_or_none(opts.top_k),
                             top_p=opts.top_p, seed=opts.seed)
     try:
         params.validate()

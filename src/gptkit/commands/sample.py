@@ -7,7 +7,7 @@ import sys
 
 from ..errors import CheckpointError, GptkitError
 from ..options import from_args
-from ..options.sample import SampleOptions
+from ..options.sample import SampleOptions, top_k_or_none
 from . import add_command
 
 
@@ -27,7 +27,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise GptkitError(f"--top-p must be in (0, 1], got {args.top_p}")
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                            top_k=args.top_k if args.top_k and args.top_k > 0 else None, top_p=args.top_p,
+                            top_k=top_k_or_none(args.top_k), top_p=args.top_p,
                             presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
                             stop=tuple(args.stop or ()))
     try:

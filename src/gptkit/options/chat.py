@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from . import common
 from .generator import opt
-from .sample import blas, weights
+from .sample import blas, top_k, weights
 
 
 @dataclass
@@ -18,7 +18,7 @@ class ChatOptions:
     system: str | None = opt(None, "a system message that opens the conversation")
     max_new_tokens: int = opt(200, "most tokens per reply (fewer when the context is nearly full)")
     temperature: float = opt(0.8, "0 means greedy (/temperature X changes it during the chat)")
-    top_k: int | None = opt(None, "sample from the k most likely tokens only")
+    top_k: int | None = top_k()
     top_p: float | None = opt(None, "sample from the smallest set of tokens whose probability reaches p")
     seed: int | None = opt(None, "make the replies reproducible (default: unseeded)", metavar="N")
     weights: str = weights()

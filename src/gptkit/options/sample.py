@@ -19,6 +19,15 @@ def weights() -> Any:
                choices=WEIGHTS)
 
 
+def top_k() -> Any:
+    return opt(None, "sample from the k most likely tokens only (0: from all of them)", metavar="K")
+
+
+def top_k_or_none(k: int | None) -> int | None:
+    """--top-k as SamplingParams takes it: 0 (or less) means no top-k filter, as in Hugging Face's generate."""
+    return k if k and k > 0 else None
+
+
 def blas() -> Any:
     return opt("auto", "fp32 on CPU: multiply through PyTorch's BLAS (MKL) or numpy's (OpenBLAS); auto: whichever "
                "was measured faster for this model's shape on this CPU (once; remembered in ~/.cache/gptkit)",
@@ -36,7 +45,7 @@ class SampleOptions:
     interactive: bool = opt(False, "read prompts from the terminal, one a line", aliases=("-i",))
     max_new_tokens: int = opt(200, "tokens to generate")
     temperature: float = opt(0.8, "0 means greedy")
-    top_k: int | None = opt(None, "sample from the k most likely tokens only")
+    top_k: int | None = top_k()
     top_p: float | None = opt(None, "sample from the smallest set of tokens whose probability reaches p")
     presence_penalty: float = opt(0.0, "-2..2, OpenAI's definition")
     frequency_penalty: float = opt(0.0, "-2..2, OpenAI's definition")
