@@ -86,6 +86,8 @@ def run(args: QuickstartOptions) -> int:
         raise GptkitError(f"--minutes must be a positive number, got {args.minutes:g}")
     if args.max_iters is not None and args.max_iters < 1:
         raise GptkitError(f"--max-iters must be at least 1, got {args.max_iters}")
+    if args.threads is not None and args.threads < 1:
+        raise GptkitError(f"--threads must be positive, got {args.threads}")
     if args.max_new_tokens < 0:
         raise GptkitError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if not args.prompt:
@@ -143,9 +145,11 @@ def _run(args: QuickstartOptions) -> int:
         left = args.minutes * 60 - (time.perf_counter() - t0) - SAMPLE_S
         params["max_minutes"] = max(left, 30.0) / 60
     cfg = TrainConfig(data=str(data_dir), out=str(out / "run"), resume=args.resume, quiet=args.quiet,
-                      device=args.device, **params)
+                      device=args.device, threads=args.threads, **params)
     # on --resume the run keeps its own settings (its length above all), except what was asked for here
-    cfg.explicit = frozenset({"device", "quiet"} | ({"max_iters"} if args.max_iters is not None else set()))
+    asked = {"device", "quiet"} | ({"max_iters"} if args.max_iters is not None else set()) | \
+        ({"threads"} if args.threads is not None else set())
+    cfg.explicit = frozenset(asked)
     summary = train(cfg)
 
     import torch
