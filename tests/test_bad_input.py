@@ -57,8 +57,7 @@ def test_export_hf_replaces_an_earlier_export_and_the_export_samples(char_ckpt, 
 # ------------------------------------------------------------------------------------------ quickstart
 @pytest.mark.parametrize("flags, fragment", [
     (["--max-iters", "0"], "--max-iters"), (["--tokens", "-1"], "--tokens"), (["--device", "tpu"], "tpu"),
-    (["--resume"], "no quickstart run to resume"), (["--minutes", "nan"], "--minutes"),
-    (["--threads", "0"], "--threads")])
+    (["--resume"], "no quickstart run to resume"), (["--minutes", "nan"], "--minutes")])
 def test_quickstart_checks_flags_before_copying_the_corpus(tmp_path, capsys, flags, fragment):
     out = tmp_path / "qs"
     rc, _, err = run(capsys, "quickstart", "--out", out, "--quiet", *flags)

@@ -232,7 +232,7 @@ def test_bad_device_is_one_line_in_every_command(cmd, device, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
 
 
-THREAD_COMMANDS = ["train", "finetune", "predict", "eval", "sample", "serve", "chat", "scale"]
+THREAD_COMMANDS = ["train", "finetune", "predict", "eval", "sample", "serve", "chat", "scale", "quickstart"]
 """Commands whose --threads are torch's intra-op threads (the data commands' --threads are processes)."""
 
 

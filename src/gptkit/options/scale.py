@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import common
 from .generator import opt
 
 
@@ -11,8 +12,9 @@ from .generator import opt
 class ScaleOptions:
     """A scaling study: a ladder of runs planned for a time budget, the laws fitted to them, a forecast."""
 
-    data: str = opt(None, "prepared data directory (from `gptkit prepare`; it needs a val split)")
-    out: str = opt(None, "study directory: plan.json, runs/, results.json, fit.json, forecast.json, plots")
+    data: str = opt(None, "prepared data directory (from `gptkit prepare`; it needs a val split)", metavar="DIR")
+    out: str = opt(None, "study directory: plan.json, runs/, results.json, fit.json, forecast.json, plots (a "
+                         "directory)", metavar="DIR")
     budget_minutes: float = opt(None, "wall-clock minutes for the whole ladder on this machine (the forecast run "
                                       "of --verify comes on top)")
     plan_only: bool = opt(False, "print the plan (and write plan.json) without training")
@@ -24,7 +26,8 @@ class ScaleOptions:
     ladder: str = opt("isoflop", "isoflop: Chinchilla approach 2 (a few compute levels, several sizes each; "
                                  "fits L(N, D) too); ratio: one size per point at --tokens-per-param",
                       choices=("isoflop", "ratio"))
-    points: int = opt(12, "runs in the ladder (at least 5; isoflop spreads them over --levels)")
+    points: int = opt(12, "runs in the ladder (at least 5); isoflop spreads them over --levels, at least 3 a "
+                          "level, so it trains --levels x max(3, ceil(points / levels)) runs")
     levels: int = opt(4, "isoflop compute levels, each 4x the one below (L(C) has 3 parameters: 4 levels give "
                                   "it an interval)")
     tokens_per_param: float = opt(20.0, "tokens per non-embedding parameter of a ratio run, and where an isoflop "
@@ -39,10 +42,10 @@ class ScaleOptions:
     unit: str = opt("nats", "fit the loss in nats per token or in bits per byte of the val text",
                     choices=("nats", "bpb"))
     bootstrap: int = opt(100, "bootstrap resamples of the runs for the laws' intervals")
-    seed: int = opt(1337, "seed of every run and of the bootstrap")
-    device: str = opt("auto", "cpu, cuda, cuda:N or auto")
-    threads: int | None = opt(None, "CPU threads for torch (default: torch's choice)")
-    quiet: bool = opt(False, "no progress display")
+    seed: int = common.seed("every run and the bootstrap")
+    device: str = common.device()
+    threads: int | None = common.threads()
+    quiet: bool = common.quiet(old={"--no-quiet": None})
 
 
 @dataclass
@@ -50,8 +53,8 @@ class ScaleFitOptions:
     """The laws fitted to finished `gptkit train` runs."""
 
     runs: list[str] = field(default_factory=list)  # positional RUN... (added by the command)
-    out: str | None = opt(None, "write fit.json, scaling.png and isoflop.png here")
+    out: str | None = opt(None, "write fit.json, scaling.png and isoflop.png here (a directory)", metavar="DIR")
     unit: str = opt("nats", "fit the loss in nats per token or in bits per byte of each run's val text",
                     choices=("nats", "bpb"))
     bootstrap: int = opt(100, "bootstrap resamples of the runs for the laws' intervals")
-    seed: int = opt(1337, "seed of the bootstrap")
+    seed: int = common.seed("the bootstrap")
