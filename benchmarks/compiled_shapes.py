@@ -82,7 +82,7 @@ def finetune(d: Path, varying: bool, steps: int) -> None:
     loop.shapes_vary = shapes_vary if varying else contextlib.nullcontext
     counters = torch._dynamo.utils.counters["stats"]
     t = time.perf_counter()
-    rc = gptkit_main(["finetune", "--ckpt", str(d / "ckpt"), "--task", "classification", "--train",
+    rc = gptkit_main(["finetune", "--ckpt", str(d / "ckpt"), "--task-type", "classification", "--train",
                       str(d / "train.jsonl"), "--valid", str(d / "valid.jsonl"), "--out", str(d / f"run-{varying}"),
                       "--overwrite", "--lr", "2e-3", "--epochs", str(steps * 16 // 256), "--batch-size", "16",
                       "--quiet", "--seed", "0", "--dtype", "bfloat16", "--threads", "1"])

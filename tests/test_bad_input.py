@@ -69,7 +69,7 @@ def test_quickstart_checks_the_prompt_before_training(tmp_path, capsys):
     corpus = tmp_path / "c.txt"
     corpus.write_text("abc abc abc\n" * 50)
     out = tmp_path / "qs"
-    rc, _, err = run(capsys, "quickstart", "--corpus", corpus, "--out", out, "--max-iters", "1", "--quiet",
+    rc, _, err = run(capsys, "quickstart", "--input", corpus, "--out", out, "--max-iters", "1", "--quiet",
                      "--device", "cpu", "--prompt", "XYZ")
     last = err.splitlines()[-1] + "\n"  # after the "corpus: ..." progress line
     assert_one_line_error(rc, last, "--prompt", "'X'")

@@ -424,7 +424,7 @@ def test_finetune_learns_and_predict_reproduces_it(tiny_ckpt, tmp_path, capsys, 
     _sentiment_file(tmp_path / "valid.jsonl", 64, 1)
     _sentiment_file(tmp_path / "test.jsonl", 64, 2)
     out = tmp_path / "run"
-    rc = main(["finetune", "--ckpt", str(tiny_ckpt), "--task", "classification", "--train",
+    rc = main(["finetune", "--ckpt", str(tiny_ckpt), "--task-type", "classification", "--train",
                str(tmp_path / "train.jsonl"), "--valid", str(tmp_path / "valid.jsonl"), "--test",
                str(tmp_path / "test.jsonl"), "--out", str(out), "--lr", "2e-3", "--epochs", "4", "--batch-size",
                "16", "--quiet", "--seed", "0", "--dtype", dtype])
@@ -470,7 +470,7 @@ def test_finetune_learns_and_predict_reproduces_it(tiny_ckpt, tmp_path, capsys, 
 def test_lm_coef_zero_trains_on_the_task_loss_alone(tiny_ckpt, tmp_path, capsys):
     _sentiment_file(tmp_path / "train.jsonl", 32, 0)
     out = tmp_path / "run"
-    rc = main(["finetune", "--ckpt", str(tiny_ckpt), "--task", "classification", "--train",
+    rc = main(["finetune", "--ckpt", str(tiny_ckpt), "--task-type", "classification", "--train",
                str(tmp_path / "train.jsonl"), "--valid-from-train", "8", "--out", str(out), "--lm-coef", "0",
                "--epochs", "1", "--quiet"])
     assert rc == 0, capsys.readouterr().err
@@ -499,7 +499,8 @@ def test_the_thread_guard_sees_every_step_and_its_choice_is_logged(tiny_ckpt, tm
     counts = []
     monkeypatch.setattr(torch, "set_num_threads", counts.append)
     _sentiment_file(tmp_path / "train.jsonl", 64, 0)
-    argv = ["finetune", "--ckpt", str(tiny_ckpt), "--task", "classification", "--train", str(tmp_path / "train.jsonl"),
+    argv = ["finetune", "--ckpt", str(tiny_ckpt), "--task-type", "classification",
+            "--train", str(tmp_path / "train.jsonl"),
             "--valid-from-train", "16", "--epochs", "2", "--batch-size", "8", "--quiet"]
     assert main([*argv, "--out", str(tmp_path / "run")]) == 0, capsys.readouterr().err
     assert [step for _, _, step in seen] == list(range(1, 13)) and all(on and took > 0 for on, took, _ in seen)
@@ -530,7 +531,7 @@ def test_recipe_sizes_lr_epochs_and_warmup_and_flags_win():
 def test_recipe_defaults_are_used_and_recorded(tiny_ckpt, tmp_path, capsys):
     _sentiment_file(tmp_path / "train.jsonl", 40, 0)
     out = tmp_path / "run"
-    rc = main(["finetune", "--ckpt", str(tiny_ckpt), "--task", "classification", "--train",
+    rc = main(["finetune", "--ckpt", str(tiny_ckpt), "--task-type", "classification", "--train",
                str(tmp_path / "train.jsonl"), "--valid-from-train", "8", "--out", str(out), "--batch-size", "8"])
     err = capsys.readouterr().err
     assert rc == 0, err
@@ -588,7 +589,7 @@ def test_bad_input_is_one_line_naming_file_and_line(tmp_path, capsys, shared_dat
     # an empty file
     (tmp_path / "empty.jsonl").write_text("")
     cases.append((_finetune_argv(tmp_path, tmp_path / "empty.jsonl", tmp_path / "empty.jsonl", "jsonl", out,
-                                 ["--task", "classification"]), [f"{tmp_path / 'empty.jsonl'}: no examples"]))
+                                 ["--task-type", "classification"]), [f"{tmp_path / 'empty.jsonl'}: no examples"]))
     # a Story Cloze row with a bad answer index
     rows = (shared_data / "story-cloze-2016/test.csv").read_text().splitlines()[:4]
     rows[3] = rows[3][:-1] + "3"
@@ -597,7 +598,7 @@ def test_bad_input_is_one_line_naming_file_and_line(tmp_path, capsys, shared_dat
                                  "storycloze", out), [f"{tmp_path / 'sc.csv'}:4", "answer index '3' is not one of 1..2"]))
     # a file that does not exist, a label column with one value
     cases.append((_finetune_argv(tmp_path, tmp_path / "nope.jsonl", tmp_path / "nope.jsonl", "jsonl", out,
-                                 ["--task", "classification"]), ["nope.jsonl: no such file"]))
+                                 ["--task-type", "classification"]), ["nope.jsonl: no such file"]))
     for argv, fragments in cases:
         rc = main(argv)
         assert_one_line_error(rc, capsys.readouterr().err, *fragments)
@@ -610,7 +611,8 @@ def test_a_failed_run_leaves_out_as_it_was(tiny_ckpt, tmp_path, capsys, monkeypa
     out = tmp_path / "run"
     out.mkdir()
     (out / "keep.txt").write_text("old result")
-    argv = ["finetune", "--ckpt", str(tiny_ckpt), "--task", "classification", "--train", str(tmp_path / "train.jsonl"),
+    argv = ["finetune", "--ckpt", str(tiny_ckpt), "--task-type", "classification",
+            "--train", str(tmp_path / "train.jsonl"),
             "--valid", str(tmp_path / "train.jsonl"), "--out", str(out), "--epochs", "1", "--quiet"]
     assert_one_line_error(main(argv), capsys.readouterr().err, "already holds files", "--overwrite")
 
@@ -631,14 +633,17 @@ def test_a_failed_run_leaves_out_as_it_was(tiny_ckpt, tmp_path, capsys, monkeypa
 
 def test_bad_checkpoint_and_options(tmp_path, capsys, tiny_ckpt):
     _sentiment_file(tmp_path / "train.jsonl", 8, 0)
-    base = ["finetune", "--task", "classification", "--train", str(tmp_path / "train.jsonl"), "--valid",
+    base = ["finetune", "--task-type", "classification", "--train", str(tmp_path / "train.jsonl"), "--valid",
             str(tmp_path / "train.jsonl"), "--out", str(tmp_path / "o")]
     assert_one_line_error(main(base + ["--ckpt", str(tmp_path / "nope")]), capsys.readouterr().err, "does not exist")
     assert_one_line_error(main(base + ["--ckpt", str(tiny_ckpt), "--max-len", "999"]), capsys.readouterr().err,
                           "longer than the model's context (64)")
     assert_one_line_error(main(base + ["--ckpt", str(tiny_ckpt), "--format", "storycloze"]),
-                          capsys.readouterr().err, "--format storycloze holds multiple-choice data, not --task "
+                          capsys.readouterr().err, "--format storycloze holds multiple-choice data, not --task-type "
                           "classification")
+    old = [("--task" if x == "--task-type" else x) for x in base]  # the old spelling: named back as it was typed
+    assert_one_line_error(main(old + ["--ckpt", str(tiny_ckpt), "--format", "storycloze"]),
+                          capsys.readouterr().err, "not --task classification")
     assert_one_line_error(main(base + ["--ckpt", str(tiny_ckpt), "--dtype", "float16"]), capsys.readouterr().err,
                           "--dtype must be auto, float32 or bfloat16")
     assert_one_line_error(main(["predict", "--ckpt", str(tiny_ckpt), "--input", "x", "--out", str(tmp_path / "p"),
@@ -655,7 +660,7 @@ def test_bad_checkpoint_and_options(tmp_path, capsys, tiny_ckpt):
 def test_non_finite_numbers_are_refused(tmp_path, capsys, flag, value):
     _sentiment_file(tmp_path / "train.jsonl", 8, 0)
     argv = _finetune_argv(tmp_path, tmp_path / "train.jsonl", tmp_path / "train.jsonl", "jsonl", tmp_path / "o",
-                          ["--task", "classification", flag, value])
+                          ["--task-type", "classification", flag, value])
     assert_one_line_error(main(argv), capsys.readouterr().err, flag)
     assert not (tmp_path / "o").exists()
 
@@ -687,7 +692,8 @@ def test_a_second_writer_of_out_is_refused(tiny_ckpt, tmp_path, capsys):
 
     _sentiment_file(tmp_path / "train.jsonl", 32, 0)
     out = tmp_path / "run"
-    argv = ["finetune", "--ckpt", str(tiny_ckpt), "--task", "classification", "--train", str(tmp_path / "train.jsonl"),
+    argv = ["finetune", "--ckpt", str(tiny_ckpt), "--task-type", "classification",
+            "--train", str(tmp_path / "train.jsonl"),
             "--valid", str(tmp_path / "train.jsonl"), "--out", str(out), "--epochs", "1", "--quiet"]
     with RunLock(out):
         assert_one_line_error(main(argv), capsys.readouterr().err, str(out), f"process {os.getpid()}")

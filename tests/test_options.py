@@ -205,7 +205,7 @@ def test_parsers_and_help_import_no_torch():
 # ------------------------------------------------------------------------------------------------ --device
 def device_argv(cmd: str, tmp_path: Path, ckpt: Path) -> list[str]:
     return {"train": ["--data", tmp_path / "data", "--out", tmp_path / "run"],
-            "finetune": ["--ckpt", ckpt, "--train", tmp_path / "t.jsonl", "--task", "classification",
+            "finetune": ["--ckpt", ckpt, "--train", tmp_path / "t.jsonl", "--task-type", "classification",
                          "--valid-from-train", "0.1", "--out", tmp_path / "ft"],
             "predict": ["--ckpt", ckpt, "--input", tmp_path / "x.jsonl", "--out", tmp_path / "p.jsonl"],
             "eval": ["--ckpt", ckpt, "--task", "sst2", "--out", tmp_path / "res.json"],

@@ -117,7 +117,7 @@ def test_two_trainings_on_one_directory(char_data: Path, tmp_path: Path) -> None
 def test_quickstart_holds_its_directory(shared_data: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "qs"
     with RunLock(out):
-        rc, _, err = run(capsys, "quickstart", "--corpus", shared_data / "tinyshakespeare" / "input.txt",
+        rc, _, err = run(capsys, "quickstart", "--input", shared_data / "tinyshakespeare" / "input.txt",
                          "--out", out, "--max-iters", "2", "--quiet")
     assert_one_line_error(rc, err, str(out), f"process {os.getpid()}")
     assert not out.exists()  # nothing written: not even the corpus copy

@@ -613,13 +613,13 @@ def test_training_drops_to_fewer_threads_beside_another_job(char_data: Path, tmp
 
 def test_quickstart_on_a_named_corpus(shared_data: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "qs"
-    assert main(["quickstart", "--corpus", str(shared_data / "tinyshakespeare" / "input.txt"), "--out", str(out),
+    assert main(["quickstart", "--input", str(shared_data / "tinyshakespeare" / "input.txt"), "--out", str(out),
                  "--max-iters", "20", "--tokens", "30", "--threads", "1", "--quiet"]) == 0
     text = capsys.readouterr().out
     assert text.startswith("ROMEO:\n") and len(text) >= len("ROMEO:\n") + 30
     assert list_checkpoints(out / "run")[-1].name == "step-00000020"
     assert json.loads((out / "run" / "train_config.json").read_text())["threads"] == 1  # --threads reaches training
-    assert main(["quickstart", "--corpus", str(shared_data / "tinyshakespeare" / "input.txt"),
+    assert main(["quickstart", "--corpus", str(shared_data / "tinyshakespeare" / "input.txt"),  # --input's old name
                  "--out", str(out)]) == 2  # already a run there: one clear line, nothing overwritten
     assert "--resume" in capsys.readouterr().err
     assert main(["quickstart", "--minutes", "0", "--out", str(tmp_path / "q2")]) == 2

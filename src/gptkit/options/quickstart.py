@@ -16,7 +16,9 @@ class QuickstartOptions:
     QUICK: ClassVar[dict[str, float]] = {"minutes": 0.5, "max_iters": 20, "max_new_tokens": 200}
     QUICK_FILL: ClassVar[tuple[str, ...]] = ("max_iters",)  # a fixed short run, not a time budget
 
-    corpus: list[str] | None = opt(None, "your own text instead (files, directories, JSONL, .gz)", nargs="+")
+    input: list[str] | None = opt(None, "your own text instead of the plays: text files, directories, .jsonl "
+                                  "files, or .gz of these (as `gptkit prepare --input`)", nargs="+",
+                                  metavar="PATH", old={"--corpus": None})
     out: str = common.out_dir("working directory: the corpus, its shards and the run", default="runs/quickstart")
     minutes: float = opt(5.0, "about how long the whole job takes; the number of training steps is set from the "
                          "speed measured during warmup")
