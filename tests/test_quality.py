@@ -239,7 +239,8 @@ def test_quality_filter_refuses_an_output_that_is_an_input(tiny_model, tmp_path,
     model, a = tiny_model
     before = a.read_bytes()
     kept = str(tmp_path / "k.jsonl")
-    for extra in (["--out", str(a)], ["--out", kept, "--rejected", str(a)], ["--out", kept, "--report", str(a)],
+    for extra in (["--out", str(a)], ["--out", kept, "--removed", str(a)], ["--out", kept, "--report", str(a)],
+                  ["--out", kept, "--rejected", str(a)],  # --removed's old spelling
                   ["--out", str(model)]):
         rc = main(["data", "quality", "filter", "--model", str(model), "--input", str(a), *extra])
         _one_line_error(rc, capsys.readouterr().err, "also an input")

@@ -73,7 +73,7 @@ class PassOutput:
 
     @property
     def writes_other(self) -> bool:
-        """Whether dropped documents are written somewhere (`--removed`, `--rejected`)."""
+        """Whether dropped documents are written somewhere (`--removed`)."""
         return self._other is not None
 
     def keep(self, line: str) -> None:

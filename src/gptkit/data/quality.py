@@ -335,7 +335,7 @@ def filter_quality(model: QualityModel | str | os.PathLike, inputs: list[str | o
         model = QualityModel.load(model_path)
     histogram = Path(histogram) if histogram is not None else sibling_path(output_path(out), ".scores.png")
     run = FilterPass(inputs, out, text_field=text_field, report=report, read_also=[model_path] if model_path else [],
-                     others={"--histogram": histogram, "--rejected": rejected}, warn=warn)
+                     others={"--histogram": histogram, "--removed": rejected}, warn=warn)
     rng = np.random.default_rng(seed)
     tally = _ScoreTally()
     with run.writing(rejected, progress, "quality filter") as w:

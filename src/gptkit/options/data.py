@@ -72,7 +72,8 @@ class QualityFilterOptions:
     text_field: str = opt("text", TEXT_FIELD_HELP, metavar="NAME")
     report: str | None = opt(None, "JSON report (default OUT.report.json)", metavar="FILE")
     histogram: str | None = opt(None, "score histogram (default OUT.scores.png)", metavar="PNG")
-    rejected: str | None = opt(None, "also write the rejected documents here", metavar="FILE")
+    rejected: str | None = opt(None, "also write the documents the filter rejects here (as `data dedup "
+                               "--removed` does)", flag="--removed", metavar="FILE", old={"--rejected": None})
     score_field: str | None = opt(None, "add each document's score under NAME", metavar="NAME")
 
 
