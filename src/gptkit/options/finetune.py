@@ -81,7 +81,8 @@ class FinetuneConfig:
     label_field: str | None = opt(None, "field of the label (class, score, or answer index)")
     header: bool = opt(True, "csv/tsv: the first row names the columns (else name columns by number, 0-based)")
     index_base: int | None = opt(None, "multiple choice: the label of the first answer (default 0; storycloze 1)")
-    positive_label: str | None = opt(None, "the class F1 is computed for (two-class tasks; default '1' if present)")
+    positive_label: str | None = opt(None, "the class F1 is computed for (two-class tasks; default: the first of "
+                                           "1, true, yes, entailment, positive that is a label, else the second)")
     lm_coef: float = opt(0.5, "λ, weight of the auxiliary language-modelling loss L1 (0 turns it off)")
     lr: float | None = opt(None, f"peak learning rate (default: {FT_LR_WIDTH:g} / the model's width: GPT-1's "
                                  "6.25e-5 at width 768, 2.5e-4 at 192)")
@@ -90,7 +91,8 @@ class FinetuneConfig:
                                      f"(default: {FT_EPOCHS:g}, or as many as make {FT_MIN_STEPS} steps, at most "
                                      f"{FT_MAX_EPOCHS})")
     warmup: float | None = opt(None, f"linear warmup over this share of the steps, then linear decay to 0 "
-                                     f"(default: {FT_WARMUP:g})", flag="--warmup-fraction", old={"--warmup": None})
+                                     f"(default: {FT_WARMUP:g})", flag="--warmup-fraction", old={"--warmup": None},
+                                metavar="F")
     weight_decay: float = opt(0.01, "AdamW weight decay on weights (not biases or gains)")
     grad_clip: float = opt(1.0, "clip the gradient norm to this (0: off)")
     head_dropout: float = opt(0.1, "dropout before the task head W_y")

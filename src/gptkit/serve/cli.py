@@ -33,8 +33,10 @@ def serve(args: ServeCommandOptions) -> int:
     if not 0 <= args.port <= 65535:
         raise GptkitError(f"--port must be in 0..65535, got {args.port}")
     for name in ("max_batch", "max_queue", "max_body_bytes", "max_connections"):
-        if getattr(args, name) < (0 if name == "max_queue" else 1):
-            raise GptkitError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+        least = 0 if name == "max_queue" else 1
+        if getattr(args, name) < least:
+            raise GptkitError(f"--{name.replace('_', '-')} must be {'>= 0' if least == 0 else 'positive'}, got "
+                              f"{getattr(args, name)}")
     if args.threads is not None and args.threads < 1:
         raise GptkitError(f"--threads must be positive, got {args.threads}")
     args.log_level = args.log_level.lower()
