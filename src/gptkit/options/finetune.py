@@ -62,14 +62,14 @@ class FinetuneConfig:
     `recipe` once the model and the data are known; the others default to GPT-1's (§4.1)."""
 
     ckpt: str | None = common.ckpt("the pre-trained model: a gptkit checkpoint, a training run or a Hugging Face "
-                                   "GPT directory", required=False)
+                                   "GPT directory")
     task: str | None = opt(None, f"GPT-1's input transform: {' | '.join(TASKS)} (default: the one --format holds)",
                            flag="--task-type", old={"--task": None})
-    train: str | None = opt(None, "training file")
-    valid: str | None = opt(None, "validation file (evaluated after every epoch)")
-    test: str | None = opt(None, "test file (evaluated at the end; labels optional)")
-    out: str | None = opt(None, "output directory for the fine-tuned model, metrics and predictions (a directory)",
-                          metavar="DIR")
+    train: str | None = opt(None, "training file", required=True, metavar="FILE")
+    valid: str | None = opt(None, "validation file, evaluated after every epoch (or --valid-from-train)",
+                            metavar="FILE")
+    test: str | None = opt(None, "test file (evaluated at the end; labels optional)", metavar="FILE")
+    out: str | None = common.out_dir("output directory for the fine-tuned model, metrics and predictions")
     format: str | None = opt(None, "sst2, superglue, mrpc, stsb, storycloze, jsonl, csv, tsv (default: from the "
                                   "file extension)")
     regression: bool = opt(False, "predict a score (mean squared error) instead of classes, e.g. STS-B's 0-5")
