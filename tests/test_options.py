@@ -341,3 +341,34 @@ def test_generator_flags_and_help():
     assert "--speed" not in text and "--silent" not in text
     with pytest.raises(argparse.ArgumentError):
         p.parse_args(["--a", "x", "--b", "y"])
+
+
+# ------------------------------------------------------------------------------------------ --tokenizer-dir
+def test_tokenizer_dir_gives_a_bare_checkpoint_its_tokenizer(tmp_path, capsys):
+    """sample and chat, as eval and serve: a checkpoint saved without a tokenizer works with --tokenizer-dir,
+    exactly as the one saved with it; without the flag it is one line that names it; a tokenizer with more ids
+    than the model's vocabulary is refused."""
+    import string
+
+    from gptkit import GPT, GPTConfig
+    from gptkit.tokenizer import Tokenizer
+
+    tok = Tokenizer.train_char(string.printable)  # every character of the chat template
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=8))
+    model.tokenizer = tok
+    model.save_pretrained(full := tmp_path / "full")
+    tok.save(tmp_path / "tok")
+    model.tokenizer = None
+    model.save_pretrained(tmp_path / "bare")
+    Tokenizer.train_char(string.printable + "éèàüößçñ").save(tmp_path / "big")
+    for cmd, flags in (("sample", ["--prompt", "hello", "--max-new-tokens", "12", "--temperature", "0"]),
+                       ("chat", ["--prompt", "hello", "--max-new-tokens", "12", "--temperature", "0"])):
+        rc, want, err = run(capsys, cmd, "--ckpt", full, *flags)
+        assert rc == 0, err
+        rc, got, err = run(capsys, cmd, "--ckpt", tmp_path / "bare", "--tokenizer-dir", tmp_path / "tok", *flags)
+        assert rc == 0 and got == want, err
+        rc, _, err = run(capsys, cmd, "--ckpt", tmp_path / "bare", *flags)
+        assert_one_line_error(rc, err, "has no tokenizer: pass --tokenizer-dir DIR")
+        rc, _, err = run(capsys, cmd, "--ckpt", full, "--tokenizer-dir", tmp_path / "big", *flags)
+        assert_one_line_error(rc, err, "ids but the model only")

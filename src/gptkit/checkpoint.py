@@ -208,9 +208,25 @@ def resolve_checkpoint(path: str | Path) -> Path:
                           f"Hugging Face GPT2/OpenAIGPT), or a training run with checkpoints/step-N")
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> GPT:
-    """Load a gptkit checkpoint, a run directory's latest checkpoint, or a Hugging Face GPT2/OpenAIGPT dir."""
-    p = resolve_checkpoint(path)
+def load_model(path: str | Path, map_location: str | torch.device = "cpu",
+               tokenizer_dir: str | Path | None = None) -> GPT:
+    """Load a gptkit checkpoint, a run directory's latest checkpoint, or a Hugging Face GPT2/OpenAIGPT dir.
+    `tokenizer_dir` (`--tokenizer-dir`) gives the model that tokenizer instead of the checkpoint's own (or a
+    tokenizer where the checkpoint has none); one with more ids than the model's vocabulary is refused."""
+    model = read_model(resolve_checkpoint(path), map_location)
+    if tokenizer_dir:
+        from .tokenizer import Tokenizer
+
+        tok = Tokenizer.from_pretrained(tokenizer_dir)
+        if tok.vocab_size > model.config.vocab_size:
+            raise CheckpointError(f"the tokenizer in {tokenizer_dir} has {tok.vocab_size} ids but the model only "
+                                  f"{model.config.vocab_size}")
+        model.tokenizer = tok
+    return model
+
+
+def read_model(p: Path, map_location: str | torch.device = "cpu") -> GPT:
+    """The model in checkpoint directory `p` (gptkit's or Hugging Face's), with the checkpoint's tokenizer."""
     meta = read_config_json(p)
     if meta.get("format") != FORMAT:
         from .interop.hf import load_hf_model

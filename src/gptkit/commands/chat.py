@@ -31,9 +31,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
         raise GptkitError(f"--max-new-tokens must be at least 1, got {opts.max_new_tokens}")
     device = pick_device(opts.device)
     set_threads(opts.threads)
-    model = load_model(opts.ckpt, map_location=device)
+    model = load_model(opts.ckpt, map_location=device, tokenizer_dir=opts.tokenizer_dir)
     if model.tokenizer is None:
-        raise CheckpointError(f"{opts.ckpt} has no tokenizer; cannot chat with it")
+        raise CheckpointError(f"{opts.ckpt} has no tokenizer: pass --tokenizer-dir DIR")
     model = prepare_for_inference(model.eval(), opts.weights, opts.blas)
     return run(ChatSession(model, model.tokenizer, params, system=opts.system), prompt=opts.prompt)
 

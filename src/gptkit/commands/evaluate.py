@@ -68,15 +68,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     device = pick_device(args.device)
     set_threads(args.threads)
-    model = load_model(args.ckpt, map_location=device)
-    tokenizer = None
-    if args.tokenizer_dir:
-        from ..tokenizer import Tokenizer
-
-        tokenizer = Tokenizer.from_pretrained(args.tokenizer_dir)
-    if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
-        raise EvalError(f"the tokenizer has {tokenizer.vocab_size} ids but the model only {model.config.vocab_size}")
-    report = evaluate(model, tasks, args.shots, tokenizer=tokenizer, data_dir=args.data_dir, limit=args.limit,
+    model = load_model(args.ckpt, map_location=device, tokenizer_dir=args.tokenizer_dir)
+    report = evaluate(model, tasks, args.shots, data_dir=args.data_dir, limit=args.limit,
                       seed=args.seed, batch_size=args.batch_size, description=args.description,
                       unconditional=args.unconditional, overflow=args.overflow, stride=args.stride,
                       progress=not args.quiet, keep_samples=samples_path is not None)

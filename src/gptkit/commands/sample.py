@@ -39,10 +39,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise GptkitError(msg.replace("stop sequences", "--stop")) from None
     device = pick_device(args.device)
     set_threads(args.threads)
-    model = load_model(args.ckpt, map_location=device)
+    model = load_model(args.ckpt, map_location=device, tokenizer_dir=args.tokenizer_dir)
     tok = model.tokenizer
     if tok is None:
-        raise CheckpointError(f"{args.ckpt} has no tokenizer; cannot turn --prompt into tokens")
+        raise CheckpointError(f"{args.ckpt} has no tokenizer: pass --tokenizer-dir DIR")
     model.eval()
     model = prepare_for_inference(model, args.weights, args.blas)
     gen = torch.Generator(device=device).manual_seed(args.seed) if args.seed is not None else None

@@ -121,7 +121,7 @@ def evaluate(model: GPT, tasks: Sequence[str | Task], shots: Sequence[int] = (0,
     """
     tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     if tok is None:
-        raise EvalError("the checkpoint has no tokenizer: pass one (--tokenizer DIR)")
+        raise EvalError("the checkpoint has no tokenizer: pass one (--tokenizer-dir DIR)")
     if overflow not in ("drop-demos", "truncate"):
         raise EvalError(f"overflow must be 'drop-demos' or 'truncate', got {overflow!r}")
     jobs = _prepare(tasks, shots, data_dir, limit, seed, multi=len(set(shots)) > 1)

@@ -23,5 +23,6 @@ class ChatOptions:
     seed: int | None = opt(None, "make the replies reproducible (default: unseeded)", metavar="N")
     weights: str = weights()
     blas: str = blas()
+    tokenizer_dir: str | None = common.tokenizer_dir()
     device: str = common.device()
     threads: int | None = common.threads()

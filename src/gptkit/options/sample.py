@@ -54,5 +54,6 @@ class SampleOptions:
     seed: int | None = opt(None, "random seed (the draws; default: unseeded, a new sample each run)", metavar="N")
     weights: str = weights()
     blas: str = blas()
+    tokenizer_dir: str | None = common.tokenizer_dir()
     device: str = common.device()
     threads: int | None = common.threads()

@@ -46,17 +46,10 @@ def serve(args: ServeCommandOptions) -> int:
         torch.set_num_threads(args.threads)
 
     device = pick_device(args.device)
-    model = load_model(args.ckpt, map_location=device)
+    model = load_model(args.ckpt, map_location=device, tokenizer_dir=args.tokenizer_dir)
     tokenizer = model.tokenizer
-    if args.tokenizer_dir:
-        from ..tokenizer import Tokenizer
-
-        tokenizer = Tokenizer.from_pretrained(args.tokenizer_dir)
     if tokenizer is None:
         raise CheckpointError(f"{args.ckpt} has no tokenizer: pass --tokenizer-dir DIR")
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise CheckpointError(f"the tokenizer has {tokenizer.vocab_size} ids but the model only "
-                              f"{model.config.vocab_size}")
 
     model = prepare_for_inference(model, args.weights, args.blas, rows=args.max_batch)  # the server only decodes
     if args.chat_template:
