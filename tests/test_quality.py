@@ -12,8 +12,11 @@ Both classes are packed into documents of 60-160 words, so length does not give 
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -275,3 +278,43 @@ def test_quality_train_checks_its_flags_before_reading(tmp_path, capsys, monkeyp
     rc = main(argv + flags)
     _one_line_error(rc, capsys.readouterr().err, fragment)
     assert not Path("m.safetensors").exists()
+
+
+@pytest.mark.parametrize("command", ["prepare", "clean", "dedup", "quality filter"])
+def test_quiet_turns_the_progress_display_off(command, tiny_model, tmp_path, monkeypatch, capsys):
+    """--quiet, as in train and eval: no live progress display even on a terminal (live=False); without it the
+    display is live when stderr is a terminal (live=None)."""
+    from gptkit.runtime import Progress
+
+    seen = []
+
+    class Spy(Progress):
+        def __init__(self, quiet=False, live=None, bytes=False):
+            seen.append(live)
+            super().__init__(quiet=quiet, live=live, bytes=bytes)
+
+    for name in ("gptkit.data.prepare", "gptkit.data.passes"):  # modules (the package re-exports functions)
+        monkeypatch.setattr(importlib.import_module(name), "Progress", Spy)
+    model, docs = tiny_model
+    cmd = ["prepare"] if command == "prepare" else ["data", *command.split()]
+    extra = ["--model", str(model)] if command == "quality filter" else []
+    for i, quiet in enumerate(([], ["--quiet"])):
+        out = tmp_path / (f"out{i}" if command == "prepare" else f"out{i}.jsonl")
+        assert main([*cmd, "--input", str(docs), "--out", str(out), *extra, *quiet]) == 0, capsys.readouterr().err
+    assert seen == [None, False]
+
+
+def test_quiet_prepare_draws_no_bar_on_a_terminal(tiny_model, tmp_path):
+    """The same through a pseudo-terminal: a bar without --quiet, none with it, the same summary."""
+    pexpect = pytest.importorskip("pexpect", reason="needs pexpect (pip install 'gptkit[test]')")
+    _, docs = tiny_model
+    outputs = []
+    for i, quiet in enumerate(([], ["--quiet"])):
+        text, rc = pexpect.run(sys.executable, args=["-m", "gptkit", "prepare", "--input", str(docs), "--out",
+                                                     str(tmp_path / f"out{i}"), *quiet],
+                               withexitstatus=True, timeout=120, env={**os.environ, "COLUMNS": "100"})
+        assert rc == 0, text
+        outputs.append(text.decode())
+    bar = "\u2501"  # the bar's heavy horizontal line
+    assert bar in outputs[0] and bar not in outputs[1]
+    assert outputs[1].splitlines()[0].split(" in ")[0] in outputs[0]  # "prepared N document(s) from 1 file(s)"

@@ -79,7 +79,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     sources = [parse_source(s) for s in args.source] if args.source else None
     m = prepare(args.input, args.out, tokenizer=args.tokenizer_kind, vocab=args.vocab, vocab_size=args.vocab_size,
                 val_fraction=args.val_fraction, text_field=args.text_field, num_workers=args.threads,
-                shard_tokens=args.shard_tokens, seed=args.seed, sources=sources, mix_tokens=args.mix_tokens)
+                shard_tokens=args.shard_tokens, seed=args.seed, sources=sources, mix_tokens=args.mix_tokens,
+                progress=False if args.quiet else None)
     tr, va = m["splits"]["train"], m["splits"]["val"]
     d = m["documents"]
     print(f"prepared {d['documents']:,} document(s) from {d['files']:,} file(s) in {m['run']['seconds']:.1f}s: "
@@ -117,7 +118,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
     from ..data.clean import clean
 
     opts = from_args(CleanOptions, args)
-    r = clean(opts.input, opts.out, strip=opts.strip, text_field=opts.text_field, report=opts.report)
+    r = clean(opts.input, opts.out, strip=opts.strip, text_field=opts.text_field, report=opts.report,
+              progress=False if opts.quiet else None)
     gone = r["characters_in"] - r["characters_out"]
     print(f"kept {r['kept']:,} of {r['documents_in']:,} document(s) ({r['empty_after_cleaning']:,} empty after "
           f"cleaning); removed {gone:,} of {r['characters_in']:,} characters ({100 * r['removed_fraction']:.2f}%): "
@@ -158,7 +160,8 @@ def cmd_quality_filter(args: argparse.Namespace) -> int:
 
     r = filter_quality(args.model, args.input, args.out, alpha=args.alpha, threshold=args.min_score,
                        seed=args.seed, text_field=args.text_field, report=args.report, histogram=args.histogram,
-                       rejected=args.rejected, score_field=args.score_field)
+                       rejected=args.rejected, score_field=args.score_field,
+                       progress=False if args.quiet else None)
     n = r["documents_in"]
     rule = f"score >= {r['threshold']}" if r["rule"] == "threshold" else f"pareto({r['alpha']:g}) > 1 - score"
     if n:
@@ -180,7 +183,8 @@ def cmd_dedup(args: argparse.Namespace) -> int:
 
     r = dedup(args.input, args.out, threshold=args.min_jaccard, num_perm=args.num_perm, ngram=args.ngram,
               text_field=args.text_field, workers=args.threads, seed=args.seed, verify=args.verify,
-              report=args.report, removed=args.removed, unit=args.unit, passage_words=args.passage_words)
+              report=args.report, removed=args.removed, unit=args.unit, passage_words=args.passage_words,
+              progress=False if args.quiet else None)
     took = f"{r['run']['seconds']:.1f}s with {r['run']['workers']} worker(s); wrote {args.out}"
     if args.unit == "passage":
         print(f"removed {r['exact_passages_removed']:,} exact and {r['near_passages_removed']:,} near duplicate "

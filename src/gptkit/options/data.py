@@ -39,6 +39,7 @@ class PrepareOptions:
                                          "else the CPU cores, at most 8)", old={"--workers": None})
     shard_tokens: int = opt(100_000_000, "tokens per shard file", metavar="N")
     seed: int = common.seed("the train/val document split")
+    quiet: bool = common.quiet()
 
 
 @dataclass
@@ -75,6 +76,7 @@ class QualityFilterOptions:
     rejected: str | None = opt(None, "also write the documents the filter rejects here (as `data dedup "
                                "--removed` does)", flag="--removed", metavar="FILE", old={"--rejected": None})
     score_field: str | None = opt(None, "add each document's score under NAME", metavar="NAME")
+    quiet: bool = common.quiet()
 
 
 @dataclass
@@ -100,6 +102,7 @@ class DedupOptions:
     report: str | None = opt(None, "JSON report (default OUT.report.json)", metavar="FILE")
     removed: str | None = opt(None, "also write one JSONL line per removed document or passage (which kept one "
                               "it duplicates)", metavar="FILE")
+    quiet: bool = common.quiet()
 
 
 @dataclass
@@ -112,3 +115,4 @@ class CleanOptions:
                      "footer, found by their markers) or none (newlines only)", choices=("gutenberg", "none"))
     text_field: str = opt("text", TEXT_FIELD_HELP, metavar="NAME")
     report: str | None = opt(None, "JSON report (default OUT.report.json)", metavar="FILE")
+    quiet: bool = common.quiet()
