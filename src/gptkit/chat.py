@@ -97,9 +97,13 @@ class ChatSession:
         return f"(unknown command {name}; {HELP})"
 
 
-def run(session: ChatSession, prompt: str | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def run(session: ChatSession, prompt: str | None = None, out: TextIO | None = None,
+        err: TextIO | None = None) -> int:
     """With `prompt`: one reply, printed, then exit. Otherwise a loop reading the user's lines from the
-    terminal (with line editing where Python has readline)."""
+    terminal (with line editing where Python has readline). `out`, `err`: sys.stdout and sys.stderr as they are
+    when called (not when this module was imported)."""
+    out, err = out or sys.stdout, err or sys.stderr
+
     def dropped(n: int) -> None:
         print(f"(context full: dropped the oldest {n} turn{'s' if n > 1 else ''})", file=err, flush=True)
 
