@@ -31,7 +31,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", default="/work/pretrained/small-bpe")
-    ap.add_argument("--tasks", default="sst2,piqa,hellaswag")
+    ap.add_argument("--task", "--tasks", default="sst2,piqa,hellaswag", help="comma list, as gptkit eval --task")
     ap.add_argument("--shots", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--limit", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -61,7 +61,7 @@ def main() -> int:
     t_lm_eval_import = time.perf_counter() - t0
 
     model = GPT.from_pretrained(args.ckpt)
-    tasks = args.tasks.split(",")
+    tasks = args.task.split(",")
     export_lm_eval_tasks(tasks, tmp, data_dir=args.data_dir, limit=args.limit)
     t0 = time.perf_counter()
     tm = TaskManager(include_path=str(tmp), include_defaults=False)

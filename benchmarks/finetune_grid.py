@@ -61,8 +61,10 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=None, help="default: gptkit finetune's (sized to the model)")
     ap.add_argument("--epochs", type=float, default=None, help="default: gptkit finetune's (sized to the data)")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--max-train", type=int, default=None, help="a random subset of every training set")
-    ap.add_argument("--max-eval", type=int, default=None, help="examples per valid/test split")
+    ap.add_argument("--train-limit", "--max-train", type=int, default=None,
+                    help="a random subset of every training set (gptkit finetune's --train-limit)")
+    ap.add_argument("--eval-limit", "--max-eval", type=int, default=None,
+                    help="examples per valid/test split (gptkit finetune's --eval-limit)")
     ap.add_argument("--table-only", action="store_true", help="print the table of the runs found in --out")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
@@ -99,8 +101,8 @@ def run_one(args: argparse.Namespace, task: str, name: str, seed: int, out: Path
     opts = dict(ckpt=args.ckpt, format=t["format"], train=str(data / t["train"]),
                 valid=str(data / t["valid"]) if "valid" in t else None, valid_from_train=t.get("valid_from_train"),
                 test=str(data / t["test"]) if "test" in t else None, out=str(out / task / f"{name}-s{seed}"),
-                lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, max_train_examples=args.max_train,
-                max_eval_examples=args.max_eval, seed=seed, threads=args.threads, overwrite=True, quiet=True,
+                lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, max_train_examples=args.train_limit,
+                max_eval_examples=args.eval_limit, seed=seed, threads=args.threads, overwrite=True, quiet=True,
                 **({"dtype": args.dtype} if args.dtype else {}), **CONFIGS[name])
     flags = {f.name: flag_name(f) for f in dataclasses.fields(FinetuneConfig)}  # the public spellings
     argv = ["gptkit", "finetune"]
