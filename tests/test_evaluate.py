@@ -510,3 +510,25 @@ def test_eval_checks_its_outputs_before_running(tmp_path, capsys):
         assert rc == 2 and message in err and err.count("\n") == 0, (extra, err)
     assert task.read_bytes() == before
     assert not list(tmp_path.glob(".*"))
+
+
+def test_lm_eval_model_args_take_gptkit_names(lm_eval_api, tiny_ckpt, tmp_path):
+    """--model_args ckpt=, tokenizer_dir= (gptkit's --ckpt and --tokenizer-dir) as lm-eval's checkpoint=,
+    tokenizer=: the same model and tokenizer; both names at once must agree."""
+    from gptkit.checkpoint import load_model
+
+    _, _, adapter = lm_eval_api
+    model = load_model(tiny_ckpt)
+    model.tokenizer.save(tmp_path / "tok")
+    model.tokenizer = None
+    model.save_pretrained(tmp_path / "bare")
+    plain = adapter.GptkitLM(checkpoint=str(tiny_ckpt))
+    ours = adapter.GptkitLM(ckpt=str(tmp_path / "bare"), tokenizer_dir=str(tmp_path / "tok"))
+    text = "the quick brown fox"
+    assert ours.tok_encode(text) == plain.tok_encode(text)
+    ids = torch.tensor([plain.tok_encode(text)])
+    assert torch.equal(ours.model(ids), plain.model(ids))
+    with pytest.raises(EvalError, match="checkpoint and ckpt"):
+        adapter.GptkitLM(checkpoint=str(tiny_ckpt), ckpt=str(tmp_path / "bare"))
+    with pytest.raises(EvalError, match="no tokenizer"):
+        adapter.GptkitLM(ckpt=str(tmp_path / "bare"))

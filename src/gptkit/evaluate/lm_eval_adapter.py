@@ -46,14 +46,21 @@ MODEL_NAME = "gptkit"
 
 
 class GptkitLM(TemplateLM):
-    """lm-eval model over a gptkit checkpoint. ``--model_args checkpoint=DIR[,batch_size=N][,device=cpu]``."""
+    """lm-eval model over a gptkit checkpoint. ``--model_args checkpoint=DIR[,batch_size=N][,device=cpu]``;
+    ``ckpt`` and ``tokenizer_dir`` are accepted too, as gptkit's own --ckpt and --tokenizer-dir."""
 
     def __init__(self, checkpoint: str | None = None, batch_size: int | str | None = 16, device: str | None = None,
-                 tokenizer: str | None = None, model: Any = None, max_batch_size: Any = None, **unknown: Any) -> None:
+                 tokenizer: str | None = None, model: Any = None, max_batch_size: Any = None,
+                 ckpt: str | None = None, tokenizer_dir: str | None = None, **unknown: Any) -> None:
         super().__init__()
         if unknown:
             raise EvalError(f"unknown --model_args for gptkit: {', '.join(sorted(unknown))} "
-                            f"(known: checkpoint, tokenizer, batch_size, device)")
+                            f"(known: checkpoint or ckpt, tokenizer or tokenizer_dir, batch_size, device)")
+        for a, b, names in ((checkpoint, ckpt, "checkpoint and ckpt"), (tokenizer, tokenizer_dir,
+                                                                        "tokenizer and tokenizer_dir")):
+            if a and b and a != b:
+                raise EvalError(f"--model_args gives {names}, which differ; give one")
+        checkpoint, tokenizer = checkpoint or ckpt, tokenizer or tokenizer_dir
 
         # lm-eval's command line passes --device (default "cuda:0") whether or not there is a GPU
         if not device or (str(device).startswith("cuda") and not torch.cuda.is_available()):
@@ -62,9 +69,11 @@ class GptkitLM(TemplateLM):
         if model is None:
             if not checkpoint:
                 raise EvalError("the gptkit lm-eval model needs --model_args checkpoint=DIR")
-            model = load_model(checkpoint, map_location=self._device)
+            model = load_model(checkpoint, map_location=self._device, tokenizer_dir=tokenizer)
+            self.tok = model.tokenizer  # the tokenizer directory's, when given
+        else:
+            self.tok = Tokenizer.from_pretrained(tokenizer) if tokenizer else model.tokenizer
         self.model = model.eval()
-        self.tok = Tokenizer.from_pretrained(tokenizer) if tokenizer else model.tokenizer
         if self.tok is None:
             raise EvalError("the checkpoint has no tokenizer: add tokenizer=DIR to --model_args")
         try:  # lm-eval passes "auto" or a number as text
