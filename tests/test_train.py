@@ -466,6 +466,13 @@ def test_max_minutes_sets_the_length_from_the_measured_speed(char_data: Path, tm
     assert [p.name for p in list_checkpoints(run)] == ["step-00000010"]
     assert main(["train", "--data", str(char_data), "--out", str(run), "--resume", "--quiet"]) == 0
     assert len(asked) == 2 and asked[1][0] == 20 and list_checkpoints(run)[-1].name == "step-00000035"
+    # resumed past it by the run's own command again (its --max-iters 2000 only the base of the warmup), the run
+    # keeps the length it planned, and so does a resume from Python (train(), where every field counts as given)
+    shutil.rmtree(list_checkpoints(run)[-1])
+    assert main(["train", "--data", str(char_data), "--out", str(run), "--resume", "--max-iters", "2000",
+                 "--quiet"]) == 0
+    assert len(asked) == 2 and list_checkpoints(run)[-1].name == "step-00000035"
+    assert json.loads((run / "train_config.json").read_text())["max_iters"] == 35
 
 
 def test_a_replanned_cosine_is_continuous_and_ends_at_min_lr() -> None:
@@ -585,6 +592,28 @@ def test_watch_leaves_out_the_steps_of_a_thread_try(monkeypatch) -> None:
             cut = cut or budget.watch(cfg, step + 1, 0.0, SimpleNamespace(world_size=1))
         cuts.append(cut)
     assert cuts[0] is not None and cuts[0] < 700 and cuts[1] is None
+
+
+def test_a_resumed_runs_first_cold_steps_do_not_cut_its_plan(monkeypatch) -> None:
+    """A resumed run's first steps compile and warm up (30 s here, as with --compile). They are this process's
+    start-up, not the run's speed: left out of the watch's window, the plan is cut only to what the steady
+    0.1 s a step fits in the budget that is left (~5,700 steps), not to a few steps (5,029, before the fix)."""
+    from types import SimpleNamespace
+
+    import gptkit.train as T
+
+    clock = SimpleNamespace(now=500.0)  # resumed at step 5,000 of a 6,000-step plan, 500 s of 600 used
+    monkeypatch.setattr(T, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+    cfg = TrainConfig(data="d", out="o", max_minutes=10.0, max_iters=6000, eval_interval=100_000, warmup_iters=10)
+    budget = T.TimeBudget(cfg, 5000)
+    assert budget.at is None  # past the budget step: the plan is the run's own
+    cut = None
+    for step in range(5000, 5200):
+        budget.before_step(step)
+        clock.now += 30.0 if step == 5000 else 0.1
+        budget.after_step()
+        cut = cut or budget.watch(cfg, step + 1, 0.0, SimpleNamespace(world_size=1))
+    assert cut is not None and 5650 <= cut <= 5720
 
 
 def test_training_drops_to_fewer_threads_beside_another_job(char_data: Path, tmp_path: Path, monkeypatch,

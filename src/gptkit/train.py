@@ -325,6 +325,8 @@ def resolve_run(cfg: TrainConfig) -> tuple[TrainConfig, Path | None]:
                          + ", ".join(f"--{n.replace('_', '-')} ({getattr(saved_cfg, n)} there)" for n in fixed)
                          + " cannot change (start a new run, e.g. with --init-from, to change them)")
     for name in RESUME_OVERRIDABLE:
+        if name == "max_iters" and saved_cfg.max_minutes is not None:
+            continue  # a time budget's run keeps the length it planned (its cosine and re-plans are fitted to it)
         if explicit is None or name in explicit:
             setattr(saved_cfg, name, getattr(cfg, name))
     saved_cfg.resume, saved_cfg.out, saved_cfg.data = True, cfg.out, cfg.data
@@ -717,6 +719,9 @@ class TimeBudget:
         self.at = at if self.on and step < at else None  # None: the length is known
         self.t_speed: float | None = None  # when the timed steps began
         self.step_speed = 0
+        # this process's first steps (compiles, allocator and thread-pool warm-up) time nothing, on a resume too
+        self.warm_from = step + TIME_BUDGET_FIRST_STEPS
+        self.steps_here = 0
         self.since: tuple[float, int] | None = None  # (time, step) the next re-plan measures the speed from
         self.t_step, self.t_end = 0.0, None  # when the current step began, when the last one ended
         self.window = [0.0, 0]  # the steps' own seconds and their number since the last plan
@@ -726,7 +731,7 @@ class TimeBudget:
         self.t_step = time.perf_counter()
         if self.t_end is not None:
             self.between_s += self.t_step - self.t_end
-        if self.at is not None and self.t_speed is None and step >= min(TIME_BUDGET_FIRST_STEPS, self.at - 1):
+        if self.at is not None and self.t_speed is None and step >= min(self.warm_from, self.at - 1):
             self.t_speed, self.step_speed = self.t_step, step
 
     def after_step(self, probe: bool = False) -> float:
@@ -737,7 +742,8 @@ class TimeBudget:
         self.t_end = time.perf_counter()
         took = self.t_end - self.t_step
         self.steps_s += took
-        if not probe:
+        self.steps_here += 1
+        if not probe and self.steps_here > TIME_BUDGET_FIRST_STEPS:  # a resumed run's first, cold steps stay out
             self.window = [self.window[0] + took, self.window[1] + 1]
         return took
 
