@@ -159,3 +159,17 @@ def test_the_isa_shortcut_never_breaks_a_compile_when_inductors_internals_move(i
     assert config.cpp.vec_isa_ok is None
     compiled._isa["key"] = "c++ 1 2"
     compiled._note_isa_probe(compiled=True)  # no exception either
+
+
+def test_compile_events_move_only_when_something_compiles():
+    """gptkit.compiled.compile_events: what fine-tuning's thread guard reads to leave out a step that compiled."""
+    from gptkit.compiled import compile_events
+
+    f = torch.compile(lambda x: x * 2 + 1, backend="eager", dynamic=False)  # dynamo alone: no C++ compiler needed
+    before = compile_events()
+    f(torch.randn(3))
+    once = compile_events()
+    f(torch.randn(3))  # the same shape: the graph is reused
+    assert once > before and compile_events() == once
+    f(torch.randn(5))  # a new shape: compiled again
+    assert compile_events() > once

@@ -15,6 +15,7 @@ import logging
 import os
 import platform
 import shutil
+import sys
 from collections.abc import Callable
 
 import torch
@@ -124,6 +125,15 @@ def _note_isa_probe(compiled: bool) -> None:
 
 
 _shapes: dict[str, bool] = {"vary": False}
+
+
+def compile_events() -> int:
+    """A count that grows whenever torch.compile compiles in this process (a graph, or a backward at its first call);
+    0 while dynamo is not loaded. A step across which it moved paid for a compile: its time is not the step's."""
+    utils = sys.modules.get("torch._dynamo.utils")
+    if utils is None:
+        return 0
+    return utils.counters["stats"]["unique_graphs"] + sum(utils.counters["inductor"].values())
 
 
 @contextlib.contextmanager

@@ -48,7 +48,7 @@ from ..checkpoint import (
     resolve_checkpoint,
     write_model_files,
 )
-from ..compiled import shapes_vary
+from ..compiled import compile_events, shapes_vary
 from ..data.outputs import check_output_file, positive_int
 from ..errors import CheckpointError
 from ..io import atomic_write_text, new_tmp_dir, publish_dir
@@ -429,7 +429,7 @@ def train_epoch(run: FinetuneRun, epoch: int, step: int, rng: random.Random, pro
     for batch in train_batches(run.train, cfg.batch_size, rng):
         if step >= run.total:
             break
-        t_step = time.perf_counter()
+        t_step, compiles = time.perf_counter(), compile_events()
         lr = warmup_linear(step, run.total, run.warmup_steps, cfg.lr)
         set_lr(run.optimizer, lr)
         items = [run.train[i] for i in batch]
@@ -447,7 +447,9 @@ def train_epoch(run: FinetuneRun, epoch: int, step: int, rng: random.Random, pro
         sums["task_loss"] += l2.item()
         sums["lm_loss"] += lm.item() if use_lm else 0.0
         sums["n"] += 1
-        run.guard.after_step((time.perf_counter() - t_step) * typical / idx.numel(), step)
+        if len(batch) == cfg.batch_size and compile_events() == compiles:  # a partial batch's time, scaled up by
+            # typical / its size, would mostly be its fixed costs; a step that compiled would pass for a busy CPU
+            run.guard.after_step((time.perf_counter() - t_step) * typical / idx.numel(), step)
         progress.update(bar, step, info=f"epoch {epoch} loss {loss.item():.4f} lr {lr:.2e}",
                         line=step % run.log_every == 0)
     return step, sums
