@@ -163,6 +163,8 @@ def test_the_isa_shortcut_never_breaks_a_compile_when_inductors_internals_move(i
 
 def test_compile_events_move_only_when_something_compiles():
     """gptkit.compiled.compile_events: what fine-tuning's thread guard reads to leave out a step that compiled."""
+    import torch
+
     from gptkit.compiled import compile_events
 
     f = torch.compile(lambda x: x * 2 + 1, backend="eager", dynamic=False)  # dynamo alone: no C++ compiler needed
