@@ -5,6 +5,11 @@ that is not ours is ignored with one warning line."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -74,6 +79,39 @@ def test_a_corrupt_or_foreign_cache_is_ignored_with_one_warning(cache, capsys, c
     warnings = [line for line in err if "warning" in line]
     assert len(warnings) == 1 and str(cache) in warnings[0], err
     assert json.loads(cache.read_text())["format"] == autotune.FORMAT  # replaced by a valid cache
+
+
+def test_another_gptkit_versions_cache_is_left_alone(cache, capsys):
+    """A cache in another version's format (two gptkit versions sharing ~/.cache/gptkit): ignored with one warning
+    line, measured again, and left as it was, rather than replaced by this version's one record."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    theirs = json.dumps({"format": "gptkit-decisions/99", "decisions": {"k": {"choice": "x"}}})
+    cache.write_text(theirs)
+    measure_fn, calls = fake({"numpy": [1.0] * 3, "torch": [0.5] * 3})
+    assert autotune.choose("q", "s", ["numpy", "torch"], work, measure_fn=measure_fn) == "torch"
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "gptkit-decisions/99" in warnings[0]
+    assert cache.read_text() == theirs and len(calls) == 1
+
+
+def test_writers_in_two_processes_keep_each_others_records(cache):
+    """The cache's read-modify-write under a lock: two processes remembering 40 facts each at once keep all 80
+    (without the lock a review's run kept 108 of 200)."""
+    code = ("import sys; from gptkit import autotune\n"
+            "for i in range(40): autotune.remember('q', f'{sys.argv[1]}-{i}', i)")
+    env = {**os.environ, "GPTKIT_CACHE_DIR": str(cache.parent), "GPTKIT_AUTOTUNE": "on"}
+    procs = [subprocess.Popen([sys.executable, "-c", code, name], env=env) for name in ("a", "b")]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    assert len(json.loads(cache.read_text())["decisions"]) == 80
+
+
+def test_no_home_directory_falls_back_to_a_temporary_folder(monkeypatch):
+    """No HOME and no passwd entry (a container's arbitrary uid): Path.home() raises; the cache goes to this user's
+    temporary folder instead of the choice crashing."""
+    for name in ("GPTKIT_CACHE_DIR", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(Path, "home", classmethod(lambda cls: (_ for _ in ()).throw(RuntimeError("no home"))))
+    assert autotune.cache_path().parent.parent == Path(tempfile.gettempdir())
 
 
 def test_a_remembered_choice_that_is_no_longer_offered_is_measured_again(cache):

@@ -16,11 +16,13 @@ turns it back on). This module imports no torch: callers hand in the workloads t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -50,8 +52,12 @@ noise of a measurement that cannot tell a few percent apart."""
 def cache_path() -> Path:
     if os.environ.get("GPTKIT_CACHE_DIR"):
         return Path(os.environ["GPTKIT_CACHE_DIR"]) / CACHE_FILE
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "gptkit" / CACHE_FILE
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "gptkit" / CACHE_FILE
+    try:
+        return Path.home() / ".cache" / "gptkit" / CACHE_FILE
+    except RuntimeError:  # no HOME and no passwd entry (a container's arbitrary uid): this user's temp folder
+        return Path(tempfile.gettempdir()) / f"gptkit-{getattr(os, 'getuid', lambda: 'user')()}" / CACHE_FILE
 
 
 def enabled() -> bool:
@@ -98,23 +104,50 @@ def machine_key() -> str:
     return f"{cpu_model()} [{flags}] torch {torch_version} cores {os.cpu_count()}"
 
 
-def _load(path: Path, warn: bool = True) -> dict[str, Any]:
-    """The decisions in `path`; a missing file is empty, a corrupt or foreign one is ignored with one warning."""
+def _read(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """(the decisions in `path`, "") — or (None, why) for a file that holds none: "missing"; "other version" (another
+    gptkit's cache format: left alone, so two versions sharing a cache do not wipe each other's); or anything else
+    (not JSON, not a cache, unreadable), which the next record replaces."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
+    except (FileNotFoundError, NotADirectoryError):
+        return None, "missing"
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        if warn:
-            print(f"gptkit: warning: ignoring the decision cache {path} ({type(e).__name__}); measuring again",
-                  file=sys.stderr)
-        return {}
-    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("decisions"), dict):
-        if warn:
-            print(f"gptkit: warning: ignoring {path}: not a gptkit decision cache ({FORMAT}); measuring again",
-                  file=sys.stderr)
-        return {}
-    return data["decisions"]
+        return None, f"unreadable ({type(e).__name__})"
+    fmt = data.get("format") if isinstance(data, dict) else None
+    if isinstance(fmt, str) and fmt != FORMAT and fmt.startswith(FORMAT.split("/")[0] + "/"):
+        return None, f"other version: written in {fmt}, not {FORMAT}"
+    if fmt != FORMAT or not isinstance(data.get("decisions"), dict):
+        return None, f"not a gptkit decision cache ({FORMAT})"
+    return data["decisions"], ""
+
+
+def _load(path: Path, warn: bool = True) -> dict[str, Any]:
+    """The decisions in `path`; a missing file is empty, a corrupt or foreign one is ignored with one warning."""
+    decisions, why = _read(path)
+    if decisions is None and why != "missing" and warn:
+        print(f"gptkit: warning: ignoring the decision cache {path}: {why}; measuring again", file=sys.stderr)
+    return decisions or {}
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """The cache's read-modify-write, one process at a time (an flock on a file beside it, where the OS has flock):
+    two runs started together would otherwise each keep only its own new records."""
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: unlocked, as before
+        yield
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path.with_name(path.name + ".lock"), "a")  # noqa: SIM115 - closed below
+    except OSError:  # an unwritable cache folder: _store says so
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _store(path: Path, decisions: dict[str, Any]) -> None:
@@ -126,10 +159,16 @@ def _store(path: Path, decisions: dict[str, Any]) -> None:
 
 
 def _put(path: Path, key: str, record: dict[str, Any]) -> None:
-    """Write one record into the cache, read afresh: another process may have written meanwhile, keep its answers."""
-    decisions = _load(path, warn=False)
-    decisions[key] = record
-    _store(path, decisions)
+    """Write one record into the cache, read afresh under the lock: another process may have written meanwhile,
+    keep its answers. Another gptkit version's cache is left as it is (the record is not kept); a file that is
+    no cache at all is replaced."""
+    with _locked(path):
+        decisions, why = _read(path)
+        if why.startswith("other version"):
+            return
+        decisions = decisions or {}
+        decisions[key] = record
+        _store(path, decisions)
 
 
 def decision_key(question: str, shape: Mapping[str, Any] | Sequence[Any] | str) -> str:
@@ -238,10 +277,11 @@ def remember(question: str, shape: Mapping[str, Any] | Sequence[Any] | str, fact
 def forget(question: str | None = None) -> int:
     """Drop remembered decisions (all, or those of one question); returns how many were dropped."""
     path = cache_path()
-    decisions = _load(path)
-    drop = [k for k in decisions if question is None or k.split(" | ", 1)[0] == question]
-    for k in drop:
-        del decisions[k]
-    if drop:
-        _store(path, decisions)
+    with _locked(path):
+        decisions = _load(path)
+        drop = [k for k in decisions if question is None or k.split(" | ", 1)[0] == question]
+        for k in drop:
+            del decisions[k]
+        if drop:
+            _store(path, decisions)
     return len(drop)
