@@ -671,3 +671,32 @@ def test_sample_bad_device_is_one_line(tmp_path, capsys, device, fragment):
     assert rc == 2 and err.startswith("gptkit: error:") and err.count("\n") == 1 and fragment in err, err
     if device == "cuda:99" and not torch.cuda.is_available():
         assert "no CUDA GPU is available" in err
+
+
+def test_generations_prefilled_with_a_scored_only_prompt_decode_their_own_rows(char_model):
+    """A prompt that is only scored (max_new_tokens 0 with prompt logprobs: the server's echo + logprobs +
+    max_tokens 0, how lm-eval asks for log-likelihoods) shares the prefill with others but takes no row: those
+    after it are moved down into the freed rows with their cache, and decode exactly as they do alone (before the
+    fix their second token on read the scored prompt's keys and values)."""
+    tok = char_model.tokenizer
+    scored = SamplingParams(max_new_tokens=0, prompt_logprobs=True, logprobs=0)
+    greedy = SamplingParams(max_new_tokens=12, temperature=0, logprobs=0)
+    prompts = ["ROMEO: ", "zzz qqq xx", "the king ", "O, what a ", "my lord, "]
+    params = [greedy, scored, greedy, scored, greedy]
+
+    def run(gens):
+        engine = Engine(char_model, tok, max_batch=8)
+        for g in gens:
+            engine.submit(g)
+        for _ in engine.run():
+            pass
+        return gens
+
+    together = run([Generation(tok.encode(p), sp) for p, sp in zip(prompts, params)])
+    for p, sp, g in zip(prompts, params, together):
+        if sp is greedy:
+            [alone] = run([Generation(tok.encode(p), greedy)])
+            assert g.tokens == alone.tokens and len(g.tokens) == 12
+            assert [lp.logprob for lp in g.logprobs] == pytest.approx([lp.logprob for lp in alone.logprobs], abs=1e-5)
+        else:
+            assert g.tokens == [] and len(g.prompt_logprobs) == len(tok.encode(p))

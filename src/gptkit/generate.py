@@ -397,12 +397,15 @@ class Engine:
         return [c.rows(first, last) for c in self.caches]
 
     def _move_row(self, src: int, dst: int) -> None:
-        if self.caches is not None:
-            end = self.pos[src]
+        self._copy_cache_row(src, dst, self.pos[src])
+        self.rows[dst], self.pos[dst], self.start[dst] = self.rows[src], self.pos[src], self.start[src]
+
+    def _copy_cache_row(self, src: int, dst: int, end: int) -> None:
+        """Cache indices 0..end-1 of row `src` into row `dst`, every layer."""
+        if self.caches is not None and src != dst:
             for c in self.caches:
                 c.k[dst, :, :end] = c.k[src, :, :end]
                 c.v[dst, :, :end] = c.v[src, :, :end]
-        self.rows[dst], self.pos[dst], self.start[dst] = self.rows[src], self.pos[src], self.start[src]
 
     def _retire(self, indices: Iterable[int]) -> None:
         for r in sorted(set(indices), reverse=True):  # from the end, so moved rows are never retired twice
@@ -512,6 +515,7 @@ class Engine:
                 g.finish_reason = "length"
                 events.append(TokenEvent(g, None, finished=True))
                 continue
+            self._copy_cache_row(first + i, len(self.rows), width)  # below a scored-only member: one row down
             keep.append(i)
             self.rows.append(g)
             self.pos.append(width)
