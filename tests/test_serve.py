@@ -543,6 +543,10 @@ def test_pages_schema_and_their_switches(model, server):
     assert {"200", "400", "401", "404", "413", "429"} <= set(chat["responses"]) and "422" not in chat["responses"]
     docs = httpx.get(f"{server}/docs")
     assert docs.status_code == 200 and "/openapi.json" in docs.text and "https://" not in docs.text
+    for path in ("/", "/docs"):  # the query string is never the page (it once was: a reflected XSS)
+        sent = httpx.get(f"{server}{path}", params={"html": "<script>alert(1)</script>"})
+        assert sent.status_code == 200 and "<script>alert(1)" not in sent.text
+        assert sent.text == httpx.get(f"{server}{path}").text
     app = create_app(model, model.tokenizer, ServeOptions(model_name="tiny", ui=False, docs=False, api_key=KEY))
     with BackgroundServer(app) as url:
         assert [httpx.get(f"{url}{p}").status_code for p in ("/", "/docs", "/openapi.json")] == [404] * 3

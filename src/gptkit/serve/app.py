@@ -96,8 +96,16 @@ def add_pages(app: FastAPI, options: ServeOptions) -> None:
     pages = [("/", "playground.html")] if options.ui else []
     pages += [("/docs", "docs.html")] if options.docs else []
     for path, name in pages:
-        html = files(__package__).joinpath(name).read_text(encoding="utf-8")
-        app.add_api_route(path, lambda html=html: HTMLResponse(html), methods=["GET"], include_in_schema=False)
+        app.add_api_route(path, static_page(files(__package__).joinpath(name).read_text(encoding="utf-8")),
+                          methods=["GET"], include_in_schema=False)
+
+
+def static_page(html: str):
+    """An endpoint that answers `html`. It takes no parameters: FastAPI would read any (a lambda's default
+    included) from the query string, and `/?html=<script>...` would have served the caller's page."""
+    def page() -> HTMLResponse:
+        return HTMLResponse(html)
+    return page
 
 
 def true_schema(app: FastAPI) -> None:
