@@ -700,3 +700,20 @@ def test_generations_prefilled_with_a_scored_only_prompt_decode_their_own_rows(c
             assert [lp.logprob for lp in g.logprobs] == pytest.approx([lp.logprob for lp in alone.logprobs], abs=1e-5)
         else:
             assert g.tokens == [] and len(g.prompt_logprobs) == len(tok.encode(p))
+
+
+def test_sampling_limits_past_the_vocabulary_are_clamped_not_fatal():
+    """A top_k beyond the vocabulary (up to 10**20 from a client: once an overflow that failed every request on
+    the server) filters nothing; logprobs beyond a tiny vocabulary list all of it; a temperature too small to
+    divide by is greedy."""
+    from gptkit.generate import sample_next
+
+    model, vocab = tiny(seed=3, vocab=12), 12
+    prompt = prompts([5], vocab=vocab)
+    free = complete(model, prompt, SamplingParams(max_new_tokens=8, seed=7))[0]
+    huge = complete(model, prompt, SamplingParams(max_new_tokens=8, seed=7, top_k=10**20))[0]
+    assert huge.tokens == free.tokens
+    many = complete(model, prompt, SamplingParams(max_new_tokens=3, seed=7, logprobs=20, prompt_logprobs=True))[0]
+    assert all(len(lp.top) == vocab for lp in many.logprobs) and len(many.prompt_logprobs[1].top) == vocab
+    logits = torch.randn(2, vocab)
+    assert torch.equal(sample_next(logits, temperature=1e-38), logits.argmax(-1, keepdim=True))

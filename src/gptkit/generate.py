@@ -75,7 +75,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if temperature == 0.0:
+    if temperature < GREEDY_BELOW:  # 0, or so small that the division would overflow: greedy in effect
         return logits.argmax(dim=-1, keepdim=True)
     logits = filter_logits(logits.float() / temperature, top_k, top_p)
     probs = torch.softmax(logits, dim=-1)
@@ -532,7 +532,7 @@ class Engine:
         logp = torch.log_softmax(self.model.lm_head(hidden[:-1]).float(), dim=-1)  # (P-1, V)
         target = torch.tensor(g.prompt[1:], device=self.device)
         chosen = logp.gather(1, target[:, None])[:, 0].tolist()
-        k = g.params.logprobs or 0
+        k = min(g.params.logprobs or 0, logp.size(-1))
         tops = torch.topk(logp, k, dim=-1) if k else None
         out: list[TokenLogprob | None] = [None]
         for j, t in enumerate(g.prompt[1:]):
@@ -594,7 +594,7 @@ class Engine:
                 chosen[r] = t
         if want_lp:
             picked_lp = logp.gather(1, torch.tensor([chosen[r] for r in want_lp], device=logp.device)[:, None])
-            kmax = max(gens[r].params.logprobs or 0 for r in want_lp)
+            kmax = min(max(gens[r].params.logprobs or 0 for r in want_lp), logp.size(-1))  # at most the vocabulary
             tops = torch.topk(logp, kmax, dim=-1) if kmax else None
             for i, r in enumerate(want_lp):
                 k = gens[r].params.logprobs or 0
@@ -608,7 +608,7 @@ class Engine:
         V = x.size(-1)
         sorted_x, order = torch.sort(x, descending=True, dim=-1, stable=True)
         rank = torch.arange(V, device=x.device)
-        k = torch.tensor([p.top_k or V for p in params], device=x.device)[:, None]
+        k = torch.tensor([min(p.top_k or V, V) for p in params], device=x.device)[:, None]  # any k: at most V
         top_p = torch.tensor([p.top_p if p.top_p is not None else 1.0 for p in params], device=x.device)[:, None]
         outside_k = rank >= k
         probs = torch.softmax(sorted_x.masked_fill(outside_k, float("-inf")), dim=-1)  # nucleus of the top-k
