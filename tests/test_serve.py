@@ -575,3 +575,29 @@ def test_one_log_line_per_request(client, server, caplog):
     assert parsed[0][:5] == ("POST", "/v1/completions", "200", "3", "7")
     assert parsed[1][:5] == ("POST", "/v1/completions", "200", "5", "5")  # a stream: counted when it ends
     assert parsed[2][:5] == ("GET", "/nothing", "404", None, None)
+
+
+def test_a_failed_prefill_answers_its_requests_and_the_server_goes_on(capsys):
+    """An error while a step admits requests (say, out of memory in a long prefill) fails those requests with a
+    500 at once, as it fails the running ones, and the next request is served; before, the admitted generations
+    were in no list the worker could see, and their requests waited for ever."""
+    import httpx
+
+    m = tiny_model(TEXT)
+    forward, fail = m.transformer.forward, [1]
+
+    def flaky(idx, *a, **k):
+        if idx.size(1) > 1 and fail[0]:  # the first prefill
+            fail[0] -= 1
+            raise RuntimeError("simulated out of memory during prefill")
+        return forward(idx, *a, **k)
+
+    m.transformer.forward = flaky
+    with BackgroundServer(create_app(m, m.tokenizer, ServeOptions(model_name="tiny"))) as url:
+        body = {"model": "tiny", "prompt": "ROMEO:", "max_tokens": 4}
+        first = httpx.post(f"{url}/v1/completions", json=body, timeout=30)
+        assert first.status_code == 500 and first.json()["error"]["type"] == "server_error"
+        second = httpx.post(f"{url}/v1/completions", json=body, timeout=30)
+        assert second.status_code == 200 and second.json()["choices"][0]["finish_reason"] == "length"
+        assert httpx.get(f"{url}/health").status_code == 200
+    assert "simulated out of memory" in capsys.readouterr().err  # the traceback, for whoever runs the server

@@ -319,6 +319,7 @@ class Engine:
         self.start: list[int] = []  # per row: cache index of its first token (left padding before it)
         self.caches: list[KVCache] | None = None
         self._views: tuple[int, list[KVCache]] | None = None
+        self.admitting: list[Generation] = []  # taken from `waiting` by the step now admitting them
         self._one_torch_thread = self.device.type == "cpu" and uses_numpy_blas(model)
 
     # --------------------------------------------------------------------------------------- public
@@ -350,6 +351,11 @@ class Engine:
         """True while generations are running or waiting."""
         return bool(self.rows or self.waiting)
 
+    def unfinished(self) -> list[Generation]:
+        """Every generation the engine holds that has not ended: running, waiting, and those a step that raised
+        was admitting (for a server to fail them, rather than leave their requests waiting for ever)."""
+        return [*self.rows, *self.admitting, *self.waiting]
+
     def step(self) -> list[TokenEvent]:
         """Advance every running generation by one token and admit waiting ones; return what happened."""
         if self._one_torch_thread:
@@ -369,9 +375,11 @@ class Engine:
             if new_logits is not None:
                 parts.append(new_logits)
             if not parts:
+                self.admitting = []
                 return events
             logits = parts[0] if len(parts) == 1 else torch.cat(parts)
             events += self._sample_and_emit(logits)
+        self.admitting = []
         return events
 
     def run(self) -> Iterator[list[TokenEvent]]:
@@ -475,11 +483,12 @@ class Engine:
         events: list[TokenEvent] = []
         group: list[tuple[Generation, list[int]]] = []
         width = 0
+        self.admitting = []  # until this step returns, the generations taken from `waiting` (see unfinished)
         while self.waiting and len(self.rows) + len(group) < self.max_batch:
             g = self.waiting[0]
             ctx = g.prompt[-self.config.block_size:] if self.slide else g.prompt
             if g.params.max_new_tokens == 0 and not g.params.prompt_logprobs:
-                self.waiting.popleft()  # nothing to compute
+                self.admitting.append(self.waiting.popleft())  # nothing to compute
                 g.finish_reason = "length"
                 events.append(TokenEvent(g, None, finished=True))
                 continue
@@ -488,7 +497,7 @@ class Engine:
                        for x, _ in [*group, (g, ctx)])
             if group and (not fits or w * (len(group) + 1) > self.max_prefill_tokens):
                 break  # admitted at a later step
-            self.waiting.popleft()
+            self.admitting.append(self.waiting.popleft())
             group.append((g, ctx))
             width = w
         if not group:

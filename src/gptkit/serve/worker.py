@@ -75,7 +75,7 @@ class Worker:
                 events = self.engine.step()
             except Exception as e:  # a bug: fail what is running, start afresh, keep serving
                 traceback.print_exc()
-                for g in [*self.engine.rows, *self.engine.waiting]:
+                for g in self.engine.unfinished():
                     self._deliver(g, (g, e))
                 self.engine = self.make_engine()
                 continue
