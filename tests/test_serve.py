@@ -316,6 +316,10 @@ def test_queue_full_is_429_and_a_dropped_stream_frees_its_row(strict_server):
         time.sleep(0.05)
     assert h["cancelled"] >= 1  # freed by cancellation, not by running to the end
     assert good.completions.create(model="tiny", prompt="b", max_tokens=3).choices[0].finish_reason
+    # more generations than rows and queue together could ever hold: 400 at once, not a 429 to retry for ever
+    with pytest.raises(openai.BadRequestError) as e:
+        good.completions.create(model="tiny", prompt="b", max_tokens=1, n=2)
+    assert "at most 1 per request" in e.value.body["message"]
 
 
 def test_disconnect_mid_stream_frees_the_row(server):

@@ -53,11 +53,12 @@ def submit(request: Request, served: Served, prompts: list[list[int]], n: int, p
     server's limits (at most max_n per request; 429 when the queue is full), and hand them to the worker."""
     options = served.options
     total = len(prompts) * n
-    if total > options.max_n:
-        raise APIError(400, f"n × prompts = {total} generations; this server allows at most "
-                       f"{options.max_n} per request", param="n")
-    worker: Worker = request.app.state.worker
     limit = options.max_batch + options.max_queue
+    most = min(options.max_n, limit)  # more could never run, however long the client waits: 400, not 429
+    if total > most:
+        raise APIError(400, f"n × prompts = {total} generations; this server allows at most {most} per request",
+                       param="n")
+    worker: Worker = request.app.state.worker
     if worker.in_flight + total > limit:
         raise APIError(429, f"the server is busy ({worker.in_flight} generations running or queued, limit "
                        f"{limit}); retry later", "rate_limit_error", code="server_busy", headers={"Retry-After": "1"})
