@@ -717,3 +717,22 @@ def test_sampling_limits_past_the_vocabulary_are_clamped_not_fatal():
     assert all(len(lp.top) == vocab for lp in many.logprobs) and len(many.prompt_logprobs[1].top) == vocab
     logits = torch.randn(2, vocab)
     assert torch.equal(sample_next(logits, temperature=1e-38), logits.argmax(-1, keepdim=True))
+
+
+def test_a_stop_token_keeps_the_text_the_detokenizer_held_back():
+    """Byte-level tokens can end inside a UTF-8 character; the detokenizer holds such text back until the character
+    completes. When a stop token ends the generation there, the text so far is what the tokens before it decode
+    to (as at the end of `length`), not what was shown before the last held-back piece (a review: "" for "xé")."""
+
+    class Bytes:  # tokens as raw bytes: 1 = "x" + the first byte of "é", 2 = its second byte + the first of "€"
+        table = {0: b"a", 1: b"x\xc3", 2: b"\xa9\xe2", 3: b""}
+
+        def decode(self, ids):
+            return b"".join(self.table[i] for i in ids).decode("utf-8", errors="replace")
+
+    torch.manual_seed(0)
+    engine = Engine(GPT(GPTConfig(vocab_size=8, block_size=16, n_layer=1, n_head=1, n_embd=8)).eval(), Bytes())
+    g = engine.submit(Generation([0], SamplingParams(max_new_tokens=8, stop_token_ids=(3,))))
+    pieces = [engine._append(g, t, None) for t in (1, 2, 3)]
+    assert g.finish_reason == "stop" and g.text == Bytes().decode([1, 2]) and g.text.startswith("xé")
+    assert "".join(e.text for e in pieces) == g.text and pieces[-1].finished

@@ -636,7 +636,8 @@ class Engine:
             g.logprobs.append(lp)
         if g._counts is not None:
             g._counts[token] += 1
-        if token in p.stop_token_ids:
+        by_token = token in p.stop_token_ids
+        if by_token:
             g.finish_reason = "stop"
         elif g._detok is not None:
             g.text += g._detok.push(token)
@@ -644,7 +645,8 @@ class Engine:
                 self._check_stop(g)
         if g.finish_reason is None and len(g.tokens) >= p.max_new_tokens:
             g.finish_reason = "length"
-        if g.finish_reason is not None and g._detok is not None and g.finish_reason != "stop":
+        # the end (but a stop sequence, which has cut the text): what the detokenizer still holds is text too
+        if g._detok is not None and (g.finish_reason == "length" or by_token):
             g.text += g._detok.flush()
             if p.stop:
                 self._check_stop(g)
