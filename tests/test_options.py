@@ -372,3 +372,19 @@ def test_tokenizer_dir_gives_a_bare_checkpoint_its_tokenizer(tmp_path, capsys):
         assert_one_line_error(rc, err, "has no tokenizer: pass --tokenizer-dir DIR")
         rc, _, err = run(capsys, cmd, "--ckpt", full, "--tokenizer-dir", tmp_path / "big", *flags)
         assert_one_line_error(rc, err, "ids but the model only")
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--data", "d", "--out", "o"], ["prepare", "--input", "i", "--out", "o"],
+    ["data", "dedup", "--input", "i", "--out", "o.jsonl"], ["data", "quality", "train", "--positive", "p",
+                                                            "--negative", "n", "--out", "m"],
+    ["data", "quality", "filter", "--model", "m", "--input", "i", "--out", "o.jsonl"],
+    ["finetune", "--ckpt", "c", "--train", "t", "--out", "o", "--valid", "v"], ["sample", "--ckpt", "c"]])
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_a_seed_out_of_range_is_one_line_before_anything_runs(argv, seed, tmp_path, capsys, monkeypatch):
+    """numpy's generators take seeds in 0..2**32-1 (a negative one was a traceback from deep in training, after
+    the run directory was written); every command says so in one line before it reads or writes anything."""
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = run(capsys, *argv, "--seed", seed)
+    assert_one_line_error(rc, err, f"--seed must be an integer in 0..{2**32 - 1}")
+    assert list(tmp_path.iterdir()) == []

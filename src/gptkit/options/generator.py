@@ -133,6 +133,11 @@ def add_options(parser: argparse.ArgumentParser, cls: type, config_file: bool = 
     return parser
 
 
+SEED_MAX = 2**32 - 1
+"""The largest --seed of any command: numpy's RandomState (datasketch's MinHash) takes no more, and no seed may be
+negative (numpy's generators refuse those)."""
+
+
 def from_args(cls: type[T], args: argparse.Namespace, error: type[GptkitError] = GptkitError) -> T:
     """The options instance: field defaults < the --config file (if any) < the flags given. Records in
     `.explicit` the names the user set (a flag or the file)."""
@@ -144,6 +149,9 @@ def from_args(cls: type[T], args: argparse.Namespace, error: type[GptkitError] =
         if v is not None:
             values[f.name] = v
     explicit = frozenset(values)
+    seed = values.get("seed")
+    if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed <= SEED_MAX:
+        raise error(f"--seed must be an integer in 0..{SEED_MAX} (as numpy's generators take), got {seed}")
     try:
         opts = cls(**{**values, **quick_caps(cls, values)})
     except TypeError as e:
