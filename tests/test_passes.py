@@ -109,3 +109,21 @@ def test_ordered_map_keeps_input_order_with_workers():
     assert here == there == [(i, [i * i, (i + 1) ** 2]) for i in range(40)]
     with worker_pool(1, Progress(live=False)) as pool:
         assert pool is None  # one worker: the work runs in the caller
+
+
+@pytest.mark.parametrize("command", [["data", "clean"], ["data", "dedup"]])
+def test_a_lone_surrogate_in_any_field_is_replaced_and_counted(command, tmp_path, capsys):
+    """JSON can spell a lone surrogate ("\\ud800") in any string, which no UTF-8 output can hold: in a field other
+    than the text (a title, a key) it once stopped the whole pass with a traceback. Replaced by U+FFFD wherever it
+    is, the line is kept and counted as one with undecodable bytes, as in the text field."""
+    from gptkit.cli import main
+
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "one whole document here", "title": "bad \\ud800 title", "k\\udfff": 1}\n'
+                   '{"text": "a second and different document", "emoji": "\\ud83d\\ude00"}\n', encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    assert main([*command, "--input", str(src), "--out", str(out), "--quiet"]) == 0, capsys.readouterr().err
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert rows[0]["title"] == "bad \ufffd title" and "k\ufffd" in rows[0] and rows[1]["emoji"] == "\U0001f600"
+    report = json.loads(out.with_name("out.report.json").read_text())
+    assert report["bad_input"]["documents_with_undecodable_bytes"] == 1

@@ -34,7 +34,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from .shards import DataError
 
@@ -47,6 +47,22 @@ BINARY_SUFFIXES = frozenset({".bin", ".npy", ".npz", ".pt", ".pth", ".safetensor
 SNIFF_BYTES = 8192
 MAX_SKIPPED_EXAMPLES = 10
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+"""A JSON line that spells a surrogate code point ("\\ud800"): the only way lone surrogates get into a document."""
+
+
+def _without_surrogates(obj: Any) -> tuple[Any, bool]:
+    """Parsed JSON with every lone surrogate in its strings (keys too) replaced by U+FFFD, and whether there was one."""
+    if isinstance(obj, str):
+        new = _SURROGATE.sub("\ufffd", obj)
+        return new, new != obj
+    if isinstance(obj, list):
+        items = [_without_surrogates(x) for x in obj]
+        return [x for x, _ in items], any(f for _, f in items)
+    if isinstance(obj, dict):
+        pairs = [(_without_surrogates(k), _without_surrogates(v)) for k, v in obj.items()]
+        return {k: v for (k, _), (v, _) in pairs}, any(fk or fv for (_, fk), (_, fv) in pairs)
+    return obj, False
 
 
 def _inner_suffix(path: Path) -> tuple[str, bool]:
@@ -305,16 +321,15 @@ class Corpus:
                 self.not_json_lines += 1
                 self._skip(st, lineno, "not valid JSON")
                 continue
+            if _ESCAPED_SURROGATE.search(line):  # JSON can spell lone surrogates ("\ud800") in any string, which
+                # are not text: no tokenizer takes them and no UTF-8 output can hold them
+                obj, fixed = _without_surrogates(obj)
+                replaced = replaced or fixed
             text = obj.get(self.text_field) if isinstance(obj, dict) else None
             if not isinstance(text, str):
                 self.missing_text_lines += 1
                 self._skip(st, lineno, f"no string field {self.text_field!r}")
                 continue
-            try:  # JSON can spell lone surrogates ("\ud800"), which are not text and no tokenizer takes
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                text, replaced = _SURROGATE.sub("\ufffd", text), True
-                obj[self.text_field] = text
             if self._keep(text, replaced, st):
                 yield text, obj, path, lineno
 
