@@ -318,3 +318,17 @@ def test_quiet_prepare_draws_no_bar_on_a_terminal(tiny_model, tmp_path):
     bar = "\u2501"  # the bar's heavy horizontal line
     assert bar in outputs[0] and bar not in outputs[1]
     assert outputs[1].splitlines()[0].split(" in ")[0] in outputs[0]  # "prepared N document(s) from 1 file(s)"
+
+
+def test_field_names_that_would_replace_the_text_are_refused_or_lose_to_it(tiny_model, tmp_path, capsys):
+    """--score-field naming the text field would have written {"text": 0.76} lines: a one-line error. A text
+    file's record keeps its path under "source": with --text-field source, the text wins the name."""
+    model, docs = tiny_model
+    rc = main(["data", "quality", "filter", "--model", str(model), "--input", str(docs), "--out",
+               str(tmp_path / "o.jsonl"), "--score-field", "text"])
+    _one_line_error(rc, capsys.readouterr().err, "--score-field text is the text field")
+    assert not (tmp_path / "o.jsonl").exists()
+    (tmp_path / "a.txt").write_text("a whole text file of a few words\n")
+    assert main(["data", "clean", "--input", str(tmp_path / "a.txt"), "--out", str(tmp_path / "c.jsonl"),
+                 "--text-field", "source", "--quiet"]) == 0
+    assert json.loads((tmp_path / "c.jsonl").read_text())["source"].startswith("a whole text file")

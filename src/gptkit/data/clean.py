@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .passes import FilterPass
+from .records import text_file_fields
 from .shards import DataError
 from .sources import MAX_SKIPPED_EXAMPLES
 
@@ -141,7 +142,7 @@ def clean(inputs: list[str | os.PathLike], out: str | os.PathLike, strip: str = 
             elif rec.fields is not None:
                 w.keep(json.dumps({**rec.fields, text_field: c.text}, ensure_ascii=False))
             else:
-                w.keep(json.dumps({text_field: c.text, "source": rec.path}, ensure_ascii=False))
+                w.keep(json.dumps(text_file_fields(text_field, c.text, rec.path), ensure_ascii=False))
             if i % 64 == 0:
                 w.advance()
     t = tally.c

@@ -41,7 +41,7 @@ from safetensors.numpy import save_file
 
 from ..io import atomic_path
 from .passes import FilterPass, batched, output_path, sibling_path
-from .records import Record, RecordReader
+from .records import Record, RecordReader, text_file_fields
 from .shards import DataError
 
 MODEL_FORMAT = "gptkit-quality-classifier"
@@ -330,6 +330,9 @@ def filter_quality(model: QualityModel | str | os.PathLike, inputs: list[str | o
     inputs, model and seed keep the same documents.
     """
     _check_rule(alpha, threshold)
+    if score_field is not None and score_field == text_field:
+        raise DataError(f"--score-field {score_field} is the text field: the score would replace each document's "
+                        "text; choose another name")
     model_path = None if isinstance(model, QualityModel) else str(model)
     if model_path is not None:
         model = QualityModel.load(model_path)
@@ -375,6 +378,6 @@ def filter_quality(model: QualityModel | str | os.PathLike, inputs: list[str | o
 
 
 def _with_score(rec: Record, text_field: str, score_field: str, score: float) -> Record:
-    fields = dict(rec.fields) if rec.fields is not None else {text_field: rec.text, "source": rec.path}
+    fields = dict(rec.fields) if rec.fields is not None else text_file_fields(text_field, rec.text, rec.path)
     fields[score_field] = round(score, 6)
     return Record(rec.text, fields, rec.path, rec.line)

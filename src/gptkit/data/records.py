@@ -25,6 +25,12 @@ from .shards import DataError
 from .sources import MAX_SKIPPED_EXAMPLES, Corpus
 
 
+def text_file_fields(text_field: str, text: str, path: str) -> dict:
+    """The JSONL fields of a document that was a whole text file: its text and its path under "source". The text
+    wins the name when --text-field is "source" (the path would otherwise replace every document's text)."""
+    return {"source": path, text_field: text}
+
+
 @dataclass
 class Record:
     """One document: its text and, for a JSONL line, the whole JSON object it came from."""
@@ -38,7 +44,7 @@ class Record:
         """The record as one JSONL line: the input object with every field as it came (only the text field of an
         undecodable line holds U+FFFD instead of the bad bytes), or `{text_field: text, "source": path}` for a
         document that was a whole text file."""
-        obj = self.fields if self.fields is not None else {text_field: self.text, "source": self.path}
+        obj = self.fields if self.fields is not None else text_file_fields(text_field, self.text, self.path)
         return json.dumps(obj, ensure_ascii=False)
 
 
