@@ -220,6 +220,10 @@ def test_newer_format_and_bad_model_config_are_refused(model, tmp_path):
     with pytest.raises(CheckpointError) as e:
         ck.checkpoint_config(d, {**meta, "format_version": ck.FORMAT_VERSION + 1})
     assert "newer gptkit" in _one_line(e)
+    for bad in ("2", None, 1.5):  # a hand-edited file: one line, not Python's TypeError
+        with pytest.raises(CheckpointError) as e:
+            ck.checkpoint_config(d, {**meta, "format_version": bad})
+        assert "format_version must be an integer" in _one_line(e)
     with pytest.raises(CheckpointError) as e:
         ck.checkpoint_config(d, {**meta, "model": {**meta["model"], "n_head": 3}})  # 16 is not divisible by 3
     assert "bad model config" in _one_line(e)

@@ -130,6 +130,15 @@ def test_model_file_is_safetensors_and_rebuilds_the_estimator(corpora, tmp_path)
     for bad in (tmp_path / "p.safetensors", corpora["wiki"], tmp_path / "missing.safetensors"):
         with pytest.raises(DataError, match="quality model|no such file"):
             QualityModel.load(bad)
+    from safetensors.numpy import load_file, save_file
+
+    from gptkit.data.quality import MODEL_FORMAT
+
+    arrays = load_file(str(tmp_path / "m.safetensors"))
+    for version in ("x", "2"):  # a version that is no number, or another: one line, not int()'s ValueError
+        save_file(arrays, str(tmp_path / "v.safetensors"), metadata={"format": MODEL_FORMAT, "format_version": version})
+        with pytest.raises(DataError, match=f"model format version {version}"):
+            QualityModel.load(tmp_path / "v.safetensors")
 
 
 def test_keep_probability_is_numpys_pareto():

@@ -246,8 +246,11 @@ def read_model(p: Path, map_location: str | torch.device = "cpu") -> GPT:
 def checkpoint_config(p: Path, meta: dict[str, Any] | None = None) -> GPTConfig:
     """The GPTConfig of a gptkit checkpoint directory."""
     meta = read_config_json(p) if meta is None else meta
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{p} was written by a newer gptkit (format {meta['format_version']}); upgrade")
+    version = meta.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{p / CONFIG}: format_version must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{p} was written by a newer gptkit (format {version}); upgrade")
     try:
         return GPTConfig.from_dict(meta["model"])
     except (KeyError, TypeError, ConfigError) as e:

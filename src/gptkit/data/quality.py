@@ -120,7 +120,7 @@ class QualityModel:
             raise DataError(f"--model {path}: not a gptkit quality model ({e})") from None
         if meta.get("format") != MODEL_FORMAT:
             raise DataError(f"--model {path}: not a gptkit quality model (format {meta.get('format')!r})")
-        if int(meta.get("format_version", 0)) != MODEL_VERSION:
+        if meta.get("format_version") != str(MODEL_VERSION):  # safetensors metadata are strings
             raise DataError(f"--model {path}: model format version {meta.get('format_version')}, this gptkit "
                             f"reads version {MODEL_VERSION}")
         try:
