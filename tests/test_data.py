@@ -49,6 +49,17 @@ def char_data(shakespeare, tmp_path_factory) -> Path:
 
 
 # --------------------------------------------------------------------------------------------- char / nanoGPT
+def test_one_document_with_no_val_share_is_all_train(tmp_path):
+    """--val-fraction 0 on one document: all of it, with its end-of-text token, goes to train and val is empty
+    (it held one lone end-of-text token, which made `gptkit train` refuse the data as too short)."""
+    text = "To be, or not to be, that is the question.\n" * 20
+    (tmp_path / "one.txt").write_text(text)
+    m = prepare([str(tmp_path / "one.txt")], tmp_path / "out", tokenizer="char", val_fraction=0.0, progress=False)
+    assert m["split"]["policy"] == "single-document"
+    assert m["splits"]["train"]["tokens"] == len(text) + 1 and m["splits"]["val"]["tokens"] == 0
+    assert m["splits"]["train"]["documents"] == 1 and m["splits"]["val"]["documents"] == 0
+
+
 def test_char_tinyshakespeare_matches_nanogpt_split(char_data, shakespeare):
     # nanoGPT data/shakespeare_char/prepare.py: chars = sorted(set(data)); n = len(data);
     # train_data = data[:int(n*0.9)]; val_data = data[int(n*0.9):]  -> 1,003,854 and 111,540 characters.

@@ -639,9 +639,10 @@ def split_documents(encoded: Iterable[tuple[list[np.ndarray], list[tuple[float |
             train.append(a[:max(0, k - pos)])
             val.append(a[max(0, k - pos):])
             pos += len(a)
-        emit("train", train, cut_eot and k > 0)
-        emit("val", val, True)
-        return "single-document", {"train": int(k > 0), "val": 1}
+        emit("train", train, (cut_eot or k == n) and k > 0)  # all of it in train (--val-fraction 0): a whole
+        if k < n:  # document, with its end-of-text token; val then holds nothing, not a lone end-of-text token
+            emit("val", val, True)
+        return "single-document", {"train": int(k > 0), "val": int(k < n)}
     if val_fraction > 0 and ndocs["val"] == 0:
         split = "val"
     elif ndocs["train"] == 0:
