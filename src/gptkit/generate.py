@@ -353,8 +353,10 @@ class Engine:
 
     def unfinished(self) -> list[Generation]:
         """Every generation the engine holds that has not ended: running, waiting, and those a step that raised
-        was admitting (for a server to fail them, rather than leave their requests waiting for ever)."""
-        return [*self.rows, *self.admitting, *self.waiting]
+        was admitting (for a server to fail them, rather than leave their requests waiting for ever); each once,
+        though a step that raised late has some of them in `rows` already."""
+        running = {id(g) for g in self.rows}
+        return [*self.rows, *(g for g in self.admitting if id(g) not in running), *self.waiting]
 
     def step(self) -> list[TokenEvent]:
         """Advance every running generation by one token and admit waiting ones; return what happened."""
