@@ -736,3 +736,19 @@ def test_a_stop_token_keeps_the_text_the_detokenizer_held_back():
     pieces = [engine._append(g, t, None) for t in (1, 2, 3)]
     assert g.finish_reason == "stop" and g.text == Bytes().decode([1, 2]) and g.text.startswith("xé")
     assert "".join(e.text for e in pieces) == g.text and pieces[-1].finished
+
+
+def test_unfinished_lists_each_generation_once_after_a_step_that_raised(char_model):
+    """A step that raises after admitting (here: in sampling) leaves the admitted generations both in `rows` and
+    in `admitting`: the server fails what `unfinished()` lists, each exactly once, waiting ones included."""
+    tok = char_model.tokenizer
+    engine = Engine(char_model, tok, max_batch=2)
+    gens = [engine.submit(Generation(tok.encode(p), greedy(5))) for p in ("ROMEO: ", "the king ", "my lord, ")]
+
+    def broken(logits):
+        raise RuntimeError("simulated")
+
+    engine._sample_and_emit = broken
+    with pytest.raises(RuntimeError, match="simulated"):
+        engine.step()
+    assert sorted(map(id, engine.unfinished())) == sorted(map(id, gens))
