@@ -140,6 +140,18 @@ def test_logprobs_and_top_logprobs(client, model):
     streamed = [x for c in chunks if c.choices and c.choices[0].logprobs for x in c.choices[0].logprobs.content]
     assert [x.logprob for x in streamed] == pytest.approx([x.logprob for x in ref.logprobs], abs=1e-5)
     assert all(len(x.top_logprobs) == 2 for x in streamed)
+    # with a stop sequence cut from the text, the stream carries the same entries as the answer: none for the
+    # tokens of the cut stop (they were streamed before), each with the chunk whose text it is
+    stop = ref.text[5:7]
+    cut = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=12, temperature=0,
+                                         logprobs=True, stop=[stop])
+    answer = [x.token for x in cut.choices[0].logprobs.content]
+    chunks = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=12, temperature=0,
+                                            logprobs=True, stop=[stop], stream=True)
+    pieces = [c.choices[0] for c in chunks if c.choices]
+    streamed = [x.token for c in pieces if c.logprobs for x in c.logprobs.content]
+    assert streamed == answer and "".join(answer) == cut.choices[0].message.content == ref.text[:ref.text.find(stop)]
+    assert all("".join(x.token for x in c.logprobs.content) == c.delta.content for c in pieces if c.logprobs)
 
 
 @pytest.mark.parametrize("extra, param", [

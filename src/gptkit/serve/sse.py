@@ -57,9 +57,30 @@ def completion_stream(tokenizer: Tokenizer, q: asyncio.Queue, live: Live, gens: 
     return framed(completion_chunks(tokenizer, events(q, live), gens, top, echo, logprobs), live, tail)
 
 
+class HeldLogprobs:
+    """A streamed choice's token log-probs, each sent with the text it belongs to: an entry goes out once the text
+    sent so far reaches past its offset. That is the non-streamed answer's rule (entries up to the text's length),
+    so a stream never carries the entry of the stop token, nor those of a stop sequence cut from the text."""
+
+    def __init__(self, tokenizer: Tokenizer, offset: int = 0) -> None:
+        self.tokenizer, self.pending = tokenizer, []
+        self.offset = self.sent = offset  # where the next entry's text starts; how much text has been sent
+
+    def release(self, lp, text: str) -> list:
+        """Take the event's log-prob (None: none) and text; return the entries whose text has now been sent."""
+        if lp is not None:
+            self.pending.append(lp)
+        self.sent += len(text)
+        out = []
+        while self.pending and self.offset < self.sent:
+            out.append(self.pending.pop(0))
+            self.offset += len(self.tokenizer.decode([out[-1].token]))
+        return out
+
+
 async def completion_chunks(tokenizer: Tokenizer, evs: AsyncIterator, gens: list, top: dict, echo: bool,
                             logprobs: bool) -> AsyncIterator[dict]:
-    offsets = {g.tag[1]: 0 for g in gens}  # text offsets for the logprobs blocks
+    held = {g.tag[1]: HeldLogprobs(tokenizer) for g in gens}
     echoed: set[int] = set()
     async for ev in evs:
         g = ev.generation
@@ -68,14 +89,13 @@ async def completion_chunks(tokenizer: Tokenizer, evs: AsyncIterator, gens: list
             echoed.add(i)
             text = tokenizer.decode(g.prompt)
             lp = logprobs_block(tokenizer, prompt_entries(g), 0) if logprobs else None
-            offsets[i] = len(text)
+            held[i] = HeldLogprobs(tokenizer, len(text))
             yield completion_chunk(top, i, text, lp, None)
-        if not ev.text and ev.logprob is None and not ev.finished:
+        offset = held[i].offset
+        out = held[i].release(ev.logprob if logprobs else None, ev.text)
+        if not ev.text and not out and not ev.finished:
             continue
-        lp = None
-        if logprobs and ev.logprob is not None:
-            lp = logprobs_block(tokenizer, [(ev.logprob.token, ev.logprob)], offsets[i])
-        offsets[i] += len(ev.text)
+        lp = logprobs_block(tokenizer, [(x.token, x) for x in out], offset) if out else None
         yield completion_chunk(top, i, ev.text, lp, g.finish_reason if ev.finished else None)
 
 
@@ -96,12 +116,14 @@ def chat_stream(tokenizer: Tokenizer, q: asyncio.Queue, live: Live, gens: list, 
 
 async def chat_chunks(tokenizer: Tokenizer, evs: AsyncIterator, gens: list, top: dict,
                       logprobs: bool) -> AsyncIterator[dict]:
+    held = {g.tag[1]: HeldLogprobs(tokenizer) for g in gens}
     for g in sorted(gens, key=lambda g: g.tag[1]):
         yield chat_chunk(top, g.tag[1], {"role": "assistant", "content": ""})
     async for ev in evs:
         i = ev.generation.tag[1]
-        if ev.text or ev.logprob is not None:
-            lp = {"content": [chat_token(tokenizer, ev.logprob)]} if logprobs and ev.logprob else None
+        out = held[i].release(ev.logprob if logprobs else None, ev.text)
+        if ev.text or out:
+            lp = {"content": [chat_token(tokenizer, x) for x in out]} if out else None
             yield chat_chunk(top, i, {"content": ev.text}, lp)
         if ev.finished:
             yield chat_chunk(top, i, {}, None, ev.generation.finish_reason)
