@@ -388,3 +388,19 @@ def test_a_seed_out_of_range_is_one_line_before_anything_runs(argv, seed, tmp_pa
     rc, _, err = run(capsys, *argv, "--seed", seed)
     assert_one_line_error(rc, err, f"--seed must be an integer in 0..{2**32 - 1}")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--threads", "99999"], "--threads must be at most 1024"),  # OpenMP crashed the process (signal 11) there
+    (["--out", ""], "--out must not be empty"),  # it trained into the current directory
+    (["--n-embd", str(2**20), "--n-head", "1", "--n-layer", "1"], "out of memory")])  # a 13 TB model: one line
+def test_absurd_sizes_are_one_line_and_write_nothing(flags, fragment, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data"
+    (tmp_path / "t.txt").write_text("hello world, the quick brown fox\n" * 200)
+    assert run(capsys, "prepare", "--input", tmp_path / "t.txt", "--out", data, "--quiet")[0] == 0
+    before = sorted(p.name for p in tmp_path.iterdir())
+    argv = ["train", "--data", data, "--max-iters", "1", "--block-size", "16", "--quiet"]
+    rc, _, err = run(capsys, *argv, *(["--out", tmp_path / "run"] if "--out" not in flags else []), *flags)
+    assert_one_line_error(rc, err, fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -138,6 +138,11 @@ SEED_MAX = 2**32 - 1
 negative (numpy's generators refuse those)."""
 
 
+THREADS_MAX = 1024
+"""The most --threads of any command: far past any CPU's cores; at 20,000 OpenMP could not start them, and at
+99,999 the process crashed."""
+
+
 def from_args(cls: type[T], args: argparse.Namespace, error: type[GptkitError] = GptkitError) -> T:
     """The options instance: field defaults < the --config file (if any) < the flags given. Records in
     `.explicit` the names the user set (a flag or the file)."""
@@ -152,6 +157,11 @@ def from_args(cls: type[T], args: argparse.Namespace, error: type[GptkitError] =
     seed = values.get("seed")
     if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed <= SEED_MAX:
         raise error(f"--seed must be an integer in 0..{SEED_MAX} (as numpy's generators take), got {seed}")
+    threads = values.get("threads")
+    if isinstance(threads, int) and not isinstance(threads, bool) and threads > THREADS_MAX:
+        raise error(f"--threads must be at most {THREADS_MAX}, got {threads}")  # OpenMP fails, or crashes, above
+    if values.get("out") == "":
+        raise error("--out must not be empty")  # it would have written into the current directory
     try:
         opts = cls(**{**values, **quick_caps(cls, values)})
     except TypeError as e:
