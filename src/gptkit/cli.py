@@ -57,15 +57,12 @@ def _terminate(signum, frame) -> None:
 
 
 def is_out_of_memory(e: BaseException) -> bool:
-    """torch's allocation failures: CUDA's OutOfMemoryError, the CPU allocator's RuntimeError."""
-    oom = getattr(torch_module(), "OutOfMemoryError", None)
-    return (oom is not None and isinstance(e, oom)) or "can't allocate memory" in str(e) or \
-        "out of memory" in str(e).lower()
-
-
-def torch_module():
-    """torch when a command has loaded it (no import here: `gptkit --help` stays fast)."""
-    return sys.modules.get("torch")
+    """A model or batch too large for this machine: MemoryError (numpy's ArrayMemoryError, the interpreter's), or
+    torch's allocation failures (CUDA's OutOfMemoryError, the CPU allocator's RuntimeError). torch is not imported
+    here: `gptkit --help` stays fast, and a command that ran out of memory in torch has loaded it."""
+    oom = getattr(sys.modules.get("torch"), "OutOfMemoryError", None)
+    return isinstance(e, MemoryError) or (oom is not None and isinstance(e, oom)) or \
+        "can't allocate memory" in str(e) or "out of memory" in str(e).lower()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,15 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"gptkit: error: {e.filename or e}: no such file or directory", file=sys.stderr)
         return 2
-    except MemoryError as e:  # numpy's ArrayMemoryError, the interpreter's: a model or batch too large here
-        print(f"gptkit: error: out of memory ({str(e).splitlines()[0][:160] or type(e).__name__}); use a smaller "
-              "model, batch or context", file=sys.stderr)
-        return 2
-    except RuntimeError as e:
+    except (MemoryError, RuntimeError) as e:
         if not is_out_of_memory(e):
             raise
-        print(f"gptkit: error: out of memory ({str(e).splitlines()[0][:160]}); use a smaller model, batch or "
-              "context", file=sys.stderr)
+        why = (str(e).splitlines() or [type(e).__name__])[0][:160]
+        print(f"gptkit: error: out of memory ({why}); use a smaller model, batch or context", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `gptkit ... | head`: the reader left; not an error worth a traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

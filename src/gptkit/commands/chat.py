@@ -18,8 +18,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from ..runtime import pick_device, set_threads
 
     opts = from_args(ChatOptions, args)
-    params = SamplingParams(max_new_tokens=opts.max_new_tokens, temperature=opts.temperature, top_k=top_k_or_none(opts.top_k),
-                            top_p=opts.top_p, seed=opts.seed)
+    params = SamplingParams(max_new_tokens=opts.max_new_tokens, temperature=opts.temperature,
+                            top_k=top_k_or_none(opts.top_k), top_p=opts.top_p, seed=opts.seed)
     try:
         params.validate()
     except GenerationError as e:  # name the flag, not the field
