@@ -38,6 +38,12 @@ def threads(help: str = "CPU threads for torch (default: torch's choice)", **kw:
     return opt(None, help, metavar="N", **kw)
 
 
+def guarded_threads() -> Any:
+    """--threads of the commands that train (gptkit.threadguard drops to fewer while another process runs)."""
+    return threads("CPU threads for torch (default: torch's choice, halved while another process takes the CPU; "
+                   "a number fixes the count)")
+
+
 def seed(what: str, default: int | None = SEED) -> Any:
     return opt(default, f"random seed ({what})", metavar="N")
 

@@ -107,8 +107,7 @@ class FinetuneConfig:
     from_scratch: bool = opt(False, "same architecture and tokenizer as --ckpt, random initial weights")
     seed: int = common.seed("head init, shuffling, dropout, subsets")
     eval_batch_size: int | None = opt(None, "examples per evaluation batch (default 2 × batch size)")
-    threads: int | None = common.threads("CPU threads for torch (default: torch's choice, halved while "
-                                         "another process takes the CPU; a number fixes the count)")
+    threads: int | None = common.guarded_threads()
     device: str = common.device()
     dtype: str = opt("auto", "float32 or bfloat16 autocast (weights stay float32); auto: bfloat16 on GPUs that "
                              "have it, else float32. On CPUs with bf16 units (AMX, AVX512-BF16) bfloat16 is faster "

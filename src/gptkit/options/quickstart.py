@@ -27,7 +27,6 @@ class QuickstartOptions:
     max_new_tokens: int = opt(500, "tokens (characters) to sample", old={"--tokens": None})
     seed: int = common.seed("the sample")
     device: str = common.device()
-    threads: int | None = common.threads("CPU threads for torch (default: torch's choice, halved while "
-                                         "another process takes the CPU; a number fixes the count)")
+    threads: int | None = common.guarded_threads()
     resume: bool = opt(False, "continue an interrupted quickstart in --out")
     quiet: bool = common.quiet()

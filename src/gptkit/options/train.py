@@ -71,8 +71,7 @@ class TrainConfig:
     activation_checkpointing: bool = opt(False, "recompute each block's activations in backward (saves memory)")
     checkpoint_format: str = opt("auto", "full (rank 0 writes model.safetensors) or sharded (every process writes "
                                 "its own shards, nothing gathered); auto: sharded under FSDP, else full")
-    threads: int | None = common.threads("CPU threads for torch (default: torch's choice, halved while "
-                                         "another process takes the CPU; a number fixes the count)")
+    threads: int | None = common.guarded_threads()
     resume: bool = opt(False, "continue the run in --out from its latest checkpoint")
     sample_every: int = opt(0, "print a short sample every N steps (0: never)")
     quiet: bool = common.quiet(old={"--no-quiet": None})
