@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import assert_one_line_error, run, save_char_ckpt
+from gptkit.cli import main
 
 
 @pytest.fixture
@@ -75,3 +76,89 @@ def test_quickstart_checks_the_prompt_before_training(tmp_path, capsys):
     assert_one_line_error(rc, last, "--prompt", "'X'")
     assert "Traceback" not in err
     assert not (out / "run").exists()  # stopped before training
+
+
+def test_quickstart_resume_of_a_finished_run_samples_again(tmp_path, capsys):
+    """`--resume` on a quickstart that has nothing left to train says so and samples (it crashed formatting a
+    missing val loss, after rewriting the run's train_config.json)."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("abc abd abe\n" * 200)
+    out = tmp_path / "qs"
+    cmd = ["quickstart", "--input", corpus, "--out", out, "--max-iters", "1", "--quiet", "--device", "cpu",
+           "--max-new-tokens", "3", "--prompt", "ab"]
+    assert run(capsys, *cmd)[0] == 0
+    saved = (out / "run" / "train_config.json").read_bytes()
+    rc, text, err = run(capsys, *cmd, "--resume")
+    assert rc == 0, err
+    assert "nothing left to train" in err and text.startswith("ab")
+    assert (out / "run" / "train_config.json").read_bytes() == saved
+
+
+# ------------------------------------------------------------------------------------------ train --resume
+@pytest.fixture
+def tiny_run(tmp_path, capsys) -> tuple[list[str], Path]:
+    """A 2-step char run over a small corpus, and the `gptkit train` command that made it."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 300)
+    data = tmp_path / "data"
+    assert run(capsys, "prepare", "--input", corpus, "--out", data, "--tokenizer-kind", "char", "--quiet")[0] == 0
+    out = tmp_path / "run"
+    cmd = ["train", "--data", data, "--out", out, "--preset", "gpt-nano", "--block-size", "16", "--batch-size", "2",
+           "--eval-iters", "1", "--device", "cpu", "--quiet"]
+    assert run(capsys, *cmd, "--max-iters", "2")[0] == 0
+    return cmd, out
+
+
+def test_a_resume_that_fails_before_its_first_step_leaves_the_runs_settings(tiny_run, capsys, monkeypatch):
+    """train_config.json is rewritten only once a resumed run has trained a step: a resume that fails before (it
+    wrote the rejected settings first, e.g. a --grad-accum the machine could not take) leaves it as it was."""
+    import gptkit.train
+
+    cmd, out = tiny_run
+    saved = (out / "train_config.json").read_bytes()
+
+    def fails(self, step):
+        raise RuntimeError("the first step failed")
+
+    monkeypatch.setattr(gptkit.train.Trainer, "step", fails)
+    with pytest.raises(RuntimeError, match="first step failed"):
+        run(capsys, *cmd, "--max-iters", "4", "--grad-accum", "3", "--resume")
+    assert (out / "train_config.json").read_bytes() == saved
+    monkeypatch.undo()
+    assert run(capsys, *cmd, "--max-iters", "4", "--grad-accum", "3", "--resume")[0] == 0
+    assert json.loads((out / "train_config.json").read_text())["grad_accum"] == 3
+
+
+def test_a_resume_reads_a_damaged_metrics_file_and_refuses_bad_saved_settings(tiny_run, capsys):
+    cmd, out = tiny_run
+    with open(out / "metrics.jsonl", "ab") as f:
+        f.write(b"\xff\xfe not json\n")  # a line cut or damaged: dropped, not a UnicodeDecodeError
+    assert run(capsys, *cmd, "--max-iters", "3", "--resume")[0] == 0
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()][-1] == 3
+    ckpt = sorted((out / "checkpoints").iterdir())[-1] / "config.json"
+    config = json.loads(ckpt.read_text())
+    config["train"]["batch_size"] = "x"
+    ckpt.write_text(json.dumps(config))
+    rc, _, err = run(capsys, *cmd, "--max-iters", "4", "--resume")
+    assert_one_line_error(rc, err, "train.batch_size must be an integer")
+
+
+# ------------------------------------------------------------------------------------------ the parser
+@pytest.mark.parametrize("argv, fragments", [
+    (["sample", "--ckpt", "x", "--seed", "abc"], ["--seed: invalid int value: 'abc'", "`gptkit sample --help`"]),
+    (["serve", "--ckpt", "x", "--port", "abc"], ["--port"]),
+    (["train", "--max-iters", "2.5"], ["--max-iters"]),
+    (["scale", "fit", "--unit", "foo", "run"], ["--unit", "'foo'", "`gptkit scale fit --help`"]),
+    (["nonexistent"], ["'nonexistent'", "`gptkit --help`"]),
+    (["sample"], ["required: --ckpt"]),
+    (["data"], ["`gptkit data` needs a command: clean, quality, dedup"]),
+    (["data", "quality"], ["`gptkit data quality` needs a command: train, filter"])])
+def test_the_parsers_own_errors_are_one_line(argv, fragments, capsys):
+    """A flag of the wrong type, a missing required flag, an unknown or missing command: one `gptkit: error:`
+    line naming the help to read, exit status 2 (argparse printed its 10-24 line usage block first)."""
+    capsys.readouterr()
+    try:
+        rc = main(argv)
+    except SystemExit as e:
+        rc = e.code
+    assert_one_line_error(rc, capsys.readouterr().err, *fragments)

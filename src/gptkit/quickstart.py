@@ -163,8 +163,9 @@ def _run(args: QuickstartOptions) -> int:
     prompt = args.prompt
     ids = tok.encode(prompt)
     gen = torch.Generator().manual_seed(args.seed)
-    print(f"\ntrained {summary['steps']} steps, val loss {summary['val_loss']:.3f} "
-          f"(total {time.perf_counter() - t0:.0f} s). A sample:\n", file=sys.stderr)
+    done = f"val loss {summary['val_loss']:.3f}" if summary["val_loss"] is not None else "nothing left to train"
+    print(f"\ntrained {summary['steps']} steps, {done} (total {time.perf_counter() - t0:.0f} s). A sample:\n",
+          file=sys.stderr)
     sys.stdout.write(prompt)
     tokens = (int(t) for t in stream(model, torch.tensor([ids]), args.max_new_tokens, temperature=0.8, top_k=None,
                                      generator=gen))

@@ -257,7 +257,7 @@ def truncate_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     keep = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():  # a bad line is dropped below
         try:
             if json.loads(line)["step"] <= step:
                 keep.append(line)
@@ -314,6 +314,7 @@ def resolve_run(cfg: TrainConfig) -> tuple[TrainConfig, Path | None]:
     except (KeyError, TypeError) as e:
         raise TrainError(f"--resume: {resume_from} was not written by `gptkit train` ({type(e).__name__}: {e})") \
             from None
+    check_types(dataclasses.asdict(saved_cfg), f"--resume: {resume_from / 'config.json'}: train.")
     # The run continues with its own settings. Only these may be changed on resume, and only when given
     # explicitly (a flag or the config file; all of them when train() is called from Python): where and how
     # fast it runs, how long, and grad_accum, so that a run saved by N processes keeps its global batch on M.
@@ -330,6 +331,7 @@ def resolve_run(cfg: TrainConfig) -> tuple[TrainConfig, Path | None]:
         if explicit is None or name in explicit:
             setattr(saved_cfg, name, getattr(cfg, name))
     saved_cfg.resume, saved_cfg.out, saved_cfg.data = True, cfg.out, cfg.data
+    saved_cfg.validate()  # the saved settings too (a hand-edited config.json)
     return saved_cfg.resolved(), resume_from
 
 
@@ -580,9 +582,9 @@ def restore_state(cfg: TrainConfig, rt: Runtime, built: Built, optimizer, loader
     return TrainState.from_saved(saved)
 
 
-def open_run_dir(cfg: TrainConfig, rt: Runtime, resumed: bool, step: int) -> Path:
-    """Rank 0 makes the run directory, drops metric lines past the checkpoint resumed from (logged before a
-    kill), and writes the resolved options; returns metrics.jsonl's path."""
+def open_run_dir(rt: Runtime, resumed: bool, step: int) -> Path:
+    """Rank 0 makes the run directory and drops metric lines past the checkpoint resumed from (logged before a
+    kill); returns metrics.jsonl's path. The resolved options are written after the first step (save_settings)."""
 
     metrics_path = rt.run_dir / "metrics.jsonl"
     if rt.info.is_main:
@@ -591,8 +593,15 @@ def open_run_dir(cfg: TrainConfig, rt: Runtime, resumed: bool, step: int) -> Pat
             truncate_metrics(metrics_path, step)
         else:
             metrics_path.unlink(missing_ok=True)
-        atomic_write_text(rt.run_dir / "train_config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
     return metrics_path
+
+
+def save_settings(cfg: TrainConfig, rt: Runtime) -> None:
+    """train_config.json: the run's resolved options. Written once its first step has trained (and again at each
+    re-plan of a time budget), so that a command that fails before (a setting the machine cannot take, a bad
+    file) leaves the settings of the run it would have continued as they were."""
+    if rt.info.is_main:
+        atomic_write_text(rt.run_dir / "train_config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
 
 
 # --------------------------------------------------------------------- phases: step, evaluate, checkpoint
@@ -822,8 +831,7 @@ def set_length(cfg: TrainConfig, total: int, step: int, rt: Runtime, display: Pr
                      else f"training {total} steps"))
     cfg.max_iters = total
     display.update(bar, total=total)
-    if rt.info.is_main:
-        atomic_write_text(rt.run_dir / "train_config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
+    save_settings(cfg, rt)
 
 
 # ------------------------------------------------------------------------------------------- logging
@@ -876,7 +884,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         optimizer = adamw(built.model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps,
                           fused=rt.mode != "fsdp")
         state = restore_state(cfg, rt, built, optimizer, loader, resume_from)
-        metrics_path = open_run_dir(cfg, rt, resume_from is not None, state.step)
+        metrics_path = open_run_dir(rt, resume_from is not None, state.step)
         t = Trainer(cfg, rt, built.model, wrapped, optimizer, loader, splits)
         last_eval = run_steps(cfg, rt, t, state, metrics_path)
         if rt.info.is_main:
@@ -908,6 +916,8 @@ def run_steps(cfg: TrainConfig, rt: Runtime, t: Trainer, state: TrainState, metr
             lr, loss_sum = t.step(step)
             took = budget.after_step(probe=guard.trying)
             step += 1
+            if step == state.step + 1:
+                save_settings(cfg, rt)
             guard.after_step(took, step)
             state.tokens += t.tokens_per_step
             log.tokens_last += t.tokens_per_step
