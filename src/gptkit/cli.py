@@ -32,9 +32,18 @@ from .options import as_typed
 
 
 # ------------------------------------------------------------------------------------------------ main
+class Parser(argparse.ArgumentParser):
+    """argparse's parser whose mistakes (a flag of the wrong type, a missing required flag, an unknown command)
+    are one line, `gptkit: error: ...`, as every other mistake is, not its usage block; exit status 2. Its
+    subcommands' parsers are of this class too (argparse makes them with the parent's class)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"gptkit: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gptkit", description="The GPT family end to end: pre-train, "
-                                     "fine-tune, evaluate, sample, serve.")
+    parser = Parser(prog="gptkit", description="The GPT family end to end: pre-train, fine-tune, evaluate, "
+                    "sample, serve.")
     parser.add_argument("--version", action="version", version=f"gptkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in ADDERS:

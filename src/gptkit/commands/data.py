@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..errors import GptkitError
 from ..options import from_args
 from ..options.data import CleanOptions, DedupOptions, PrepareOptions, QualityFilterOptions, QualityTrainOptions
 from . import add_command
@@ -30,10 +31,16 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
 
 def _group(sub: argparse._SubParsersAction, name: str, help: str, description: str | None = None,
            dest: str = "") -> argparse._SubParsersAction:
-    """A command that only holds subcommands (`gptkit data`, `gptkit data quality`); alone it prints its help."""
+    """A command that only holds subcommands (`gptkit data`, `gptkit data quality`); alone it is a mistake that
+    names them (as a missing subcommand is in git or pip)."""
     p = sub.add_parser(name, help=help, description=description)
-    p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
-    return p.add_subparsers(dest=dest or f"{name}_command", metavar="COMMAND")
+    subs = p.add_subparsers(dest=dest or f"{name}_command", metavar="COMMAND")
+
+    def needs_one(args: argparse.Namespace) -> int:
+        raise GptkitError(f"`{p.prog}` needs a command: {', '.join(subs.choices)} (see `{p.prog} --help`)")
+
+    p.set_defaults(func=needs_one)
+    return subs
 
 
 def add_data(sub: argparse._SubParsersAction) -> None:
