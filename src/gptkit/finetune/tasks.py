@@ -135,9 +135,47 @@ def _open_text(path: Path):
         raise TaskError(f"{path}: cannot read ({e.strerror})") from None
 
 
+def first_bad_utf8(path: Path, block: int = 1 << 20) -> tuple[int, int, int] | None:
+    """(byte offset, byte, line number) of the first byte of `path` that is not UTF-8, or None; read in blocks, a
+    sequence cut by a block's end carried over to the next."""
+    offset, line, carry = 0, 1, b""
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(block)
+            buf = carry + chunk
+            try:
+                buf.decode("utf-8")
+                carry = b""
+            except UnicodeDecodeError as e:
+                if chunk and e.end == len(buf) and e.reason == "unexpected end of data":
+                    carry = buf[e.start:]  # a character cut by the block's end: decided with the next block
+                else:
+                    return offset + e.start, buf[e.start], line + buf.count(b"\n", 0, e.start)
+                buf = buf[: e.start]
+            if not chunk:
+                return None
+            offset += len(buf)
+            line += buf.count(b"\n")
+
+
+def _text_lines(f, path: Path):
+    """The lines of an open text file; bytes that are not UTF-8 raise one TaskError naming the file, the line
+    and the byte offset. Labelled data is refused rather than read with U+FFFD (as `gptkit prepare` reads a
+    corpus): a replaced character in a label or a text would train on something the file does not say."""
+    try:
+        yield from f
+    except UnicodeDecodeError:
+        bad = first_bad_utf8(path)
+        if bad is None:  # the file changed while it was read
+            raise TaskError(f"{path}: not UTF-8 text") from None
+        offset, byte, line = bad
+        raise TaskError(f"{path}:{line}: not UTF-8 text (byte 0x{byte:02x} at offset {offset}); save the file as "
+                        f"UTF-8") from None
+
+
 def _iter_rows_jsonl(path: Path):
     with _open_text(path) as f:
-        yield from jsonl_objects(f, path, TaskError)
+        yield from jsonl_objects(_text_lines(f, path), path, TaskError)
 
 
 def _iter_rows_delimited(path: Path, delimiter: str, header: bool):
@@ -147,7 +185,7 @@ def _iter_rows_delimited(path: Path, delimiter: str, header: bool):
     """
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     with _open_text(path) as f:
-        reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
+        reader = csv.reader(_text_lines(f, path), delimiter=delimiter, quoting=quoting)
         names: list[str] | None = None
         first = True
         try:
@@ -177,7 +215,7 @@ def _iter_rows_delimited(path: Path, delimiter: str, header: bool):
 def _iter_rows_sst2(path: Path):
     """SST-2 as distributed with the few-shot / CNN papers: `LABEL sentence`, one example a line."""
     with _open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
+        for lineno, line in enumerate(_text_lines(f, path), 1):
             line = line.rstrip("\r\n")
             if not line.strip():
                 continue
