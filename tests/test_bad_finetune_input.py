@@ -101,3 +101,24 @@ def test_first_bad_utf8_finds_the_byte_across_block_ends(tmp_path, block):
     assert T.first_bad_utf8(p, block) == (10, 0xe2, 2)
 
 
+# ------------------------------------------------------------------------- G6: an unknown --format
+def test_finetune_says_unknown_format_not_task_type(tmp_path, capsys):
+    rc, _, err = run(capsys, *_finetune(tmp_path, fmt="nope"))
+    assert_one_line_error(rc, err, "unknown format 'nope'; choose one of: sst2")
+    assert "--task-type" not in err
+
+
+def test_predict_refuses_an_unknown_format_before_loading_the_model(tmp_path, sst2_input, capsys):
+    rc, _, err = run(capsys, "predict", "--ckpt", tmp_path / "nockpt", "--input", sst2_input, "--out",
+                     tmp_path / "p.jsonl", "--format", "nope")
+    assert_one_line_error(rc, err, "unknown format 'nope'; choose one of: sst2")
+
+
+# ---------------------------------------------------------------- H1: --out in a directory that does not exist
+def test_predict_does_not_create_the_directory_of_out(finetuned, sst2_input, tmp_path, capsys):
+    out = tmp_path / "missing" / "deeper" / "p.jsonl"
+    rc, _, err = run(capsys, "predict", "--ckpt", finetuned, "--input", sst2_input, "--out", out, "--device", "cpu")
+    assert_one_line_error(rc, err, f"--out {out}: directory {out.parent} does not exist")
+    assert not (tmp_path / "missing").exists()
+
+

@@ -70,6 +70,7 @@ from .tasks import (
     TaskError,
     TaskSpec,
     build_spec,
+    check_format,
     default_columns,
     encode_examples,
     infer_format,
@@ -94,6 +95,7 @@ POSITIONAL_FORMATS = ("sst2", "mrpc", "stsb")
 def resolve_format_task(fmt: str | None, task: str | None, path: str, regression: bool) -> tuple[str, str, bool]:
     """The file format, the task and whether it is a regression, from the flags and the format's defaults."""
     fmt = fmt or infer_format(path)
+    check_format(fmt)
     if fmt in FORMAT_TASKS:
         if task is None:
             task = FORMAT_TASKS[fmt][0]
@@ -609,7 +611,9 @@ def predict(ckpt: str | Path, input: str | Path, out: str | Path, fmt: str | Non
 
     positive_int(batch_size, "--batch-size", TaskError, allow_none=False)
     positive_int(max_examples, "--limit", TaskError)
-    check_output_file(out, "--out", [input], TaskError, create_parent=True)
+    check_output_file(out, "--out", [input], TaskError)  # its directory must exist, as for eval's and data's
+    if fmt is not None:
+        check_format(fmt)  # before the model loads
     model, spec, tok = load_finetuned(ckpt, map_location=device)
     fmt = fmt or spec.format
     cols = Columns.from_dict(spec.columns) if fmt == spec.format else default_columns(fmt, spec.task)
@@ -622,7 +626,5 @@ def predict(ckpt: str | Path, input: str | Path, out: str | Path, fmt: str | Non
     encoded = encode_examples(examples, tok, spec)
     autocast = model.autocast_dtype if dtype == "auto" else pick_dtype(dtype, torch.device(device))
     metrics, records = evaluate(model, encoded, spec, batch_size, torch.device(device), autocast)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
     return metrics

@@ -113,6 +113,12 @@ def default_columns(fmt: str, task: str) -> Columns:
     }[task]
 
 
+def check_format(fmt: str) -> None:
+    """One line for a format gptkit cannot read."""
+    if fmt not in FORMATS:
+        raise TaskError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+
+
 def infer_format(path: str | Path) -> str:
     """jsonl / csv / tsv from a file name; named formats must be asked for with --format."""
     name = str(path).lower()
@@ -327,8 +333,7 @@ def read_examples(path: str | Path, fmt: str, task: str, columns: Columns | None
     with `FILE:LINE: ...`.
     """
     path = Path(path)
-    if fmt not in FORMATS:
-        raise TaskError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    check_format(fmt)
     cols = columns or default_columns(fmt, task)
     rows = _rows(path, fmt, cols)
     if fmt == "stsb":

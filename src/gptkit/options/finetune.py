@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields, replace
 
-from ..finetune.tasks import TASKS, TaskError
+from ..finetune.tasks import TASKS, TaskError, check_format
 from . import common
 from .generator import flag_name, opt
 
@@ -124,6 +124,8 @@ class FinetuneConfig:
             raise TaskError("give --valid FILE, or --valid-from-train SHARE to hold out part of --train")
         if self.valid and self.valid_from_train is not None:
             raise TaskError("give either --valid or --valid-from-train, not both")
+        if self.format is not None:
+            check_format(self.format)  # before --task-type, which a format that holds one task does not need
         if self.task is not None and self.task not in TASKS:
             raise TaskError(f"unknown --task-type {self.task!r}; choose one of: {', '.join(TASKS)}")
         for name in ("batch_size",):
