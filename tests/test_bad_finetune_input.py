@@ -13,6 +13,7 @@ import torch
 
 from cli_helpers import assert_one_line_error, run, save_char_ckpt
 from gptkit.finetune import tasks as T
+from gptkit.options.finetune import FinetuneConfig
 
 SST2 = "1 hello world\n0 the quick fox\n1 the brown fox\n0 hello there\n1 we owe the world\n0 the low fox\n"
 """sst2 lines (`LABEL sentence`) in the characters of save_char_ckpt's vocabulary."""
@@ -99,6 +100,27 @@ def test_first_bad_utf8_finds_the_byte_across_block_ends(tmp_path, block):
     assert T.first_bad_utf8(p, block) is None
     p.write_bytes("é€😀\n".encode() + b"\xe2")  # cut by the end of the file
     assert T.first_bad_utf8(p, block) == (10, 0xe2, 2)
+
+
+# ------------------------------------------------------------------- F1, F2: the ranges `gptkit train` allows
+@pytest.mark.parametrize("flag, value, message", [
+    ("--weight-decay", "-1", "--weight-decay must be finite and >= 0, got -1.0"),
+    ("--weight-decay", "inf", "--weight-decay must be finite and >= 0, got inf"),
+    ("--grad-clip", "-1", "--grad-clip must be finite and >= 0 (0: off), got -1.0"),
+    ("--grad-clip", "nan", "--grad-clip must be finite and >= 0 (0: off), got nan"),
+    ("--lr", "1e300", "--lr must be in (0, 1], got 1e+300"),
+    ("--lr", "1.5", "--lr must be in (0, 1], got 1.5"),
+    ("--lr", "0", "--lr must be in (0, 1], got 0.0"),
+])
+def test_finetune_refuses_optimizer_flags_train_refuses(tmp_path, capsys, flag, value, message):
+    rc, _, err = run(capsys, *_finetune(tmp_path, flag, value))
+    assert_one_line_error(rc, err, message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_ends_of_the_optimizer_ranges_are_allowed():
+    cfg = FinetuneConfig(ckpt="c", train="t", valid="v", out="o", lr=1.0, weight_decay=0.0, grad_clip=0.0)
+    cfg.validate()
 
 
 # ------------------------------------------------------------------------- G6: an unknown --format

@@ -131,14 +131,18 @@ class FinetuneConfig:
         for name in ("batch_size",):
             if getattr(self, name) <= 0:
                 raise TaskError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        for name in ("epochs", "lr", "lm_coef", "warmup", "head_dropout", "dropout", "valid_from_train"):
+        for name, ok, want in (("lr", lambda v: 0 < v <= 1, "in (0, 1]"),  # gptkit train's ranges and words
+                               ("weight_decay", lambda v: v >= 0, "finite and >= 0"),
+                               ("grad_clip", lambda v: v >= 0, "finite and >= 0 (0: off)")):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and ok(v)):
+                raise TaskError(f"{flag[name]} must be {want}, got {v}")
+        for name in ("epochs", "lm_coef", "warmup", "head_dropout", "dropout", "valid_from_train"):
             v = getattr(self, name, None)
             if isinstance(v, float) and not math.isfinite(v):  # nan passes every comparison below
                 raise TaskError(f"--{name.replace('_', '-')} must be a finite number, got {v}")
         if self.epochs is not None and not self.epochs > 0:
             raise TaskError(f"--epochs must be positive, got {self.epochs}")
-        if self.lr is not None and not self.lr > 0:
-            raise TaskError(f"--lr must be positive, got {self.lr}")
         if not self.lm_coef >= 0:
             raise TaskError(f"--lm-coef must be >= 0, got {self.lm_coef}")
         if self.warmup is not None and not 0 <= self.warmup < 1:
