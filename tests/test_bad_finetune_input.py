@@ -6,10 +6,14 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import json
+import shutil
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from cli_helpers import assert_one_line_error, run, save_char_ckpt
 from gptkit.finetune import tasks as T
@@ -102,6 +106,106 @@ def test_first_bad_utf8_finds_the_byte_across_block_ends(tmp_path, block):
     assert T.first_bad_utf8(p, block) == (10, 0xe2, 2)
 
 
+# ------------------------------------------------------------------------ B6, G2, G4: a damaged task.json
+def _edit(key, value):
+    def edit(d):
+        *path, last = key.split(".")
+        for k in path:
+            d = d[k]
+        d[last] = value
+    return edit
+
+
+def _drop(key):
+    return lambda d: d.pop(key)
+
+
+def _swap_special_ids(d):
+    ids = d["special_ids"]
+    ids["start"], ids["extract"] = ids["extract"], ids["start"]
+
+
+TASK_JSON_CASES = {
+    "max_len_text": (_edit("max_len", "x"), ["max_len must be a whole number", 'got "x"']),
+    "max_len_too_long": (_edit("max_len", 999), ["max_len 999 is longer than the model's context (16)"]),
+    "max_len_too_short": (_edit("max_len", 2), ["max_len must be a whole number >= 3"]),
+    "special_id_outside_vocab": (_edit("special_ids.start", 999999),
+                                 ["special_ids.start 999999 is outside the model's vocabulary"]),
+    "special_ids_swapped": (_swap_special_ids, ["special_ids.start is", "the tokenizer's <|start|> is"]),
+    "special_ids_missing": (_drop("special_ids"), ["special_ids must be an object with start, delimiter, extract"]),
+    "special_id_text": (_edit("special_ids.extract", "e"), ["special_ids.extract must be a token id"]),
+    "columns_null": (_edit("columns", None), ["columns must be an object", "got null"]),
+    "columns_text_number": (_edit("columns.text", 5), ["columns.text must be a list"]),
+    "columns_unknown": (_edit("columns.extra", 1), ["unknown field columns.extra"]),
+    "labels_empty": (_edit("labels", []), ["labels must be two or more different class names", "got []"]),
+    "labels_text": (_edit("labels", "01"), ["labels must be a list of class names", 'got "01"']),
+    "labels_repeated": (_edit("labels", ["1", "1"]), ["labels must be two or more different class names"]),
+    "positive_label": (_edit("positive_label", "7"), ["positive_label must be null or one of the labels"]),
+    "regression_text": (_edit("regression", "no"), ["regression must be true or false", 'got "no"']),
+    "task_unknown": (_edit("task", "summarize"), ["task must be one of classification", 'got "summarize"']),
+    "format_unknown": (_edit("format", "xml"), ["format must be one of sst2", 'got "xml"']),
+    "dtype_unknown": (_edit("dtype", "int8"), ['dtype must be float32 or bfloat16, got "int8"']),
+    "head_dropout": (_edit("head_dropout", 2), ["head_dropout must be a number in [0, 1), got 2"]),
+    "unknown_field": (_edit("colums", {}), ["unknown field 'colums'"]),
+    "a_list": (lambda d: None, ["expected a JSON object, got a list"]),
+}
+
+
+@pytest.mark.parametrize("case", list(TASK_JSON_CASES))
+def test_predict_names_the_bad_field_of_task_json(finetuned, sst2_input, tmp_path, capsys, recwarn, case):
+    edit, fragments = TASK_JSON_CASES[case]
+    model = tmp_path / "model"
+    shutil.copytree(finetuned, model)
+    spec = json.loads((model / "task.json").read_text())
+    edit(spec)
+    (model / "task.json").write_text(json.dumps([] if case == "a_list" else spec))
+    out = tmp_path / "p.jsonl"
+    rc, _, err = run(capsys, "predict", "--ckpt", model, "--input", sst2_input, "--out", out, "--device", "cpu")
+    assert_one_line_error(rc, err, f"{model / 'task.json'}", *fragments)
+    assert not [str(w.message) for w in recwarn if issubclass(w.category, UserWarning)]  # G4: torch's, before it
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("data, fragment", [(b'{"task": "\xff"}', "can't decode byte 0xff"),
+                                            (b'{"task": ', "Expecting value")])
+def test_predict_names_a_task_json_that_is_not_json(finetuned, sst2_input, tmp_path, capsys, data, fragment):
+    model = tmp_path / "model"
+    shutil.copytree(finetuned, model)
+    (model / "task.json").write_bytes(data)
+    rc, _, err = run(capsys, "predict", "--ckpt", model, "--input", sst2_input, "--out", tmp_path / "p.jsonl")
+    assert_one_line_error(rc, err, f"{model / 'task.json'} is not a valid task spec", fragment)
+
+
+def test_predict_still_reads_an_intact_task_json(finetuned, sst2_input, tmp_path, capsys):
+    out = tmp_path / "p.jsonl"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        rc, _, err = run(capsys, "predict", "--ckpt", finetuned, "--input", sst2_input, "--out", out,
+                         "--device", "cpu")
+    assert rc == 0, err
+    assert len(out.read_text().splitlines()) == 6
+
+
+# ------------------------------------------------------------------------------ G3: a head of the wrong shape
+@pytest.mark.parametrize("tensors, fragments", [
+    ({"linear.weight": (5, 8), "linear.bias": (5,)},
+     ["linear.weight has shape [5, 8], the classification head in task.json needs [2, 8]", "2 outputs"]),
+    ({"linear.weight": (2, 8), "linear.bias": (3,)}, ["linear.bias has shape [3], ", "needs [2]"]),
+    ({"linear.weight": (2, 8)}, ["has no tensor linear.bias"]),
+    ({"linear.weight": (2, 8), "linear.bias": (2,), "extra": (1,)}, ["has tensors", "does not: extra"]),
+])
+def test_predict_names_the_head_tensor_that_does_not_fit(finetuned, sst2_input, tmp_path, capsys, tensors,
+                                                         fragments):
+    model = tmp_path / "model"
+    shutil.copytree(finetuned, model)
+    save_file({k: torch.zeros(shape) for k, shape in tensors.items()}, str(model / "head.safetensors"))
+    out = tmp_path / "p.jsonl"
+    rc, _, err = run(capsys, "predict", "--ckpt", model, "--input", sst2_input, "--out", out, "--device", "cpu")
+    assert_one_line_error(rc, err, str(model / "head.safetensors"), *fragments)
+    assert "Error(s) in loading state_dict" not in err
+    assert not out.exists()
+
+
 # ------------------------------------------------------------------- F1, F2: the ranges `gptkit train` allows
 @pytest.mark.parametrize("flag, value, message", [
     ("--weight-decay", "-1", "--weight-decay must be finite and >= 0, got -1.0"),
@@ -144,3 +248,12 @@ def test_predict_does_not_create_the_directory_of_out(finetuned, sst2_input, tmp
     assert not (tmp_path / "missing").exists()
 
 
+# ------------------------------------------------------------------------ --max-len shorter than the task
+@pytest.mark.parametrize("max_len, task, fmt", [("2", "classification", "sst2"), ("4", "entailment", "jsonl")])
+def test_finetune_refuses_a_max_len_with_no_room_for_the_texts(tmp_path, capsys, max_len, task, fmt):
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps({"premise": "p", "hypothesis": "h", "label": "x"}) + "\n")
+    argv = _finetune(tmp_path, "--max-len", max_len, "--task-type", task, fmt=fmt,
+                     train=None if fmt == "sst2" else train)
+    rc, _, err = run(capsys, *argv)
+    assert_one_line_error(rc, err, f"--max-len {max_len} leaves no room", f"{task} task")

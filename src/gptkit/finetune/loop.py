@@ -54,7 +54,7 @@ from ..errors import CheckpointError
 from ..io import atomic_write_text, new_tmp_dir, publish_dir
 from ..model import GPT
 from ..optim import adamw, optimizer_step, set_lr, warmup_linear
-from ..options.finetune import FinetuneConfig, recipe
+from ..options.finetune import FT_DTYPES, FinetuneConfig, recipe
 from ..runlock import LOCK_NAME, run_lock
 from ..runtime import DeviceError, Progress, autocast, keep_freed_memory, pick_device, pick_dtype, set_threads
 from ..threadguard import ThreadGuard
@@ -74,6 +74,7 @@ from .tasks import (
     default_columns,
     encode_examples,
     infer_format,
+    min_len,
     read_examples,
     split_holdout,
     subsample,
@@ -151,6 +152,9 @@ class Data:
 def load_data(cfg: FinetuneConfig) -> Data:
     """Read and check every file before any model is loaded (bad input fails fast, with FILE:LINE)."""
     fmt, task, regression = resolve_format_task(cfg.format, cfg.task, cfg.train, cfg.regression)
+    if cfg.max_len is not None and cfg.max_len < min_len(task):
+        raise TaskError(f"--max-len {cfg.max_len} leaves no room for the texts and special tokens of a {task} task "
+                        f"(at least {min_len(task)})")
     cols = columns_from_flags(fmt, task, cfg.text_field, cfg.pair_field, cfg.choice_fields, cfg.label_field,
                               cfg.header, cfg.index_base)
 
@@ -572,6 +576,64 @@ def save_finetuned(directory: Path, model: FinetuneModel, tokenizer: Tokenizer, 
                                                 indent=2) + "\n")
 
 
+def read_task_json(path: Path) -> tuple[TaskSpec, float, torch.dtype]:
+    """The task spec, head dropout and autocast dtype a fine-tuned model's task.json holds; a bad file or field
+    is one CheckpointError naming the file (and the field)."""
+
+    head_dropout, dtype = 0.1, "float32"  # the defaults of files written before they were recorded
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(d, dict):
+            d = dict(d)
+            head_dropout, dtype = d.pop("head_dropout", head_dropout), d.pop("dtype", dtype)
+        spec = TaskSpec.from_dict(d)
+        if not isinstance(head_dropout, (int, float)) or isinstance(head_dropout, bool) \
+                or not 0 <= head_dropout < 1:
+            raise TaskError(f"head_dropout must be a number in [0, 1), got {json.dumps(head_dropout)}")
+        if dtype not in FT_DTYPES[1:]:  # recorded as resolved: never auto
+            raise TaskError(f"dtype must be {' or '.join(FT_DTYPES[1:])}, got {json.dumps(dtype)}")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TaskError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else e
+        raise CheckpointError(f"{path} is not a valid task spec ({why})") from None
+    return spec, float(head_dropout), pick_dtype(dtype, torch.device("cpu"))
+
+
+def check_spec_fits(spec: TaskSpec, gpt: GPT, tok: Tokenizer, path: Path) -> None:
+    """The task.json at `path` fits its model: special token ids in the vocabulary (the tokenizer's own ids when
+    it knows the tokens) and max_len within the context."""
+
+    known = tok.special_tokens
+    for name, i in spec.special_ids.items():
+        token = spec.special_tokens[name]
+        if i >= gpt.config.vocab_size:
+            raise CheckpointError(f"{path}: special_ids.{name} {i} is outside the model's vocabulary "
+                                  f"({gpt.config.vocab_size} tokens)")
+        if token in known and known[token] != i:
+            raise CheckpointError(f"{path}: special_ids.{name} is {i}, but the tokenizer's {token} is "
+                                  f"{known[token]}")
+    if spec.max_len > gpt.config.block_size:
+        raise CheckpointError(f"{path}: max_len {spec.max_len} is longer than the model's context "
+                              f"({gpt.config.block_size})")
+
+
+def check_head_fits(head: torch.nn.Module, sd: dict[str, torch.Tensor], spec: TaskSpec, path: Path) -> None:
+    """The weights in head.safetensors are the tensors the task's head has, of its shapes; else one line naming
+    the first tensor that differs."""
+
+    want = head.state_dict()
+    outputs = ("one output" if spec.n_outputs == 1 else f"{spec.n_outputs} outputs, one per label")
+    for name, t in want.items():
+        if name not in sd:
+            raise CheckpointError(f"{path} has no tensor {name}; the {spec.task} head in {TASK_JSON} needs it")
+        if tuple(sd[name].shape) != tuple(t.shape):
+            raise CheckpointError(f"{path}: {name} has shape {list(sd[name].shape)}, the {spec.task} head in "
+                                  f"{TASK_JSON} needs {list(t.shape)} ({outputs}, width {head.linear.in_features})")
+    extra = sorted(set(sd) - set(want))
+    if extra:
+        raise CheckpointError(f"{path} has tensors the {spec.task} head in {TASK_JSON} does not: "
+                              f"{', '.join(extra)}")
+
+
 def load_finetuned(path: str | Path, map_location: str | torch.device = "cpu"
                    ) -> tuple[FinetuneModel, TaskSpec, Tokenizer]:
     """Load a directory written by `gptkit finetune`: (model in eval mode, task spec, tokenizer). The model's
@@ -581,23 +643,15 @@ def load_finetuned(path: str | Path, map_location: str | torch.device = "cpu"
     if not (p / TASK_JSON).is_file() or not (p / HEAD_WEIGHTS).is_file():
         raise CheckpointError(f"{p} is not a fine-tuned model (no {TASK_JSON} / {HEAD_WEIGHTS}); "
                               f"`gptkit finetune --out` writes one")
-    try:
-        d = json.loads((p / TASK_JSON).read_text(encoding="utf-8"))
-        head_dropout = d.pop("head_dropout", 0.1)
-        dtype = pick_dtype(str(d.pop("dtype", "float32")), torch.device("cpu"))
-        spec = TaskSpec.from_dict(d)
-    except (OSError, json.JSONDecodeError, TypeError, DeviceError) as e:
-        raise CheckpointError(f"{p / TASK_JSON} is not a valid task spec ({e})") from None
+    spec, head_dropout, dtype = read_task_json(p / TASK_JSON)
     gpt = load_model(p, map_location=map_location)
     if gpt.tokenizer is None:
         raise CheckpointError(f"{p} has no tokenizer")
+    check_spec_fits(spec, gpt, gpt.tokenizer, p / TASK_JSON)
     head = build_head(spec, gpt.config.n_embd, head_dropout, gpt.config.init_std)
     sd = read_state_dict(p / HEAD_WEIGHTS, map_location)
-    try:
-        head.load_state_dict(sd)
-    except RuntimeError as e:
-        raise CheckpointError(f"{p / HEAD_WEIGHTS} does not fit the task in {TASK_JSON} "
-                              f"({str(e).splitlines()[0]})") from None
+    check_head_fits(head, sd, spec, p / HEAD_WEIGHTS)
+    head.load_state_dict(sd)
     model = FinetuneModel(gpt, head.to(map_location), regression=spec.regression).eval()
     model.autocast_dtype = dtype
     return model, spec, gpt.tokenizer

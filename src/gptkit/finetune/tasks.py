@@ -26,7 +26,7 @@ import math
 import random
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -435,8 +435,104 @@ class TaskSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TaskSpec:
+    def from_dict(cls, d: Any) -> TaskSpec:
+        """The spec a task.json holds, every field checked: a TaskError names the first bad field (the caller
+        adds the file)."""
+        _check_spec(d)
         return cls(**d)
+
+
+def _shown(v: Any) -> str:
+    """A value as task.json spells it, cut short."""
+    text = json.dumps(v, ensure_ascii=False, default=repr)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _want(name: str, want: str, v: Any) -> TaskError:
+    return TaskError(f"{name} must be {want}, got {_shown(v)}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def min_len(task: str) -> int:
+    """The shortest max_len a task's sequences fit in: its special tokens and one token of each text."""
+    return 3 if task == "classification" else 5
+
+
+def _check_spec(d: Any) -> None:
+    """TaskSpec.from_dict's checks: the fields of a TaskSpec, each of its type, and consistent with the task."""
+    if not isinstance(d, dict):
+        raise TaskError(f"expected a JSON object, got {'a list' if isinstance(d, list) else _shown(d)}")
+    known = [f.name for f in fields(TaskSpec)]
+    for k in d:
+        if k not in known:
+            raise TaskError(f"unknown field {k!r} (a task spec has {', '.join(known)})")
+    task = d.get("task")
+    if task not in TASKS:
+        raise _want("task", f"one of {', '.join(TASKS)}", task)
+    regression = d.get("regression", False)
+    if not isinstance(regression, bool):
+        raise _want("regression", "true or false", regression)
+    if regression and task == "multiple-choice":
+        raise TaskError("regression must be false for a multiple-choice task")
+    labels = d.get("labels")
+    if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
+        raise _want("labels", "a list of class names", labels)
+    if task != "multiple-choice" and not regression and (labels is None or len(set(labels)) < 2
+                                                         or len(set(labels)) != len(labels)):
+        raise _want("labels", f"two or more different class names for a {task} task", labels)
+    pos = d.get("positive_label")
+    if pos is not None and (not isinstance(pos, str) or pos not in (labels or ())):
+        raise _want("positive_label", "null or one of the labels", pos)
+    if d.get("format", "jsonl") not in FORMATS:
+        raise _want("format", f"one of {', '.join(FORMATS)}", d.get("format"))
+    _check_columns(d.get("columns", {}), task)
+    max_len = d.get("max_len", 512)
+    if not _is_int(max_len) or max_len < min_len(task):
+        raise _want("max_len", f"a whole number >= {min_len(task)} for a {task} task", max_len)
+    for key, is_value, want, default in (
+            ("special_tokens", lambda v: isinstance(v, str) and v, "non-empty text", SPECIAL_TOKENS),
+            ("special_ids", lambda v: _is_int(v) and v >= 0, "a token id", None)):
+        value = d.get(key, default)
+        if not isinstance(value, dict) or sorted(value) != sorted(SPECIAL_TOKENS):
+            raise _want(key, f"an object with {', '.join(SPECIAL_TOKENS)}", value)
+        for name, v in value.items():
+            if not is_value(v):
+                raise _want(f"{key}.{name}", want, v)
+        if len(set(value.values())) != len(value):
+            raise _want(key, "three different values", value)
+    if not isinstance(d.get("truncation", ""), str):
+        raise _want("truncation", "text", d["truncation"])
+
+
+def _check_columns(cols: Any, task: str) -> None:
+    """The `columns` of a task spec: a Columns as a dict, with what the task reads."""
+    known = [f.name for f in fields(Columns)]
+    if not isinstance(cols, dict):
+        raise _want("columns", f"an object with {', '.join(known)}", cols)
+    for k in cols:
+        if k not in known:
+            raise TaskError(f"unknown field columns.{k} (columns has {', '.join(known)})")
+
+    def names(v: Any) -> bool:
+        return isinstance(v, list) and all(isinstance(x, str) and x for x in v)
+
+    for key, ok, want in (("text", lambda v: names(v) and v, "a list of one or more field names"),
+                          ("choices", names, "a list of field names"),
+                          ("pair", lambda v: v is None or isinstance(v, str) and v, "null or a field name"),
+                          ("label", lambda v: v is None or isinstance(v, str) and v, "null or a field name"),
+                          ("header", lambda v: isinstance(v, bool), "true or false"),
+                          ("index_base", _is_int, "a whole number")):
+        if key in cols and not ok(cols[key]):
+            raise _want(f"columns.{key}", want, cols[key])
+    if "text" not in cols:
+        raise TaskError("columns.text is missing (the field(s) of the first text)")
+    if task in ("entailment", "similarity") and not cols.get("pair"):
+        raise _want("columns.pair", f"a field name for a {task} task (its second text)", cols.get("pair"))
+    if task == "multiple-choice" and not cols.get("choices"):
+        raise _want("columns.choices", "a list of field names for a multiple-choice task", cols.get("choices"))
 
 
 def build_spec(task: str, train: list[Example], *, regression: bool, fmt: str, columns: Columns, max_len: int,
@@ -491,12 +587,13 @@ def transform(task: str, a: list[int], b: list[int] | None, choices: list[list[i
               ids: dict[str, int], max_len: int) -> tuple[list[list[int]], bool]:
     """GPT-1's input transforms (§3.3) on token ids, with the truncation policy of this module's docstring."""
     s, d, e = ids["start"], ids["delimiter"], ids["extract"]
+    if max_len < min_len(task):
+        raise TaskError(f"--max-len {max_len} leaves no room for the texts and special tokens of a {task} task "
+                        f"(at least {min_len(task)})")
     if task == "classification":
         budget = max_len - 2
         return [[s, *a[:budget], e]], len(a) > budget
     budget = max_len - 3
-    if budget < 2:
-        raise TaskError(f"--max-len {max_len} leaves no room for two texts and three special tokens")
     if task == "entailment":
         la, lb = fit_lengths(len(a), len(b), budget)
         return [[s, *a[:la], d, *b[:lb], e]], (la, lb) != (len(a), len(b))
