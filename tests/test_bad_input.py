@@ -162,3 +162,36 @@ def test_the_parsers_own_errors_are_one_line(argv, fragments, capsys):
     except SystemExit as e:
         rc = e.code
     assert_one_line_error(rc, capsys.readouterr().err, *fragments)
+
+
+# ------------------------------------------------------------------------------------------ sizes
+@pytest.mark.parametrize("flags, fragment", [
+    (["--batch-size", "99999999999999999999"], "--batch-size 99999999999999999999 is out of range"),
+    (["--grad-accum", "99999999999999999999"], "--grad-accum 99999999999999999999 is out of range"),
+    (["--n-embd", "-99999999999999999999"], "--n-embd -99999999999999999999 is out of range"),
+    (["--grad-accum", "3000000000"], "--grad-accum must be at most 2,147,483,647"),
+    (["--batch-size", "2147483647"], "GiB of memory"),  # fits every check but the machine
+    (["--n-layer", "1000", "--n-embd", "2048", "--n-head", "16"], "50,358,368,256 parameters")])
+def test_sizes_past_what_torch_or_the_machine_can_hold_are_one_line(tiny_run, flags, fragment, capsys, tmp_path):
+    """Sizes that overflowed inside torch or numpy (a traceback), or that the kernel's out-of-memory killer would
+    have ended part way (no word at all), are refused before the run directory is made."""
+    cmd, _ = tiny_run
+    out = tmp_path / "big"
+    rc, _, err = run(capsys, *cmd[:4], out, *cmd[5:], "--max-iters", "1", *flags)
+    assert_one_line_error(rc, err, fragment)
+    assert not (out / "train_config.json").exists()
+
+
+def test_running_out_of_memory_part_way_is_one_line(tiny_run, capsys, monkeypatch):
+    """torch's allocator failing inside a step (what a model or batch too large gives where no estimate caught it)
+    is one line, `out of memory (...)`, exit 2."""
+    import gptkit.train
+
+    def fails(self, step):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you "
+                           "tried to allocate 1099511627776 bytes.\nmore detail")
+
+    monkeypatch.setattr(gptkit.train.Trainer, "step", fails)
+    cmd, _ = tiny_run
+    rc, _, err = run(capsys, *cmd, "--max-iters", "4", "--resume")
+    assert_one_line_error(rc, err, "out of memory (", "can't allocate memory", "use a smaller model, batch")

@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -464,10 +465,37 @@ def build_or_restore_model(cfg: TrainConfig, rt: Runtime, resume_from: Path | No
         init_sd = GPT(mc).state_dict() if rt.info.is_main else {}  # the same init as one process would make
         built = Built(meta_model(mc), init_sd=init_sd)
     else:
-        built = Built(GPT(build_model_config(cfg, rt.tokenizer.vocab_size)).to(rt.device))
+        mc = build_model_config(cfg, rt.tokenizer.vocab_size)
+        if rt.device.type == "cpu":
+            check_memory(cfg, mc, rt.info.world_size)
+        built = Built(GPT(mc).to(rt.device))
     built.model.tokenizer = rt.tokenizer
     built.model.set_attention_backend(cfg.attention_backend)  # auto: flex_attention for banded layers on CUDA
     return built
+
+
+def memory_floor(cfg: TrainConfig, mc: GPTConfig) -> int:
+    """Bytes a float32 training step needs at the least: weights, gradients and AdamW's two moments (16 bytes a
+    parameter), the micro-batch's token ids, and per layer and token the 12 values of its activations that the
+    backward pass certainly keeps (the LayerNorm inputs, q, k, v, the attention and MLP outputs: Korthikanti et
+    al. 2022 count 34 bytes of 16-bit values, 17 values, with attention probabilities not materialised)."""
+    tokens = cfg.batch_size * mc.block_size
+    return 16 * mc.num_params + 16 * tokens + 4 * 12 * tokens * mc.n_layer * mc.n_embd
+
+
+def check_memory(cfg: TrainConfig, mc: GPTConfig, processes: int) -> None:
+    """Refuse, in one line, a model or batch that cannot fit this machine's memory even at the least it needs:
+    the kernel would kill the process part way (its allocations each fit, all of them do not), with no word."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: nothing to compare with
+        return
+    need = memory_floor(cfg, mc) * processes
+    if need > ram:
+        raise TrainError(f"this run needs at least {need / 2**30:,.1f} GiB of memory ({mc.num_params:,} parameters "
+                         f"with their gradients and AdamW state, activations of {cfg.batch_size} × {mc.block_size} "
+                         f"tokens{f' in each of {processes} processes' if processes > 1 else ''}), more than this "
+                         f"machine's {ram / 2**30:.1f} GiB: use a smaller --batch-size, --block-size or model")
 
 
 def restore_model(rt: Runtime, resume_from: Path) -> Built:

@@ -143,6 +143,11 @@ THREADS_MAX = 1024
 99,999 the process crashed."""
 
 
+INT_MAX = 2**63 - 1
+"""The largest integer any flag takes: torch and numpy hold counts and sizes in 64 bits, and a larger one failed
+deep inside them (OverflowError, "Maximum allowed dimension exceeded")."""
+
+
 def from_args(cls: type[T], args: argparse.Namespace, error: type[GptkitError] = GptkitError) -> T:
     """The options instance: field defaults < the --config file (if any) < the flags given. Records in
     `.explicit` the names the user set (a flag or the file)."""
@@ -154,6 +159,9 @@ def from_args(cls: type[T], args: argparse.Namespace, error: type[GptkitError] =
         if v is not None:
             values[f.name] = v
     explicit = frozenset(values)
+    for name, v in values.items():
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) > INT_MAX:
+            raise error(f"--{name.replace('_', '-')} {v} is out of range (an integer of at most 2**63 - 1)")
     seed = values.get("seed")
     if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed <= SEED_MAX:
         raise error(f"--seed must be an integer in 0..{SEED_MAX} (as numpy's generators take), got {seed}")

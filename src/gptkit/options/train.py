@@ -16,6 +16,13 @@ WARMUP_CAP = 2000
 """The most warmup steps the default warmup (--warmup-fraction) gives: GPT-1's 2,000 (§4.1)."""
 
 
+SIZES = ("batch_size", "grad_accum", "n_layer", "n_head", "n_embd", "block_size")
+SIZE_MAX = 2**31 - 1
+"""The largest model or batch size (a dimension of a tensor): past it torch and numpy fail in their own words
+(an overflow, "Maximum allowed dimension exceeded") before any memory is asked for; below it a size too large for
+the machine is an out-of-memory error (gptkit.cli)."""
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run needs. Field names follow nanoGPT; each is a `--flag` of `gptkit train`."""
@@ -103,6 +110,10 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise TrainError(f"--{name.replace('_', '-')} must be positive, got {v}")
+        for name in SIZES:
+            v = getattr(self, name)
+            if v is not None and v > SIZE_MAX:
+                raise TrainError(f"--{name.replace('_', '-')} must be at most {SIZE_MAX:,}, got {v:,}")
         for name in ("warmup_iters", "sample_every"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise TrainError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
