@@ -251,10 +251,12 @@ def checkpoint_config(p: Path, meta: dict[str, Any] | None = None) -> GPTConfig:
         raise CheckpointError(f"{p / CONFIG}: format_version must be an integer, got {version!r}")
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{p} was written by a newer gptkit (format {version}); upgrade")
+    if "model" not in meta:
+        raise CheckpointError(f"bad model config in {p / CONFIG}: it has no \"model\" object (the GPTConfig fields)")
     try:
         return GPTConfig.from_dict(meta["model"])
-    except (KeyError, TypeError, ConfigError) as e:
-        raise CheckpointError(f"{p / CONFIG}: bad model config ({e})") from None
+    except ConfigError as e:
+        raise CheckpointError(f"bad model config in {p / CONFIG}: {e}") from None
 
 
 def checkpoint_tokenizer(p: Path) -> Tokenizer | None:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from .errors import GptkitError
 
@@ -22,6 +25,60 @@ Attention = Literal["dense", "banded", "alternating"]
 
 class ConfigError(GptkitError, ValueError):
     """A configuration that cannot describe a model (raised with a one-line, user-facing message)."""
+
+
+# ------------------------------------------------------------------------------------ what each field may hold
+def _show(value: Any) -> str:
+    """A field's value as its config.json spells it (null, true, "x"), cut short when long."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _real(value: Any) -> float | None:
+    """`value` as a finite float when it is a real number (an int is one, a bool is not), else None."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        x = float(value)
+    except OverflowError:  # an int beyond any float
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _choice(kind: Any) -> tuple[str, Callable[[Any], bool]]:
+    allowed = get_args(kind)
+    return f"one of {', '.join(allowed)}", lambda v: isinstance(v, str) and v in allowed
+
+
+_POSITIVE_INT = ("a positive integer", _positive_int)
+_PROBABILITY = ("a number in [0, 1)", lambda v: (x := _real(v)) is not None and 0.0 <= x < 1.0)
+_BOOL = ("true or false", lambda v: isinstance(v, bool))
+
+FIELD_RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    **dict.fromkeys(("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "band_width"), _POSITIVE_INT),
+    "n_inner": ("a positive integer or null", lambda v: v is None or _positive_int(v)),
+    **dict.fromkeys(("embd_pdrop", "attn_pdrop", "resid_pdrop"), _PROBABILITY),
+    **dict.fromkeys(("bias", "final_norm", "tie_embeddings", "scaled_residual_init"), _BOOL),
+    "norm": _choice(Norm), "pos": _choice(Pos), "gelu": _choice(Gelu), "attention": _choice(Attention),
+    "layer_norm_eps": ("a positive number", lambda v: (x := _real(v)) is not None and x > 0.0),
+    "init_std": ("a number >= 0", lambda v: (x := _real(v)) is not None and x >= 0.0),
+}
+"""Each GPTConfig field: what it must be (for the message) and the check. Booleans are not integers here, and an
+integer passes where a number is asked for."""
+
+
+def field_problem(name: str, value: Any, label: str | None = None) -> str | None:
+    """Why `value` cannot be GPTConfig field `name` (a message naming it `label`, e.g. the Hugging Face key), or
+    None when it can."""
+    what, ok = FIELD_RULES[name]
+    return None if ok(value) else f"{label or name} must be {what}, got {_show(value)}"
 
 
 @dataclass(frozen=True)
@@ -69,28 +126,15 @@ class GPTConfig:
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
-        def positive(name: str) -> None:
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "band_width"):
-            positive(name)
-        if self.n_inner is not None:
-            positive("n_inner")
+        for f in dataclasses.fields(self):
+            problem = field_problem(f.name, getattr(self, f.name))
+            if problem:
+                raise ConfigError(problem)
         if self.n_embd % self.n_head != 0:
             raise ConfigError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
                 f"choose a head count that divides the width"
             )
-        for name in ("embd_pdrop", "attn_pdrop", "resid_pdrop"):
-            p = getattr(self, name)
-            if not 0.0 <= p < 1.0:
-                raise ConfigError(f"{name} must be in [0, 1), got {p}")
-        choices = {"norm": ("pre", "post"), "pos": ("learned", "sinusoidal"), "gelu": ("tanh", "exact"),
-                   "attention": ("dense", "banded", "alternating")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         if self.pos == "sinusoidal" and self.n_embd % 2:
             raise ConfigError(f"sinusoidal positions need an even n_embd, got {self.n_embd}")
 
@@ -154,8 +198,10 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
+        if not isinstance(d, dict):
+            raise ConfigError(f"the model config must be an object of GPTConfig fields, got {_show(d)}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(str(k) for k in set(d) - known)
         if unknown:
             raise ConfigError(f"unknown GPTConfig field(s): {', '.join(unknown)}")
         return cls(**d)

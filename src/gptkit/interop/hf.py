@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..checkpoint import CONFIG, build_model, model_state_dict, read_state_dict, resolve_checkpoint
-from ..config import ConfigError, GPTConfig
+from ..config import ConfigError, GPTConfig, field_problem
 from ..errors import CheckpointError
 from ..io import new_tmp_dir, publish_dir
 from ..tokenizer import write_chat_template
@@ -41,6 +41,15 @@ IGNORED_PREFIXES = ("multiple_choice_head.",)
 
 GELU_FROM_HF = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": "exact"}
 
+REQUIRED = object()
+# HF config.json key → (GPTConfig field, the value transformers assumes when the key is absent)
+FIELDS_FROM_HF = {"vocab_size": ("vocab_size", REQUIRED), "n_positions": ("block_size", REQUIRED),
+                  "n_layer": ("n_layer", REQUIRED), "n_head": ("n_head", REQUIRED), "n_embd": ("n_embd", REQUIRED),
+                  "embd_pdrop": ("embd_pdrop", 0.1), "attn_pdrop": ("attn_pdrop", 0.1),
+                  "resid_pdrop": ("resid_pdrop", 0.1), "layer_norm_epsilon": ("layer_norm_eps", 1e-5),
+                  "initializer_range": ("init_std", 0.02), "tie_word_embeddings": ("tie_embeddings", True)}
+GPT2_FIELDS_FROM_HF = {**FIELDS_FROM_HF, "n_inner": ("n_inner", None)}  # OpenAIGPT's MLP is always 4 x n_embd
+
 
 # ------------------------------------------------------------------------------------------------- import
 def config_from_hf(meta: dict[str, Any], source: str) -> GPTConfig:
@@ -49,34 +58,41 @@ def config_from_hf(meta: dict[str, Any], source: str) -> GPTConfig:
     if mtype not in ("gpt2", "openai-gpt"):  # before reading fields: other models name them differently
         raise CheckpointError(f"{source}: model_type {mtype!r} is not supported; gptkit reads 'gpt2' and "
                               f"'openai-gpt' (or its own checkpoints)")
+    fields = hf_fields(meta, GPT2_FIELDS_FROM_HF if mtype == "gpt2" else FIELDS_FROM_HF, source)
     try:
-        common = dict(vocab_size=meta["vocab_size"], block_size=meta["n_positions"], n_layer=meta["n_layer"],
-                      n_head=meta["n_head"], n_embd=meta["n_embd"],
-                      embd_pdrop=meta.get("embd_pdrop", 0.1), attn_pdrop=meta.get("attn_pdrop", 0.1),
-                      resid_pdrop=meta.get("resid_pdrop", 0.1), layer_norm_eps=meta.get("layer_norm_epsilon", 1e-5),
-                      init_std=meta.get("initializer_range", 0.02),
-                      tie_embeddings=meta.get("tie_word_embeddings", True))
         if mtype == "gpt2":
             act = meta.get("activation_function", "gelu_new")
-            if act not in GELU_FROM_HF:
+            if not isinstance(act, str) or act not in GELU_FROM_HF:
                 raise CheckpointError(f"{source}: activation {act!r} is not a GELU; gptkit supports "
                                       f"{', '.join(GELU_FROM_HF)}")
             if meta.get("scale_attn_by_inverse_layer_idx") or meta.get("scale_attn_weights") is False \
                     or meta.get("add_cross_attention"):
                 raise CheckpointError(f"{source}: GPT2 attention variants (scale_attn_by_inverse_layer_idx, "
                                       f"unscaled attention, cross-attention) are not supported")
-            return GPTConfig(**common, n_inner=meta.get("n_inner"), gelu=GELU_FROM_HF[act], norm="pre",
-                             final_norm=True)
+            return GPTConfig(**fields, gelu=GELU_FROM_HF[act], norm="pre", final_norm=True)
         if mtype == "openai-gpt":
             if meta.get("afn", "gelu") != "gelu":  # HF's OpenAIGPT "gelu" is the tanh approximation
                 raise CheckpointError(f"{source}: activation {meta.get('afn')!r} is not supported (only 'gelu')")
-            return GPTConfig(**common, gelu="tanh", norm="post", final_norm=False, scaled_residual_init=False)
-    except KeyError as e:
-        raise CheckpointError(f"{source}/config.json lacks {e.args[0]!r}") from None
+            return GPTConfig(**fields, gelu="tanh", norm="post", final_norm=False, scaled_residual_init=False)
     except ConfigError as e:
-        raise CheckpointError(f"{source}: {e}") from None
+        raise CheckpointError(f"bad model config in {source}/{CONFIG}: {e}") from None
     raise CheckpointError(f"{source}: model_type {mtype!r} is not supported; gptkit reads 'gpt2' and "
                           f"'openai-gpt' (or its own checkpoints)")
+
+
+def hf_fields(meta: dict[str, Any], table: dict[str, tuple[str, Any]], source: str) -> dict[str, Any]:
+    """The GPTConfig fields an HF config.json gives (`table`: FIELDS_FROM_HF), each checked by the field's rule and
+    refused under its HF name."""
+    fields = {}
+    for key, (name, default) in table.items():
+        value = meta.get(key, default)
+        if value is REQUIRED:
+            raise CheckpointError(f"{source}/{CONFIG} lacks {key!r}")
+        problem = field_problem(name, value, key)
+        if problem:
+            raise CheckpointError(f"bad model config in {source}/{CONFIG}: {problem}")
+        fields[name] = value
+    return fields
 
 
 def state_dict_from_hf(sd: dict[str, torch.Tensor], mtype: str, config: GPTConfig) -> dict[str, torch.Tensor]:
