@@ -137,3 +137,42 @@ def test_an_hf_activation_that_is_not_a_string_is_refused(hf_dir, capsys):
     edit_config(hf_dir, lambda meta: meta.__setitem__("activation_function", ["gelu"]))
     rc, _, err = run(capsys, "sample", "--ckpt", hf_dir, *SAMPLE)
     assert_one_line_error(rc, err, "activation ['gelu'] is not a GELU")
+
+
+# ------------------------------------------------------------------------------------ info checks weights
+def cut_weights(d: Path) -> None:
+    w = d / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:-100])
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda d: (d / "model.safetensors").write_text("First Citizen:\nBefore we proceed any further\n" * 20),
+     "model.safetensors is not a valid safetensors file"),
+    (cut_weights, "model.safetensors is not a valid safetensors file"),
+    (lambda d: edit_config(d, lambda meta: meta["model"].update(n_embd=16)), "the config needs (48,)"),
+    (lambda d: edit_config(d, lambda meta: meta["model"].update(n_layer=2)), "weights do not match the config"),
+    (lambda d: (d / "model.safetensors").unlink(), "has no model.safetensors"),
+])
+def test_info_refuses_weights_that_sample_refuses(char_ckpt, capsys, damage, says):
+    damage(char_ckpt)
+    for command in ("info", "sample"):
+        rc, _, err = run(capsys, command, "--ckpt", char_ckpt, *(SAMPLE if command == "sample" else ()))
+        assert_one_line_error(rc, err, says)
+
+
+def test_info_refuses_hf_weights_of_another_shape(hf_dir, capsys):
+    edit_config(hf_dir, lambda meta: meta.update(n_embd=16))
+    rc, _, err = run(capsys, "info", "--ckpt", hf_dir)
+    assert_one_line_error(rc, err, "the config needs")
+
+
+def test_info_reads_only_the_weights_header(char_ckpt, capsys, monkeypatch):
+    import safetensors.torch
+
+    def no_loading(*a, **k):
+        raise AssertionError("info loaded the weights")
+
+    monkeypatch.setattr(safetensors.torch, "load_file", no_loading)
+    rc, out, err = run(capsys, "info", "--ckpt", char_ckpt)
+    assert rc == 0, err
+    assert "1 layers × 2 heads × 8 wide" in out

@@ -45,13 +45,17 @@ STEP_DIR = re.compile(r"^step-(\d+)$")
 # --------------------------------------------------------------------------------------------- state dicts
 def read_state_dict(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Read weights from a .safetensors file, or a PyTorch .bin/.pt with weights_only=True (never arbitrary
-    pickles)."""
+    pickles). On the meta device a .safetensors file gives its header only: each tensor's name and shape (as a
+    float32 meta tensor), checked against the file's length, no weights read."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
+        from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_file
 
         try:
+            if torch.device(map_location).type == "meta":
+                with safe_open(str(path), framework="pt") as f:
+                    return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
             return load_file(str(path), device=str(map_location))
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path} is not a valid safetensors file ({e})") from None
@@ -225,13 +229,15 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu",
     return model
 
 
-def read_model(p: Path, map_location: str | torch.device = "cpu") -> GPT:
-    """The model in checkpoint directory `p` (gptkit's or Hugging Face's), with the checkpoint's tokenizer."""
+def read_model(p: Path, map_location: str | torch.device = "cpu", tokenizer: bool = True) -> GPT:
+    """The model in checkpoint directory `p` (gptkit's or Hugging Face's), with the checkpoint's tokenizer unless
+    `tokenizer` is False. On the meta device no weights are read, only the headers of the weight files (the sizes
+    of a sharded checkpoint's files), whose names and shapes are checked against the config (`gptkit info`)."""
     meta = read_config_json(p)
     if meta.get("format") != FORMAT:
         from .interop.hf import load_hf_model
 
-        return load_hf_model(p, meta, map_location=map_location)
+        return load_hf_model(p, meta, map_location=map_location, tokenizer=tokenizer)
     config = checkpoint_config(p, meta)
     if is_sharded(p):
         model = load_sharded_model(p, config, meta, map_location)
@@ -239,7 +245,7 @@ def read_model(p: Path, map_location: str | torch.device = "cpu") -> GPT:
         raise CheckpointError(f"{p} has no {WEIGHTS}")
     else:
         model = build_model(config, read_state_dict(p / WEIGHTS, map_location), str(p), map_location)
-    model.tokenizer = checkpoint_tokenizer(p)
+    model.tokenizer = checkpoint_tokenizer(p) if tokenizer else None
     return model
 
 
@@ -275,5 +281,6 @@ def load_sharded_model(p: Path, config: GPTConfig, meta: dict[str, Any],
 
     check_shards(p, meta)
     model = empty_model(config, map_location)
-    load_sharded(p / SHARDS_DIR, model)
+    if torch.device(map_location).type != "meta":  # on the meta device: the files' sizes checked, nothing read
+        load_sharded(p / SHARDS_DIR, model)
     return model.eval()

@@ -63,17 +63,12 @@ def same_shape_preset(c: GPTConfig) -> str | None:
 
 def checkpoint_record(path: str, preset: str | None) -> dict[str, Any]:
     """A checkpoint's (or a run's latest checkpoint's) shape, and each config field where it differs from its
-    preset: the one given, else the one its run recorded, else a preset of the same shape."""
-    from ..checkpoint import FORMAT, checkpoint_config, read_config_json, resolve_checkpoint
+    preset: the one given, else the one its run recorded, else a preset of the same shape. The weight files must
+    fit the config, as `sample` requires; only their headers are read."""
+    from ..checkpoint import read_model, resolve_checkpoint
 
     p = resolve_checkpoint(path)
-    meta = read_config_json(p)
-    if meta.get("format") == FORMAT:
-        config = checkpoint_config(p, meta)
-    else:
-        from ..interop.hf import config_from_hf
-
-        config = config_from_hf(meta, str(p))
+    config = read_model(p, map_location="meta", tokenizer=False).config
     source = "--preset"
     if preset is None:
         preset, source = run_preset(p)

@@ -117,7 +117,10 @@ def state_dict_from_hf(sd: dict[str, torch.Tensor], mtype: str, config: GPTConfi
     return out
 
 
-def load_hf_model(path: Path, meta: dict[str, Any], map_location: str | torch.device = "cpu") -> GPT:
+def load_hf_model(path: Path, meta: dict[str, Any], map_location: str | torch.device = "cpu",
+                  tokenizer: bool = True) -> GPT:
+    """The model of an HF directory, and its tokenizer when `tokenizer` is set and one can be read (see
+    `read_model` for the meta device)."""
     config = config_from_hf(meta, str(path))
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (path / name).is_file():
@@ -132,8 +135,9 @@ def load_hf_model(path: Path, meta: dict[str, Any], map_location: str | torch.de
         else:
             raise CheckpointError(f"{path} has config.json but no model.safetensors or pytorch_model.bin")
     model = build_model(config, state_dict_from_hf(sd, meta["model_type"], config), str(path), map_location)
-    tok_files = [("gptkit_tokenizer.json",), ("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"), ("tokenizer.json",)]
-    if any(all((path / f).is_file() for f in group) for group in tok_files):
+    tok_files = [("gptkit_tokenizer.json",), ("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"),
+                 ("tokenizer.json",)]
+    if tokenizer and any(all((path / f).is_file() for f in group) for group in tok_files):
         from ..tokenizer import Tokenizer
 
         try:
