@@ -10,9 +10,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from cli_helpers import assert_one_line_error, run, save_char_ckpt
+from gptkit.checkpoint import read_trainer_state
 from gptkit.config import FIELD_RULES, GPTConfig
+from gptkit.errors import CheckpointError
 
 SAMPLE = ("--max-new-tokens", "3", "--device", "cpu", "--seed", "0")
 
@@ -176,3 +179,29 @@ def test_info_reads_only_the_weights_header(char_ckpt, capsys, monkeypatch):
     rc, out, err = run(capsys, "info", "--ckpt", char_ckpt)
     assert rc == 0, err
     assert "1 layers × 2 heads × 8 wide" in out
+
+
+# --------------------------------------------------------------------------------------- trainer_state.pt
+@pytest.mark.parametrize("write", [
+    lambda p: p.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n"),
+    lambda p: (torch.save({"step": 3, "optimizer": {}}, p), p.write_bytes(p.read_bytes()[:100])),
+    lambda p: p.write_bytes(b"\x80\x04\x95" + bytes(range(200))),
+    lambda p: torch.save([1, 2, 3], p),
+])
+def test_a_trainer_state_gptkit_did_not_write_is_refused_without_torch_advice(tmp_path, write):
+    path = tmp_path / "trainer_state.pt"
+    write(path)
+    with pytest.raises(CheckpointError) as e:
+        read_trainer_state(path)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert f"{path} cannot be read: it is not a trainer state gptkit wrote" in msg
+    assert "weights_only" not in msg and "torch.load" not in msg
+
+
+def test_a_missing_trainer_state_says_so_and_a_good_one_reads(tmp_path):
+    path = tmp_path / "trainer_state.pt"
+    with pytest.raises(CheckpointError, match="trainer_state.pt cannot be read \\(No such file or directory\\)"):
+        read_trainer_state(path)
+    torch.save({"step": 3, "optimizer": {"state": {}}}, path)
+    assert read_trainer_state(path)["step"] == 3

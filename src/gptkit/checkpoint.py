@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import warnings
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -182,6 +183,27 @@ def read_config_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path / CONFIG} does not hold a JSON object")
     return data
+
+
+def read_trainer_state(path: Path) -> dict[str, Any]:
+    """A training checkpoint's trainer_state.pt (optimizer, RNG, step, data position), read weights-only. A file
+    that is not one is refused in one line, without torch's advice to retry with weights_only=False (which would
+    run whatever code a foreign pickle carries)."""
+    resume = "resume from an earlier checkpoint by removing this one"
+    try:
+        with warnings.catch_warnings():  # e.g. torch's note on a pickle protocol it does not expect: not a line more
+            warnings.simplefilter("ignore")
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as e:
+        raise CheckpointError(f"{path} cannot be read ({e.strerror or type(e).__name__}); {resume}") from None
+    except MemoryError:
+        raise
+    except Exception:  # RuntimeError for a cut zip, UnpicklingError for text or a pickle of other objects
+        saved = None
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path} cannot be read: it is not a trainer state gptkit wrote (the file is corrupt "
+                              f"or cut short, or did not come from gptkit); {resume}")
+    return saved
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
