@@ -331,3 +331,61 @@ def test_the_forecast_is_l_of_c_and_keeps_both_laws():
     alone = forecast(1e15, 1e14, spec, {"compute": None, "size_data": size_data}, "nats")
     assert alone["law"] == "size_data" and set(alone["predictions"]) == {"size_data"}
     assert alone["predicted_val_loss"] == fc["predictions"]["size_data"]["val_loss"]
+
+
+def test_a_budget_past_the_machines_memory_plans_the_largest_ladder_that_fits() -> None:
+    """A probe whose model cannot fit memory (gptkit.train.check_memory) ends the search: the plan is the largest
+    ladder before it, with a warning; when not even the smallest fits, the probe's one line is the error."""
+    from gptkit.errors import MachineTooSmall
+
+    def fits_up_to_depth_7(cfg, batch: int) -> float:
+        if cfg.n_layer > 7:
+            raise MachineTooSmall(f"depth {cfg.n_layer} needs more memory")
+        return 1e9
+
+    spec = PlanSpec(vocab_size=65, block_size=16, train_tokens=10**9, budget_minutes=1e5, ladder="ratio", points=5,
+                    aspect=8, head_size=8, min_steps=4, min_depth=1, tokens_per_param=0.2)
+    warned: list[str] = []
+    points = plan_ladder(spec, fits_up_to_depth_7, warned.append)
+    assert max(p.shape.n_layer for p in points) == 7
+    assert len(warned) == 1 and "fit this machine's memory" in warned[0] and "depth 8" in warned[0]
+    with pytest.raises(MachineTooSmall, match="depth 1 needs"):
+        plan_ladder(spec, lambda cfg, batch: (_ for _ in ()).throw(MachineTooSmall("depth 1 needs more")))
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--budget-minutes", "1e12"], "--budget-minutes must be at most 525,600"),  # probed ever larger models
+    (["--budget-minutes", "5", "--min-depth", "1000"], "--min-depth must be at most 256"),  # killed, no word
+    (["--budget-minutes", "5", "--points", str(10**20)], "is out of range")])
+def test_sizes_a_plan_cannot_use_are_one_line(tiny_char: Path, tmp_path: Path, flags, fragment, capsys) -> None:
+    from cli_helpers import assert_one_line_error, run
+
+    rc, _, err = run(capsys, "scale", "--plan-only", "--data", tiny_char, "--out", tmp_path / "s", *flags)
+    assert_one_line_error(rc, err, fragment)
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (("train_config.json", b"{"), "is not the JSON `gptkit train` writes"),
+    (("train_config.json", b"[]"), "is not the settings `gptkit train` writes"),
+    (("metrics.jsonl", b"\xff\xfe\x00\n"), "is not a finished `gptkit train` run"),
+    (("metrics.jsonl", b"[1]\n"), "is not a finished `gptkit train` run")])
+def test_scale_fit_reads_damaged_runs_in_one_line(tiny_char: Path, tmp_path: Path, damage, fragment,
+                                                  capsys) -> None:
+    """`scale fit` on a run whose metrics.jsonl or train_config.json is damaged (UnicodeDecodeError,
+    AttributeError, JSONDecodeError, TypeError tracebacks before) names the run; a whole run is still read."""
+    from cli_helpers import assert_one_line_error, run
+
+    out = tmp_path / "r"
+    assert run(capsys, "train", "--data", tiny_char, "--out", out, "--preset", "gpt-nano", "--block-size", "16",
+               "--batch-size", "2", "--max-iters", "2", "--eval-iters", "1", "--quiet", "--device", "cpu")[0] == 0
+    rc, _, err = run(capsys, "scale", "fit", out, "--bootstrap", "0")
+    assert_one_line_error(rc, err, "a fit needs at least")  # one good run: read, then too few to fit
+    name, data = damage
+    if name == "metrics.jsonl":
+        with open(out / name, "ab") as f:
+            f.write(data)
+    else:
+        (out / name).write_bytes(data)
+    rc, _, err = run(capsys, "scale", "fit", out, "--bootstrap", "0", "--unit", "bpb")
+    assert_one_line_error(rc, err, str(out), fragment)

@@ -15,3 +15,7 @@ class Terminated(KeyboardInterrupt):
 
 class TrainError(GptkitError):
     """A training run that cannot start or continue as asked."""
+
+
+class MachineTooSmall(TrainError):
+    """A model or batch that cannot fit this machine's memory even at the least a training step needs."""

@@ -58,7 +58,7 @@ from .checkpoint import (
 )
 from .config import GPTConfig
 from .data.loader import BatchLoader, load_tokenizer
-from .errors import TrainError
+from .errors import MachineTooSmall, TrainError
 from .io import atomic_path, atomic_write_text, new_tmp_dir, publish_dir
 from .model import GPT, meta_model
 from .optim import adamw, cosine, optimizer_step, set_lr, warmup_cosine
@@ -492,7 +492,7 @@ def check_memory(cfg: TrainConfig, mc: GPTConfig, processes: int) -> None:
         return
     need = memory_floor(cfg, mc) * processes
     if need > ram:
-        raise TrainError(f"this run needs at least {need / 2**30:,.1f} GiB of memory ({mc.num_params:,} parameters "
+        raise MachineTooSmall(f"this run needs at least {need / 2**30:,.1f} GiB of memory ({mc.num_params:,} parameters "
                          f"with their gradients and AdamW state, activations of {cfg.batch_size} × {mc.block_size} "
                          f"tokens{f' in each of {processes} processes' if processes > 1 else ''}), more than this "
                          f"machine's {ram / 2**30:.1f} GiB: use a smaller --batch-size, --block-size or model")

@@ -32,6 +32,17 @@ def check_scale(opts: ScaleOptions) -> None:
             raise ScaleError(f"--{name.replace('_', '-')} must be positive, got {v}")
     if opts.bootstrap < 0:
         raise ScaleError(f"--bootstrap must be >= 0, got {opts.bootstrap}")
+    for name, most in UPPER.items():
+        v = getattr(opts, name)
+        if v is not None and v > most:
+            raise ScaleError(f"--{name.replace('_', '-')} must be at most {most:,}, got {v:,}")
+
+
+UPPER = {"budget_minutes": 525_600, "points": 256, "levels": 16, "min_depth": 256, "aspect": 4096,
+         "head_size": 4096, "block_size": 65_536, "min_steps": 10**9, "bootstrap": 100_000}
+"""The largest value of each of scale's sizes: a year of minutes, a ladder of 256 runs, the planner's deepest model
+(gptkit.scaling.plan.ratio_depth). Past them the plan ran for hours (a budget of 10**12 minutes probed ever larger
+models) or allocated tens of GB (--min-depth 1000) before anything was said."""
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
@@ -48,7 +59,11 @@ def cmd_scale(args: argparse.Namespace) -> int:
 def cmd_scale_fit(args: argparse.Namespace) -> int:
     from ..scaling.study import fit_runs
 
+    from ..scaling.plan import ScaleError
+
     opts = from_args(ScaleFitOptions, args)
+    if not 0 <= opts.bootstrap <= UPPER["bootstrap"]:
+        raise ScaleError(f"--bootstrap must be in 0..{UPPER['bootstrap']:,}, got {opts.bootstrap:,}")
     fit_runs(opts, warn=_warn)
     return 0
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..config import GPTConfig
-from ..errors import GptkitError
+from ..errors import GptkitError, MachineTooSmall
 
 BASE_PRESET = "gpt-mini"
 """The architecture the ladder varies (pre-LN, final LN, exact GELU, learned positions, tied embeddings)."""
@@ -227,8 +227,9 @@ def estimate(points: list[Point], spec: PlanSpec, speed: Speed) -> float:
     return sum(p.minutes or 0.0 for p in points)
 
 
-def plan_ladder(spec: PlanSpec, speed: Speed) -> list[Point]:
-    """The largest ladder of `spec.ladder`'s kind whose estimated time fits `spec.budget_minutes`."""
+def plan_ladder(spec: PlanSpec, speed: Speed, warn: Callable[[str], None] | None = None) -> list[Point]:
+    """The largest ladder of `spec.ladder`'s kind whose estimated time fits `spec.budget_minutes` and whose
+    models fit this machine's memory (a budget larger than the machine can use plans the largest that fit)."""
     if spec.points < MIN_POINTS:
         raise ScaleError(f"--points {spec.points}: a fit needs at least {MIN_POINTS} runs")
     if spec.ladder not in LADDERS:
@@ -245,7 +246,15 @@ def plan_ladder(spec: PlanSpec, speed: Speed) -> list[Point]:
     best = None
     while True:
         ladder = make(spec, top)
-        total = estimate(ladder, spec, speed)
+        try:
+            total = estimate(ladder, spec, speed)
+        except MachineTooSmall as e:
+            if best is None:
+                raise
+            if warn is not None:
+                warn(f"the plan stops at the largest ladder whose models fit this machine's memory, "
+                     f"{sum(p.minutes or 0.0 for p in best):.0f} of the {spec.budget_minutes:g} minutes ({e})")
+            break
         if total > spec.budget_minutes:
             break
         best, top = ladder, grow(top)

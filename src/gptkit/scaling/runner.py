@@ -20,7 +20,7 @@ from ..checkpoint import list_checkpoints
 from ..errors import TrainError
 from ..io import atomic_write_json
 from ..options.train import TrainConfig
-from .plan import BASE_PRESET, Point
+from .plan import BASE_PRESET, Point, ScaleError
 
 RESULTS = "results.json"
 
@@ -52,19 +52,33 @@ def train_config(point: Point, ctx: RunContext, resume: bool = False):
                        threads=ctx.threads, resume=resume, quiet=True)
 
 
+def run_settings(run_dir: Path) -> dict:
+    """A run's train_config.json, or one line (ScaleError) saying it cannot be read."""
+    path = run_dir / "train_config.json"
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ScaleError(f"{path} is not the JSON `gptkit train` writes ({type(e).__name__})") from None
+    if not isinstance(settings, dict) or not isinstance(settings.get("max_iters"), int) or \
+            not isinstance(settings.get("data"), str):
+        raise ScaleError(f"{path} is not the settings `gptkit train` writes (a mapping with max_iters and data)")
+    return settings
+
+
 def final_record(run_dir: Path, steps: int | None = None) -> dict | None:
     """The last metrics record of a run when it is an evaluation at its last step (`steps`, or its config's)."""
     metrics, cfg_path = run_dir / "metrics.jsonl", run_dir / "train_config.json"
     if not metrics.is_file() or not cfg_path.is_file():
         return None
     if steps is None:
-        steps = int(json.loads(cfg_path.read_text(encoding="utf-8"))["max_iters"])
-    lines = [ln for ln in metrics.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        steps = run_settings(run_dir)["max_iters"]
+    lines = [ln for ln in metrics.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
     try:
         last = json.loads(lines[-1]) if lines else None
-    except ValueError:  # a line cut by a kill: not finished
+    except ValueError:  # a line cut by a kill (or damaged): not finished
         return None
-    if last is None or last.get("step") != steps or "val_loss" not in last:
+    if not isinstance(last, dict) or last.get("step") != steps or "val_loss" not in last or \
+            not isinstance(last.get("tokens"), int):
         return None
     return last
 

@@ -35,7 +35,7 @@ from .fit import (
 from .forecast import caveats, check_verifiable, forecast, target_flops, verified
 from .plan import MIN_POINTS, PlanSpec, Point, ScaleError, check_data, plan_ladder
 from .report import fit_lines, plan_table, plot_isoflop, plot_scaling
-from .runner import RunContext, final_record, run_ladder, train_point
+from .runner import RunContext, final_record, run_ladder, run_settings, train_point
 from .speed import MeasuredSpeed
 
 UNITS = ("nats", "bpb")
@@ -68,17 +68,23 @@ def plan_study(opts: Any, speed: Callable, say: Callable[[str], None], warn: Cal
     out = Path(opts.out)
     saved = out / "plan.json"
     if saved.is_file():
-        plan = json.loads(saved.read_text(encoding="utf-8"))
-        if Path(plan["facts"]["data"]).resolve() != Path(opts.data).resolve():
-            raise ScaleError(f"{out} holds a study of {plan['facts']['data']}, not {opts.data}: choose another --out")
+        try:
+            plan = json.loads(saved.read_text(encoding="utf-8"))
+            data, spec = plan["facts"]["data"], PlanSpec(**plan["spec"])
+            points = [Point.from_dict(p) for p in plan["points"]]
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ScaleError(f"{saved} is not a plan `gptkit scale` wrote ({type(e).__name__}); delete it to plan "
+                             f"again") from None
+        if Path(data).resolve() != Path(opts.data).resolve():
+            raise ScaleError(f"{out} holds a study of {data}, not {opts.data}: choose another --out")
         say(f"continuing the plan in {saved} (delete it to plan again)")
-        return PlanSpec(**plan["spec"]), [Point.from_dict(p) for p in plan["points"]], plan["facts"]
+        return spec, points, plan["facts"]
     facts = data_facts(opts.data)
     spec = spec_of(opts, facts)
     if facts["train_tokens"] < spec.block_size + 1 or facts["val_tokens"] < spec.block_size + 1:
         raise ScaleError(f"the data is too small for the plan: {opts.data} has {facts['train_tokens']:,} train and "
                          f"{facts['val_tokens']:,} val tokens, the context is {spec.block_size}")
-    points = plan_ladder(spec, speed)
+    points = plan_ladder(spec, speed, warn)
     epochs = check_data(points, facts["train_tokens"], warn)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(saved, {"facts": facts, "spec": spec.__dict__, "largest_run_epochs": epochs,
@@ -238,7 +244,7 @@ def fit_runs(opts: Any, say: Callable[[str], None] = print, warn: Callable[[str]
             raise ScaleError(f"{run}: not a run directory")
         bpt = None
         if opts.unit == "bpb":
-            data = json.loads((run_dir / "train_config.json").read_text(encoding="utf-8"))["data"]
+            data = run_settings(run_dir)["data"]
             if data not in ratios:
                 ratios[data] = val_bytes_per_token(data)["bytes_per_token"]
             bpt = ratios[data]
