@@ -195,3 +195,11 @@ def test_running_out_of_memory_part_way_is_one_line(tiny_run, capsys, monkeypatc
     cmd, _ = tiny_run
     rc, _, err = run(capsys, *cmd, "--max-iters", "4", "--resume")
     assert_one_line_error(rc, err, "out of memory (", "can't allocate memory", "use a smaller model, batch")
+
+
+@pytest.mark.parametrize("command", ["sample", "chat"])
+def test_a_negative_top_k_is_one_line(command, char_ckpt, capsys):
+    """`--top-k 0` means all tokens; a negative k was taken as 0 with exit 0 (Hugging Face refuses it too)."""
+    extra = ["--prompt", "hello"] if command == "chat" else []
+    rc, _, err = run(capsys, command, "--ckpt", char_ckpt, "--top-k", "-3", "--max-new-tokens", "2", *extra)
+    assert_one_line_error(rc, err, "--top-k must be >= 0", "got -3")

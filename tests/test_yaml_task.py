@@ -120,6 +120,8 @@ CHOICE = "data: d.jsonl\ntemplate: '{text}'\nanswer_field: n\n"
     ("kind: choose\n" + CHOICE + "choices: [a, b]\n", ROWS, "kind must be choice, cloze or perplexity"),
     ("template: '{text}'\nchoices: [a, b]\nanswer_field: n\n", ROWS, "'data' (the JSONL file of examples) is required"),
     ("name: 3\n" + CHOICE + "choices: [a, b]\n", ROWS, "'name' must be a string, got int"),
+    ("name: ../../evil\n" + CHOICE + "choices: [a, b]\n", ROWS, "hold '/'"),  # it named files outside --export
+    ("name: .hidden\n" + CHOICE + "choices: [a, b]\n", ROWS, "start with '.'"),
     (CHOICE, ROWS, "needs exactly one of choices, choices_field, verbalizer (got none)"),
     (CHOICE + "choices: [a]\n", ROWS, "'choices' must be a list of at least two strings"),
     (CHOICE + "verbalizer: {a: x}\n", ROWS, "'verbalizer' must map at least two answer values to strings"),

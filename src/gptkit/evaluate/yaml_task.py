@@ -204,6 +204,9 @@ def load_yaml_task(path: str | Path) -> Task:
     if kind not in ("choice", "cloze", "perplexity"):
         raise EvalError(f"{path}: kind must be choice, cloze or perplexity, got {kind!r}")
     name = _str(spec, "name", path, path.stem)
+    if not name or name.startswith(".") or re.search(r"[/\\\x00-\x1f]", name):
+        raise EvalError(f"{path}: name must not be empty, start with '.' or hold '/', '\\' or control characters "
+                        f"(it names the task's files), got {name!r}")
     data = _str(spec, "data", path)
     if not data:
         raise EvalError(f"{path}: 'data' (the JSONL file of examples) is required")

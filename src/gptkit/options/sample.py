@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ..errors import GptkitError
 from . import common
 from .generator import opt
 
@@ -24,8 +25,11 @@ def top_k() -> Any:
 
 
 def top_k_or_none(k: int | None) -> int | None:
-    """--top-k as SamplingParams takes it: 0 (or less) means no top-k filter, as in Hugging Face's generate."""
-    return k if k and k > 0 else None
+    """--top-k as SamplingParams takes it: 0 means no top-k filter, as in Hugging Face's generate (which, as this,
+    refuses a negative k)."""
+    if k is not None and k < 0:
+        raise GptkitError(f"--top-k must be >= 0 (0: from all tokens), got {k}")
+    return k or None
 
 
 def blas() -> Any:
