@@ -203,3 +203,23 @@ def test_a_negative_top_k_is_one_line(command, char_ckpt, capsys):
     extra = ["--prompt", "hello"] if command == "chat" else []
     rc, _, err = run(capsys, command, "--ckpt", char_ckpt, "--top-k", "-3", "--max-new-tokens", "2", *extra)
     assert_one_line_error(rc, err, "--top-k must be >= 0", "got -3")
+
+
+@pytest.mark.parametrize("garbage", [b"not a checkpoint\n", b"PK\x03\x04cut", b"\x80\x02]q\x00."])
+def test_resume_from_a_trainer_state_gptkit_did_not_write_is_one_line(tiny_run, garbage, capsys):
+    """It printed torch's advice cut mid-sentence, pointing at the unsafe weights_only=False."""
+    cmd, out = tiny_run
+    (sorted((out / "checkpoints").iterdir())[-1] / "trainer_state.pt").write_bytes(garbage)
+    rc, _, err = run(capsys, *cmd, "--max-iters", "4", "--resume")
+    assert_one_line_error(rc, err, "not a trainer state gptkit wrote", "resume from an earlier checkpoint")
+    assert "weights_only" not in err
+
+
+def test_train_refuses_a_prepare_output_as_its_run_directory(tiny_run, capsys):
+    """A run inside prepared data: a later `prepare --out` there (a previous prepare output, so replaced) would
+    delete its checkpoints."""
+    cmd, _ = tiny_run
+    data = cmd[2]
+    rc, _, err = run(capsys, *cmd[:4], data, *cmd[5:], "--max-iters", "1")
+    assert_one_line_error(rc, err, "is a `gptkit prepare` output")
+    assert not (Path(data) / "checkpoints").exists()

@@ -52,6 +52,7 @@ from .checkpoint import (
     list_checkpoints,
     load_model,
     read_config_json,
+    read_trainer_state,
     shard_manifest,
     write_config_files,
     write_model_files,
@@ -301,6 +302,9 @@ def resolve_run(cfg: TrainConfig) -> tuple[TrainConfig, Path | None]:
     """The settings the run goes on with, and the checkpoint it resumes from (None for a fresh run)."""
 
     run_dir = Path(cfg.out)
+    if (run_dir / "manifest.json").is_file():  # a later `prepare --out` there would replace the run with data
+        raise TrainError(f"--out {run_dir} is a `gptkit prepare` output (it holds manifest.json): choose another "
+                         f"directory for the run")
     if not cfg.resume:
         if list_checkpoints(run_dir):
             raise TrainError(f"{run_dir} already holds checkpoints: pass --resume to continue it, or choose a new "
@@ -514,13 +518,7 @@ def restore_model(rt: Runtime, resume_from: Path) -> Built:
         raise TrainError(f"the checkpoint's tokenizer does not match {rt.data_dir}'s "
                          f"({getattr(saved_tok, 'kind', None)}/{getattr(saved_tok, 'vocab_size', None)} vs "
                          f"{tok.kind}/{tok.vocab_size})")
-    try:
-        saved = torch.load(resume_from / TRAINER_STATE, map_location="cpu", weights_only=True)
-    except Exception as e:  # a cut or foreign file: torch's own message runs to many lines
-        why = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-        raise TrainError(f"{resume_from / TRAINER_STATE} cannot be read ({why[:200]}); resume from an earlier "
-                         f"checkpoint by removing this one") from None
-    return Built(model, saved=saved, sharded=sharded)
+    return Built(model, saved=read_trainer_state(resume_from / TRAINER_STATE), sharded=sharded)
 
 
 def init_from(cfg: TrainConfig, rt: Runtime):
