@@ -70,7 +70,9 @@ from .workers import default_workers, ordered_map, worker_pool
 REPORT_FORMAT = "gptkit-dedup-report"
 UNITS = ("document", "passage")
 TOP_DOCUMENTS = 10  # documents listed in a passage run's report, most bytes removed first
-_CHUNK = 1 << 14  # n-gram hashes per MinHash.update_batch call: bounds the (chunk, num_perm) matrix to 8 MB
+_CHUNK_VALUES = 1 << 21  # n-gram hashes × permutations per MinHash.update_batch call: bounds its (chunk, num_perm)
+# uint64 matrices to 16 MiB (16,384 n-grams a call at the default 128 permutations)
+MAX_NUM_PERM = 1 << 13  # 32 KiB of signature per kept document, 64 times the default
 BATCH_DOCS = 512  # documents per batch sent to a worker ...
 BATCH_CHARS = 1 << 20  # ... or this many characters
 _MUL = np.uint64(0x100000001B3)  # the multiplier of the n-gram chain (FNV-1's 64-bit prime)
@@ -147,14 +149,15 @@ class Signer:
 
     def __init__(self, num_perm: int = 128, ngram: int = 5, seed: int = 1):
         self.ngram = ngram
+        self._chunk = max(1, _CHUNK_VALUES // num_perm)
         # The n-gram hashes are already uniform 32-bit values: datasketch only needs to permute them.
         self._mh = MinHash(num_perm=num_perm, seed=seed, hashfunc=_identity, scheme="affine32")
 
     def signature(self, h: np.ndarray) -> np.ndarray:
         """The (num_perm,) uint32 signature of a non-empty array of n-gram hashes (see `ngram_hashes`)."""
         self._mh.clear()
-        for i in range(0, len(h), _CHUNK):  # a long document in chunks: bounded memory
-            self._mh.update_batch(h[i:i + _CHUNK].tolist())
+        for i in range(0, len(h), self._chunk):  # a long document in chunks: bounded memory
+            self._mh.update_batch(h[i:i + self._chunk].tolist())
         return self._mh.hashvalues.astype(np.uint32, copy=True)
 
 
@@ -219,9 +222,12 @@ def lsh_params(threshold: float, num_perm: int, target: float = 0.99) -> tuple[i
         raise DataError(f"--threshold must be in (0, 1], got {threshold}")
     for r in range(num_perm, 0, -1):
         p = threshold ** r
-        b = 1 if p >= 1.0 else max(1, math.ceil(math.log(1.0 - target) / math.log1p(-p)))
-        if b * r <= num_perm:
-            return b, r
+        if p >= 1.0:
+            return 1, r
+        # the bands needed, fractional; infinite when t^r is below float resolution (0.8^r for r > ~3300)
+        bands = math.log(1.0 - target) / math.log1p(-p) if p > 0.0 else math.inf
+        if bands * r <= num_perm and max(1, math.ceil(bands)) * r <= num_perm:
+            return max(1, math.ceil(bands)), r
     return num_perm, 1
 
 
@@ -442,6 +448,9 @@ def _check_parameters(threshold: float, num_perm: int, ngram: int, verify: str, 
                       passage_words: int) -> None:
     if num_perm < 2:
         raise DataError(f"--num-perm must be at least 2, got {num_perm}")
+    if num_perm > MAX_NUM_PERM:
+        raise DataError(f"--num-perm must be at most {MAX_NUM_PERM:,} (each kept document stores 4 bytes per "
+                        f"permutation; 128 is usual), got {num_perm:,}")
     if ngram < 1:
         raise DataError(f"--ngram must be at least 1, got {ngram}")
     if verify not in ("exact", "minhash"):

@@ -92,6 +92,7 @@ BATCH_DOCS = 1024  # ... or this many pieces
 
 
 MAX_MIX_EPOCHS = 1000  # a mixture may repeat a source at most this many times (docs/data.md)
+MAX_MIX_TOKENS = 1 << 53  # beyond this the shares by weight are not exact in float64 (and overflow int64 later)
 
 
 # ------------------------------------------------------------------------------------------ tokenizing
@@ -275,8 +276,8 @@ def _check_mixture(inputs: list[str] | None, sources: list[MixtureSource] | None
         if not inputs:
             raise DataError("no inputs given: pass --input PATH... or --source NAME=PATH:WEIGHT")
         return None
-    if mix_tokens is not None and mix_tokens <= 0:
-        raise DataError(f"--mix-tokens must be positive, got {mix_tokens}")
+    if mix_tokens is not None and not 0 < mix_tokens <= MAX_MIX_TOKENS:
+        raise DataError(f"--mix-tokens must be positive and at most 2**53 = {MAX_MIX_TOKENS:,}, got {mix_tokens:,}")
     return merge_sources(list(sources))
 
 

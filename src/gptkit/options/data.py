@@ -87,7 +87,7 @@ class DedupOptions:
     out: str = common.out_file("the kept documents, JSONL (.gz to compress); the report goes beside it")
     min_jaccard: float = opt(0.8, "Jaccard similarity from which two documents are near duplicates", metavar="J",
                              old={"--threshold": None})
-    num_perm: int = opt(128, "MinHash permutations", metavar="N")
+    num_perm: int = opt(128, "MinHash permutations (2 to 8192)", metavar="N")
     ngram: int = opt(5, "words per shingle", metavar="N")
     unit: str = opt("document", "what is compared and removed: whole documents, or passages of about "
                     "--passage-words words cut at the documents' paragraph breaks (a document keeps its other "
