@@ -56,6 +56,95 @@ def train(capsys, data: Path, tmp_path: Path) -> tuple[int, str]:
     return rc, err
 
 
+# ------------------------------------------------------------------------------------ B3: manifest shape
+MANIFEST_EDITS = {
+    "no splits": (lambda m: m.pop("splits"), "`splits` is missing"),
+    "val null": (lambda m: m["splits"].update(val=None), "`splits.val` is null, expected an object"),
+    "tokenizer a string": (lambda m: m.update(tokenizer="char"), "`tokenizer` is a string, expected an object"),
+    "vocab_size a string": (lambda m: m["tokenizer"].update(vocab_size="66"), "`tokenizer.vocab_size` is a string"),
+    "eot beyond vocab": (lambda m: m["tokenizer"].update(vocab_size=10), "`tokenizer.eot_id`"),
+    "shards null": (lambda m: m["splits"]["train"].update(shards=None), "`splits.train.shards` is null"),
+    "shard a number": (lambda m: m["splits"]["train"]["shards"].__setitem__(0, 7), "`splits.train.shards[0]`"),
+    "shard path": (lambda m: m["splits"]["train"]["shards"][0].update(file="../../x.bin"), "not a file name"),
+    "tokens negative": (lambda m: m["splits"]["val"].update(tokens=-5), "`splits.val.tokens` is -5"),
+    "tokens not the sum": (lambda m: m["splits"]["val"].update(tokens=1), "not the sum of its shards' tokens"),
+    "dtype": (lambda m: m.update(dtype="float99"), "`dtype` is 'float99'"),
+}
+
+
+@pytest.mark.parametrize("case", MANIFEST_EDITS)
+def test_a_manifest_of_the_wrong_shape_is_one_line_naming_the_field(case, data_copy, tmp_path, capsys):
+    change, fragment = MANIFEST_EDITS[case]
+    edit_json(data_copy / "manifest.json", change)
+    rc, err = train(capsys, data_copy, tmp_path)
+    assert_one_line_error(rc, err, "manifest.json: corrupt manifest", fragment)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    with pytest.raises(DataError, match="corrupt manifest"):  # what `scale fit --unit bpb` reads
+        val_bytes_per_token(data_copy)
+
+
+def test_scale_plan_reads_the_manifest_through_the_same_check(data_copy, tmp_path, capsys):
+    edit_json(data_copy / "manifest.json", lambda m: m.pop("splits"))
+    rc, _, err = run(capsys, "scale", "--plan-only", "--quiet", "--device", "cpu", "--data", data_copy,
+                     "--budget-minutes", "5", "--out", tmp_path / "study")
+    assert_one_line_error(rc, err, "`splits` is missing")
+
+
+def test_a_good_manifest_passes_the_shape_check(char_data):
+    m = read_manifest(char_data)
+    assert len(m["splits"]["train"]["shards"]) >= 2 and m["dtype"] == "uint16"
+
+
+# ------------------------------------------------------------------------ B4: token ids >= the vocabulary
+def overwrite_body(shard: Path, value: int = 0xFFFF) -> None:
+    raw = bytearray(shard.read_bytes())
+    raw[HEADER_BYTES:] = np.full((len(raw) - HEADER_BYTES) // 2, value, dtype="<u2").tobytes()
+    shard.write_bytes(bytes(raw))
+
+
+def test_a_shard_with_ids_beyond_the_vocabulary_is_one_line(data_copy, tmp_path, capsys):
+    overwrite_body(data_copy / "train_000.bin")
+    rc, err = train(capsys, data_copy, tmp_path)
+    assert_one_line_error(rc, err, "train_000.bin: token id 65,535 is not below the vocabulary size", "corrupt")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_large_split_checks_the_ids_of_each_drawn_batch(data_copy, monkeypatch):
+    """Above FULL_CHECK_TOKENS a split is not scanned when opened (that would read all of a large dataset on every
+    run); each batch is checked as it is drawn instead, a max over its tokens on the host, naming the shard."""
+    monkeypatch.setattr(loader, "FULL_CHECK_TOKENS", 0)
+    shards = read_manifest(data_copy)["splits"]["train"]["shards"]
+    overwrite_body(data_copy / shards[1]["file"], 70)
+    ds = TokenDataset(data_copy, "train")  # opens: nothing scanned
+    first = shards[0]["tokens"]
+    assert ds.windows(np.array([0, 5]), 9).max() < ds.vocab_size  # windows inside the good shard
+    for start in (first + 3, first - 4):  # inside the bad shard; across the boundary into it
+        with pytest.raises(DataError, match=f"{shards[1]['file']}: token id 70 is not below the vocabulary size"):
+            ds.windows(np.array([0, start]), 9)
+    batches = BatchLoader(data_copy, batch_size=64, block_size=8, seed=0)
+    with pytest.raises(DataError, match="token id 70"):
+        for step in range(20):
+            batches.get_batch("train", step)
+
+
+def test_a_tokenizer_that_does_not_match_the_manifest_is_one_line(data_copy, tmp_path, capsys):
+    shutil.rmtree(data_copy / "tokenizer")
+    small = Tokenizer.train_char("abcdefgh")
+    small.add_special_tokens(["<|endoftext|>"])
+    small.save(data_copy / "tokenizer")
+    rc, err = train(capsys, data_copy, tmp_path)
+    assert_one_line_error(rc, err, "the tokenizer has 9 ids", "manifest.json says")
+    with pytest.raises(DataError, match="the tokenizer has 9 ids"):
+        load_tokenizer(data_copy)
+
+
+def test_a_shard_written_for_another_vocabulary_is_refused(tmp_path):
+    write_shard(tmp_path / "s.bin", np.arange(10, dtype=np.uint16), vocab_size=66)
+    assert len(open_shard(tmp_path / "s.bin", 66)) == 10
+    with pytest.raises(DataError, match="written for a vocabulary of 66 ids, the manifest says 50"):
+        open_shard(tmp_path / "s.bin", 50)
+
+
 # --------------------------------------------------------------------- C2 / C3: out-of-range data flags
 def test_mix_tokens_beyond_2_53_is_one_line(tmp_path, capsys):
     (tmp_path / "a.txt").write_text(TEXT * 4)

@@ -24,11 +24,14 @@ import numpy as np
 import torch
 
 from ..tokenizer import Tokenizer
-from .shards import FORMAT, FORMAT_VERSION, MANIFEST, DataError, open_shard, sha256_file
+from .shards import FORMAT, FORMAT_VERSION, MANIFEST, DataError, dtype_for_vocab, open_shard, sha256_file
 
 SPLIT_CODES = {"train": 0, "val": 1}
 EVAL_SEED = 20_240_601  # fixed: eval windows do not depend on the training seed
 STATE_VERSION = 1
+FULL_CHECK_TOKENS = 1 << 24
+"""A split of at most this many tokens (32 MiB of uint16, a few ms) has every token id checked when it is opened;
+a larger one has the ids of each batch checked as it is drawn (`TokenDataset.windows`)."""
 
 
 def read_manifest(data_dir: str | Path) -> dict:
@@ -51,14 +54,90 @@ def read_manifest(data_dir: str | Path) -> dict:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{path}: data format version {manifest.get('format_version')}, this gptkit reads "
                         f"version {FORMAT_VERSION}; re-run `gptkit prepare`")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise DataError(f"{path}: corrupt manifest ({problem}); re-run `gptkit prepare`")
     return manifest
+
+
+def _json_type(value) -> str:
+    """The JSON name of a value's type, for messages about a hand-edited file."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return {str: "a string", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__)
+
+
+def _field(obj: dict, key: str, where: str, kind: type, low: int | None = None):
+    """`obj[key]`, or the message saying why the field `where` is missing or of the wrong type/range (a str)."""
+    if key not in obj:
+        return None, f"`{where}` is missing"
+    v = obj[key]
+    if kind is int and (isinstance(v, bool) or not isinstance(v, int)):
+        return None, f"`{where}` is {_json_type(v)}, expected a whole number"
+    if kind is not int and not isinstance(v, kind):
+        return None, f"`{where}` is {_json_type(v)}, expected {_json_type(kind())}"
+    if low is not None and v < low:
+        return None, f"`{where}` is {v}, expected at least {low}"
+    if kind is str and not v:
+        return None, f"`{where}` is empty"
+    return v, None
+
+
+def _manifest_problem(m: dict) -> str | None:
+    """What is wrong with the structure of a manifest's fields that readers use (None when nothing is): a JSON
+    file that parses but was edited or written by something else must be a one-line error naming the field."""
+    tok, why = _field(m, "tokenizer", "tokenizer", dict)
+    if why:
+        return why
+    for key, kind, low in (("kind", str, None), ("dir", str, None), ("vocab_size", int, 1), ("eot_id", int, 0)):
+        _, why = _field(tok, key, f"tokenizer.{key}", kind, low)
+        if why:
+            return why
+    if tok["eot_id"] >= tok["vocab_size"]:
+        return f"`tokenizer.eot_id` {tok['eot_id']} is not below `tokenizer.vocab_size` {tok['vocab_size']}"
+    dtype, why = _field(m, "dtype", "dtype", str)
+    expected = dtype_for_vocab(tok["vocab_size"]).name
+    if why or dtype != expected:
+        return why or f"`dtype` is {dtype!r}, expected {expected!r} for a vocabulary of {tok['vocab_size']:,} ids"
+    splits, why = _field(m, "splits", "splits", dict)
+    if why:
+        return why
+    for split in SPLIT_CODES:
+        where = f"splits.{split}"
+        sp, why = _field(splits, split, where, dict)
+        tokens, why = (None, why) if why else _field(sp, "tokens", f"{where}.tokens", int, 0)
+        shards, why = (None, why) if why else _field(sp, "shards", f"{where}.shards", list)
+        if why:
+            return why
+        for i, shard in enumerate(shards):
+            at = f"{where}.shards[{i}]"
+            if not isinstance(shard, dict):
+                return f"`{at}` is {_json_type(shard)}, expected an object"
+            for key, kind, low in (("file", str, None), ("tokens", int, 0), ("sha256", str, None)):
+                _, why = _field(shard, key, f"{at}.{key}", kind, low)
+                if why:
+                    return why
+            if Path(shard["file"]).name != shard["file"] or shard["file"] in (".", ".."):
+                return f"`{at}.file` {shard['file']!r} is not a file name in the data directory"
+        if tokens != sum(s["tokens"] for s in shards):
+            return f"`{where}.tokens` {tokens:,} is not the sum of its shards' tokens"
+    return None
 
 
 def load_tokenizer(data_dir: str | Path):
     """The tokenizer a prepared data directory was made with."""
 
-    manifest = read_manifest(data_dir)
-    return Tokenizer.from_pretrained(Path(data_dir) / manifest["tokenizer"]["dir"])
+    want = read_manifest(data_dir)["tokenizer"]
+    where = Path(data_dir) / want["dir"]
+    tok = Tokenizer.from_pretrained(where)
+    if tok.vocab_size != want["vocab_size"] or tok.eot_id != want["eot_id"]:  # ids the shards hold would not fit
+        raise DataError(f"{where}: the tokenizer has {tok.vocab_size:,} ids (end-of-text {tok.eot_id}) but "
+                        f"manifest.json says {want['vocab_size']:,} (end-of-text {want['eot_id']}); re-run "
+                        "`gptkit prepare`")
+    return tok
 
 
 def data_fingerprint(data_dir: str | Path) -> str:
@@ -76,6 +155,11 @@ class TokenDataset:
 
     `len(ds)` tokens; `ds[a:b]` a numpy copy of a range (it may span shards); `ds.windows(starts, n)` the
     (len(starts), n) array of the n tokens at each start, gathered with one fancy index per shard.
+
+    A token id at or above the vocabulary size (a corrupt shard) is a DataError naming the shard, found when the
+    split is opened if it is small (FULL_CHECK_TOKENS), else when a window holding it is drawn: the model would
+    fail deep inside its embedding. (The shards' sha256 is checked only with `verify`: reading every byte of a
+    large dataset on each run would make opening it slow.)
     """
 
     def __init__(self, data_dir: str | Path, split: str = "train", verify: bool = False):
@@ -86,18 +170,36 @@ class TokenDataset:
         self.vocab_size = int(m["tokenizer"]["vocab_size"])
         self.eot_id = int(m["tokenizer"]["eot_id"])
         self.shards: list[np.ndarray] = []
+        self.paths: list[Path] = []
         for s in m["splits"][split]["shards"]:
             path = self.data_dir / s["file"]
-            arr = open_shard(path)
+            arr = open_shard(path, self.vocab_size)
             if len(arr) != s["tokens"]:
                 raise DataError(f"{path}: holds {len(arr):,} tokens, the manifest says {s['tokens']:,}; "
                                 "re-run `gptkit prepare`")
             if verify and sha256_file(path) != s["sha256"]:
                 raise DataError(f"{path}: sha256 differs from the manifest; the shard is corrupt")
             self.shards.append(arr)
+            self.paths.append(path)
         self.lengths = np.array([len(a) for a in self.shards], dtype=np.int64)
         self.bounds = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)  # shard i: [b[i], b[i+1])
         self.dtype = self.shards[0].dtype if self.shards else np.dtype(np.uint16)
+        if len(self) <= FULL_CHECK_TOKENS:
+            for i, arr in enumerate(self.shards):
+                if len(arr) and int(arr.max()) >= self.vocab_size:
+                    raise self._bad_id(i, int(arr.max()))
+
+    def _bad_id(self, shard: int, token: int) -> DataError:
+        return DataError(f"{self.paths[shard]}: token id {token:,} is not below the vocabulary size "
+                         f"{self.vocab_size:,} of {self.data_dir}; the shard is corrupt: re-run `gptkit prepare`")
+
+    def _check_ids(self, starts: np.ndarray, windows: np.ndarray) -> np.ndarray:
+        """`windows` (drawn at `starts`), checked to hold only ids below the vocabulary size (a cheap max)."""
+        if windows.size and int(windows.max()) >= self.vocab_size:
+            row, col = np.argwhere(windows >= self.vocab_size)[0]
+            shard = int(np.searchsorted(self.bounds, starts[row] + col, side="right")) - 1
+            raise self._bad_id(shard, int(windows[row, col]))
+        return windows
 
     def __len__(self) -> int:
         return int(self.bounds[-1])
@@ -126,7 +228,7 @@ class TokenDataset:
             raise IndexError("window out of range")
         ar = np.arange(length, dtype=np.int64)
         if len(self.shards) == 1:
-            return np.asarray(self.shards[0][starts[:, None] + ar])
+            return self._check_ids(starts, np.asarray(self.shards[0][starts[:, None] + ar]))
         out = np.empty((len(starts), length), dtype=self.dtype)
         sid = np.searchsorted(self.bounds, starts, side="right") - 1
         local = starts - self.bounds[sid]
@@ -136,7 +238,7 @@ class TokenDataset:
             out[rows] = self.shards[s][local[rows, None] + ar]
         for r in np.nonzero(~inside)[0]:  # rare: a window across a shard boundary
             out[r] = self[int(starts[r]):int(starts[r]) + length]
-        return out
+        return self._check_ids(starts, out)
 
 
 def batch_offsets(num_tokens: int, batch_size: int, block_size: int, seed: int, step: int, micro_step: int = 0,

@@ -112,9 +112,13 @@ def write_shard(path: str | Path, tokens: np.ndarray, vocab_size: int = 0) -> di
     return {"file": path.name, "tokens": len(tokens), "bytes": len(header) + len(body), "sha256": h.hexdigest()}
 
 
-def open_shard(path: str | Path) -> np.ndarray:
-    """A read-only view of a shard's tokens (an `np.memmap`; an empty array for an empty shard)."""
+def open_shard(path: str | Path, vocab_size: int | None = None) -> np.ndarray:
+    """A read-only view of a shard's tokens (an `np.memmap`; an empty array for an empty shard). With `vocab_size`,
+    a shard whose header records another vocabulary size is a DataError."""
     info = read_header(path)
+    if vocab_size is not None and info["vocab_size"] not in (0, vocab_size):
+        raise DataError(f"{path}: written for a vocabulary of {info['vocab_size']:,} ids, the manifest says "
+                        f"{vocab_size:,}; re-run `gptkit prepare`")
     if info["count"] == 0:  # mmap cannot map zero bytes
         return np.empty(0, dtype=info["dtype"])
     return np.memmap(path, dtype=info["dtype"], mode="r", offset=HEADER_BYTES, shape=(info["count"],))
