@@ -145,6 +145,62 @@ def test_a_shard_written_for_another_vocabulary_is_refused(tmp_path):
         open_shard(tmp_path / "s.bin", 50)
 
 
+# ------------------------------------------------------------------------------- B7 / F7: quality model
+@pytest.fixture(scope="module")
+def quality(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny quality model and an input file for it."""
+    d = tmp_path_factory.mktemp("quality")
+    pos, neg = d / "pos.jsonl", d / "neg.jsonl"
+    pos.write_text("".join(json.dumps({"text": f"edited prose about the river number {i} and its banks"}) + "\n"
+                           for i in range(12)))
+    neg.write_text("".join(json.dumps({"text": f"click here buy now cheap offer {i} free free"}) + "\n"
+                           for i in range(12)))
+    train_quality([str(pos)], [str(neg)], d / "q.safetensors", n_features=1024, heldout=0.0)
+    return d / "q.safetensors", neg
+
+
+def edited_model(src: Path, dst: Path, vectorizer: dict | None = None, tensors=None) -> Path:
+    """A copy of the model `src` with vectorizer parameters replaced and its arrays changed by `tensors`."""
+    with safe_open(str(src), framework="np") as f:
+        meta, arrays = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    params = json.loads(meta["vectorizer"])
+    params.update(vectorizer or {})
+    if tensors is not None:
+        tensors(arrays)
+    save_file(arrays, str(dst), metadata={**meta, "vectorizer": json.dumps(params)})
+    return dst
+
+
+MODEL_EDITS = {
+    "ngram_range reversed": ({"ngram_range": [3, 1]}, None, "ngram_range [3, 1]"),
+    "token_pattern not a regex": ({"token_pattern": "(["}, None, "token_pattern '([' is not a regular expression"),
+    "token_pattern two groups": ({"token_pattern": "(a)(b)"}, None, "more than one capturing group"),
+    "norm l7": ({"norm": "l7"}, None, "norm 'l7'"),
+    "lowercase a string": ({"lowercase": "yes"}, None, "lowercase 'yes'"),
+    "n_features a string": ({"n_features": "x"}, None, "n_features 'x'"),
+    "intercept nan": (None, lambda a: a.update(intercept=np.array([math.nan])), "NaN or infinite"),
+    "weight inf": (None, lambda a: a["coef_value"].__setitem__(0, math.inf), "NaN or infinite"),
+    "negative index": (None, lambda a: a["coef_index"].__setitem__(0, -1), "outside [0, 1024)"),  # would wrap
+    "float index": (None, lambda a: a.update(coef_index=a["coef_index"].astype(np.float32)), "integer indices"),
+}
+
+
+@pytest.mark.parametrize("case", MODEL_EDITS)
+def test_a_quality_model_with_bad_fields_is_one_line(case, quality, tmp_path, capsys):
+    vectorizer, tensors, fragment = MODEL_EDITS[case]
+    good, docs = quality
+    bad = edited_model(good, tmp_path / "bad.safetensors", vectorizer, tensors)
+    rc, _, err = run(capsys, "data", "quality", "filter", "--quiet", "--model", bad, "--input", docs,
+                     "--out", tmp_path / "kept.jsonl")
+    assert_one_line_error(rc, err, "corrupt quality model", fragment)
+    assert not (tmp_path / "kept.jsonl").exists()
+
+
+def test_an_unedited_quality_model_still_loads_and_scores(quality):
+    model = QualityModel.load(quality[0])
+    assert np.isfinite(model.score(["some text here"])).all()
+
+
 # --------------------------------------------------------------------- C2 / C3: out-of-range data flags
 def test_mix_tokens_beyond_2_53_is_one_line(tmp_path, capsys):
     (tmp_path / "a.txt").write_text(TEXT * 4)

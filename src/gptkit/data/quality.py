@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -125,11 +126,58 @@ class QualityModel:
                             f"reads version {MODEL_VERSION}")
         try:
             params = json.loads(meta["vectorizer"])
-            coef = np.zeros(int(params["n_features"]), dtype=np.float64)
-            coef[tensors["coef_index"]] = tensors["coef_value"]
+            problem = _vectorizer_problem(params)
+            if problem is None:
+                index, values = tensors["coef_index"], tensors["coef_value"]
+                problem = _weights_problem(index, values, tensors["intercept"], params["n_features"])
+            if problem is not None:
+                raise DataError(f"--model {path}: corrupt quality model ({problem})")
+            coef = np.zeros(params["n_features"], dtype=np.float64)
+            coef[index] = values
             return cls(coef, float(tensors["intercept"][0]), params, json.loads(meta.get("info", "{}")))
         except (KeyError, ValueError, IndexError, TypeError) as e:
             raise DataError(f"--model {path}: corrupt quality model ({type(e).__name__}: {e})") from None
+
+
+def _vectorizer_problem(params) -> str | None:
+    """What is wrong with a model file's vectorizer parameters (None when nothing is): scikit-learn would only
+    find it when the first batch is scored, with its own exception."""
+    if not isinstance(params, dict):
+        return "the vectorizer metadata is not a JSON object"
+    n, ngrams, pattern = params.get("n_features"), params.get("ngram_range"), params.get("token_pattern")
+    if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= MAX_FEATURES:
+        return f"vectorizer n_features {n!r} is not a whole number in [2, 2**{MAX_FEATURES.bit_length() - 1}]"
+    if (not isinstance(ngrams, list) or len(ngrams) != 2 or any(isinstance(k, bool) or not isinstance(k, int)
+                                                                 for k in ngrams) or not 1 <= ngrams[0] <= ngrams[1]):
+        return f"vectorizer ngram_range {ngrams!r} is not [min, max] with 1 <= min <= max"
+    if not isinstance(pattern, str):
+        return f"vectorizer token_pattern {pattern!r} is not a string"
+    try:
+        if re.compile(pattern).groups > 1:
+            return f"vectorizer token_pattern {pattern!r} has more than one capturing group"
+    except re.error as e:
+        return f"vectorizer token_pattern {pattern!r} is not a regular expression ({e})"
+    for key in ("lowercase", "alternate_sign"):
+        if not isinstance(params.get(key), bool):
+            return f"vectorizer {key} {params.get(key)!r} is not true or false"
+    if params.get("norm") not in ("l1", "l2", None):
+        return f"vectorizer norm {params.get('norm')!r} is not \"l1\", \"l2\" or null"
+    return None
+
+
+def _weights_problem(index: np.ndarray, values: np.ndarray, intercept: np.ndarray, n_features: int) -> str | None:
+    """What is wrong with a model file's weights (None when nothing is): indices outside the features (a negative
+    one would silently wrap around), or a weight or intercept that is not a finite number (every score NaN)."""
+    if index.ndim != 1 or index.dtype.kind not in "iu" or values.shape != index.shape or intercept.shape != (1,):
+        return (f"weights of shapes coef_index {list(index.shape)} ({index.dtype}), coef_value {list(values.shape)}, "
+                f"intercept {list(intercept.shape)}; expected two equal 1-D arrays (integer indices) and one value")
+    if len(index) and (int(index.min()) < 0 or int(index.max()) >= n_features):
+        return f"weight indices from {int(index.min())} to {int(index.max())}, outside [0, {n_features})"
+    if values.dtype.kind != "f" or intercept.dtype.kind != "f":
+        return f"weights of type {values.dtype} and intercept of type {intercept.dtype}; expected floats"
+    if not (np.isfinite(values).all() and np.isfinite(intercept).all()):
+        return "the intercept or a weight is NaN or infinite"
+    return None
 
 
 # ------------------------------------------------------------------------------------------ train
