@@ -257,3 +257,17 @@ def test_finetune_refuses_a_max_len_with_no_room_for_the_texts(tmp_path, capsys,
                      train=None if fmt == "sst2" else train)
     rc, _, err = run(capsys, *argv)
     assert_one_line_error(rc, err, f"--max-len {max_len} leaves no room", f"{task} task")
+
+
+# ------------------------------------------------------------------------- a diverged fine-tune
+def test_a_finetune_that_diverges_stops_and_writes_nothing(tmp_path, capsys):
+    """--lm-coef 1e300 (in range: λ has no upper bound) made the loss infinite: the head was written with NaN
+    weights and exit 0. Now the first non-finite loss stops the run, as in `gptkit train`."""
+    ckpt = save_char_ckpt(tmp_path / "ckpt")
+    (tmp_path / "train.txt").write_text(SST2)
+    out = tmp_path / "run"
+    rc, _, err = run(capsys, "finetune", "--ckpt", ckpt, "--format", "sst2", "--train", tmp_path / "train.txt",
+                     "--valid-from-train", "2", "--out", out, "--epochs", "1", "--quiet", "--device", "cpu",
+                     "--threads", "1", "--lm-coef", "1e300")
+    assert_one_line_error(rc, err, "fine-tuning diverged at step 1", "nothing was written")
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

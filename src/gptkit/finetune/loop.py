@@ -449,7 +449,10 @@ def train_epoch(run: FinetuneRun, epoch: int, step: int, rng: random.Random, pro
         loss.backward()
         optimizer_step(run.model, run.optimizer, cfg.grad_clip)
         step += 1
-        sums["loss"] += loss.item()
+        if not math.isfinite(value := loss.item()):  # never evaluate on, or save, a diverged head
+            raise TaskError(f"fine-tuning diverged at step {step}: the loss is {value} (try a lower --lr or "
+                            f"--lm-coef, or --grad-clip 1); nothing was written")
+        sums["loss"] += value
         sums["task_loss"] += l2.item()
         sums["lm_loss"] += lm.item() if use_lm else 0.0
         sums["n"] += 1
