@@ -201,6 +201,81 @@ def test_an_unedited_quality_model_still_loads_and_scores(quality):
     assert np.isfinite(model.score(["some text here"])).all()
 
 
+# -------------------------------------------------------------------------------- B10 / F6: tokenizer files
+@pytest.fixture(scope="module")
+def gpt2_vocab(shared_data) -> Path:
+    return shared_data / "gpt2-bpe-vocab"
+
+
+def gpt2_copy(src: Path, dst: Path, encoder_change=None, merges: str | None = None) -> Path:
+    dst.mkdir()
+    enc = json.loads((src / "encoder.json").read_text(encoding="utf-8"))
+    if encoder_change is not None:
+        encoder_change(enc)
+    (dst / "encoder.json").write_text(json.dumps(enc), encoding="utf-8")
+    if merges is None:
+        shutil.copy(src / "vocab.bpe", dst / "vocab.bpe")
+    else:
+        (dst / "vocab.bpe").write_text(merges, encoding="utf-8")
+    return dst
+
+
+GPT2_EDITS = {
+    "id a string": (lambda e: e.update({"x": "str"}), None, "the id of token 'x' is 'str'"),
+    "id negative": (lambda e: e.update({"!": -5}), None, "the id of token '!' is -5"),
+    "id huge": (lambda e: e.update({"!": 10**12}), None, "is 1000000000000; expected a whole number"),
+    "id a float": (lambda e: e.update({"!": 1.5}), None, "the id of token '!' is 1.5"),
+    "ids shared": (lambda e: e.update({"!": e['"']}), None, "have the same id"),
+    "no merges": (None, "", "vocab.bpe: holds no merges"),
+    "only the version line": (None, "#version: 0.2\n", "vocab.bpe: holds no merges"),
+}
+
+
+@pytest.mark.parametrize("case", GPT2_EDITS)
+def test_a_gpt2_vocabulary_with_bad_ids_or_no_merges_is_one_line(case, gpt2_vocab, tmp_path, capsys):
+    change, merges, fragment = GPT2_EDITS[case]
+    vocab = gpt2_copy(gpt2_vocab, tmp_path / "vocab", change, merges)
+    (tmp_path / "in.txt").write_text(TEXT)
+    rc, _, err = run(capsys, "prepare", "--quiet", "--input", tmp_path / "in.txt", "--tokenizer-kind", "gpt2",
+                     "--vocab", vocab, "--out", tmp_path / "out")
+    assert_one_line_error(rc, err, fragment)
+    assert not (tmp_path / "out").exists()
+
+
+GPTKIT_TOKENIZER_EDITS = {
+    "special_tokens a list": (lambda c: c.update(special_tokens=["<|endoftext|>"]), "got a list"),
+    "special id negative": (lambda c: c["special_tokens"].update({"<|endoftext|>": -1}), "is -1"),
+    "special id a string": (lambda c: c["special_tokens"].update({"<|endoftext|>": "65"}), "is '65'"),
+    "vocab_size a string": (lambda c: c.update(vocab_size="x"), "vocab_size is 'x'"),
+    "format_version a string": (lambda c: c.update(format_version="x"), "format_version is 'x'"),
+}
+
+
+@pytest.mark.parametrize("case", GPTKIT_TOKENIZER_EDITS)
+def test_a_gptkit_tokenizer_file_with_bad_fields_is_one_line(case, data_copy, tmp_path, capsys):
+    change, fragment = GPTKIT_TOKENIZER_EDITS[case]
+    edit_json(data_copy / "tokenizer" / "gptkit_tokenizer.json", change)
+    with pytest.raises(TokenizerError, match=fragment):
+        Tokenizer.from_pretrained(data_copy / "tokenizer")
+    rc, err = train(capsys, data_copy, tmp_path)
+    assert_one_line_error(rc, err, "gptkit_tokenizer.json", fragment)
+
+
+def test_sample_with_a_bad_tokenizer_dir_is_one_line(tmp_path, capsys):
+    ckpt = save_char_ckpt(tmp_path / "ckpt")
+    tok_dir = tmp_path / "tok"
+    Tokenizer.from_pretrained(ckpt).save(tok_dir)
+    edit_json(tok_dir / "gptkit_tokenizer.json", lambda c: c.update(special_tokens=["<|endoftext|>"]))
+    rc, _, err = run(capsys, "sample", "--ckpt", ckpt, "--tokenizer-dir", tok_dir, "--max-new-tokens", "2",
+                     "--device", "cpu")
+    assert_one_line_error(rc, err, "special_tokens", "got a list")
+
+
+def test_real_vocabularies_still_load(shared_data):
+    assert Tokenizer.from_pretrained(shared_data / "gpt2-bpe-vocab").vocab_size == 50257
+    assert Tokenizer.from_pretrained(shared_data / "gpt1-bpe-vocab").vocab_size == 40478
+
+
 # --------------------------------------------------------------------- C2 / C3: out-of-range data flags
 def test_mix_tokens_beyond_2_53_is_one_line(tmp_path, capsys):
     (tmp_path / "a.txt").write_text(TEXT * 4)

@@ -118,6 +118,40 @@ def split_at_word_boundaries(text: str, chunk_chars: int = _CHUNK_CHARS) -> list
     return pieces
 
 
+MAX_ID = 2**31 - 1
+"""Token ids are whole numbers in [0, MAX_ID]: torch and tiktoken hold them in 32 bits."""
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return {str: "a string", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__)
+
+
+def _whole_number(value: Any, where: str, what: str, low: int = 0, high: int = MAX_ID) -> int:
+    """`value` (read from a JSON file) when it is a whole number in [low, high], else a one-line TokenizerError."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise TokenizerError(f"{where}: {what} is {value!r}; expected a whole number from {low:,} to {high:,}")
+    return value
+
+
+def _token_ids(mapping: Any, where: str, what: str = "token") -> dict[str, int]:
+    """A token -> id table read from a file, checked: a JSON object whose ids are distinct whole numbers in
+    [0, MAX_ID] (a bad id would otherwise fail inside tiktoken or the model's embedding)."""
+    if not isinstance(mapping, dict):
+        raise TokenizerError(f"{where}: expected a JSON object {what} -> id, got {_json_type(mapping)}")
+    owner: dict[int, str] = {}
+    for tok, i in mapping.items():
+        _whole_number(i, where, f"the id of {what} {tok!r}")
+        if i in owner:
+            raise TokenizerError(f"{where}: {what}s {owner[i]!r} and {tok!r} have the same id {i}")
+        owner[i] = tok
+    return dict(mapping)
+
+
 def _read_json(path: Path) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
@@ -145,6 +179,8 @@ def _read_merges(path: Path) -> list[tuple[str, str]]:
         if len(parts) != 2 or not parts[0] or not parts[1]:
             raise TokenizerError(f"{path}:{lineno}: expected a merge 'a b', got {line[:60]!r}")
         merges.append((parts[0], parts[1]))
+    if not merges:  # every entry of the vocabulary beyond the bytes would be taken for a special token
+        raise TokenizerError(f"{path}: holds no merges (an empty merges file); a BPE vocabulary needs its merges")
     return merges
 
 
@@ -168,7 +204,7 @@ def _read_hf_added_tokens(directory: Path) -> dict[str, int]:
     if legacy.is_file():
         obj = _read_json(legacy)
         if isinstance(obj, dict):
-            added.update({str(k): int(v) for k, v in obj.items()})
+            added.update(_token_ids(obj, str(legacy), "added token"))
     cfg = directory / "tokenizer_config.json"
     if cfg.is_file():
         obj = _read_json(cfg)
@@ -177,7 +213,9 @@ def _read_hf_added_tokens(directory: Path) -> dict[str, int]:
             for i, entry in decoder.items():
                 content = entry.get("content") if isinstance(entry, dict) else entry
                 if isinstance(content, str):
-                    added[content] = int(i)
+                    if not i.isdigit():
+                        raise TokenizerError(f"{cfg}: added_tokens_decoder has the id {i!r}; expected a number")
+                    added[content] = _whole_number(int(i), str(cfg), f"the id of added token {content!r}")
     return added
 
 
@@ -743,6 +781,8 @@ class GPT2Tokenizer(Tokenizer):
 
     def __init__(self, vocab: dict[str, int], merges: Sequence[tuple[str, str]],
                  special_tokens: dict[str, int] | None = None, *, source: str = "vocabulary"):
+        vocab = _token_ids(vocab, source)
+        special_tokens = _token_ids(special_tokens or {}, source, "special token")
         byte_of = _unicode_to_bytes()
         merged = {a + b for a, b in merges}
         ranks: dict[bytes, int] = {}
@@ -778,7 +818,7 @@ class GPT2Tokenizer(Tokenizer):
         self._size = base_size
         self._pat_str = _gpt2_pattern()
         self._enc: tiktoken.Encoding | None = None
-        for tok, i in sorted((special_tokens or {}).items(), key=lambda kv: kv[1]):
+        for tok, i in sorted(special_tokens.items(), key=lambda kv: kv[1]):
             known = self.token_to_id(tok)
             if known == i:
                 self._special[tok] = i
@@ -895,9 +935,11 @@ class GPT1Tokenizer(_TokenizersBacked):
         from tokenizers import Tokenizer as HFTokenizer
         from tokenizers.models import BPE
 
+        vocab = _token_ids(vocab, source)
+        special_tokens = _token_ids(special_tokens or {}, source, "special token")
         if self.UNK not in vocab:
             raise TokenizerError(f"{source}: a GPT-1 vocabulary needs the token {self.UNK!r}")
-        self._vocab = {str(k): int(v) for k, v in vocab.items()}
+        self._vocab = dict(vocab)
         self._merges = [tuple(m) for m in merges]
         try:
             model = BPE(vocab=self._vocab, merges=self._merges, dropout=None, unk_token=self.UNK,
@@ -914,7 +956,7 @@ class GPT1Tokenizer(_TokenizersBacked):
         self._backend = backend
         self._base_size = max(self._vocab.values()) + 1
         super().__init__({self.UNK: self._vocab[self.UNK]})
-        for tok, i in sorted((special_tokens or {}).items(), key=lambda kv: kv[1]):
+        for tok, i in sorted(special_tokens.items(), key=lambda kv: kv[1]):
             known = self.token_to_id(tok)
             if known == i:
                 self._special[tok] = i
@@ -981,11 +1023,11 @@ def _load_gptkit(d: Path, cfg: Any) -> Tokenizer:
     where = d / CONFIG_NAME
     if not isinstance(cfg, dict) or "kind" not in cfg:
         raise TokenizerError(f"{where}: expected a JSON object with a 'kind'")
-    if int(cfg.get("format_version", 1)) > FORMAT_VERSION:
+    if _whole_number(cfg.get("format_version", 1), str(where), "format_version", 1) > FORMAT_VERSION:
         raise TokenizerError(f"{where}: format_version {cfg['format_version']} is newer than this gptkit "
                              f"understands ({FORMAT_VERSION}); upgrade gptkit")
     kind = cfg["kind"]
-    specials = {str(k): int(v) for k, v in (cfg.get("special_tokens") or {}).items()}
+    specials = _token_ids(cfg.get("special_tokens") or {}, f"{where}: special_tokens", "special token")
     tok: Tokenizer
     if kind == "char":
         if not isinstance(cfg.get("chars"), list):
@@ -1005,7 +1047,7 @@ def _load_gptkit(d: Path, cfg: Any) -> Tokenizer:
     if tok.special_tokens != specials:
         raise TokenizerError(f"{where}: special tokens {specials} do not match the tokenizer files "
                              f"({tok.special_tokens})")
-    if "vocab_size" in cfg and int(cfg["vocab_size"]) != tok.vocab_size:
+    if "vocab_size" in cfg and _whole_number(cfg["vocab_size"], str(where), "vocab_size", 1) != tok.vocab_size:
         raise TokenizerError(f"{where}: vocab_size {cfg['vocab_size']} does not match the tokenizer files "
                              f"({tok.vocab_size})")
     return tok
