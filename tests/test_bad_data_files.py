@@ -276,6 +276,30 @@ def test_real_vocabularies_still_load(shared_data):
     assert Tokenizer.from_pretrained(shared_data / "gpt1-bpe-vocab").vocab_size == 40478
 
 
+# --------------------------------------------------------------------------- B11: a file name not in UTF-8
+@pytest.mark.parametrize("command, lands_in", [
+    (["data", "clean"], "out"), (["data", "dedup"], "out"), (["data", "quality", "filter", "--min-score", "0"], "out"),
+    (["data", "quality", "filter", "--min-score", "1"], "removed")])
+def test_a_file_name_that_is_not_utf8_is_written_with_backslash_escapes(command, lands_in, quality, tmp_path, capsys):
+    """The record's "source" spells the undecodable byte `\\xff`: the output stays UTF-8 and still names the file
+    (U+FFFD would not tell two such names apart). It stopped every data pass with a UnicodeEncodeError."""
+    d = tmp_path / "in"
+    d.mkdir()
+    try:
+        with open(os.path.join(os.fsencode(d), b"bad\xffname.txt"), "w") as f:
+            f.write(TEXT)
+    except OSError:
+        pytest.skip("this file system refuses file names that are not UTF-8")
+    extra = ["--model", quality[0]] if "quality" in command else []
+    removed = ["--removed", tmp_path / "removed.jsonl"] if command[1] != "clean" else []
+    out = tmp_path / "out.jsonl"
+    rc, _, err = run(capsys, *command, *extra, *removed, "--quiet", "--input", d, "--out", out)
+    assert rc == 0, err
+    (row,) = [json.loads(line) for line in (tmp_path / f"{lands_in}.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert row["source"] == f"{d}/bad\\xffname.txt" and row["text"] == TEXT
+    json.loads(out.with_name("out.report.json").read_text(encoding="utf-8"))
+
+
 # --------------------------------------------------------------------- C2 / C3: out-of-range data flags
 def test_mix_tokens_beyond_2_53_is_one_line(tmp_path, capsys):
     (tmp_path / "a.txt").write_text(TEXT * 4)

@@ -19,6 +19,9 @@ Text policy:
   as they are.
 - A JSONL line that is not JSON, not an object, or has no string `text_field` is skipped and counted
   (`skipped_lines`, with the first few line numbers and reasons in `skipped_examples`); blank lines are ignored.
+- A file name that is not valid UTF-8 is read all the same; where its path is written (a record's "source", a
+  report, the manifest) its undecodable bytes are spelled `\\xff` (`display_path`), so the output stays UTF-8
+  and still names the file.
 User mistakes (a missing path, a file that is not valid gzip) raise `DataError` with one line naming the path.
 """
 
@@ -63,6 +66,13 @@ def _without_surrogates(obj: Any) -> tuple[Any, bool]:
         pairs = [(_without_surrogates(k), _without_surrogates(v)) for k, v in obj.items()]
         return {k: v for (k, _), (v, _) in pairs}, any(fk or fv for (_, fk), (_, fv) in pairs)
     return obj, False
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """`path` as text any UTF-8 output can hold: the bytes of a file name that are not UTF-8 (which Python keeps as
+    lone surrogates, `os.fsdecode`) are written as backslash escapes, `bad\\xffname.txt`, as Python prints
+    bytes. A valid name comes back unchanged."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _inner_suffix(path: Path) -> tuple[str, bool]:
@@ -178,7 +188,7 @@ def discover(inputs: list[str | os.PathLike]) -> tuple[list[SourceFile], list[st
                         continue
                     kind = input_kind(f)
                     if kind is None:
-                        skipped.append(str(f))
+                        skipped.append(display_path(f))
                     else:
                         add(f, kind)
         elif p.is_file():
@@ -262,9 +272,9 @@ class Corpus:
         self.stats, self._done_bytes = [], 0
         self.unreadable_files, self.not_json_lines, self.missing_text_lines = [], 0, 0
         for src in self.files:
-            st = SourceStats(str(src.path.absolute()), src.kind, src.gzip)
+            st = SourceStats(display_path(src.path.absolute()), src.kind, src.gzip)
             self.stats.append(st)
-            path = str(src.path)
+            path = display_path(src.path)
             reader, cut_short = None, False
             try:
                 with open(src.path, "rb") as f:
