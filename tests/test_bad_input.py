@@ -68,7 +68,7 @@ def test_quickstart_checks_flags_before_copying_the_corpus(tmp_path, capsys, fla
 
 def test_quickstart_checks_the_prompt_before_training(tmp_path, capsys):
     corpus = tmp_path / "c.txt"
-    corpus.write_text("abc abc abc\n" * 50)
+    corpus.write_text("abc abc abc\n" * 200)
     out = tmp_path / "qs"
     rc, _, err = run(capsys, "quickstart", "--input", corpus, "--out", out, "--max-iters", "1", "--quiet",
                      "--device", "cpu", "--prompt", "XYZ")
@@ -76,6 +76,18 @@ def test_quickstart_checks_the_prompt_before_training(tmp_path, capsys):
     assert_one_line_error(rc, last, "--prompt", "'X'")
     assert "Traceback" not in err
     assert not (out / "run").exists()  # stopped before training
+
+
+def test_quickstart_says_a_corpus_too_small_in_its_own_terms(tmp_path, capsys):
+    """train's error suggested a --block-size, which the quickstart does not take."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("abc abd\n" * 100)  # 800 characters: val has 81 of the 129 one context needs
+    out = tmp_path / "qs"
+    rc, _, err = run(capsys, "quickstart", "--input", corpus, "--out", out, "--max-iters", "1", "--quiet",
+                     "--device", "cpu")
+    assert_one_line_error(rc, err.splitlines()[-1] + "\n", "too small for the quickstart", "val 81",
+                          "at least 1,290 characters")
+    assert "--block-size" not in err and not (out / "run").exists()
 
 
 def test_quickstart_resume_of_a_finished_run_samples_again(tmp_path, capsys):

