@@ -7,6 +7,7 @@ import gzip
 import json
 import os
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,38 @@ def test_jsonl_objects_refuses_text_that_is_not_utf8(tmp_path):
     with open(p, encoding="utf-8") as f, pytest.raises(GptkitError) as e:
         list(gio.jsonl_objects(f, p, GptkitError))
     assert str(e.value).startswith(f"{p}: not UTF-8 text") and "\n" not in str(e.value)
+
+
+def test_publish_dir_swaps_in_one_step_where_linux_can(tmp_path, monkeypatch):
+    """On Linux the old and the new directory change places in one renameat2 call: with os.replace failing (the
+    two-rename way), replacing a directory still works there and leaves nothing beside it; elsewhere (exchange
+    returns False) the two renames do it."""
+    final = tmp_path / "out"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    tmp = gio.new_tmp_dir(final)
+    (tmp / "new.txt").write_text("new")
+    if sys.platform == "linux":
+        (tmp_path / ".a").mkdir()
+        (tmp_path / ".b").mkdir()
+        (tmp_path / ".a" / "in-a").touch()
+        if not gio.exchange(tmp_path / ".a", tmp_path / ".b"):
+            pytest.skip("this file system cannot swap two directories (no RENAME_EXCHANGE)")
+        assert _names(tmp_path / ".b") == ["in-a"] and _names(tmp_path / ".a") == []
+        (tmp_path / ".b" / "in-a").unlink()
+        (tmp_path / ".a").rmdir()
+        (tmp_path / ".b").rmdir()
+
+    def no_replace(*a):
+        raise AssertionError("os.replace called: not one step")
+
+    if sys.platform == "linux":
+        with monkeypatch.context() as m:
+            m.setattr(gio.os, "replace", no_replace)
+            gio.publish_dir(tmp, final)
+        assert _names(final) == ["new.txt"] and _names(tmp_path) == ["out"]
+    tmp = gio.new_tmp_dir(final)
+    (tmp / "third.txt").write_text("3")
+    monkeypatch.setattr(gio, "exchange", lambda a, b: False)
+    gio.publish_dir(tmp, final)
+    assert _names(final) == ["third.txt"] and _names(tmp_path) == ["out"]
