@@ -175,3 +175,44 @@ def test_compile_events_move_only_when_something_compiles():
     assert once > before and compile_events() == once
     f(torch.randn(5))  # a new shape: compiled again
     assert compile_events() > once
+
+
+def test_a_failure_in_one_mode_leaves_the_other_compiled(monkeypatch, caplog):
+    """Compiling for shapes that vary failing (and only that) runs those calls eagerly while fixed shapes stay
+    compiled (one flag turned both off); failing before anything compiled (no compiler) turns off both, in one
+    warning line."""
+    import torch
+
+    from gptkit import compiled
+    from gptkit.compiled import CompiledOnUse, shapes_vary
+
+    calls = []
+
+    def fake_compile(fn, dynamic):
+        def run(*args):
+            if dynamic is None or broken_everywhere:
+                raise RuntimeError("inductor could not build this")
+            calls.append("compiled")
+            return fn(*args)
+        return run
+
+    monkeypatch.setattr(compiled.torch, "compile", fake_compile)
+    broken_everywhere = False
+    f = CompiledOnUse(lambda x: x + 1, "a probe")
+    x = torch.zeros(2)
+    with caplog.at_level("WARNING", logger="gptkit.compiled"):
+        assert torch.equal(f(x), x + 1) and calls == ["compiled"]
+        with shapes_vary():
+            assert torch.equal(f(x), x + 1) and f.failed
+            f(x)
+        assert not f.failed and torch.equal(f(x), x + 1) and calls == ["compiled", "compiled"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "gptkit: a probe not compiled for shapes that vary (inductor could not build this); running it eagerly"]
+    caplog.clear()
+    broken_everywhere = True
+    g = CompiledOnUse(lambda x: x + 1, "another probe")
+    with caplog.at_level("WARNING", logger="gptkit.compiled"):
+        assert torch.equal(g(x), x + 1) and g.failed
+        with shapes_vary():
+            assert torch.equal(g(x), x + 1) and g.failed
+    assert len(caplog.records) == 1

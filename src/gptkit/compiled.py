@@ -25,8 +25,9 @@ from . import autotune
 _log = logging.getLogger(__name__)
 
 SHAPES_PER_FUNCTION = 64
-"""Shapes each function is compiled for, at most (dynamo's own limit, 8 a function, would run the 9th shape of a
-process eagerly: a scaling study trains many shapes in one process). Set only around these calls (21 µs a call)."""
+"""Shapes each function is compiled for in each mode, at most (dynamo's own limit, 8 a function, would run the 9th
+shape of a process eagerly: a scaling study trains many shapes in one process). Set only around these calls (21 µs
+a call)."""
 
 
 def _nothing_compiled_yet() -> bool:
@@ -153,32 +154,43 @@ def shapes_vary():
 
 class CompiledOnUse:
     """`fn` through torch.compile, compiled at its first call: once per shape (dynamic=False), or within
-    `shapes_vary` for shapes that vary; eager once compiling has failed."""
+    `shapes_vary` for shapes that vary; eager in a mode once compiling has failed there (in both, when it failed
+    before anything compiled: no compiler, say)."""
+
+    MODES = (False, True)  # shapes vary?
 
     def __init__(self, fn: Callable, what: str) -> None:
         self.fn, self.what = fn, what
-        self.failed = False
         self._compiled: dict[bool, Callable] = {}  # shapes vary? → the compiled function
+        self._worked: set[bool] = set()  # the modes that have compiled and run
+        self._failed: set[bool] = set()  # the modes that run eagerly
+
+    @property
+    def failed(self) -> bool:
+        """Whether calls in the current mode (shapes fixed, or within `shapes_vary`) run eagerly."""
+        return _shapes["vary"] in self._failed
 
     def __call__(self, *args):
-        if self.failed:
-            return self.fn(*args)
         vary = _shapes["vary"]
+        if vary in self._failed:
+            return self.fn(*args)
         first = not self._compiled
         if first:
             _one_compile_worker()
             _skip_known_isa_probe()
         if vary not in self._compiled:
             self._compiled[vary] = torch.compile(self.fn, dynamic=None if vary else False)
-        try:
-            with torch._dynamo.config.patch(recompile_limit=SHAPES_PER_FUNCTION):
+        try:  # both modes' graphs are cached on fn's one code object, under one dynamo limit: room for both
+            with torch._dynamo.config.patch(recompile_limit=len(self.MODES) * SHAPES_PER_FUNCTION):
                 out = self._compiled[vary](*args)
             if first:
                 _note_isa_probe(compiled=True)
+            self._worked.add(vary)
             return out
         except Exception as e:  # noqa: BLE001 - inductor raises many kinds: no compiler, a failed build
-            self.failed = True
+            self._failed.update([vary] if self._worked else self.MODES)
             _note_isa_probe(compiled=False)
             first = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-            _log.warning("gptkit: %s not compiled (%s); running it eagerly", self.what, first)
+            _log.warning("gptkit: %s not compiled%s (%s); running it eagerly", self.what,
+                         " for shapes that vary" if self._worked else "", first)
             return self.fn(*args)
