@@ -205,3 +205,36 @@ def test_a_missing_trainer_state_says_so_and_a_good_one_reads(tmp_path):
         read_trainer_state(path)
     torch.save({"step": 3, "optimizer": {"state": {}}}, path)
     assert read_trainer_state(path)["step"] == 3
+
+
+# ------------------------------------------------------------------------------ a sharded HF checkpoint
+def shard_hf_weights(hf_dir: Path) -> dict:
+    """Split hf_dir/model.safetensors into two files and a model.safetensors.index.json, as transformers'
+    save_pretrained does for large models; returns the index."""
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(hf_dir / "model.safetensors"))
+    names = sorted(sd)
+    halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for file, keys in halves.items():
+        save_file({k: sd[k] for k in keys}, str(hf_dir / file))
+    (hf_dir / "model.safetensors").unlink()
+    index = {"metadata": {}, "weight_map": {k: f for f, keys in halves.items() for k in keys}}
+    (hf_dir / "model.safetensors.index.json").write_text(json.dumps(index))
+    return index
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda index: "{", "is not a safetensors index"),
+    (lambda index: json.dumps({"metadata": {}}), "is not a safetensors index"),
+    (lambda index: json.dumps({"weight_map": [1, 2]}), "is not a safetensors index"),
+    (lambda index: json.dumps({"weight_map": {}}), "must name files in its directory, got 'none'"),
+    (lambda index: json.dumps({"weight_map": {k: "../x.safetensors" for k in index["weight_map"]}}),
+     "must name files in its directory, got '../x.safetensors'")])
+def test_a_sharded_hf_checkpoint_loads_and_a_damaged_index_is_one_line(hf_dir, capsys, damage, fragment):
+    index = shard_hf_weights(hf_dir)
+    rc, text, err = run(capsys, "sample", "--ckpt", hf_dir, "--prompt", "he", *SAMPLE)
+    assert rc == 0 and text.startswith("he"), err
+    (hf_dir / "model.safetensors.index.json").write_text(damage(index))
+    rc, _, err = run(capsys, "sample", "--ckpt", hf_dir, "--prompt", "he", *SAMPLE)
+    assert_one_line_error(rc, err, "model.safetensors.index.json", fragment)

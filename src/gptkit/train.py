@@ -496,10 +496,11 @@ def check_memory(cfg: TrainConfig, mc: GPTConfig, processes: int) -> None:
         return
     need = memory_floor(cfg, mc) * processes
     if need > ram:
-        raise MachineTooSmall(f"this run needs at least {need / 2**30:,.1f} GiB of memory ({mc.num_params:,} parameters "
-                         f"with their gradients and AdamW state, activations of {cfg.batch_size} × {mc.block_size} "
-                         f"tokens{f' in each of {processes} processes' if processes > 1 else ''}), more than this "
-                         f"machine's {ram / 2**30:.1f} GiB: use a smaller --batch-size, --block-size or model")
+        each = f" in each of {processes} processes" if processes > 1 else ""
+        raise MachineTooSmall(f"this run needs at least {need / 2**30:,.1f} GiB of memory ({mc.num_params:,} "
+                              f"parameters with their gradients and AdamW state, activations of {cfg.batch_size} × "
+                              f"{mc.block_size} tokens{each}), more than this machine's {ram / 2**30:.1f} GiB: use a "
+                              f"smaller --batch-size, --block-size or model")
 
 
 def restore_model(rt: Runtime, resume_from: Path) -> Built:

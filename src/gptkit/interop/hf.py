@@ -117,6 +117,22 @@ def state_dict_from_hf(sd: dict[str, torch.Tensor], mtype: str, config: GPTConfi
     return out
 
 
+def index_shards(index_path: Path) -> list[str]:
+    """The weight files a sharded HF checkpoint's index names (`weight_map`: tensor name → file in the same
+    directory), or one line saying why the index cannot be read."""
+    try:
+        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+        files = sorted(set(weight_map.values()))
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{index_path} is not a safetensors index (a JSON object with a weight_map of tensor "
+                              f"name -> file; {type(e).__name__})") from None
+    bad = [f for f in files if not isinstance(f, str) or Path(f).name != f or f in (".", "..")]
+    if bad or not files:
+        raise CheckpointError(f"{index_path}: the weight_map must name files in its directory, got "
+                              f"{bad[0] if bad else 'none'!r}")
+    return files
+
+
 def load_hf_model(path: Path, meta: dict[str, Any], map_location: str | torch.device = "cpu",
                   tokenizer: bool = True) -> GPT:
     """The model of an HF directory, and its tokenizer when `tokenizer` is set and one can be read (see
@@ -128,9 +144,8 @@ def load_hf_model(path: Path, meta: dict[str, Any], map_location: str | torch.de
             break
     else:
         if (path / "model.safetensors.index.json").is_file():
-            index = json.loads((path / "model.safetensors.index.json").read_text())
             sd = {}
-            for shard in sorted(set(index["weight_map"].values())):
+            for shard in index_shards(path / "model.safetensors.index.json"):
                 sd.update(read_state_dict(path / shard, map_location))
         else:
             raise CheckpointError(f"{path} has config.json but no model.safetensors or pytorch_model.bin")
