@@ -437,6 +437,20 @@ def test_previous_output_is_replaced(tmp_path):
         prepare([str(tmp_path / "out")], tmp_path / "o3", progress=False)
 
 
+def test_a_previous_output_holding_other_files_is_not_replaced(tmp_path):
+    """A run trained into a prepare output (train refuses that now), or a user's notes there: replacing the
+    directory deleted them without a word."""
+    (tmp_path / "a.txt").write_text("first corpus\n")
+    out = tmp_path / "out"
+    prepare([str(tmp_path / "a.txt")], out, progress=False)
+    (out / "checkpoints").mkdir()
+    (out / "notes.txt").write_text("keep me")
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(DataError, match=r"also holds checkpoints, notes.txt, which prepare did not write"):
+        prepare([str(tmp_path / "a.txt")], out, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == before and (out / "notes.txt").read_text() == "keep me"
+
+
 # -------------------------------------------------------------------------------------------------- CLI
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     """`gptkit ARGV` in-process: through gptkit.cli.main once `prepare` is wired in, else through a parser

@@ -25,8 +25,8 @@ Train/val split (deterministic, independent of the number of workers):
 
 Output is written atomically: everything is built in a hidden temporary directory beside `out_dir` and renamed
 into place at the end, so an interrupted run leaves no half-written dataset. `out_dir` may be missing, an empty
-directory, or a previous `gptkit prepare` output (recognised by its manifest.json), which is replaced; any other
-non-empty directory is refused, so a typo cannot delete unrelated files.
+directory, or a previous `gptkit prepare` output (recognised by its manifest.json) holding only what its manifest
+names, which is replaced; any other non-empty directory is refused, so a typo cannot delete unrelated files.
 
 Large inputs stream: documents are read one at a time, long ones are cut into pieces of ~256K characters at
 points where the tokenizer would split words anyway (`gptkit.tokenizer.split_at_word_boundaries`), pieces are tokenized by `num_workers`
@@ -215,6 +215,23 @@ def _check_out_dir(out: Path) -> None:
     if out.is_dir() and any(out.iterdir()) and not is_prepared_dir(out):
         raise DataError(f"--out {out} is a non-empty directory that is not a `gptkit prepare` output; "
                         "choose another directory or empty it")
+    if out.is_dir() and (extra := _not_written_by_prepare(out)):
+        shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+        raise DataError(f"--out {out} is a `gptkit prepare` output that also holds {shown}, which prepare did not "
+                        f"write: replacing it would delete them; move them, or choose another directory")
+
+
+def _not_written_by_prepare(out: Path) -> list[str]:
+    """The entries of a previous prepare output that its manifest does not account for (a run trained into it, a
+    user's notes): replacing the directory would lose them. [] when the manifest cannot say (then it is replaced,
+    as a damaged output)."""
+    try:
+        m = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+        shards = {s["file"] for split in m["splits"].values() for s in split["shards"]}
+        ours = {MANIFEST, m["tokenizer"]["dir"], *shards}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    return sorted(p.name for p in out.iterdir() if p.name not in ours)
 
 
 def _warn(msg: str) -> None:
