@@ -19,17 +19,10 @@ from cli_helpers import assert_one_line_error, run, save_char_ckpt
 from gptkit.finetune import tasks as T
 from gptkit.options.finetune import FinetuneConfig
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SST2 = "1 hello world\n0 the quick fox\n1 the brown fox\n0 hello there\n1 we owe the world\n0 the low fox\n"
 """sst2 lines (`LABEL sentence`) in the characters of save_char_ckpt's vocabulary."""
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny models gain nothing from threads; on a shared 2-core machine they only slow everything down
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -34,17 +34,9 @@ from gptkit.finetune.loop import (
 )
 from gptkit.optim import warmup_linear
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 IDS = {"start": 900, "delimiter": 901, "extract": 902}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny models gain nothing from threads; on a shared 2-core machine they only slow everything down
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 
 # ------------------------------------------------------------------------------------------ transforms

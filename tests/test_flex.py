@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from gptkit.model import attention_mask
 
 # eager flex_attention on CPU (the reference here) warns that it is not the fused kernel
-pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+pytestmark = [pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.mark.parametrize("q_len,kv_len,window", [(128, 128, 16), (100, 100, 33), (1, 77, 20), (24, 90, 40)])
@@ -46,14 +47,6 @@ def test_block_mask_skips_blocks_outside_the_band() -> None:
 # A band (24) much narrower than the sequence (300): three 128-token blocks (the last one partial), so the last
 # query block skips the first key block because of the band, not only because of causality.
 T, BAND = 300, 24
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()  # tiny models gain nothing from threads on a shared 2-core machine
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny(attention: str = "alternating", **kw):

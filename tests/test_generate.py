@@ -27,17 +27,10 @@ from gptkit import GPT, GPTConfig, Tokenizer
 from gptkit.generate import (Detokenizer, Engine, Generation, GenerationError, SamplingParams, complete,
                              filter_logits, generate, iter_generations)
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 V = 61
 TEXT = "the quick brown fox jumps over the lazy dog; ROMEO: o Juliet, wherefore art thou? 0123456789\n"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny models gain nothing from intra-op threads; spinning threads slow a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def randomize_(model: nn.Module, seed: int) -> nn.Module:

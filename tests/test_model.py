@@ -38,13 +38,8 @@ def record(name: str, diff: float) -> float:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread_and_report():
-    # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine spinning threads make
-    # this module several times slower; restored afterwards so other modules keep their setting.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread_and_report(one_thread):
     yield
-    torch.set_num_threads(n)
     print("\nworst differences observed:")
     for k, v in sorted(WORST.items()):
         print(f"  {k:<44} {v:.3e}")

@@ -207,6 +207,17 @@ def publish_dir(tmp: Path, final: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ reading
+def json_type(value: Any) -> str:
+    """The JSON name of a value's type, with its article ("null", "a string", "an object"), for messages about a
+    hand-edited file."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return {str: "a string", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__)
+
+
 def jsonl_objects(lines: Iterable[str], name: str | os.PathLike, error: type[Exception]
                   ) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-blank line of a JSON-lines text (an open file, or any lines).

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import GptkitError
+from .io import json_type
 
 if TYPE_CHECKING:  # pragma: no cover
     import tiktoken
@@ -122,15 +123,6 @@ MAX_ID = 2**31 - 1
 """Token ids are whole numbers in [0, MAX_ID]: torch and tiktoken hold them in 32 bits."""
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    return {str: "a string", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
-        type(value), type(value).__name__)
-
-
 def _whole_number(value: Any, where: str, what: str, low: int = 0, high: int = MAX_ID) -> int:
     """`value` (read from a JSON file) when it is a whole number in [low, high], else a one-line TokenizerError."""
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -142,7 +134,7 @@ def _token_ids(mapping: Any, where: str, what: str = "token") -> dict[str, int]:
     """A token -> id table read from a file, checked: a JSON object whose ids are distinct whole numbers in
     [0, MAX_ID] (a bad id would otherwise fail inside tiktoken or the model's embedding)."""
     if not isinstance(mapping, dict):
-        raise TokenizerError(f"{where}: expected a JSON object {what} -> id, got {_json_type(mapping)}")
+        raise TokenizerError(f"{where}: expected a JSON object {what} -> id, got {json_type(mapping)}")
     owner: dict[int, str] = {}
     for tok, i in mapping.items():
         _whole_number(i, where, f"the id of {what} {tok!r}")

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..io import json_type
 from ..tokenizer import Tokenizer
 from .shards import FORMAT, FORMAT_VERSION, MANIFEST, DataError, dtype_for_vocab, open_shard, sha256_file
 
@@ -60,25 +61,15 @@ def read_manifest(data_dir: str | Path) -> dict:
     return manifest
 
 
-def _json_type(value) -> str:
-    """The JSON name of a value's type, for messages about a hand-edited file."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    return {str: "a string", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
-        type(value), type(value).__name__)
-
-
 def _field(obj: dict, key: str, where: str, kind: type, low: int | None = None):
     """`obj[key]`, or the message saying why the field `where` is missing or of the wrong type/range (a str)."""
     if key not in obj:
         return None, f"`{where}` is missing"
     v = obj[key]
     if kind is int and (isinstance(v, bool) or not isinstance(v, int)):
-        return None, f"`{where}` is {_json_type(v)}, expected a whole number"
+        return None, f"`{where}` is {json_type(v)}, expected a whole number"
     if kind is not int and not isinstance(v, kind):
-        return None, f"`{where}` is {_json_type(v)}, expected {_json_type(kind())}"
+        return None, f"`{where}` is {json_type(v)}, expected {json_type(kind())}"
     if low is not None and v < low:
         return None, f"`{where}` is {v}, expected at least {low}"
     if kind is str and not v:
@@ -115,7 +106,7 @@ def _manifest_problem(m: dict) -> str | None:
         for i, shard in enumerate(shards):
             at = f"{where}.shards[{i}]"
             if not isinstance(shard, dict):
-                return f"`{at}` is {_json_type(shard)}, expected an object"
+                return f"`{at}` is {json_type(shard)}, expected an object"
             for key, kind, low in (("file", str, None), ("tokens", int, 0), ("sha256", str, None)):
                 _, why = _field(shard, key, f"{at}.{key}", kind, low)
                 if why:
