@@ -6,6 +6,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -107,18 +108,29 @@ def test_quickstart_resume_of_a_finished_run_samples_again(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------ train --resume
-@pytest.fixture
-def tiny_run(tmp_path, capsys) -> tuple[list[str], Path]:
-    """A 2-step char run over a small corpus, and the `gptkit train` command that made it."""
-    corpus = tmp_path / "c.txt"
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[list[str], Path]:
+    """A 2-step char run over a small corpus, made once for the module, and the `gptkit train` command that made
+    it (its --out last but one flag pair: cmd[4])."""
+    tmp = tmp_path_factory.mktemp("trained")
+    corpus = tmp / "c.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 300)
-    data = tmp_path / "data"
-    assert run(capsys, "prepare", "--input", corpus, "--out", data, "--tokenizer-kind", "char", "--quiet")[0] == 0
-    out = tmp_path / "run"
+    data = tmp / "data"
+    assert main(["prepare", "--input", str(corpus), "--out", str(data), "--tokenizer-kind", "char", "--quiet"]) == 0
+    out = tmp / "run"
     cmd = ["train", "--data", data, "--out", out, "--preset", "gpt-nano", "--block-size", "16", "--batch-size", "2",
            "--eval-iters", "1", "--device", "cpu", "--quiet"]
-    assert run(capsys, *cmd, "--max-iters", "2")[0] == 0
+    assert main([str(a) for a in [*cmd, "--max-iters", "2"]]) == 0
     return cmd, out
+
+
+@pytest.fixture
+def tiny_run(trained, tmp_path) -> tuple[list[str], Path]:
+    """A copy of the module's trained run for one test to resume or damage, and the command, now with its --out."""
+    cmd, out = trained
+    mine = tmp_path / "run"
+    shutil.copytree(out, mine)
+    return [*cmd[:4], mine, *cmd[5:]], mine
 
 
 def test_a_resume_that_fails_before_its_first_step_leaves_the_runs_settings(tiny_run, capsys, monkeypatch):
@@ -184,10 +196,10 @@ def test_the_parsers_own_errors_are_one_line(argv, fragments, capsys):
     (["--grad-accum", "3000000000"], "--grad-accum must be at most 2,147,483,647"),
     (["--batch-size", "2147483647"], "GiB of memory"),  # fits every check but the machine
     (["--n-layer", "1000", "--n-embd", "2048", "--n-head", "16"], "50,358,368,256 parameters")])
-def test_sizes_past_what_torch_or_the_machine_can_hold_are_one_line(tiny_run, flags, fragment, capsys, tmp_path):
+def test_sizes_past_what_torch_or_the_machine_can_hold_are_one_line(trained, flags, fragment, capsys, tmp_path):
     """Sizes that overflowed inside torch or numpy (a traceback), or that the kernel's out-of-memory killer would
     have ended part way (no word at all), are refused before the run directory is made."""
-    cmd, _ = tiny_run
+    cmd, _ = trained
     out = tmp_path / "big"
     rc, _, err = run(capsys, *cmd[:4], out, *cmd[5:], "--max-iters", "1", *flags)
     assert_one_line_error(rc, err, fragment)
@@ -227,10 +239,10 @@ def test_resume_from_a_trainer_state_gptkit_did_not_write_is_one_line(tiny_run, 
     assert "weights_only" not in err
 
 
-def test_train_refuses_a_prepare_output_as_its_run_directory(tiny_run, capsys):
+def test_train_refuses_a_prepare_output_as_its_run_directory(trained, capsys):
     """A run inside prepared data: a later `prepare --out` there (a previous prepare output, so replaced) would
     delete its checkpoints."""
-    cmd, _ = tiny_run
+    cmd, _ = trained
     data = cmd[2]
     rc, _, err = run(capsys, *cmd[:4], data, *cmd[5:], "--max-iters", "1")
     assert_one_line_error(rc, err, "is a `gptkit prepare` output")

@@ -365,20 +365,29 @@ def test_sizes_a_plan_cannot_use_are_one_line(tiny_char: Path, tmp_path: Path, f
     assert not (tmp_path / "s").exists()
 
 
+@pytest.fixture(scope="module")
+def finished_run(tiny_char: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("finished") / "r"
+    assert main(["train", "--data", str(tiny_char), "--out", str(out), "--preset", "gpt-nano", "--block-size", "16",
+                 "--batch-size", "2", "--max-iters", "2", "--eval-iters", "1", "--quiet", "--device", "cpu"]) == 0
+    return out
+
+
 @pytest.mark.parametrize("damage, fragment", [
     (("train_config.json", b"{"), "is not the JSON `gptkit train` writes"),
     (("train_config.json", b"[]"), "is not the settings `gptkit train` writes"),
     (("metrics.jsonl", b"\xff\xfe\x00\n"), "is not a finished `gptkit train` run"),
     (("metrics.jsonl", b"[1]\n"), "is not a finished `gptkit train` run")])
-def test_scale_fit_reads_damaged_runs_in_one_line(tiny_char: Path, tmp_path: Path, damage, fragment,
+def test_scale_fit_reads_damaged_runs_in_one_line(finished_run: Path, tmp_path: Path, damage, fragment,
                                                   capsys) -> None:
     """`scale fit` on a run whose metrics.jsonl or train_config.json is damaged (UnicodeDecodeError,
     AttributeError, JSONDecodeError, TypeError tracebacks before) names the run; a whole run is still read."""
+    import shutil
+
     from cli_helpers import assert_one_line_error, run
 
     out = tmp_path / "r"
-    assert run(capsys, "train", "--data", tiny_char, "--out", out, "--preset", "gpt-nano", "--block-size", "16",
-               "--batch-size", "2", "--max-iters", "2", "--eval-iters", "1", "--quiet", "--device", "cpu")[0] == 0
+    shutil.copytree(finished_run, out)
     rc, _, err = run(capsys, "scale", "fit", out, "--bootstrap", "0")
     assert_one_line_error(rc, err, "a fit needs at least")  # one good run: read, then too few to fit
     name, data = damage
