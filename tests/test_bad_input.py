@@ -76,7 +76,12 @@ def test_quickstart_checks_the_prompt_before_training(tmp_path, capsys):
     last = err.splitlines()[-1] + "\n"  # after the "corpus: ..." progress line
     assert_one_line_error(rc, last, "--prompt", "'X'")
     assert "Traceback" not in err
-    assert not (out / "run").exists()  # stopped before training
+    assert not out.exists()  # stopped before training, and what it had written for it removed
+    keep = tmp_path / "keep"
+    (keep / "mine").mkdir(parents=True)  # an --out that existed before: only what the command made goes
+    rc, _, err = run(capsys, "quickstart", "--input", corpus, "--out", keep, "--max-iters", "1", "--quiet",
+                     "--device", "cpu", "--prompt", "XYZ")
+    assert rc == 2 and sorted(p.name for p in keep.iterdir()) == ["mine"]
 
 
 def test_quickstart_says_a_corpus_too_small_in_its_own_terms(tmp_path, capsys):
@@ -88,7 +93,7 @@ def test_quickstart_says_a_corpus_too_small_in_its_own_terms(tmp_path, capsys):
                      "--device", "cpu")
     assert_one_line_error(rc, err.splitlines()[-1] + "\n", "too small for the quickstart", "val 81",
                           "at least 1,290 characters")
-    assert "--block-size" not in err and not (out / "run").exists()
+    assert "--block-size" not in err and not out.exists()
 
 
 def test_quickstart_resume_of_a_finished_run_samples_again(tmp_path, capsys):

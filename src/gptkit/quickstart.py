@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -113,24 +114,16 @@ def run(args: QuickstartOptions) -> int:
     pick_device(args.device)  # an unknown or absent device: one line now, not after preparing the corpus
     from .runlock import run_lock
 
-    with run_lock(args.out):  # one writer per directory, for the whole job
+    with run_lock(args.out):  # one writer per directory, for the whole job (removed again if left empty)
         return _run(args)
 
 
-def _run(args: QuickstartOptions) -> int:
-    """Prepare the corpus, train, and print a sample (run() has checked the flags and holds --out's lock)."""
+def prepared_corpus(args: QuickstartOptions, out: Path) -> Path:
+    """OUT/data: the corpus (--input, or the plays written to OUT/corpus) prepared at the character level, and
+    checked to hold a context in each split and every character of --prompt."""
+    from .data.loader import load_tokenizer
     from .data.prepare import prepare
-    from .train import TrainConfig, train
 
-    out = Path(args.out)
-    ckpts = out / "run" / "checkpoints"
-    has_run = ckpts.is_dir() and any(ckpts.iterdir())
-    if has_run and not args.resume:
-        raise GptkitError(f"{out} already holds a quickstart run: pass --resume to continue it, or a new --out")
-    if args.resume and not has_run:
-        raise GptkitError(f"--resume: {out} holds no quickstart run to resume (no {ckpts}); drop --resume to "
-                          "start one")
-    t0 = time.perf_counter()
     if args.input:
         inputs = args.input
         print(f"corpus: {', '.join(inputs)}", file=sys.stderr)
@@ -145,15 +138,35 @@ def _run(args: QuickstartOptions) -> int:
         prepare(inputs, data_dir, tokenizer="char", val_fraction=VAL_FRACTION)
     check_corpus_size(data_dir)
     # the char vocabulary is the corpus's characters: check the prompt against it before training, not after
-    from .data.loader import load_tokenizer
-
-    data_tok = load_tokenizer(data_dir)
     try:
-        prompt_ids = data_tok.encode(args.prompt)
+        prompt_ids = load_tokenizer(data_dir).encode(args.prompt)
     except GptkitError as e:
         raise GptkitError(f"--prompt cannot be encoded with this corpus's characters: {e}") from None
     if not prompt_ids:
         raise GptkitError("--prompt encodes to no tokens")
+    return data_dir
+
+
+def _run(args: QuickstartOptions) -> int:
+    """Prepare the corpus, train, and print a sample (run() has checked the flags and holds --out's lock)."""
+    from .train import TrainConfig, train
+
+    out = Path(args.out)
+    ckpts = out / "run" / "checkpoints"
+    has_run = ckpts.is_dir() and any(ckpts.iterdir())
+    if has_run and not args.resume:
+        raise GptkitError(f"{out} already holds a quickstart run: pass --resume to continue it, or a new --out")
+    if args.resume and not has_run:
+        raise GptkitError(f"--resume: {out} holds no quickstart run to resume (no {ckpts}); drop --resume to "
+                          "start one")
+    t0 = time.perf_counter()
+    made = [p for p in (out / "corpus", out / "data") if not p.exists()]
+    try:
+        data_dir = prepared_corpus(args, out)
+    except BaseException:  # nothing trained: what this command wrote goes (a bad --prompt, too small a corpus)
+        for p in made:
+            shutil.rmtree(p, ignore_errors=True)
+        raise
     params = dict(DEFAULTS)
     if args.max_iters is not None:  # a fixed length: the default warmup, a share of it (--warmup-fraction)
         params["max_iters"] = args.max_iters
