@@ -532,3 +532,22 @@ def test_lm_eval_model_args_take_gptkit_names(lm_eval_api, tiny_ckpt, tmp_path):
         adapter.GptkitLM(checkpoint=str(tiny_ckpt), ckpt=str(tmp_path / "bare"))
     with pytest.raises(EvalError, match="no tokenizer"):
         adapter.GptkitLM(ckpt=str(tmp_path / "bare"))
+
+
+@pytest.mark.parametrize("flag", ["--write-samples", "--out", "--plot"])
+def test_eval_refuses_an_output_that_is_a_tasks_data_file(tmp_path, capsys, flag):
+    """The data a task reads (a YAML task's `data:` file, a built-in task's file under --data-dir) named as an
+    output was overwritten after the evaluation, exit 0: LAMBADA's test set became two sample records."""
+    task = tmp_path / "t.yaml"
+    task.write_text(EXAMPLE_TASK.read_text())  # its data: tiny_sentiment.jsonl, beside it
+    (tmp_path / "tiny_sentiment.jsonl").write_bytes((EXAMPLE_TASK.parent / "tiny_sentiment.jsonl").read_bytes())
+    lambada = tmp_path / "shared" / "lambada" / "lambada_test.jsonl"
+    lambada.parent.mkdir(parents=True)
+    lambada.write_text('{"text": "a passage and its last word"}\n')
+    for target, tasks in ((tmp_path / "tiny_sentiment.jsonl", [str(task)]), (lambada, ["lambada"])):
+        before = target.read_bytes()
+        rc = main(["eval", "--ckpt", str(tmp_path / "nockpt"), "--task", *tasks, "--data-dir",
+                   str(tmp_path / "shared"), "--no-progress", flag, str(target)])
+        err = capsys.readouterr().err
+        assert rc == 2 and "also an input" in err and err.count("\n") == 1, err
+        assert target.read_bytes() == before

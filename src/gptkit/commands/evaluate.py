@@ -31,6 +31,25 @@ def _task_list(values: list[list[str]] | None) -> list[str]:
     return names
 
 
+def task_data_files(tasks: list[str], data_dir: str | None) -> list[Path]:
+    """The data files the tasks will read (outputs must not overwrite them). A built-in task's are under the data
+    folder; where that folder cannot be found, evaluating will say so (none of its files can be overwritten)."""
+    from ..evaluate.tasks import get_task, resolve_data_dir
+
+    files: list[Path] = []
+    for name in tasks:
+        task = get_task(name)
+        if name in BUILTIN_TASKS:
+            try:
+                root = resolve_data_dir(data_dir)
+            except EvalError:
+                continue
+            files.extend(root / f for f in task.files)
+        else:
+            files.extend(Path(f) for f in task.files)
+    return files
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     args = from_args(EvalOptions, args)
     tasks = _task_list(args.task)
@@ -55,7 +74,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # as an output would otherwise fail (or destroy the input) only after the whole evaluation
     from ..data.outputs import check_distinct_outputs, check_output_file
 
-    inputs = [t for t in tasks if Path(t).is_file()] + [args.ckpt]
+    inputs = [t for t in tasks if Path(t).is_file()] + [args.ckpt] + task_data_files(tasks, args.data_dir)
     outputs = {"--out": out, "--out (its .md table)": out.with_suffix(".md") if out is not None else None,
                "--write-samples": samples_path, "--plot": Path(args.plot) if args.plot else None}
     for flag, p in outputs.items():

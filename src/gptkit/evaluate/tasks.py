@@ -68,6 +68,9 @@ class Task:
     """GPT-3 §2.4 normalisation: P(completion | context) / P(completion | this 'answer context')."""
     source: str = ""
     """The files read, for reports."""
+    files: tuple[str, ...] = ()
+    """The data files `load` reads: relative to the data folder for a built-in task, absolute for a YAML task's
+    (so that an output can be refused where it would overwrite one)."""
 
 
 # ------------------------------------------------------------------------------------------- data folder
@@ -211,16 +214,22 @@ def _wikitext2(d: Path) -> dict[str, list[Doc]]:
 
 
 BUILTIN_TASKS: dict[str, Task] = {t.name: t for t in [
-    Task("lambada", "cloze", _lambada, "test", "test", source="lambada/lambada_test.jsonl (OpenAI version)"),
-    Task("hellaswag", "choice", _hellaswag, "validation", "validation", source="hellaswag/hellaswag_val_full.txt"),
-    Task("piqa", "choice", _piqa, "validation", "validation", source="piqa/valid.jsonl + valid-labels.lst"),
+    Task("lambada", "cloze", _lambada, "test", "test", source="lambada/lambada_test.jsonl (OpenAI version)",
+         files=("lambada/lambada_test.jsonl",)),
+    Task("hellaswag", "choice", _hellaswag, "validation", "validation", source="hellaswag/hellaswag_val_full.txt",
+         files=("hellaswag/hellaswag_val_full.txt",)),
+    Task("piqa", "choice", _piqa, "validation", "validation", source="piqa/valid.jsonl + valid-labels.lst",
+         files=("piqa/valid.jsonl", "piqa/valid-labels.lst")),
     Task("storycloze", "choice", _storycloze, "test", "validation",
-         source="story-cloze-2016/test.csv (demonstrations: val.csv)"),
-    Task("sst2", "choice", _sst2, "dev", "train", source="sst2/stsa.binary.dev (demonstrations: .train)"),
+         source="story-cloze-2016/test.csv (demonstrations: val.csv)",
+         files=("story-cloze-2016/test.csv", "story-cloze-2016/val.csv")),
+    Task("sst2", "choice", _sst2, "dev", "train", source="sst2/stsa.binary.dev (demonstrations: .train)",
+         files=("sst2/stsa.binary.dev", "sst2/stsa.binary.train")),
     Task("rte", "choice", _rte, "validation", "train",
-         source="rte/superglue_rte_val.jsonl (demonstrations: _train.jsonl)"),
+         source="rte/superglue_rte_val.jsonl (demonstrations: _train.jsonl)",
+         files=("rte/superglue_rte_val.jsonl", "rte/superglue_rte_train.jsonl")),
     Task("wikitext2", "perplexity", _wikitext2, "test", None,
-         source="wikitext-2-raw/wiki.test.raw, detokenised"),
+         source="wikitext-2-raw/wiki.test.raw, detokenised", files=("wikitext-2-raw/wiki.test.raw",)),
 ]}
 
 

@@ -185,9 +185,13 @@ class _Rows:
             raise EvalError(f"{where}: missing answer field {self.answer_field!r}")
         return Doc(query, cands, _gold(row[self.answer_field], cands, self.verbalizer, where))
 
+    def where(self, file: str) -> Path:
+        """A data file's path: relative to the task file's folder unless absolute."""
+        return Path(file) if Path(file).is_absolute() else self.path.parent / file
+
     def read(self, file: str) -> list[Doc]:
         """The Docs of a JSONL file (relative to the task file's folder unless absolute)."""
-        p = Path(file) if Path(file).is_absolute() else self.path.parent / file
+        p = self.where(file)
         if not p.is_file():
             raise EvalError(f"{self.path}: data file {p} not found")
         docs = [self.doc(row, f"{p}: example {i}") for i, row in enumerate(read_jsonl(p), 1)]
@@ -227,4 +231,5 @@ def load_yaml_task(path: str | Path) -> Task:
         fewshot_delimiter=_str(spec, "fewshot_delimiter", path, "\n\n"),
         uncond_context=_str(spec, "uncond_context", path, "Answer:"),
         source=str(path),
+        files=tuple(str(rows.where(f).absolute()) for f in (data, fewshot_data) if f),
     )
