@@ -264,3 +264,37 @@ def test_a_finetune_that_diverges_stops_and_writes_nothing(tmp_path, capsys):
                      "--threads", "1", "--lm-coef", "1e300")
     assert_one_line_error(rc, err, "fine-tuning diverged at step 1", "nothing was written")
     assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+# ------------------------------------------------------------------ outputs that would destroy an input
+def test_finetune_overwrite_replaces_only_an_earlier_finetune_and_never_an_input(tmp_path, capsys):
+    """--overwrite deleted whatever --out held: the pre-training run being fine-tuned (--out = --ckpt), the --train
+    file inside it, a user's notes."""
+    ckpt = save_char_ckpt(tmp_path / "ckpt")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.txt").write_text(SST2)
+    (data / "notes.txt").write_text("keep")
+    base = ["finetune", "--format", "sst2", "--valid-from-train", "2", "--epochs", "1", "--quiet", "--device", "cpu",
+            "--overwrite"]
+    for out, fragment in ((ckpt, f"is or holds --ckpt {ckpt}"), (data, "is or holds --train")):
+        before = sorted(p.name for p in out.iterdir())
+        rc, _, err = run(capsys, *base, "--ckpt", ckpt, "--train", data / "train.txt", "--out", out)
+        assert_one_line_error(rc, err, fragment)
+        assert sorted(p.name for p in out.iterdir()) == before
+    (tmp_path / "train.txt").write_text(SST2)
+    rc, _, err = run(capsys, *base, "--ckpt", ckpt, "--train", tmp_path / "train.txt", "--out", data)
+    assert_one_line_error(rc, err, "not a `gptkit finetune` output", "--overwrite replaces only")
+    assert (data / "notes.txt").read_text() == "keep"
+
+
+def test_predict_refuses_an_out_that_is_a_file_of_the_model(finetuned, sst2_input, tmp_path, capsys):
+    """`--out MODEL/model.safetensors` (or task.json) replaced the model with predictions, exit 0."""
+    model = tmp_path / "model"
+    shutil.copytree(finetuned, model)
+    for name in ("task.json", "head.safetensors"):
+        before = (model / name).read_bytes()
+        rc, _, err = run(capsys, "predict", "--ckpt", model, "--input", sst2_input, "--out", model / name,
+                         "--device", "cpu")
+        assert_one_line_error(rc, err, "is also an input")
+        assert (model / name).read_bytes() == before

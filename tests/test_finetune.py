@@ -632,6 +632,7 @@ def test_a_failed_run_leaves_out_as_it_was(tiny_ckpt, tmp_path, capsys, monkeypa
     out = tmp_path / "run"
     out.mkdir()
     (out / "keep.txt").write_text("old result")
+    (out / "finetune_config.json").write_text("{}")  # an earlier fine-tune's output: --overwrite may replace it
     argv = ["finetune", "--ckpt", str(tiny_ckpt), "--task-type", "classification",
             "--train", str(tmp_path / "train.jsonl"),
             "--valid", str(tmp_path / "train.jsonl"), "--out", str(out), "--epochs", "1", "--quiet"]
@@ -645,7 +646,8 @@ def test_a_failed_run_leaves_out_as_it_was(tiny_ckpt, tmp_path, capsys, monkeypa
     monkeypatch.setattr(loop, "save_finetuned", boom)  # fails after training, while writing the result
     with pytest.raises(RuntimeError, match="disk full"):
         main(argv + ["--overwrite"])
-    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "old result"
+    assert sorted(p.name for p in out.iterdir()) == ["finetune_config.json", "keep.txt"]
+    assert (out / "keep.txt").read_text() == "old result"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     monkeypatch.undo()
     assert main(argv + ["--overwrite"]) == 0  # and --overwrite replaces it once the run succeeds

@@ -360,11 +360,27 @@ def evaluate(model: FinetuneModel, encoded: list[Encoded], spec: TaskSpec, batch
 
 
 # ------------------------------------------------------------------------------------------ the loop
-def check_out_dir(out: Path, overwrite: bool) -> None:
+FINETUNE_CONFIG = "finetune_config.json"
+"""The file by which an earlier `gptkit finetune` output is known (the only kind --overwrite replaces)."""
+
+
+def check_out_dir(out: Path, overwrite: bool, inputs: dict[str, str | None] | None = None) -> None:
+    """--out may be new, empty, or (with --overwrite) an earlier fine-tune output; never the directory of an
+    input (`inputs`: flag → path, e.g. the --ckpt being fine-tuned or the --train file), which replacing --out
+    would delete."""
     if out.exists() and not out.is_dir():
         raise TaskError(f"--out {out} is a file; give a directory")
-    if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()) and not overwrite:
+    where = out.resolve()
+    for flag, path in (inputs or {}).items():
+        if path and (where == Path(path).resolve() or where in Path(path).resolve().parents):
+            raise TaskError(f"--out {out} is or holds {flag} {path}: writing the fine-tuned model there would "
+                            f"delete it; choose another directory")
+    held = out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir())
+    if held and not overwrite:
         raise TaskError(f"--out {out} already holds files; choose a new directory or pass --overwrite")
+    if held and not (out / FINETUNE_CONFIG).is_file():
+        raise TaskError(f"--out {out} holds files that are not a `gptkit finetune` output (no {FINETUNE_CONFIG}): "
+                        f"--overwrite replaces only an earlier fine-tune; choose another directory")
 
 
 def _fmt_metrics(m: dict[str, Any]) -> str:
@@ -474,9 +490,10 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     cfg.validate()
     out = Path(cfg.out)
-    check_out_dir(out, cfg.overwrite)
+    inputs = {"--ckpt": cfg.ckpt, "--train": cfg.train, "--valid": cfg.valid, "--test": cfg.test}
+    check_out_dir(out, cfg.overwrite, inputs)
     with run_lock(out):
-        check_out_dir(out, cfg.overwrite)  # again: a run that held the lock may have just published here
+        check_out_dir(out, cfg.overwrite, inputs)  # again: a run that held the lock may have just published here
         return _finetune(setup_finetune(cfg), out, t0)
 
 
@@ -521,7 +538,7 @@ def _finetune(run: FinetuneRun, out: Path, t0: float) -> dict[str, Any]:
         log.close()
         save_finetuned(tmp, run.model, run.tok, spec, cfg.head_dropout, cfg.dtype)
         (tmp / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
-        (tmp / "finetune_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+        (tmp / FINETUNE_CONFIG).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
         publish_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -668,7 +685,7 @@ def predict(ckpt: str | Path, input: str | Path, out: str | Path, fmt: str | Non
 
     positive_int(batch_size, "--batch-size", TaskError, allow_none=False)
     positive_int(max_examples, "--limit", TaskError)
-    check_output_file(out, "--out", [input], TaskError)  # its directory must exist, as for eval's and data's
+    check_output_file(out, "--out", [input, ckpt], TaskError)  # its directory must exist, as for eval's and data's
     if fmt is not None:
         check_format(fmt)  # before the model loads
     model, spec, tok = load_finetuned(ckpt, map_location=device)
