@@ -605,3 +605,24 @@ def test_a_failed_prefill_answers_its_requests_and_the_server_goes_on(capsys):
         assert second.status_code == 200 and second.json()["choices"][0]["finish_reason"] == "length"
         assert httpx.get(f"{url}/health").status_code == 200
     assert "simulated out of memory" in capsys.readouterr().err  # the traceback, for whoever runs the server
+
+
+def test_a_max_batch_whose_cache_cannot_fit_is_one_line_at_start(model, tmp_path, capsys):
+    """The KV cache of --max-batch rows is allocated at the first request: one too large for the machine started
+    the server, then failed every request with a 500. It is refused before the port is bound."""
+    from gptkit.cli import main
+
+    model.save_pretrained(tmp_path / "ckpt")
+    assert main(["serve", "--ckpt", str(tmp_path / "ckpt"), "--max-batch", str(10**12), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gptkit: error: --max-batch 1,000,000,000,000 needs a KV cache of at least")
+    assert err.count("\n") == 1 and "lower --max-batch" in err, err
+
+
+def test_an_unresolvable_host_is_one_line_without_the_serving_warning(model, tmp_path, capsys):
+    from gptkit.cli import main
+
+    model.save_pretrained(tmp_path / "ckpt")
+    assert main(["serve", "--ckpt", str(tmp_path / "ckpt"), "--host", "not.a.host.invalid", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gptkit: error: cannot listen on not.a.host.invalid") and err.count("\n") == 1, err

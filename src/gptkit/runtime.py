@@ -78,6 +78,17 @@ def set_threads(n: int | None) -> None:
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
 
 
+def device_memory(device) -> int | None:
+    """Bytes of memory a tensor on `device` can live in: the machine's RAM for the CPU, the GPU's total memory for
+    CUDA; None where it cannot be told."""
+    try:
+        if getattr(device, "type", device) == "cuda":
+            return int(torch.cuda.get_device_properties(device).total_memory)
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError, RuntimeError):
+        return None
+
+
 def keep_freed_memory() -> bool:
     """For training on a CPU: glibc serves large tensors from the heap, not from fresh mmap'd pages, and keeps what
     a step frees for the next step instead of returning it to the OS (mallopt M_MMAP_MAX 0, M_TRIM_THRESHOLD 2 GiB).

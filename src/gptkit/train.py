@@ -30,7 +30,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -65,7 +64,8 @@ from .model import GPT, meta_model
 from .optim import adamw, cosine, optimizer_step, set_lr, warmup_cosine
 from .options.train import TrainConfig, check_types, load_yaml_config  # noqa: F401 (re-exported)
 from .runlock import RunLocked, run_lock
-from .runtime import Progress, autocast, gpu_peak_flops, keep_freed_memory, pick_device, pick_dtype, set_threads
+from .runtime import (Progress, autocast, device_memory, gpu_peak_flops, keep_freed_memory, pick_device, pick_dtype,
+                      set_threads)
 from .threadguard import ThreadGuard
 
 RESUME_OVERRIDABLE = ("device", "quiet", "threads", "max_iters", "log_interval", "eval_interval", "save_interval",
@@ -490,9 +490,8 @@ def memory_floor(cfg: TrainConfig, mc: GPTConfig) -> int:
 def check_memory(cfg: TrainConfig, mc: GPTConfig, processes: int) -> None:
     """Refuse, in one line, a model or batch that cannot fit this machine's memory even at the least it needs:
     the kernel would kill the process part way (its allocations each fit, all of them do not), with no word."""
-    try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not a POSIX system: nothing to compare with
+    ram = device_memory("cpu")
+    if ram is None:  # nothing to compare with
         return
     need = memory_floor(cfg, mc) * processes
     if need > ram:

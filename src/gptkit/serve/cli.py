@@ -10,7 +10,7 @@ from ..checkpoint import load_model
 from ..errors import CheckpointError, GptkitError
 from ..generate import prepare_for_inference
 from ..options.serve import ServeCommandOptions
-from ..runtime import pick_device
+from ..runtime import device_memory, pick_device
 from .app import create_app
 from .config import ServeOptions, model_name_of
 from .running import bind_socket, log_requests, read_chat_template_file
@@ -25,6 +25,23 @@ def need_serve_extra() -> None:
     except ImportError as e:
         raise GptkitError(f"gptkit serve needs fastapi and uvicorn ({e.name} is missing): "
                           f"pip install 'gptkit[serve]'") from None
+
+
+CACHE_BYTES_PER_VALUE = 2
+"""The fewest bytes a KV-cache entry takes (16-bit; float32 takes 4): the cache's size is judged at its least."""
+
+
+def check_cache_fits(config, max_batch: int, device) -> None:
+    """Refuse, in one line at start-up, a --max-batch whose KV cache (keys and values of every layer over the
+    whole context, one row per request decoded at once) cannot fit the device's memory: it was allocated at the
+    first request, and every request failed with a 500."""
+    per_row = 2 * config.n_layer * config.block_size * config.n_embd * CACHE_BYTES_PER_VALUE
+    have = device_memory(device)
+    if have is not None and max_batch * per_row > have:
+        raise GptkitError(f"--max-batch {max_batch:,} needs a KV cache of at least {max_batch * per_row / 2**30:,.1f} "
+                          f"GiB ({per_row / 2**20:,.1f} MiB a row: {config.n_layer} layers × context "
+                          f"{config.block_size} × width {config.n_embd}, keys and values), more than this "
+                          f"{getattr(device, 'type', device)}'s {have / 2**30:.1f} GiB: lower --max-batch")
 
 
 def serve(args: ServeCommandOptions) -> int:
@@ -51,6 +68,7 @@ def serve(args: ServeCommandOptions) -> int:
     if tokenizer is None:
         raise CheckpointError(f"{args.ckpt} has no tokenizer: pass --tokenizer-dir DIR")
 
+    check_cache_fits(model.config, args.max_batch, device)
     model = prepare_for_inference(model, args.weights, args.blas, rows=args.max_batch)  # the server only decodes
     if args.chat_template:
         tokenizer.chat_template = read_chat_template_file(args.chat_template)
@@ -61,10 +79,10 @@ def serve(args: ServeCommandOptions) -> int:
     app = create_app(model, tokenizer, opts)
     import uvicorn
 
+    sock = bind_socket(args.host, args.port)  # bound before "serving ... on" is claimed (or warned about)
     if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         print(f"gptkit: warning: serving on {args.host} without --api-key: anyone who can reach it may use it",
               file=sys.stderr)
-    sock = bind_socket(args.host, args.port)  # bound before "serving ... on" is claimed
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"gptkit: serving {name!r} ({model.num_params / 1e6:.1f}M parameters, context "
