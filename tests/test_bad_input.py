@@ -252,3 +252,28 @@ def test_train_refuses_a_prepare_output_as_its_run_directory(trained, capsys):
     rc, _, err = run(capsys, *cmd[:4], data, *cmd[5:], "--max-iters", "1")
     assert_one_line_error(rc, err, "is a `gptkit prepare` output")
     assert not (Path(data) / "checkpoints").exists()
+
+
+# ------------------------------------------------------------------------------------------ chat templates
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda tok: (tok / "chat_template.jinja").write_bytes(b"\xff\xfe{{ x }}"), "chat_template.jinja: not UTF-8"),
+    (lambda tok: (tok / "chat_template.jinja").write_text("{% for m in messages %}"),
+     "its stored chat template is not valid Jinja")])
+def test_a_damaged_stored_chat_template_is_one_line(char_ckpt, capsys, damage, fragment):
+    """A stored template that is not UTF-8 was a traceback in every command that loads the model; one that is not
+    valid Jinja started a server whose every chat request failed (blaming the client with a 400)."""
+    damage(char_ckpt / "tokenizer")
+    rc, _, err = run(capsys, "chat", "--ckpt", char_ckpt, "--prompt", "hello", "--max-new-tokens", "2")
+    assert_one_line_error(rc, err, fragment)
+    rc, _, err = run(capsys, "serve", "--ckpt", char_ckpt, "--port", "0")
+    assert_one_line_error(rc, err, fragment)
+
+
+def test_a_python_error_inside_a_chat_template_is_one_line(char_ckpt, capsys):
+    from gptkit.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_pretrained(char_ckpt / "tokenizer")
+    tok.chat_template = "{% for m in messages %}{{ m.content + 1 }}{% endfor %}"
+    tok.save(char_ckpt / "tokenizer")
+    rc, _, err = run(capsys, "chat", "--ckpt", char_ckpt, "--prompt", "hello", "--max-new-tokens", "2")
+    assert_one_line_error(rc, err, "the chat template failed: TypeError")

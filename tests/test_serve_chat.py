@@ -239,3 +239,26 @@ def test_chat_template_is_saved_exported_and_imported(model, tmp_path):
     msgs = [{"role": "user", "content": "the fox"}, {"role": "assistant", "content": "jumps"}]
     want = hf_tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     assert want == ChatTemplate(JINJA, "<|endoftext|>", "<|endoftext|>").render(msgs)
+
+
+def test_a_template_that_fails_is_the_servers_error_and_a_refusal_the_clients(model):
+    """A Python error inside the stored template (here for a message with a number in it) was a bare 500; it
+    is now a 500 that says the server's template failed, and the server goes on serving; the template's own
+    raise_exception stays the client's 400."""
+    tok = model.tokenizer
+    tok.chat_template = ("{% for m in messages %}{% if m.content == 'boom' %}{{ 1 / 0 }}{% endif %}"
+                         "{% if m.content == 'no' %}{{ raise_exception('not this one') }}{% endif %}"
+                         "{{ m.content }}{% endfor %}")
+    try:
+        app = create_app(model, tok, ServeOptions(model_name="tiny"))
+        with BackgroundServer(app) as url:
+            def ask(content):
+                return httpx.post(f"{url}/v1/chat/completions", json={
+                    "model": "tiny", "messages": [{"role": "user", "content": content}], "max_tokens": 2})
+            broken, refused, fine = ask("boom"), ask("no"), ask("the fox")
+    finally:
+        tok.chat_template = None
+    assert broken.status_code == 500 and broken.json()["error"]["type"] == "server_error"
+    assert broken.json()["error"]["message"] == "the server's chat template failed: ZeroDivisionError: division by zero"
+    assert refused.status_code == 400 and "refused the messages: not this one" in refused.json()["error"]["message"]
+    assert fine.status_code == 200

@@ -37,6 +37,11 @@ class ChatTemplateError(GptkitError, ValueError):
     """The messages cannot be rendered (an unknown role, or the template's own raise_exception)."""
 
 
+class BrokenChatTemplate(ChatTemplateError):
+    """The template itself failed (not valid Jinja, or a Python error while it ran, e.g. `{{ m.content + 1 }}`):
+    the fault of whoever wrote it, not of the messages."""
+
+
 @dataclass(frozen=True)
 class ChatTemplate:
     """How a conversation becomes a prompt. `source` None is the plain transcript; else a Jinja template."""
@@ -65,7 +70,7 @@ class ChatTemplate:
             try:
                 ImmutableSandboxedEnvironment().parse(self.source)
             except jinja2.TemplateSyntaxError as e:
-                raise ChatTemplateError(f"the chat template is not valid Jinja: {e.message} (line {e.lineno})") \
+                raise BrokenChatTemplate(f"the chat template is not valid Jinja: {e.message} (line {e.lineno})") \
                     from None
         return self
 
@@ -91,5 +96,19 @@ class ChatTemplate:
             return env.from_string(self.source).render(
                 messages=[dict(m) for m in messages], add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token, eos_token=self.eos_token)
+        except ChatTemplateError:
+            raise  # raise_exception: the template refused these messages
         except jinja2.TemplateError as e:
-            raise ChatTemplateError(f"the chat template failed: {e}") from None
+            raise BrokenChatTemplate(f"the chat template failed: {e}") from None
+        except (ArithmeticError, LookupError, TypeError, ValueError, AttributeError) as e:  # a bug in the template
+            raise BrokenChatTemplate(f"the chat template failed: {type(e).__name__}: {e}") from None
+
+
+def check_stored_template(tokenizer: Tokenizer, ckpt: str) -> None:
+    """The chat template stored with a checkpoint's tokenizer, checked to be valid Jinja before a chat or a server
+    starts (else every chat request fails on it), or a one-line error that says so."""
+    try:
+        ChatTemplate.of(tokenizer).check()
+    except BrokenChatTemplate as e:
+        raise BrokenChatTemplate(f"{ckpt}: {str(e).replace('the chat template', 'its stored chat template', 1)}") \
+            from None

@@ -225,7 +225,13 @@ def read_chat_template(directory: Path) -> str | None:
         if isinstance(found, str):
             return found
     jinja = directory / "chat_template.jinja"
-    return jinja.read_text(encoding="utf-8") if jinja.is_file() else None
+    if not jinja.is_file():
+        return None
+    try:
+        return jinja.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise TokenizerError(f"{jinja}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") \
+            from None
 
 
 def write_chat_template(directory: Path, template: str) -> None:

@@ -13,6 +13,7 @@ from . import add_command
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from ..chat import ChatSession, run
+    from ..chat_template import check_stored_template
     from ..checkpoint import load_model
     from ..generate import GenerationError, SamplingParams, prepare_for_inference
     from ..runtime import pick_device, set_threads
@@ -34,6 +35,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     model = load_model(opts.ckpt, map_location=device, tokenizer_dir=opts.tokenizer_dir)
     if model.tokenizer is None:
         raise CheckpointError(f"{opts.ckpt} has no tokenizer: pass --tokenizer-dir DIR")
+    check_stored_template(model.tokenizer, opts.ckpt)
     model = prepare_for_inference(model.eval(), opts.weights, opts.blas)
     return run(ChatSession(model, model.tokenizer, params, system=opts.system), prompt=opts.prompt)
 

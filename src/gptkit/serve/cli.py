@@ -6,6 +6,7 @@ import sys
 
 import torch
 
+from ..chat_template import check_stored_template
 from ..checkpoint import load_model
 from ..errors import CheckpointError, GptkitError
 from ..generate import prepare_for_inference
@@ -72,6 +73,8 @@ def serve(args: ServeCommandOptions) -> int:
     model = prepare_for_inference(model, args.weights, args.blas, rows=args.max_batch)  # the server only decodes
     if args.chat_template:
         tokenizer.chat_template = read_chat_template_file(args.chat_template)
+    else:
+        check_stored_template(tokenizer, args.ckpt)  # (a stored one may be replaced by --chat-template FILE)
     name = args.model_name or model_name_of(args.ckpt)
     api_key = args.api_key if args.api_key is not None else os.environ.get("GPTKIT_API_KEY") or None
     opts = ServeOptions(model_name=name, api_key=api_key, max_batch=args.max_batch, max_queue=args.max_queue,

@@ -88,3 +88,4 @@ def read_chat_template_file(path: str) -> str:
         raise GptkitError(f"cannot read the chat template {path}: {getattr(e, 'strerror', None) or e}") from None
     ChatTemplate(text).check()
     return text
+

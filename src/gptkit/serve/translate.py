@@ -3,7 +3,7 @@ the request and the served model (no HTTP), raising APIError for what the schema
 
 from dataclasses import dataclass
 
-from ..chat_template import ChatTemplate, ChatTemplateError
+from ..chat_template import BrokenChatTemplate, ChatTemplate, ChatTemplateError
 from ..errors import GptkitError
 from ..generate import SamplingParams
 from ..tokenizer import Tokenizer
@@ -173,6 +173,9 @@ def chat_prompt(req: ChatCompletionRequest, served: Served) -> list[int]:
 
     try:
         text = served.template.render(chat_messages(req))
+    except BrokenChatTemplate as e:  # the server's template is at fault, not the request
+        raise APIError(500, str(e).replace("the chat template", "the server's chat template", 1), "server_error") \
+            from None
     except ChatTemplateError as e:
         raise APIError(400, str(e), param="messages") from None
     if served.template.source is None:
