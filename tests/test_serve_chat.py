@@ -192,7 +192,8 @@ def test_chat_errors_through_the_client(client, strict_server):
         openai.OpenAI(base_url=f"{strict_server}/v1", api_key="bad", max_retries=0).chat.completions.create(
             model="tiny", messages=MESSAGES)
     ok = openai.OpenAI(base_url=f"{strict_server}/v1", api_key=KEY, max_retries=0)
-    assert ok.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2).choices[0].message.content is not None
+    reply = ok.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2)
+    assert reply.choices[0].message.content is not None
 
 
 JINJA = ("{% for m in messages %}{{ m['role'][0] }}:{{ m['content'] }}{{ eos_token }}{% endfor %}"
@@ -259,6 +260,7 @@ def test_a_template_that_fails_is_the_servers_error_and_a_refusal_the_clients(mo
     finally:
         tok.chat_template = None
     assert broken.status_code == 500 and broken.json()["error"]["type"] == "server_error"
-    assert broken.json()["error"]["message"] == "the server's chat template failed: ZeroDivisionError: division by zero"
+    want = "the server's chat template failed: ZeroDivisionError: division by zero"
+    assert broken.json()["error"]["message"] == want
     assert refused.status_code == 400 and "refused the messages: not this one" in refused.json()["error"]["message"]
     assert fine.status_code == 200
