@@ -238,3 +238,20 @@ def test_a_sharded_hf_checkpoint_loads_and_a_damaged_index_is_one_line(hf_dir, c
     (hf_dir / "model.safetensors.index.json").write_text(damage(index))
     rc, _, err = run(capsys, "sample", "--ckpt", hf_dir, "--prompt", "he", *SAMPLE)
     assert_one_line_error(rc, err, "model.safetensors.index.json", fragment)
+
+
+# ------------------------------------------------------------------------------------------ NaN weights
+def test_weights_with_nan_are_refused_naming_the_tensor(char_ckpt, tmp_path, capsys):
+    """A checkpoint whose embedding is NaN sampled end-of-text with exit 0, exported with exit 0, and
+    `train --init-from` blamed the learning rate."""
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(char_ckpt / "model.safetensors"))
+    sd["transformer.wte.weight"][3, :2] = float("nan")
+    save_file(sd, str(char_ckpt / "model.safetensors"))
+    fragment = "transformer.wte.weight holds 2 NaN or infinite values"
+    rc, _, err = run(capsys, "sample", "--ckpt", char_ckpt, "--prompt", "he", *SAMPLE)
+    assert_one_line_error(rc, err, fragment)
+    rc, _, err = run(capsys, "export-hf", "--ckpt", char_ckpt, "--out", tmp_path / "hf")
+    assert_one_line_error(rc, err, fragment)
+    assert not (tmp_path / "hf").exists()
