@@ -551,3 +551,16 @@ def test_eval_refuses_an_output_that_is_a_tasks_data_file(tmp_path, capsys, flag
         err = capsys.readouterr().err
         assert rc == 2 and "also an input" in err and err.count("\n") == 1, err
         assert target.read_bytes() == before
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--plot", "accuracy.txt", "--shots", "0", "1"], "--plot accuracy.txt: the plot is drawn as .png, .pdf, .svg"),
+    (["--shots", "0", "0", "1"], "--shots 0 is given twice")])
+def test_eval_refuses_a_plot_name_it_cannot_draw_and_a_repeated_k(tiny_ckpt, tmp_path, capsys, monkeypatch, extra,
+                                                                    message):
+    """A .txt plot was written as PNG bytes; K=0 given twice was evaluated, and reported, twice."""
+    monkeypatch.chdir(tmp_path)
+    rc = main(["eval", "--ckpt", str(tiny_ckpt), "--task", str(EXAMPLE_TASK), "--no-progress", *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []

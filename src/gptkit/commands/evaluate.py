@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..evaluate.report import markdown_table, plot_accuracy_vs_shots
+from ..evaluate.report import PLOT_SUFFIXES, markdown_table, plot_accuracy_vs_shots
 from ..evaluate.tasks import BUILTIN_TASKS, EvalError
 from ..io import atomic_write_text
 from ..options import from_args
@@ -80,6 +80,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for flag, p in outputs.items():
         check_output_file(p, flag, inputs, EvalError)
     check_distinct_outputs(outputs, EvalError)
+    if args.plot and Path(args.plot).suffix.lower() not in PLOT_SUFFIXES:
+        raise EvalError(f"--plot {args.plot}: the plot is drawn as {', '.join(PLOT_SUFFIXES)} (from the file's "
+                        f"name); name it so")
 
     from ..checkpoint import load_model
     from ..evaluate.runner import evaluate

@@ -37,6 +37,9 @@ def markdown_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
 def plot_accuracy_vs_shots(summary: dict[str, Any], path: Path) -> None:
     """Accuracy against K, one line per task (GPT-3 Fig. 1.2 in miniature)."""
     import matplotlib
@@ -59,7 +62,7 @@ def plot_accuracy_vs_shots(summary: dict[str, Any], path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     try:
-        with atomic_path(path, ".tmp.png") as tmp:
+        with atomic_path(path, ".tmp" + path.suffix) as tmp:  # the format from the name: png, pdf or svg
             fig.savefig(tmp, dpi=120)
     finally:
         plt.close(fig)

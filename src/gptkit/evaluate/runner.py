@@ -78,6 +78,9 @@ def _prepare(task_names: Sequence[str | Task], shots: Sequence[int], data_dir: s
         raise EvalError("give at least one number of shots")
     if any(k < 0 for k in shots):
         raise EvalError(f"the number of shots must be >= 0, got {min(shots)}")
+    twice = sorted({k for k in shots if list(shots).count(k) > 1})
+    if twice:
+        raise EvalError(f"--shots {twice[0]} is given twice (each K is evaluated once)")
     if limit is not None and limit < 1:
         raise EvalError(f"--limit must be >= 1, got {limit}")
     tasks = [t if isinstance(t, Task) else get_task(t) for t in task_names]
