@@ -249,6 +249,39 @@ def test_bad_input_is_a_400_naming_the_field(server, body, param):
         assert err["param"] == param or param in err["message"], err
 
 
+@pytest.mark.parametrize("route, extra, message", [
+    ("completions", {"temperature": float("nan")}, "temperature: Input should be a finite number"),
+    ("completions", {"top_p": float("inf")}, "top_p: Input should be a finite number"),
+    ("completions", {"prompt": [True, False]}, "prompt: must be text, a list of texts, a list of token ids"),
+    ("completions", {"prompt": [1.5]}, "prompt: must be text, a list of texts, a list of token ids"),
+    ("completions", {"stop": [5]}, "stop: must be a string or a list of strings"),
+    ("completions", {"n": True}, "n: Input should be a valid integer"),
+    ("completions", {"max_tokens": 1e20}, "max_tokens: Input should be a valid integer"),
+    ("completions", {"stream": "yes"}, "stream: Input should be a valid boolean"),
+    ("completions", {"stream": True, "stream_options": {"include_usage": "no"}},
+     "stream_options.include_usage: Input should be a valid boolean"),
+    ("chat/completions", {"messages": [{"role": "user", "content": [{"text": "a"}]}]},
+     "messages.0.content: must be a string, a list of text parts or null")])
+def test_a_mistyped_field_is_a_400_that_says_what_it_must_be(server, route, extra, message):
+    """pydantic's lax mode took `"n": true` as 1 and [true, false] as token ids; NaN was 'less than or equal to
+    2'; a field of several shapes was judged against its first ('prompt.str: Input should be a valid string')."""
+    body = {"model": "tiny", "prompt": "a", "max_tokens": 2} if route == "completions" else \
+        {"model": "tiny", "messages": [{"role": "user", "content": "a"}], "max_tokens": 2}
+    r = httpx.post(f"{server}/v1/{route}", content=json.dumps({**body, **extra}),
+                   headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 400, r.text
+    assert error_of(r)["message"].startswith(message), r.text
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", None])
+def test_a_body_that_is_not_a_json_object_says_so(server, content_type):
+    headers = {"content-type": content_type} if content_type else {}
+    r = httpx.post(f"{server}/v1/completions", content=json.dumps({"model": "tiny", "prompt": "a"}),
+                   headers=headers, timeout=30)
+    assert r.status_code == 400 and error_of(r)["message"] == ("the request body must be a JSON object, sent with "
+                                                               "Content-Type: application/json"), r.text
+
+
 @pytest.mark.parametrize("raw", [b"", b"{", b"not json", b"[1, 2]", b"null", b'"prompt"', b"\xff\xfe",
                                  b'{"model": "tiny", "prompt": "a", "stream": "maybe"}'])
 def test_malformed_bodies_are_400s_never_500s(server, raw):

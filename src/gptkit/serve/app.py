@@ -150,7 +150,7 @@ def add_routes(app: FastAPI, served: Served) -> None:
         top = responses.head("text_completion", options.model_name)
         logprobs = req.logprobs is not None
         if req.stream:
-            include_usage = bool((req.stream_options or {}).get("include_usage"))
+            include_usage = req.stream_options is not None and req.stream_options.include_usage
             return streaming(sse.completion_stream(tokenizer, job.q, job.live, job.gens, top, echo=req.echo,
                                                    logprobs=logprobs, include_usage=include_usage,
                                                    prompt_tokens=job.prompt_tokens))

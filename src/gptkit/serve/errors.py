@@ -26,10 +26,23 @@ def json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+UNION_FIELDS = {"prompt": "text, a list of texts, a list of token ids (integers) or a list of such lists",
+                "stop": "a string or a list of strings", "content": "a string, a list of text parts or null"}
+"""What each field that takes several shapes may be: pydantic reports a mismatch against its first shape only
+("prompt.str: Input should be a valid string", for token ids that are not integers)."""
+
+
+def _is_shape_tag(part: Any) -> bool:
+    """A part of pydantic's error location that names a union member ('str', 'list[int]'), not a field."""
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool", "none") or "[" in part
+                                      or part.startswith(("function-", "constrained-", "lax-", "strict-")))
+
+
 def from_validation(errors: list[dict]) -> APIError:
     """The 400 for pydantic's validation errors: the first one, naming the field (`param`) it is about."""
     first = errors[0] if errors else {}
-    loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+    raw = [x for x in first.get("loc", ()) if x != "body"]
+    loc = [str(x) for x in raw if not _is_shape_tag(x)]
     param = loc[0] if loc else None
     where = ".".join(loc)
     msg = first.get("msg", "invalid request")
@@ -37,6 +50,10 @@ def from_validation(errors: list[dict]) -> APIError:
         msg, param, where = "the request body is not valid JSON", None, ""
     elif first.get("type") == "missing" and not loc:
         msg = "the request body is missing (expected a JSON object)"
+    elif not loc and first.get("type") in ("model_attributes_type", "dict_type", "model_type"):
+        msg = "the request body must be a JSON object, sent with Content-Type: application/json"
+    elif len(loc) < len(raw) and loc and loc[-1] in UNION_FIELDS:
+        msg = f"must be {UNION_FIELDS[loc[-1]]}"
     return APIError(400, f"{where}: {msg}" if where else msg, param=param)
 
 

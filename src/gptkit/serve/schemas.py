@@ -5,23 +5,28 @@ plain dicts, faster than validating every chunk); fields follow OpenAI's API ref
 No `from __future__ import annotations`: pydantic and FastAPI read these annotations at run time.
 """
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+Int = Annotated[int, Field(strict=True)]
+"""An integer as JSON writes one: not true/false, "2" or 2.0 (pydantic's lax mode took `"n": true` as 1 and a
+prompt of [true, false] as token ids 1 and 0)."""
+Bool = Annotated[bool, Field(strict=True)]
+"""true or false, not "yes" or 1."""
 Stop = str | list[str] | None
-TEMPERATURE = Field(1.0, ge=0.0, le=2.0, description="0 is greedy; higher is more random")
-TOP_P = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling: sample among the most likely tokens whose "
-              "probability reaches top_p")
+TEMPERATURE = Field(1.0, ge=0.0, le=2.0, allow_inf_nan=False, description="0 is greedy; higher is more random")
+TOP_P = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False, description="nucleus sampling: sample among the most "
+              "likely tokens whose probability reaches top_p")
 TOP_K = Field(None, ge=1, description="(gptkit extension) sample among the k most likely tokens only")
-PENALTY = Field(0.0, ge=-2.0, le=2.0)
+PENALTY = Field(0.0, ge=-2.0, le=2.0, allow_inf_nan=False)
 STOP = Field(None, description="up to 16 strings that end the generation (not returned)")
 SEED = Field(None, description="the same seed and parameters give the same text (choice i uses seed + i)")
 
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    include_usage: bool = Field(False, description="end the stream with a chunk holding only `usage`")
+    include_usage: Bool = Field(False, description="end the stream with a chunk holding only `usage`")
 
 
 # ------------------------------------------------------------------------------------------- completions
@@ -30,23 +35,23 @@ class CompletionRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     model: str
-    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+    prompt: str | list[str] | list[Int] | list[list[Int]] = Field(
         description="text, a list of texts, token ids, or a list of token-id lists")
-    max_tokens: int | None = Field(16, ge=0, description="0 only scores the prompt (with echo and logprobs)")
+    max_tokens: Int | None = Field(16, ge=0, description="0 only scores the prompt (with echo and logprobs)")
     temperature: float | None = TEMPERATURE
     top_p: float | None = TOP_P
-    top_k: int | None = TOP_K
-    n: int = Field(1, ge=1, description="completions per prompt")
-    best_of: int | None = Field(None, ge=1, description="only best_of == n is supported")
-    stream: bool = False
-    stream_options: dict | None = None
-    logprobs: int | None = Field(None, ge=0, le=20, description="log-probabilities of each token and of this "
+    top_k: Int | None = TOP_K
+    n: Int = Field(1, ge=1, description="completions per prompt")
+    best_of: Int | None = Field(None, ge=1, description="only best_of == n is supported")
+    stream: Bool = False
+    stream_options: StreamOptions | None = None
+    logprobs: Int | None = Field(None, ge=0, le=20, description="log-probabilities of each token and of this "
                                  "many most likely alternatives")
-    echo: bool = Field(False, description="return the prompt before the completion (scored, with logprobs)")
+    echo: Bool = Field(False, description="return the prompt before the completion (scored, with logprobs)")
     stop: Stop = STOP
     presence_penalty: float | None = PENALTY
     frequency_penalty: float | None = PENALTY
-    seed: int | None = SEED
+    seed: Int | None = SEED
     logit_bias: dict[str, float] | None = Field(None, description="not supported (400 when set)")
     suffix: str | None = Field(None, description="not supported (400 when set)")
     user: str | None = None
@@ -74,19 +79,19 @@ class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=0, description="default: the rest of the context")
-    max_tokens: int | None = Field(None, ge=0, description="the older name of max_completion_tokens")
+    max_completion_tokens: Int | None = Field(None, ge=0, description="default: the rest of the context")
+    max_tokens: Int | None = Field(None, ge=0, description="the older name of max_completion_tokens")
     temperature: float | None = TEMPERATURE
     top_p: float | None = TOP_P
-    top_k: int | None = TOP_K
-    n: int = Field(1, ge=1)
-    stream: bool = False
+    top_k: Int | None = TOP_K
+    n: Int = Field(1, ge=1)
+    stream: Bool = False
     stream_options: StreamOptions | None = None
     stop: Stop = Field(None, description="up to 16 strings that end the reply; default: the chat template's "
                        "turn separator, so a base model does not write the user's next turn")
-    seed: int | None = SEED
-    logprobs: bool = Field(False, description="return each generated token's log-probability")
-    top_logprobs: int | None = Field(None, ge=0, le=20, description="and this many most likely alternatives")
+    seed: Int | None = SEED
+    logprobs: Bool = Field(False, description="return each generated token's log-probability")
+    top_logprobs: Int | None = Field(None, ge=0, le=20, description="and this many most likely alternatives")
     presence_penalty: float | None = PENALTY
     frequency_penalty: float | None = PENALTY
     logit_bias: dict[str, float] | None = Field(None, description="not supported (400 when set)")
