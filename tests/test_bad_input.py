@@ -277,3 +277,32 @@ def test_a_python_error_inside_a_chat_template_is_one_line(char_ckpt, capsys):
     tok.save(char_ckpt / "tokenizer")
     rc, _, err = run(capsys, "chat", "--ckpt", char_ckpt, "--prompt", "hello", "--max-new-tokens", "2")
     assert_one_line_error(rc, err, "the chat template failed: TypeError")
+
+
+# ------------------------------------------------------------------------------------------ JSON limits
+DEEP = "[" * 100_000 + "]" * 100_000  # json.loads: RecursionError, not a JSONDecodeError
+BIG = '{"a": ' + "1" * 5_000 + "}"  # json.loads: ValueError, "Exceeds the limit (4300 digits)"
+
+
+@pytest.mark.parametrize("text, fragment", [(DEEP, "nested too deeply"), (BIG, "more than 4,300 digits")])
+def test_json_nested_too_deep_or_with_a_huge_number_is_one_line(char_ckpt, tmp_path, capsys, text, fragment):
+    """Python's JSON reader fails on these with RecursionError or a bare ValueError, which every reader let through
+    as a traceback: a checkpoint's config.json, its tokenizer file, a JSONL line of eval or fine-tuning data; the
+    data passes skip such a line as they skip any bad one."""
+    config = char_ckpt / "config.json"
+    good = config.read_text()
+    config.write_text(text)
+    rc, _, err = run(capsys, "sample", "--ckpt", char_ckpt, "--max-new-tokens", "2")
+    assert_one_line_error(rc, err, "config.json", fragment)
+    config.write_text(good)
+    (char_ckpt / "tokenizer" / "gptkit_tokenizer.json").write_text(text)
+    rc, _, err = run(capsys, "sample", "--ckpt", char_ckpt, "--max-new-tokens", "2")
+    assert_one_line_error(rc, err, "gptkit_tokenizer.json", fragment)
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "hello world", "label": "x"}\n' + text + "\n")
+    rc, _, err = run(capsys, "finetune", "--ckpt", char_ckpt, "--format", "jsonl", "--task-type", "classification",
+                     "--train", data, "--valid-from-train", "1", "--out", tmp_path / "ft")
+    assert_one_line_error(rc, err, f"{data}:2: not valid JSON", fragment)
+    rc, out, err = run(capsys, "data", "clean", "--input", data, "--out", tmp_path / "c.jsonl", "--quiet")
+    assert rc == 0 and "Traceback" not in err
+    assert [json.loads(line)["text"] for line in (tmp_path / "c.jsonl").read_text().splitlines()] == ["hello world"]

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_write_text
+from .io import atomic_write_text, parse_json
 
 FORMAT = "gptkit-decisions/1"
 CACHE_FILE = "decisions.json"
@@ -109,10 +109,10 @@ def _read(path: Path) -> tuple[dict[str, Any] | None, str]:
     gptkit's cache format: left alone, so two versions sharing a cache do not wipe each other's); or anything else
     (not JSON, not a cache, unreadable), which the next record replaces."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, NotADirectoryError):
         return None, "missing"
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: not UTF-8, not JSON
         return None, f"unreadable ({type(e).__name__})"
     fmt = data.get("format") if isinstance(data, dict) else None
     if isinstance(fmt, str) and fmt != FORMAT and fmt.startswith(FORMAT.split("/")[0] + "/"):

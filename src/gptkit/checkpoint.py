@@ -29,7 +29,7 @@ import torch
 
 from .config import ConfigError, GPTConfig
 from .errors import CheckpointError
-from .io import new_tmp_dir, publish_dir
+from .io import new_tmp_dir, parse_json, publish_dir
 
 if TYPE_CHECKING:
     from .model import GPT
@@ -191,8 +191,8 @@ def save_model(model: GPT, directory: str | Path, tokenizer: Tokenizer | None = 
 
 def read_config_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads((path / CONFIG).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        data = parse_json((path / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: not UTF-8, not JSON
         raise CheckpointError(f"{path / CONFIG} is not readable JSON ({e})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path / CONFIG} does not hold a JSON object")

@@ -207,6 +207,22 @@ def publish_dir(tmp: Path, final: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ reading
+def parse_json(text: str | bytes) -> Any:
+    """json.loads, whose every failure on a malformed text is a ValueError (JSONDecodeError included) with a short
+    message: Python's own raise RecursionError for nesting deeper than its stack, and for an integer of more than
+    4,300 digits a ValueError advising sys.set_int_max_str_digits()."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as e:
+        if "integer string conversion" in str(e):
+            raise ValueError("a JSON number of more than 4,300 digits") from None
+        raise
+
+
 def json_type(value: Any) -> str:
     """The JSON name of a value's type, with its article ("null", "a string", "an object"), for messages about a
     hand-edited file."""
@@ -232,9 +248,9 @@ def jsonl_objects(lines: Iterable[str], name: str | os.PathLike, error: type[Exc
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise error(f"{name}:{n}: not valid JSON ({e.msg})") from None
+                row = parse_json(line)
+            except ValueError as e:
+                raise error(f"{name}:{n}: not valid JSON ({getattr(e, 'msg', e)})") from None
             if not isinstance(row, dict):
                 raise error(f"{name}:{n}: expected a JSON object per line, got {type(row).__name__}")
             yield n, row

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import GptkitError
-from .io import json_type
+from .io import json_type, parse_json
 
 if TYPE_CHECKING:  # pragma: no cover
     import tiktoken
@@ -147,10 +147,10 @@ def _token_ids(mapping: Any, where: str, what: str = "token") -> dict[str, int]:
 def _read_json(path: Path) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            return parse_json(f.read())
     except FileNotFoundError:
         raise TokenizerError(f"missing tokenizer file {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: not UTF-8, not JSON
         raise TokenizerError(f"cannot read {path}: {e}") from None
 
 

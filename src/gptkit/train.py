@@ -59,7 +59,7 @@ from .checkpoint import (
 from .config import GPTConfig
 from .data.loader import BatchLoader, load_tokenizer
 from .errors import MachineTooSmall, TrainError
-from .io import atomic_path, atomic_write_text, new_tmp_dir, publish_dir
+from .io import atomic_path, atomic_write_text, new_tmp_dir, parse_json, publish_dir
 from .model import GPT, meta_model
 from .optim import adamw, cosine, optimizer_step, set_lr, warmup_cosine
 from .options.train import TrainConfig, check_types, load_yaml_config  # noqa: F401 (re-exported)
@@ -261,9 +261,9 @@ def truncate_metrics(path: Path, step: int) -> None:
     keep = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():  # a bad line is dropped below
         try:
-            if json.loads(line)["step"] <= step:
+            if parse_json(line)["step"] <= step:
                 keep.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):
             continue  # a line cut by a kill -9 mid-write
 
     atomic_write_text(path, "".join(line + "\n" for line in keep))

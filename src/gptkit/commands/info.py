@@ -10,6 +10,7 @@ from typing import Any
 
 from .. import __version__
 from ..config import PRESETS, GPTConfig
+from ..io import parse_json
 from ..quickstart import DEFAULTS as QUICKSTART
 from ..options import from_args
 from ..options.info import ExportHFOptions, InfoOptions
@@ -46,7 +47,7 @@ def run_preset(ckpt: Path) -> tuple[str | None, str]:
     for run in (ckpt, ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None):
         if run is not None and (run / "train_config.json").is_file():
             try:
-                preset = json.loads((run / "train_config.json").read_text(encoding="utf-8")).get("preset")
+                preset = parse_json((run / "train_config.json").read_text(encoding="utf-8")).get("preset")
             except (OSError, ValueError, AttributeError):
                 continue
             if preset in PRESETS:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io import json_type
+from ..io import json_type, parse_json
 from ..tokenizer import Tokenizer
 from .shards import FORMAT, FORMAT_VERSION, MANIFEST, DataError, dtype_for_vocab, open_shard, sha256_file
 
@@ -44,7 +44,7 @@ def read_manifest(data_dir: str | Path) -> dict:
     if not Path(data_dir).is_dir():
         raise DataError(f"data directory not found: {data_dir} (create it with `gptkit prepare`)")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = parse_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError(f"{data_dir} is not a prepared data directory (no {MANIFEST}; create it with "
                         "`gptkit prepare`)") from None

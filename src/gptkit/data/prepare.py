@@ -76,7 +76,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import __version__
-from ..io import new_tmp_dir, publish_dir
+from ..io import new_tmp_dir, parse_json, publish_dir
 from ..runtime import Progress
 from ..tokenizer import Tokenizer, split_at_word_boundaries
 from .shards import FORMAT, FORMAT_VERSION, HEADER_BYTES, MANIFEST, VERSION, DataError, ShardWriter, dtype_for_vocab
@@ -226,7 +226,7 @@ def _not_written_by_prepare(out: Path) -> list[str]:
     user's notes): replacing the directory would lose them. [] when the manifest cannot say (then it is replaced,
     as a damaged output)."""
     try:
-        m = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+        m = parse_json((out / MANIFEST).read_text(encoding="utf-8"))
         shards = {s["file"] for split in m["splits"].values() for s in split["shards"]}
         ours = {MANIFEST, m["tokenizer"]["dir"], *shards}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):

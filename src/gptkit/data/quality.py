@@ -40,7 +40,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from ..io import atomic_path
+from ..io import atomic_path, parse_json
 from .passes import FilterPass, batched, output_path, sibling_path
 from .records import Record, RecordReader, text_file_fields
 from .shards import DataError
@@ -125,7 +125,7 @@ class QualityModel:
             raise DataError(f"--model {path}: model format version {meta.get('format_version')}, this gptkit "
                             f"reads version {MODEL_VERSION}")
         try:
-            params = json.loads(meta["vectorizer"])
+            params = parse_json(meta["vectorizer"])
             problem = _vectorizer_problem(params)
             if problem is None:
                 index, values = tensors["coef_index"], tensors["coef_value"]
@@ -134,7 +134,7 @@ class QualityModel:
                 raise DataError(f"--model {path}: corrupt quality model ({problem})")
             coef = np.zeros(params["n_features"], dtype=np.float64)
             coef[index] = values
-            return cls(coef, float(tensors["intercept"][0]), params, json.loads(meta.get("info", "{}")))
+            return cls(coef, float(tensors["intercept"][0]), params, parse_json(meta.get("info", "{}")))
         except (KeyError, ValueError, IndexError, TypeError) as e:
             raise DataError(f"--model {path}: corrupt quality model ({type(e).__name__}: {e})") from None
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import json
 import os
 import re
 import zlib
@@ -39,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..io import parse_json
 from .shards import DataError
 
 TEXT_SUFFIXES = frozenset({".txt", ".text", ".md", ".markdown", ".rst", ".tex", ".org", ".adoc", ".csv", ".tsv",
@@ -121,7 +121,7 @@ def is_prepared_dir(path: str | Path) -> bool:
     if not m.is_file():
         return False
     try:
-        return json.loads(m.read_text(encoding="utf-8")).get("format") == "gptkit-prepared"
+        return parse_json(m.read_text(encoding="utf-8")).get("format") == "gptkit-prepared"
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -326,7 +326,7 @@ class Corpus:
                 continue
             line, replaced = _decode(raw)
             try:
-                obj = json.loads(line)
+                obj = parse_json(line)
             except ValueError:
                 self.not_json_lines += 1
                 self._skip(st, lineno, "not valid JSON")

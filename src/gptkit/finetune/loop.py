@@ -51,7 +51,7 @@ from ..checkpoint import (
 from ..compiled import compile_events, shapes_vary
 from ..data.outputs import check_output_file, positive_int
 from ..errors import CheckpointError
-from ..io import atomic_write_text, new_tmp_dir, publish_dir
+from ..io import atomic_write_text, new_tmp_dir, parse_json, publish_dir
 from ..model import GPT
 from ..optim import adamw, optimizer_step, set_lr, warmup_linear
 from ..options.finetune import FT_DTYPES, FinetuneConfig, recipe
@@ -602,7 +602,7 @@ def read_task_json(path: Path) -> tuple[TaskSpec, float, torch.dtype]:
 
     head_dropout, dtype = 0.1, "float32"  # the defaults of files written before they were recorded
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
+        d = parse_json(path.read_text(encoding="utf-8"))
         if isinstance(d, dict):
             d = dict(d)
             head_dropout, dtype = d.pop("head_dropout", head_dropout), d.pop("dtype", dtype)
@@ -612,7 +612,7 @@ def read_task_json(path: Path) -> tuple[TaskSpec, float, torch.dtype]:
             raise TaskError(f"head_dropout must be a number in [0, 1), got {json.dumps(head_dropout)}")
         if dtype not in FT_DTYPES[1:]:  # recorded as resolved: never auto
             raise TaskError(f"dtype must be {' or '.join(FT_DTYPES[1:])}, got {json.dumps(dtype)}")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TaskError) as e:
+    except (OSError, ValueError) as e:  # ValueError: not UTF-8, not JSON, a TaskError
         why = e.strerror if isinstance(e, OSError) and e.strerror else e
         raise CheckpointError(f"{path} is not a valid task spec ({why})") from None
     return spec, float(head_dropout), pick_dtype(dtype, torch.device("cpu"))

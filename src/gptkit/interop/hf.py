@@ -17,7 +17,7 @@ import torch
 from ..checkpoint import CONFIG, build_model, model_state_dict, read_state_dict, resolve_checkpoint
 from ..config import ConfigError, GPTConfig, field_problem
 from ..errors import CheckpointError
-from ..io import new_tmp_dir, publish_dir
+from ..io import new_tmp_dir, parse_json, publish_dir
 from ..tokenizer import write_chat_template
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ def index_shards(index_path: Path) -> list[str]:
     """The weight files a sharded HF checkpoint's index names (`weight_map`: tensor name → file in the same
     directory), or one line saying why the index cannot be read."""
     try:
-        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+        weight_map = parse_json(index_path.read_text(encoding="utf-8"))["weight_map"]
         files = sorted(set(weight_map.values()))
     except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{index_path} is not a safetensors index (a JSON object with a weight_map of tensor "
@@ -247,7 +247,7 @@ def is_hf_export(path: Path) -> bool:
     if not (path / CONFIG).is_file() or not (path / "model.safetensors").is_file():
         return False
     try:
-        meta = json.loads((path / CONFIG).read_text())
+        meta = parse_json((path / CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     if not isinstance(meta, dict) or meta.get("model_type") not in ("gpt2", "openai-gpt") or "format" in meta:

@@ -9,7 +9,6 @@ retry it).
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any, Callable
 
 from ..checkpoint import list_checkpoints
 from ..errors import TrainError
-from ..io import atomic_write_json
+from ..io import atomic_write_json, parse_json
 from ..options.train import TrainConfig
 from .plan import BASE_PRESET, Point, ScaleError
 
@@ -56,7 +55,7 @@ def run_settings(run_dir: Path) -> dict:
     """A run's train_config.json, or one line (ScaleError) saying it cannot be read."""
     path = run_dir / "train_config.json"
     try:
-        settings = json.loads(path.read_text(encoding="utf-8"))
+        settings = parse_json(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise ScaleError(f"{path} is not the JSON `gptkit train` writes ({type(e).__name__})") from None
     if not isinstance(settings, dict) or not isinstance(settings.get("max_iters"), int) or \
@@ -74,7 +73,7 @@ def final_record(run_dir: Path, steps: int | None = None) -> dict | None:
         steps = run_settings(run_dir)["max_iters"]
     lines = [ln for ln in metrics.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
     try:
-        last = json.loads(lines[-1]) if lines else None
+        last = parse_json(lines[-1]) if lines else None
     except ValueError:  # a line cut by a kill (or damaged): not finished
         return None
     if not isinstance(last, dict) or last.get("step") != steps or "val_loss" not in last or \
@@ -114,7 +113,7 @@ def read_results(out: Path) -> dict[str, dict]:
     if not path.is_file():
         return {}
     try:
-        return {r["name"]: r for r in json.loads(path.read_text(encoding="utf-8"))}
+        return {r["name"]: r for r in parse_json(path.read_text(encoding="utf-8"))}
     except (ValueError, KeyError, TypeError):
         return {}
 

@@ -12,7 +12,6 @@ OUT/scaling.png, OUT/isoflop.png
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Callable
@@ -22,7 +21,7 @@ import numpy as np
 from ..checkpoint import checkpoint_config, list_checkpoints
 from ..data.bytes import val_bytes_per_token
 from ..data.loader import read_manifest
-from ..io import atomic_write_json
+from ..io import atomic_write_json, parse_json
 from .fit import (
     collinear,
     compute_envelope,
@@ -69,7 +68,7 @@ def plan_study(opts: Any, speed: Callable, say: Callable[[str], None], warn: Cal
     saved = out / "plan.json"
     if saved.is_file():
         try:
-            plan = json.loads(saved.read_text(encoding="utf-8"))
+            plan = parse_json(saved.read_text(encoding="utf-8"))
             data, spec = plan["facts"]["data"], PlanSpec(**plan["spec"])
             points = [Point.from_dict(p) for p in plan["points"]]
         except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
