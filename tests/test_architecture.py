@@ -19,7 +19,7 @@ PKG = SRC / "gptkit"
 # layer of a module: the longest matching prefix wins
 LAYERS = {
     # foundation: pure Python (no torch, numpy or tokenizer libraries); what `gptkit --help` loads
-    "gptkit.errors": 0, "gptkit.io": 0, "gptkit.config": 0, "gptkit.runlock": 0, "gptkit.options": 0,
+    "gptkit.errors": 0, "gptkit.env": 0, "gptkit.io": 0, "gptkit.config": 0, "gptkit.runlock": 0, "gptkit.options": 0,
     "gptkit.serve.config": 0, "gptkit.evaluate.tasks": 0, "gptkit.evaluate.yaml_task": 0,
     "gptkit.evaluate.report": 0, "gptkit.finetune.tasks": 0,
     # core: the model, its tokens, its weights on disk, and the machinery every engine shares

@@ -134,6 +134,23 @@ def test_off_takes_the_default_without_measuring(cache, monkeypatch):
     assert calls == [] and not cache.exists()
 
 
+@pytest.mark.parametrize("value, on, warned", [("off", False, False), (" FALSE ", False, False), ("no", False, False),
+                                              ("0", False, False), ("yes", True, False), ("", True, False),
+                                              ("of", True, True), ("banana", True, True)])
+def test_a_switch_is_on_or_off_and_a_typo_says_so(monkeypatch, capsys, value, on, warned):
+    """GPTKIT_AUTOTUNE=of (a typo) silently measured; GPTKIT_QUICK=false turned the quick caps on. A value that is
+    neither on nor off keeps the default and says so once."""
+    from gptkit import env
+
+    monkeypatch.setattr(env, "_warned", set())
+    monkeypatch.setenv("GPTKIT_AUTOTUNE", value)
+    assert autotune.enabled() is on and autotune.enabled() is on
+    err = capsys.readouterr().err
+    assert (err.count("warning: GPTKIT_AUTOTUNE=") == 1) is warned and err.count("\n") == int(warned), err
+    monkeypatch.setenv("GPTKIT_QUICK", value)
+    assert env.switch("GPTKIT_QUICK", False) is (on and value.strip() not in ("",) and not warned)
+
+
 def test_measure_alternates_and_times_each_call():
     order = []
     ticks = iter(range(100))
@@ -158,7 +175,9 @@ def test_an_unwritable_cache_warns_and_still_answers(tmp_path, monkeypatch, caps
     monkeypatch.setenv("GPTKIT_AUTOTUNE", "on")
     m, _ = fake({"numpy": [1.0] * 3, "torch": [0.5] * 3})
     assert autotune.choose("q", "s", ["numpy", "torch"], work, measure_fn=m) == "torch"
-    assert "could not remember" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "could not remember" in err and "not remembered, so measured again" in err  # it said "remembered in"
+    assert "remembered in" not in err
 
 
 def test_forget(cache):

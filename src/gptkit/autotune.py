@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .env import switch
 from .io import atomic_write_text, parse_json
 
 FORMAT = "gptkit-decisions/1"
@@ -61,7 +62,7 @@ def cache_path() -> Path:
 
 
 def enabled() -> bool:
-    return os.environ.get("GPTKIT_AUTOTUNE", "on").lower() not in ("off", "0", "no", "false")
+    return switch("GPTKIT_AUTOTUNE", True)
 
 
 def cpu_flags() -> set[str]:
@@ -150,25 +151,28 @@ def _locked(path: Path):
         yield
 
 
-def _store(path: Path, decisions: dict[str, Any]) -> None:
+def _store(path: Path, decisions: dict[str, Any]) -> bool:
+    """Write the cache; False (and a warning) where it cannot be written."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps({"format": FORMAT, "decisions": decisions}, indent=1, sort_keys=True))
+        return True
     except OSError as e:  # a read-only home is no reason to fail a run: the choice is just not remembered
         print(f"gptkit: warning: could not remember the choice in {path} ({e.strerror or e})", file=sys.stderr)
+        return False
 
 
-def _put(path: Path, key: str, record: dict[str, Any]) -> None:
+def _put(path: Path, key: str, record: dict[str, Any]) -> bool:
     """Write one record into the cache, read afresh under the lock: another process may have written meanwhile,
     keep its answers. Another gptkit version's cache is left as it is (the record is not kept); a file that is
-    no cache at all is replaced."""
+    no cache at all is replaced. Whether the record was kept."""
     with _locked(path):
         decisions, why = _read(path)
         if why.startswith("other version"):
-            return
+            return False
         decisions = decisions or {}
         decisions[key] = record
-        _store(path, decisions)
+        return _store(path, decisions)
 
 
 def decision_key(question: str, shape: Mapping[str, Any] | Sequence[Any] | str) -> str:
@@ -238,10 +242,12 @@ def choose(question: str, shape: Mapping[str, Any] | Sequence[Any] | str, option
     times = (measure_fn or measure)({name: work[name] for name in options}, rounds=rounds, **extra)
     choice = pick(times, min_gain)
     medians = {name: statistics.median(t) for name, t in times.items()}
-    _put(path, key, {"choice": choice, "median_s": medians, "measured": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    kept = _put(path, key, {"choice": choice, "median_s": medians, "measured": time.strftime("%Y-%m-%dT%H:%M:%S")})
     timing = ", ".join(f"{n} {1e3 * m:.1f} ms" for n, m in medians.items())
     said = describe(choice) if describe else f"{question}: {choice}"
-    print(f"gptkit: {said} (measured once on this CPU: {timing}; remembered in {path})", file=sys.stderr)
+    where = f"measured once on this CPU: {timing}; remembered in {path}" if kept else \
+        f"measured on this CPU: {timing}; not remembered, so measured again next time"
+    print(f"gptkit: {said} ({where})", file=sys.stderr)
     return choice
 
 

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from .env import switch
+
 
 class RunQueueWait:
     """How long this process's threads waited for a CPU between two readings: each thread's time runnable but not
@@ -94,7 +96,7 @@ class ThreadGuard:
                  waiting: Callable[[], float | None] | None = None) -> None:
         self.full = threads or torch.get_num_threads()
         self.fewer = max(1, self.full // 2)
-        self.on = on and self.full > 1 and os.environ.get("GPTKIT_THREAD_GUARD", "on").lower() != "off"
+        self.on = on and self.full > 1 and switch("GPTKIT_THREAD_GUARD", True)
         self.waiting = (waiting or RunQueueWait()) if self.on else None
         self.now = self.full
         self.say = say

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import re
 import sys
 from dataclasses import field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..env import switch
 from ..errors import GptkitError
 
 T = TypeVar("T")
@@ -189,7 +189,7 @@ def quick_caps(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     brought down to them, and those named in its `QUICK_FILL` set to their cap when unset (None); one line on
     stderr says what changed. {} otherwise."""
     caps = getattr(cls, "QUICK", None)
-    if not caps or os.environ.get(QUICK_ENV, "") in ("", "0"):
+    if not caps or not switch(QUICK_ENV, False):
         return {}
     now = {f.name: values.get(f.name, field_default(f)) for f in fields(cls)}
     fill = getattr(cls, "QUICK_FILL", ())
