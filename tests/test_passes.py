@@ -4,6 +4,7 @@ batching, and the in-order worker map (gptkit.data.workers)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,64 @@ def test_a_lone_surrogate_in_any_field_is_replaced_and_counted(command, tmp_path
     assert rows[0]["title"] == "bad \ufffd title" and "k\ufffd" in rows[0] and rows[1]["emoji"] == "\U0001f600"
     report = json.loads(out.with_name("out.report.json").read_text())
     assert report["bad_input"]["documents_with_undecodable_bytes"] == 1
+
+
+def _signals_here(_):
+    import signal
+
+    return signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+
+
+GROUP_TERM = """
+import signal, sys, time
+from gptkit.cli import _terminate
+from gptkit.data.workers import ordered_map, worker_pool
+from gptkit.errors import Terminated
+from gptkit.runtime import Progress
+
+def slow(i):
+    time.sleep(60)
+    return i
+
+signal.signal(signal.SIGTERM, _terminate)  # as `gptkit` installs it
+try:
+    with worker_pool(2, Progress(live=False)) as pool:
+        print("ready", flush=True)
+        list(ordered_map(slow, ((i, (i,)) for i in range(8)), pool, 2))
+except Terminated:
+    print("terminated", flush=True)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="process groups are POSIX")
+def test_a_sigterm_to_the_process_group_ends_the_pool_at_once():
+    """`timeout`, systemd and job schedulers send SIGTERM to the whole process group: the forked workers ran the
+    caller's handler, which raised inside the pool, and `shutdown(wait=True)` could wait for ever (6 of 18 timed
+    kills of prepare and dedup hung at one core). Now the workers end at once and the caller leaves in one line."""
+    import contextlib
+    import signal as sig
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", GROUP_TERM], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.5)  # the workers are in their tasks
+        t0 = time.monotonic()
+        os.killpg(proc.pid, sig.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig.SIGKILL)  # whatever is left of a hung run
+    assert time.monotonic() - t0 < 10 and out.strip() == "terminated", (out, err)
+    assert "Traceback" not in err, err
+
+
+def test_workers_leave_stop_signals_to_the_caller():
+    import signal as sig
+
+    with worker_pool(2, Progress(live=False)) as pool:
+        term, intr = pool.submit(_signals_here, 0).result()
+    assert term == sig.SIG_DFL and intr == sig.SIG_IGN

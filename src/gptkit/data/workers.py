@@ -12,6 +12,7 @@ import collections
 import contextlib
 import multiprocessing
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -54,18 +55,70 @@ def worker_pool(workers: int, progress, initializer: Callable[..., None] | None 
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     progress.stop()
     try:
-        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=initializer, initargs=initargs)
+        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_start, initargs=(initializer,
+                                                                                                 initargs))
     finally:
         if saved is None:
             del os.environ["TOKENIZERS_PARALLELISM"]
         else:
             os.environ["TOKENIZERS_PARALLELISM"] = saved
     try:
-        pool.submit(int).result()  # start the workers now, while no other thread runs
+        with _signals_held():  # the workers are forked here: none may run the caller's SIGTERM handler
+            pool.submit(int).result()  # start the workers now, while no other thread runs
         progress.start()
         yield pool
+    except BaseException:  # Ctrl-C, SIGTERM (Terminated), an error: stop the workers, do not wait for them
+        _stop_now(pool)
+        raise
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGTERM and SIGINT held back (blocked, not lost) in this thread while workers are forked: a forked worker
+    starts with them blocked and the caller's handlers installed, and `_worker_start` puts its own in place before
+    it lets them through. A signal that arrives meanwhile reaches the caller when this block ends."""
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX: spawned workers start with default handlers anyway
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def _worker_start(initializer: Callable[..., None] | None, initargs: tuple) -> None:
+    """A worker's first act: SIGTERM ends it at once (the default: a forked worker inherited the caller's handler,
+    which raised inside the pool and, hit during start-up, hung `pool.shutdown` for good), and SIGINT is left to
+    the caller (Ctrl-C reaches the whole process group; the caller stops the workers). Then the caller's
+    initializer."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def _stop_now(pool: ProcessPoolExecutor) -> None:
+    """Shut `pool` down without waiting for its work: cancel what is queued and end the workers (a worker in the
+    middle of a batch, or one that died with a task's data still in the pipe, left `shutdown(wait=True)` waiting
+    for ever)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # the executor's own (private) record
+    calls = getattr(pool, "_call_queue", None)
+    if calls is not None:  # its feeder thread may sit writing a task into a pipe no worker will read: exit anyway
+        calls.cancel_join_thread()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in processes:
+        with contextlib.suppress(Exception):
+            p.terminate()
+    for p in processes:
+        with contextlib.suppress(Exception):
+            p.join(timeout=5)
 
 
 def ordered_map(fn: Callable[..., Any], jobs: Iterable[tuple[K, tuple]], pool: ProcessPoolExecutor | None,
