@@ -398,3 +398,12 @@ def test_scale_fit_reads_damaged_runs_in_one_line(finished_run: Path, tmp_path: 
         (out / name).write_bytes(data)
     rc, _, err = run(capsys, "scale", "fit", out, "--bootstrap", "0", "--unit", "bpb")
     assert_one_line_error(rc, err, str(out), fragment)
+
+
+def test_a_study_is_not_written_into_the_data(tiny_char: Path, capsys) -> None:
+    from cli_helpers import assert_one_line_error, run
+
+    before = sorted(p.name for p in tiny_char.iterdir())
+    rc, _, err = run(capsys, "scale", "--plan-only", "--data", tiny_char, "--out", tiny_char, "--budget-minutes", "5")
+    assert_one_line_error(rc, err, "is a `gptkit prepare` output")
+    assert sorted(p.name for p in tiny_char.iterdir()) == before

@@ -487,7 +487,8 @@ def test_gptkit_serve_bad_arguments(tmp_path, capsys):
 @pytest.mark.parametrize("flags, fragment", [
     (["--device", "tpu"], "unknown device 'tpu'"), (["--log-level", "verbose"], "--log-level"),
     (["--max-connections", "0"], "--max-connections must be positive"), (["--threads", "0"], "--threads"),
-    (["--max-queue", "-1"], "--max-queue must be >= 0")])
+    (["--max-queue", "-1"], "--max-queue must be >= 0"), (["--api-key", ""], "--api-key must not be empty"),
+    (["--api-key", "  "], "--api-key must not be empty")])
 def test_gptkit_serve_bad_flags_are_one_line(tmp_path, capsys, flags, fragment):
     from gptkit.cli import main
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 
 from ..options import add_options, from_args
 from ..options.scale import ScaleFitOptions, ScaleOptions
@@ -32,6 +33,9 @@ def check_scale(opts: ScaleOptions) -> None:
             raise ScaleError(f"--{name.replace('_', '-')} must be positive, got {v}")
     if opts.bootstrap < 0:
         raise ScaleError(f"--bootstrap must be >= 0, got {opts.bootstrap}")
+    if (Path(opts.out) / "manifest.json").is_file():  # its runs would sit inside the data (as train refuses)
+        raise ScaleError(f"--out {opts.out} is a `gptkit prepare` output (it holds manifest.json): choose another "
+                         f"directory for the study")
     for name, most in UPPER.items():
         v = getattr(opts, name)
         if v is not None and v > most:

@@ -57,6 +57,8 @@ def serve(args: ServeCommandOptions) -> int:
                               f"{getattr(args, name)}")
     if args.threads is not None and args.threads < 1:
         raise GptkitError(f"--threads must be positive, got {args.threads}")
+    if args.api_key is not None and not args.api_key.strip():  # it matched a request with no key at all
+        raise GptkitError("--api-key must not be empty (leave it out to serve without a key)")
     args.log_level = args.log_level.lower()
     if args.log_level not in LOG_LEVELS:
         raise GptkitError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {args.log_level!r}")
