@@ -149,3 +149,17 @@ def test_top_k_zero_means_all_tokens_as_in_sample(ckpt, capsys):
     free = reply()
     assert reply("--top-k", "0") == free  # no filter, as `gptkit sample --top-k 0`
     assert reply("--top-k", "1") == reply("--temperature", "0")  # and a real k still filters
+
+
+def test_a_piped_chat_names_bytes_that_are_not_utf8_and_its_exit_status_says_a_message_failed(ckpt):
+    """From a pipe a byte 0xff came through as the 'character' '\\udcff', and a chat whose every message failed
+    still exited 0; the good messages are still answered."""
+    r = subprocess.run([sys.executable, "-m", "gptkit", "chat", "--ckpt", str(ckpt), "--max-new-tokens", "3",
+                        "--temperature", "0"], env=env(), input=b"the \xff dog\nthe 0 dog\n", capture_output=True,
+                       timeout=120)
+    err = r.stderr.decode()
+    assert "gptkit: error: the message is not UTF-8 text (byte 0xff)" in err and "udcff" not in err, err
+    assert r.returncode == 2 and r.stdout.count(b"\n") >= 1
+    ok = subprocess.run([sys.executable, "-m", "gptkit", "chat", "--ckpt", str(ckpt), "--max-new-tokens", "3"],
+                        env=env(), input=b"the 0 dog\n", capture_output=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr

@@ -97,6 +97,15 @@ class ChatSession:
         return f"(unknown command {name}; {HELP})"
 
 
+def utf8_text(text: str) -> str:
+    """`text` as typed, or a GptkitError naming the first byte that was not UTF-8 (Python reads such a byte from a
+    pipe or the command line as a lone surrogate, U+DC80-U+DCFF, which no tokenizer knows)."""
+    bad = next((c for c in text if "\udc80" <= c <= "\udcff"), None)
+    if bad is not None:
+        raise GptkitError(f"the message is not UTF-8 text (byte {ord(bad) - 0xDC00:#04x})")
+    return text
+
+
 def run(session: ChatSession, prompt: str | None = None, out: TextIO | None = None,
         err: TextIO | None = None) -> int:
     """With `prompt`: one reply, printed, then exit. Otherwise a loop reading the user's lines from the
@@ -115,30 +124,32 @@ def run(session: ChatSession, prompt: str | None = None, out: TextIO | None = No
         out.flush()
 
     if prompt is not None:
-        answer(prompt)
+        answer(utf8_text(prompt))
         return 0
     print(f"gptkit chat: context {session.model.config.block_size} tokens. {HELP}", file=err, flush=True)
     try:
         import readline  # noqa: F401 (input() then edits lines and keeps their history)
     except ImportError:
         pass
+    failed = False  # a message that failed, in a chat read from a pipe: the exit status says so
     while True:
         try:
             try:
                 line = input("> ").strip()
             except EOFError:  # Ctrl-D
                 out.write("\n")
-                return 0
+                return 2 if failed and not sys.stdin.isatty() else 0
             if not line:
                 continue
             if line.startswith("/"):
                 said = session.command(line)
                 if said is None:
-                    return 0
+                    return 2 if failed and not sys.stdin.isatty() else 0
                 print(said, file=err, flush=True)
                 continue
-            answer(line)
+            answer(utf8_text(line))
         except KeyboardInterrupt:
             print("\n(stopped)", file=err, flush=True)
         except GptkitError as e:
+            failed = True
             print(f"gptkit: error: {e}", file=err, flush=True)
