@@ -306,3 +306,19 @@ def test_json_nested_too_deep_or_with_a_huge_number_is_one_line(char_ckpt, tmp_p
     rc, out, err = run(capsys, "data", "clean", "--input", data, "--out", tmp_path / "c.jsonl", "--quiet")
     assert rc == 0 and "Traceback" not in err
     assert [json.loads(line)["text"] for line in (tmp_path / "c.jsonl").read_text().splitlines()] == ["hello world"]
+
+
+def test_the_memory_floor_counts_activation_checkpointing_and_16_bit_autocast(monkeypatch):
+    """GPT-2 medium's shape at batch 24 on a 20 GiB machine: refused in float32 (32 GiB at the least), but not with
+    --activation-checkpointing (each layer keeps its input only), the flag a user adds to fit; the advice names it."""
+    import gptkit.train as T
+    from gptkit.config import GPTConfig
+    from gptkit.errors import MachineTooSmall
+    from gptkit.options.train import TrainConfig
+
+    monkeypatch.setattr(T, "device_memory", lambda device: 20 * 2**30)
+    mc = GPTConfig(n_layer=24, n_head=16, n_embd=1024, block_size=1024)
+    with pytest.raises(MachineTooSmall, match="or --activation-checkpointing$"):
+        T.check_memory(TrainConfig(data="d", batch_size=24, dtype="float32"), mc, 1)
+    T.check_memory(TrainConfig(data="d", batch_size=24, dtype="float32", activation_checkpointing=True), mc, 1)
+    T.check_memory(TrainConfig(data="d", batch_size=24, dtype="auto"), mc, 1)  # bf16 where the CPU has it: 19 GiB

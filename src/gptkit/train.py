@@ -479,12 +479,15 @@ def build_or_restore_model(cfg: TrainConfig, rt: Runtime, resume_from: Path | No
 
 
 def memory_floor(cfg: TrainConfig, mc: GPTConfig) -> int:
-    """Bytes a float32 training step needs at the least: weights, gradients and AdamW's two moments (16 bytes a
-    parameter), the micro-batch's token ids, and per layer and token the 12 values of its activations that the
-    backward pass certainly keeps (the LayerNorm inputs, q, k, v, the attention and MLP outputs: Korthikanti et
-    al. 2022 count 34 bytes of 16-bit values, 17 values, with attention probabilities not materialised)."""
+    """Bytes a training step needs at the least: weights, gradients and AdamW's two moments (16 bytes a parameter),
+    the micro-batch's token ids, and the activations the backward pass certainly keeps, per token: in each layer
+    12 values (the LayerNorm inputs, q, k, v, the attention and MLP outputs; Korthikanti et al. 2022 count 17 with
+    attention probabilities not materialised), or with --activation-checkpointing each layer's input and one
+    layer's 12 recomputed; 4 bytes a value in float32, 2 where autocast may compute in 16 bits (--dtype auto too)."""
     tokens = cfg.batch_size * mc.block_size
-    return 16 * mc.num_params + 16 * tokens + 4 * 12 * tokens * mc.n_layer * mc.n_embd
+    value = 4 if cfg.dtype == "float32" else 2
+    kept = mc.n_layer + 12 if cfg.activation_checkpointing else 12 * mc.n_layer
+    return 16 * mc.num_params + 16 * tokens + value * kept * tokens * mc.n_embd
 
 
 def check_memory(cfg: TrainConfig, mc: GPTConfig, processes: int) -> None:
@@ -496,10 +499,11 @@ def check_memory(cfg: TrainConfig, mc: GPTConfig, processes: int) -> None:
     need = memory_floor(cfg, mc) * processes
     if need > ram:
         each = f" in each of {processes} processes" if processes > 1 else ""
+        also = "" if cfg.activation_checkpointing else ", or --activation-checkpointing"
         raise MachineTooSmall(f"this run needs at least {need / 2**30:,.1f} GiB of memory ({mc.num_params:,} "
                               f"parameters with their gradients and AdamW state, activations of {cfg.batch_size} × "
                               f"{mc.block_size} tokens{each}), more than this machine's {ram / 2**30:.1f} GiB: use a "
-                              f"smaller --batch-size, --block-size or model")
+                              f"smaller --batch-size, --block-size or model{also}")
 
 
 def restore_model(rt: Runtime, resume_from: Path) -> Built:
