@@ -554,7 +554,7 @@ def test_eval_refuses_an_output_that_is_a_tasks_data_file(tmp_path, capsys, flag
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--plot", "accuracy.txt", "--shots", "0", "1"], "--plot accuracy.txt: the plot is drawn as .png, .pdf, .svg"),
+    (["--plot", "accuracy.txt", "--shots", "0", "1"], "--plot accuracy.txt: give a file name ending .png, .pdf, .svg"),
     (["--shots", "0", "0", "1"], "--shots 0 is given twice")])
 def test_eval_refuses_a_plot_name_it_cannot_draw_and_a_repeated_k(tiny_ckpt, tmp_path, capsys, monkeypatch, extra,
                                                                     message):

@@ -335,7 +335,7 @@ def test_the_forecast_is_l_of_c_and_keeps_both_laws():
 
 def test_a_budget_past_the_machines_memory_plans_the_largest_ladder_that_fits() -> None:
     """A probe whose model cannot fit memory (gptkit.train.check_memory) ends the search: the plan is the largest
-    ladder before it, with a warning; when not even the smallest fits, the probe's one line is the error."""
+    ladder before it, with a warning; when not even the smallest fits, an error in the study's flags."""
     from gptkit.errors import MachineTooSmall
 
     def fits_up_to_depth_7(cfg, batch: int) -> float:
@@ -349,14 +349,16 @@ def test_a_budget_past_the_machines_memory_plans_the_largest_ladder_that_fits() 
     points = plan_ladder(spec, fits_up_to_depth_7, warned.append)
     assert max(p.shape.n_layer for p in points) == 7
     assert len(warned) == 1 and "fit this machine's memory" in warned[0] and "depth 8" in warned[0]
-    with pytest.raises(MachineTooSmall, match="depth 1 needs"):
+    with pytest.raises(ScaleError, match="not even the smallest ratio ladder fits .* depth 1 needs .* lower "
+                                         "--tokens-per-param"):
         plan_ladder(spec, lambda cfg, batch: (_ for _ in ()).throw(MachineTooSmall("depth 1 needs more")))
 
 
 @pytest.mark.parametrize("flags, fragment", [
     (["--budget-minutes", "1e12"], "--budget-minutes must be at most 525,600"),  # probed ever larger models
     (["--budget-minutes", "5", "--min-depth", "1000"], "--min-depth must be at most 256"),  # killed, no word
-    (["--budget-minutes", "5", "--points", str(10**20)], "is out of range")])
+    (["--budget-minutes", "5", "--points", str(10**20)], "is out of range"),
+    (["--budget-minutes", "5", "--tokens-per-param", "1e300"], "--tokens-per-param must be at most 10,000")])
 def test_sizes_a_plan_cannot_use_are_one_line(tiny_char: Path, tmp_path: Path, flags, fragment, capsys) -> None:
     from cli_helpers import assert_one_line_error, run
 

@@ -91,8 +91,10 @@ def check_finite(name: str, t: torch.Tensor, source: str) -> None:
     # Zen 1)
     if t.is_floating_point() and t.device.type != "meta" and not math.isfinite(t.sum(dtype=torch.float32)):
         bad = int((~torch.isfinite(t)).sum())
-        raise CheckpointError(f"{source}: {name} holds {bad:,} NaN or infinite values (of {t.numel():,}): the "
-                              f"weights are damaged, or were saved from a run that diverged")
+        what = f"holds {bad:,} NaN or infinite values (of {t.numel():,})" if bad else \
+            "holds values too large for float32 to sum"
+        raise CheckpointError(f"{source}: {name} {what}: the weights are damaged, or were saved from a run that "
+                              f"diverged")
 
 
 def build_model(config: GPTConfig, state_dict: dict[str, torch.Tensor], source: str,

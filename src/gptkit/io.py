@@ -192,7 +192,7 @@ def publish_dir(tmp: Path, final: Path) -> None:
         if f.is_file():
             _usual_mode(f)
             _fsync_file(f)
-    if final.exists() and exchange(tmp, final):
+    if final.exists() and not final.is_symlink() and exchange(tmp, final):  # (a link itself would be swapped)
         fsync_dir(final.parent)
         shutil.rmtree(tmp, ignore_errors=True)  # now the old directory
         return

@@ -27,9 +27,9 @@ DEFAULTS = dict(preset="gpt-micro", n_layer=2, n_head=4, n_embd=160, block_size=
                 max_iters=1500, lr=4e-3, min_lr=4e-4, warmup_iters=100, beta2=0.99, weight_decay=0.1,
                 dropout=0.0, eval_interval=250, eval_iters=10, log_interval=50)
 SAMPLE_S = 5.0
+"""Seconds kept from --minutes for loading the trained model and sampling from it."""
 VAL_FRACTION = 0.1
 """The share of the corpus held out for validation (nanoGPT's tinyshakespeare split)."""
-"""Seconds kept from --minutes for loading the trained model and sampling from it."""
 
 
 def check_corpus_size(data_dir: Path) -> None:

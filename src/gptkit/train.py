@@ -501,8 +501,8 @@ def check_memory(cfg: TrainConfig, mc: GPTConfig, processes: int) -> None:
         each = f" in each of {processes} processes" if processes > 1 else ""
         also = "" if cfg.activation_checkpointing else ", or --activation-checkpointing"
         raise MachineTooSmall(f"this run needs at least {need / 2**30:,.1f} GiB of memory ({mc.num_params:,} "
-                              f"parameters with their gradients and AdamW state, activations of {cfg.batch_size} × "
-                              f"{mc.block_size} tokens{each}), more than this machine's {ram / 2**30:.1f} GiB: use a "
+                              f"parameters with their gradients and AdamW state, activations of {cfg.batch_size:,} × "
+                              f"{mc.block_size:,} tokens{each}), more than this machine's {ram / 2**30:.1f} GiB: use a "
                               f"smaller --batch-size, --block-size or model{also}")
 
 

@@ -81,8 +81,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         check_output_file(p, flag, inputs, EvalError)
     check_distinct_outputs(outputs, EvalError)
     if args.plot and Path(args.plot).suffix.lower() not in PLOT_SUFFIXES:
-        raise EvalError(f"--plot {args.plot}: the plot is drawn as {', '.join(PLOT_SUFFIXES)} (from the file's "
-                        f"name); name it so")
+        raise EvalError(f"--plot {args.plot}: give a file name ending {', '.join(PLOT_SUFFIXES)} (the plot is "
+                        f"drawn in the format its name says)")
 
     from ..checkpoint import load_model
     from ..evaluate.runner import evaluate

@@ -42,8 +42,9 @@ def check_scale(opts: ScaleOptions) -> None:
             raise ScaleError(f"--{name.replace('_', '-')} must be at most {most:,}, got {v:,}")
 
 
-UPPER = {"budget_minutes": 525_600, "points": 256, "levels": 16, "min_depth": 256, "aspect": 4096,
-         "head_size": 4096, "block_size": 65_536, "min_steps": 10**9, "bootstrap": 100_000}
+UPPER = {"budget_minutes": 525_600, "target_minutes": 525_600, "target_flops": 1e30, "tokens_per_param": 10_000,
+         "points": 256, "levels": 16, "min_depth": 256, "aspect": 4096, "head_size": 4096, "block_size": 65_536,
+         "min_steps": 10**9, "bootstrap": 100_000}
 """The largest value of each of scale's sizes: a year of minutes, a ladder of 256 runs, the planner's deepest model
 (gptkit.scaling.plan.ratio_depth). Past them the plan ran for hours (a budget of 10**12 minutes probed ever larger
 models) or allocated tens of GB (--min-depth 1000) before anything was said."""

@@ -231,7 +231,7 @@ def _not_written_by_prepare(out: Path) -> list[str]:
         ours = {MANIFEST, m["tokenizer"]["dir"], *shards}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return []
-    return sorted(p.name for p in out.iterdir() if p.name not in ours)
+    return sorted(p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith("."))  # .DS_Store
 
 
 def _warn(msg: str) -> None:

@@ -63,8 +63,9 @@ def worker_pool(workers: int, progress, initializer: Callable[..., None] | None 
         else:
             os.environ["TOKENIZERS_PARALLELISM"] = saved
     try:
-        with _signals_held():  # the workers are forked here: none may run the caller's SIGTERM handler
-            pool.submit(int).result()  # start the workers now, while no other thread runs
+        with _signals_held():  # the workers are forked here (all at the first submit): none may run the caller's
+            started = pool.submit(int)  # SIGTERM handler; start them now, while no other thread runs
+        started.result()
         progress.start()
         yield pool
     except BaseException:  # Ctrl-C, SIGTERM (Terminated), an error: stop the workers, do not wait for them

@@ -127,9 +127,10 @@ def index_shards(index_path: Path) -> list[str]:
         raise CheckpointError(f"{index_path} is not a safetensors index (a JSON object with a weight_map of tensor "
                               f"name -> file; {type(e).__name__})") from None
     bad = [f for f in files if not isinstance(f, str) or Path(f).name != f or f in (".", "..")]
-    if bad or not files:
-        raise CheckpointError(f"{index_path}: the weight_map must name files in its directory, got "
-                              f"{bad[0] if bad else 'none'!r}")
+    if not files:
+        raise CheckpointError(f"{index_path}: the weight_map names no file")
+    if bad:
+        raise CheckpointError(f"{index_path}: the weight_map must name files in its directory, got {bad[0]!r}")
     return files
 
 

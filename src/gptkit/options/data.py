@@ -34,7 +34,7 @@ class PrepareOptions:
     val_fraction: float = opt(0.1, "share held out for validation", metavar="F")
     text_field: str = opt("text", TEXT_FIELD_HELP, metavar="NAME")
     out: str = common.out_dir("where the shards, tokenizer and manifest go: new, empty, or a previous prepare "
-                              "output, which is replaced")
+                              "output holding only its own files, which is replaced")
     threads: int | None = common.threads("CPU cores to use: tokenizing processes (default: 1 for small inputs, "
                                          "else the CPU cores, at most 8)", old={"--workers": None})
     shard_tokens: int = opt(100_000_000, "tokens per shard file", metavar="N")

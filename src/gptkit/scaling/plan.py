@@ -249,8 +249,10 @@ def plan_ladder(spec: PlanSpec, speed: Speed, warn: Callable[[str], None] | None
         try:
             total = estimate(ladder, spec, speed)
         except MachineTooSmall as e:
-            if best is None:
-                raise
+            if best is None:  # in the study's terms (train's advice names flags scale does not take)
+                raise ScaleError(f"not even the smallest {spec.ladder} ladder fits this machine's memory: its "
+                                 f"models need more (in train's words: {e}); lower --tokens-per-param, --min-depth, "
+                                 f"--aspect or --block-size") from None
             if warn is not None:
                 warn(f"the plan stops at the largest ladder whose models fit this machine's memory, "
                      f"{sum(p.minutes or 0.0 for p in best):.0f} of the {spec.budget_minutes:g} minutes ({e})")

@@ -28,21 +28,24 @@ def need_serve_extra() -> None:
                           f"pip install 'gptkit[serve]'") from None
 
 
-CACHE_BYTES_PER_VALUE = 2
-"""The fewest bytes a KV-cache entry takes (16-bit; float32 takes 4): the cache's size is judged at its least."""
+def cache_bytes_per_value(device) -> int:
+    """Bytes a KV-cache entry takes: float32 on the CPU, where decoding computes in float32 whatever the weights'
+    storage; on a GPU at the least 2 (16-bit)."""
+    return 4 if getattr(device, "type", device) == "cpu" else 2
 
 
 def check_cache_fits(config, max_batch: int, device) -> None:
     """Refuse, in one line at start-up, a --max-batch whose KV cache (keys and values of every layer over the
     whole context, one row per request decoded at once) cannot fit the device's memory: it was allocated at the
     first request, and every request failed with a 500."""
-    per_row = 2 * config.n_layer * config.block_size * config.n_embd * CACHE_BYTES_PER_VALUE
+    per_row = 2 * config.n_layer * config.block_size * config.n_embd * cache_bytes_per_value(device)
     have = device_memory(device)
     if have is not None and max_batch * per_row > have:
         raise GptkitError(f"--max-batch {max_batch:,} needs a KV cache of at least {max_batch * per_row / 2**30:,.1f} "
                           f"GiB ({per_row / 2**20:,.1f} MiB a row: {config.n_layer} layers × context "
-                          f"{config.block_size} × width {config.n_embd}, keys and values), more than this "
-                          f"{getattr(device, 'type', device)}'s {have / 2**30:.1f} GiB: lower --max-batch")
+                          f"{config.block_size} × width {config.n_embd}, keys and values), more than the "
+                          f"{'GPU' if getattr(device, 'type', device) == 'cuda' else 'machine'}'s {have / 2**30:.1f} "
+                          f"GiB: lower --max-batch")
 
 
 def serve(args: ServeCommandOptions) -> int:
