@@ -197,6 +197,8 @@ def test_a_failure_in_one_mode_leaves_the_other_compiled(monkeypatch, caplog):
         return run
 
     monkeypatch.setattr(compiled.torch, "compile", fake_compile)
+    monkeypatch.setattr(compiled, "_isa", {"asked": True, "trusted": False, "key": None})  # no probe, state kept
+    monkeypatch.setattr(compiled, "_one_compile_worker", lambda: None)
     broken_everywhere = False
     f = CompiledOnUse(lambda x: x + 1, "a probe")
     x = torch.zeros(2)
