@@ -58,6 +58,7 @@ from .checkpoint import (
 )
 from .config import GPTConfig
 from .data.loader import BatchLoader, load_tokenizer
+from .data.sources import is_prepared_dir
 from .errors import MachineTooSmall, TrainError
 from .io import atomic_path, atomic_write_text, new_tmp_dir, parse_json, publish_dir
 from .model import GPT, meta_model
@@ -302,7 +303,7 @@ def resolve_run(cfg: TrainConfig) -> tuple[TrainConfig, Path | None]:
     """The settings the run goes on with, and the checkpoint it resumes from (None for a fresh run)."""
 
     run_dir = Path(cfg.out)
-    if (run_dir / "manifest.json").is_file():  # a later `prepare --out` there would replace the run with data
+    if is_prepared_dir(run_dir):  # a later `prepare --out` there would replace the run with data
         raise TrainError(f"--out {run_dir} is a `gptkit prepare` output (it holds manifest.json): choose another "
                          f"directory for the run")
     if not cfg.resume:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 
 from ..options import add_options, from_args
 from ..options.scale import ScaleFitOptions, ScaleOptions
@@ -17,6 +16,7 @@ def _warn(msg: str) -> None:
 
 def check_scale(opts: ScaleOptions) -> None:
     """The options a study cannot start without, each refused in one line."""
+    from ..data.sources import is_prepared_dir
     from ..scaling.plan import ScaleError
 
     for name in ("data", "out", "budget_minutes"):
@@ -33,7 +33,7 @@ def check_scale(opts: ScaleOptions) -> None:
             raise ScaleError(f"--{name.replace('_', '-')} must be positive, got {v}")
     if opts.bootstrap < 0:
         raise ScaleError(f"--bootstrap must be >= 0, got {opts.bootstrap}")
-    if (Path(opts.out) / "manifest.json").is_file():  # its runs would sit inside the data (as train refuses)
+    if is_prepared_dir(opts.out):  # its runs would sit inside the data (as train refuses)
         raise ScaleError(f"--out {opts.out} is a `gptkit prepare` output (it holds manifest.json): choose another "
                          f"directory for the study")
     for name, most in UPPER.items():
