@@ -175,18 +175,20 @@ class TokenDataset:
         self.lengths = np.array([len(a) for a in self.shards], dtype=np.int64)
         self.bounds = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)  # shard i: [b[i], b[i+1])
         self.dtype = self.shards[0].dtype if self.shards else np.dtype(np.uint16)
-        if len(self) <= FULL_CHECK_TOKENS:
+        self.ids_checked = len(self) <= FULL_CHECK_TOKENS  # then every id is checked here, once, not per batch
+        if self.ids_checked:
             for i, arr in enumerate(self.shards):
-                if len(arr) and int(arr.max()) >= self.vocab_size:
-                    raise self._bad_id(i, int(arr.max()))
+                if len(arr) and (top := int(arr.max())) >= self.vocab_size:
+                    raise self._bad_id(i, top)
 
     def _bad_id(self, shard: int, token: int) -> DataError:
         return DataError(f"{self.paths[shard]}: token id {token:,} is not below the vocabulary size "
                          f"{self.vocab_size:,} of {self.data_dir}; the shard is corrupt: re-run `gptkit prepare`")
 
     def _check_ids(self, starts: np.ndarray, windows: np.ndarray) -> np.ndarray:
-        """`windows` (drawn at `starts`), checked to hold only ids below the vocabulary size (a cheap max)."""
-        if windows.size and int(windows.max()) >= self.vocab_size:
+        """`windows` (drawn at `starts`), checked to hold only ids below the vocabulary size (a cheap max) unless
+        the whole split was checked when it was opened."""
+        if not self.ids_checked and windows.size and int(windows.max()) >= self.vocab_size:
             row, col = np.argwhere(windows >= self.vocab_size)[0]
             shard = int(np.searchsorted(self.bounds, starts[row] + col, side="right")) - 1
             raise self._bad_id(shard, int(windows[row, col]))
